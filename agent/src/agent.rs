@@ -1,0 +1,364 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{self, Config};
+use crate::cpu::CpuProfiler;
+use crate::server::{self, AppState, ServerHandle};
+use crate::Error;
+
+/// A running agent: the debug server thread and handles to the
+/// capabilities it serves.
+///
+/// Dropping the agent asks the server to stop without waiting;
+/// [`Agent::shutdown`] waits until it has stopped.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), stethoscope::Error> {
+/// let agent = stethoscope::Agent::builder().listen("127.0.0.1:0").start()?;
+/// assert!(agent.local_addr().ip().is_loopback());
+/// agent.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Agent {
+    server: ServerHandle,
+    cpu: CpuProfiler,
+}
+
+impl Agent {
+    /// A builder with the defaults of [`crate::config`].
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder::default()
+    }
+
+    /// The address the debug server is bound to (the real port when the
+    /// configured one was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// The process-wide CPU profiler this agent serves.
+    pub fn cpu(&self) -> &CpuProfiler {
+        &self.cpu
+    }
+
+    /// Stops the debug server and waits for its thread to finish. Profiles
+    /// in progress are cancelled.
+    pub async fn shutdown(self) {
+        self.server.stop().await;
+    }
+}
+
+/// Configures and starts an [`Agent`]. Setters consume and return the
+/// builder; [`AgentBuilder::start`] reports every configuration error.
+///
+/// ```
+/// let builder = stethoscope::Agent::builder()
+///     .listen("127.0.0.1:6060")
+///     .max_profile_seconds(120)
+///     .allow("10.0.0.0/8")?;
+/// # let _ = builder;
+/// # Ok::<(), stethoscope::Error>(())
+/// ```
+#[derive(Debug, Default)]
+#[must_use = "an AgentBuilder does nothing until .start() is called"]
+pub struct AgentBuilder {
+    config: Config,
+    runtime: Option<tokio::runtime::Handle>,
+    /// The first error of a non-fallible setter, reported by `start()`.
+    deferred: Option<Error>,
+}
+
+impl AgentBuilder {
+    fn defer(mut self, error: Error) -> Self {
+        self.deferred.get_or_insert(error);
+        self
+    }
+
+    /// Address for the debug server, `host:port`; port 0 picks a free port.
+    /// Default [`DEFAULT_LISTEN_ADDR`](config::DEFAULT_LISTEN_ADDR).
+    /// An unparsable address makes [`start`](Self::start) fail.
+    ///
+    /// # Security considerations
+    /// Anything but a loopback address exposes CPU profiles (function names,
+    /// timing) to the network; `start()` refuses it unless a
+    /// [`token`](Self::token) is set or [`allow_insecure_bind`](Self::allow_insecure_bind)
+    /// is `true`.
+    pub fn listen(mut self, addr: &str) -> Self {
+        match config::parse_listen(addr) {
+            Ok(addr) => {
+                self.config.listen = addr;
+                self
+            }
+            Err(error) => self.defer(error),
+        }
+    }
+
+    /// Like [`listen`](Self::listen) with an already parsed address.
+    pub fn listen_addr(mut self, addr: SocketAddr) -> Self {
+        self.config.listen = addr;
+        self
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every endpoint except
+    /// `/health`. Compared in constant time. Default: no token.
+    ///
+    /// # Security considerations
+    /// The token travels in clear text over plain HTTP: use it on a trusted
+    /// network segment or behind a TLS-terminating proxy.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        if token.trim().is_empty() {
+            return self.defer(Error::InvalidSetting {
+                setting: "token",
+                reason: "the token must not be empty",
+            });
+        }
+        self.config.token = Some(token);
+        self
+    }
+
+    /// Adds a CIDR block (or single IP) to the allowlist; clients outside
+    /// every block get 403. Default: empty, which allows every client that
+    /// can reach the address.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCidr`] if `cidr` is neither a block nor an address.
+    ///
+    /// # Security considerations
+    /// The allowlist checks the TCP peer address; behind a proxy every
+    /// request comes from the proxy.
+    pub fn allow(mut self, cidr: &str) -> Result<Self, Error> {
+        self.config.allow.push(config::parse_cidr(cidr)?);
+        Ok(self)
+    }
+
+    /// Allows binding a non-loopback address without a token. Default `false`.
+    ///
+    /// # Security considerations
+    /// Only for networks where every host that can connect may read
+    /// profiles of this process.
+    pub fn allow_insecure_bind(mut self, allow: bool) -> Self {
+        self.config.allow_insecure_bind = allow;
+        self
+    }
+
+    /// Longest profile a request may ask for, in seconds (at least 1).
+    /// Default [`DEFAULT_MAX_PROFILE_SECONDS`](config::DEFAULT_MAX_PROFILE_SECONDS).
+    pub fn max_profile_seconds(mut self, seconds: u64) -> Self {
+        if seconds == 0 {
+            return self.defer(Error::InvalidSetting {
+                setting: "max_profile_seconds",
+                reason: "must be at least 1",
+            });
+        }
+        self.config.max_profile_seconds = seconds;
+        self
+    }
+
+    /// Most connections served at once. Default
+    /// [`DEFAULT_MAX_CONNECTIONS`](config::DEFAULT_MAX_CONNECTIONS).
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        if connections == 0 {
+            return self.defer(Error::InvalidSetting {
+                setting: "max_connections",
+                reason: "must be at least 1",
+            });
+        }
+        self.config.max_connections = connections;
+        self
+    }
+
+    /// The host's tokio runtime, for runtime health features. Default: the
+    /// runtime `start()` is called in, if any.
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
+    }
+
+    /// Applies the `STETHOSCOPE_*` environment variables that are set:
+    /// [`ENV_ADDR`](config::ENV_ADDR), [`ENV_TOKEN`](config::ENV_TOKEN),
+    /// [`ENV_ALLOW`](config::ENV_ALLOW) (comma-separated) and
+    /// [`ENV_MAX_PROFILE_SECONDS`](config::ENV_MAX_PROFILE_SECONDS). They
+    /// override earlier setters; later setters override them. Invalid
+    /// values make [`start`](Self::start) fail and name the variable.
+    pub fn with_default_env(self) -> Self {
+        self.with_env(|name| std::env::var(name).ok())
+    }
+
+    fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
+        if let Some(addr) = var(config::ENV_ADDR) {
+            self = match config::parse_listen(&addr) {
+                Ok(addr) => self.listen_addr(addr),
+                Err(_) => self.defer(Error::InvalidEnv {
+                    var: config::ENV_ADDR,
+                    value: addr,
+                    expected: "host:port, e.g. 127.0.0.1:6060",
+                }),
+            };
+        }
+        if let Some(token) = var(config::ENV_TOKEN) {
+            if token.trim().is_empty() {
+                self = self.defer(Error::InvalidEnv {
+                    var: config::ENV_TOKEN,
+                    value: String::new(),
+                    expected: "a non-empty token",
+                });
+            } else {
+                self.config.token = Some(token);
+            }
+        }
+        if let Some(list) = var(config::ENV_ALLOW) {
+            match config::parse_cidr_list(&list) {
+                Ok(nets) => self.config.allow.extend(nets),
+                Err(_) => {
+                    self = self.defer(Error::InvalidEnv {
+                        var: config::ENV_ALLOW,
+                        value: list,
+                        expected: "comma-separated CIDR blocks, e.g. 10.0.0.0/8,192.168.1.7",
+                    })
+                }
+            }
+        }
+        if let Some(seconds) = var(config::ENV_MAX_PROFILE_SECONDS) {
+            match config::parse_max_profile_seconds(&seconds) {
+                Ok(seconds) => self.config.max_profile_seconds = seconds,
+                Err(error) => self = self.defer(error),
+            }
+        }
+        self
+    }
+
+    /// Binds the debug server and starts its thread.
+    ///
+    /// # Errors
+    /// The first invalid setting, [`Error::InsecureBind`] for a non-loopback
+    /// address without a token, [`Error::Bind`] if the address is taken.
+    pub fn start(self) -> Result<Agent, Error> {
+        if let Some(error) = self.deferred {
+            return Err(error);
+        }
+        let config = self.config;
+        if !config.listen.ip().is_loopback()
+            && config.token.is_none()
+            && !config.allow_insecure_bind
+        {
+            return Err(Error::InsecureBind {
+                addr: config.listen,
+            });
+        }
+        let host_runtime = self
+            .runtime
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+            .is_some();
+        let cpu = CpuProfiler::global();
+        let state = AppState {
+            config: Arc::new(config),
+            cpu: cpu.clone(),
+            started: Instant::now(),
+            host_runtime,
+        };
+        let server = server::spawn(state)?;
+        Ok(Agent { server, cpu })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn non_loopback_without_token_is_refused() {
+        let result = Agent::builder().listen("0.0.0.0:0").start();
+        assert!(matches!(result, Err(Error::InsecureBind { .. })));
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("token") && message.contains("allow_insecure_bind"));
+    }
+
+    #[test]
+    fn env_overrides_and_reports_the_variable() {
+        let builder = Agent::builder().with_env(env(&[
+            ("STETHOSCOPE_ADDR", "127.0.0.1:7070"),
+            ("STETHOSCOPE_TOKEN", "t"),
+            ("STETHOSCOPE_ALLOW", "10.0.0.0/8, 192.168.1.7"),
+            ("STETHOSCOPE_MAX_PROFILE_SECONDS", "60"),
+        ]));
+        assert_eq!(builder.config.listen.port(), 7070);
+        assert_eq!(builder.config.token.as_deref(), Some("t"));
+        assert_eq!(builder.config.allow.len(), 2);
+        assert_eq!(builder.config.max_profile_seconds, 60);
+        assert!(builder.deferred.is_none());
+
+        let bad = Agent::builder()
+            .with_env(env(&[("STETHOSCOPE_MAX_PROFILE_SECONDS", "0")]))
+            .start();
+        assert!(matches!(
+            bad,
+            Err(Error::InvalidEnv {
+                var: "STETHOSCOPE_MAX_PROFILE_SECONDS",
+                ..
+            })
+        ));
+        let bad = Agent::builder()
+            .with_env(env(&[("STETHOSCOPE_ALLOW", "10.0.0.0/99")]))
+            .start();
+        assert!(matches!(
+            bad,
+            Err(Error::InvalidEnv {
+                var: "STETHOSCOPE_ALLOW",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn invalid_setters_fail_at_start() {
+        assert!(matches!(
+            Agent::builder().listen("nope").start(),
+            Err(Error::InvalidListenAddr { .. })
+        ));
+        assert!(matches!(
+            Agent::builder().token("  ").start(),
+            Err(Error::InvalidSetting {
+                setting: "token",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Agent::builder().max_profile_seconds(0).start(),
+            Err(Error::InvalidSetting { .. })
+        ));
+        assert!(Agent::builder().allow("300.0.0.1").is_err());
+    }
+
+    #[test]
+    fn a_taken_port_is_a_bind_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let result = Agent::builder().listen_addr(addr).start();
+        assert!(matches!(result, Err(Error::Bind { .. })));
+    }
+
+    #[tokio::test]
+    async fn starts_on_an_ephemeral_port_and_shuts_down() {
+        let agent = Agent::builder().listen("127.0.0.1:0").start().unwrap();
+        let addr = agent.local_addr();
+        assert_ne!(addr.port(), 0);
+        assert!(std::net::TcpStream::connect(addr).is_ok());
+        agent.shutdown().await;
+        // The listener is closed once shutdown returns.
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
+}

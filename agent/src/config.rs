@@ -1,0 +1,173 @@
+//! Defaults and environment overrides.
+//!
+//! Every default the agent uses is a `pub const` here, and every setter of
+//! [`AgentBuilder`](crate::AgentBuilder) quotes the one it replaces.
+//! [`AgentBuilder::with_default_env`](crate::AgentBuilder::with_default_env)
+//! is the only place that reads environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::Error;
+
+/// Address the debug server binds when none is given: loopback only.
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:6060";
+
+/// Longest CPU profile a request may ask for, in seconds. Longer requests get 400.
+pub const DEFAULT_MAX_PROFILE_SECONDS: u64 = 300;
+
+/// Window of `/debug/pprof/profile` when `seconds` is not given (Go's default).
+pub const DEFAULT_PROFILE_SECONDS: u64 = 30;
+
+/// Window of `/debug/pprof/flamegraph` when `seconds` is not given.
+pub const DEFAULT_FLAMEGRAPH_SECONDS: u64 = 10;
+
+/// Sampling frequency when `hz` is not given, in samples per second of CPU.
+///
+/// 99 rather than 100 so that sampling does not run in lockstep with periodic
+/// work of the host.
+pub const DEFAULT_PROFILE_HZ: u32 = 99;
+
+/// Highest sampling frequency a request may ask for.
+///
+/// The kernel's CPU timers fire at most once per scheduler tick per busy CPU
+/// (`CONFIG_HZ`, commonly 250), so higher values would not give more samples.
+pub const MAX_PROFILE_HZ: u32 = 1000;
+
+/// Most connections the debug server serves at once; more wait in the kernel's
+/// accept queue.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+
+/// Time a client has to send its request headers before the connection is closed.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Extra time beyond the requested profile window that a request may take
+/// (symbolization and encoding) before it is cut off.
+pub const DEFAULT_REQUEST_GRACE: Duration = Duration::from_secs(60);
+
+/// Environment variable with the listen address (`host:port`).
+pub const ENV_ADDR: &str = "STETHOSCOPE_ADDR";
+/// Environment variable with the bearer token clients must send.
+pub const ENV_TOKEN: &str = "STETHOSCOPE_TOKEN";
+/// Environment variable with a comma-separated CIDR allowlist (`10.0.0.0/8,127.0.0.1/32`).
+pub const ENV_ALLOW: &str = "STETHOSCOPE_ALLOW";
+/// Environment variable with the longest allowed profile, in seconds.
+pub const ENV_MAX_PROFILE_SECONDS: &str = "STETHOSCOPE_MAX_PROFILE_SECONDS";
+
+/// Resolved settings of one agent. Built by the builder, read by the server.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) listen: SocketAddr,
+    pub(crate) token: Option<String>,
+    pub(crate) allow: Vec<IpNet>,
+    pub(crate) allow_insecure_bind: bool,
+    pub(crate) max_profile_seconds: u64,
+    pub(crate) max_connections: usize,
+    pub(crate) header_read_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6060)),
+            token: None,
+            allow: Vec::new(),
+            allow_insecure_bind: false,
+            max_profile_seconds: DEFAULT_MAX_PROFILE_SECONDS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        }
+    }
+}
+
+/// Parses a listen address such as `127.0.0.1:6060` or `[::1]:0`.
+pub(crate) fn parse_listen(addr: &str) -> Result<SocketAddr, Error> {
+    addr.trim()
+        .parse()
+        .map_err(|source| Error::InvalidListenAddr {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Parses one CIDR block; a bare IP address means that single host.
+pub(crate) fn parse_cidr(cidr: &str) -> Result<IpNet, Error> {
+    let text = cidr.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net);
+    }
+    match text.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(IpNet::from(ip)),
+        Err(_) => text.parse::<IpNet>().map_err(|source| Error::InvalidCidr {
+            cidr: cidr.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Parses a comma-separated CIDR list, ignoring empty items.
+pub(crate) fn parse_cidr_list(list: &str) -> Result<Vec<IpNet>, Error> {
+    list.split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(parse_cidr)
+        .collect()
+}
+
+/// Parses the maximum profile length; it must be a whole number of seconds ≥ 1.
+pub(crate) fn parse_max_profile_seconds(value: &str) -> Result<u64, Error> {
+    match value.trim().parse::<u64>() {
+        Ok(seconds) if seconds >= 1 => Ok(seconds),
+        _ => Err(Error::InvalidEnv {
+            var: ENV_MAX_PROFILE_SECONDS,
+            value: value.to_owned(),
+            expected: "a whole number of seconds, at least 1",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_accepts_blocks_and_bare_addresses() {
+        let net = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(net.contains(&"10.1.2.3".parse::<std::net::IpAddr>().unwrap()));
+        let host = parse_cidr(" 127.0.0.1 ").unwrap();
+        assert_eq!(host.prefix_len(), 32);
+        let v6 = parse_cidr("::1").unwrap();
+        assert_eq!(v6.prefix_len(), 128);
+        assert!(matches!(
+            parse_cidr("10.0.0.0/33"),
+            Err(Error::InvalidCidr { .. })
+        ));
+        assert!(parse_cidr("nonsense").is_err());
+    }
+
+    #[test]
+    fn cidr_list_skips_empty_items() {
+        let list = parse_cidr_list("10.0.0.0/8, ,192.168.0.0/16,").unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(parse_cidr_list("10.0.0.0/8,bad").is_err());
+    }
+
+    #[test]
+    fn max_profile_seconds_must_be_positive() {
+        assert_eq!(parse_max_profile_seconds("60").unwrap(), 60);
+        assert!(parse_max_profile_seconds("0").is_err());
+        assert!(parse_max_profile_seconds("-5").is_err());
+        assert!(parse_max_profile_seconds("1.5").is_err());
+    }
+
+    #[test]
+    fn listen_addr_parses_v4_and_v6() {
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
+        assert!(parse_listen("[::1]:6060").unwrap().ip().is_loopback());
+        assert!(matches!(
+            parse_listen("localhost:6060"),
+            Err(Error::InvalidListenAddr { .. })
+        ));
+    }
+}

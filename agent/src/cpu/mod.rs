@@ -1,0 +1,402 @@
+//! On-demand CPU profiling.
+//!
+//! A process-wide sampler, started by the first request and stopped when the
+//! last one ends: `ITIMER_PROF` delivers SIGPROF to the thread that is using
+//! CPU, and the handler unwinds that thread's stack with
+//! [framehop](https://docs.rs/framehop) (DWARF CFI from `.eh_frame`, no libgcc,
+//! no locks, no allocation) into a lock-free ring. Requests at the same
+//! frequency share the sampler and each gets a profile of exactly its own
+//! window; CPU time is rescaled to the process's measured CPU time.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), stethoscope::Error> {
+//! use std::time::Duration;
+//! use stethoscope::cpu::{CpuProfiler, ProfileRequest};
+//! use stethoscope::profile::Format;
+//!
+//! let profile = CpuProfiler::global()
+//!     .profile(ProfileRequest::new(Duration::from_secs(10)).hz(199))
+//!     .await?;
+//! let svg = profile.to_profile().render(Format::Svg)?;
+//! std::fs::write("cpu.svg", svg).ok();
+//! # Ok(())
+//! # }
+//! ```
+
+#[cfg(all(
+    feature = "cpu",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod sampler;
+#[cfg(not(all(
+    feature = "cpu",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+#[path = "unsupported.rs"]
+mod sampler;
+mod session;
+mod window;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use crate::config::{DEFAULT_PROFILE_HZ, MAX_PROFILE_HZ};
+use crate::profile::{Profile, ProfileMeta, RawStack, ValueType};
+use crate::Error;
+use session::Controller;
+
+/// What to profile: a window length and a sampling frequency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProfileRequest {
+    /// Length of the window.
+    pub duration: Duration,
+    /// Samples per second of CPU time, 1..=[`MAX_PROFILE_HZ`]. Default
+    /// [`DEFAULT_PROFILE_HZ`].
+    pub hz: u32,
+    /// Who asked, for logs.
+    pub requester: Option<SocketAddr>,
+}
+
+impl ProfileRequest {
+    /// A request for a window of `duration` at [`DEFAULT_PROFILE_HZ`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let request = stethoscope::cpu::ProfileRequest::new(Duration::from_secs(5)).hz(199);
+    /// assert_eq!(request.hz, 199);
+    /// ```
+    pub fn new(duration: Duration) -> Self {
+        Self {
+            duration,
+            hz: DEFAULT_PROFILE_HZ,
+            requester: None,
+        }
+    }
+
+    /// Sets the sampling frequency (samples per CPU-second).
+    #[must_use]
+    pub fn hz(mut self, hz: u32) -> Self {
+        self.hz = hz;
+        self
+    }
+
+    /// Records who asked, for the agent's logs.
+    #[must_use]
+    pub fn requester(mut self, addr: SocketAddr) -> Self {
+        self.requester = Some(addr);
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.duration.is_zero() {
+            return Err(Error::InvalidRequest("the window must be longer than zero"));
+        }
+        if self.hz == 0 || self.hz > MAX_PROFILE_HZ {
+            return Err(Error::InvalidRequest("hz must be between 1 and 1000"));
+        }
+        Ok(())
+    }
+}
+
+/// Handle to the process-wide CPU sampler. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CpuProfiler {
+    controller: Arc<Controller>,
+}
+
+impl CpuProfiler {
+    /// The process's sampler. There is only one: SIGPROF and the profiling
+    /// timer are process-wide.
+    pub fn global() -> CpuProfiler {
+        static CONTROLLER: OnceLock<Arc<Controller>> = OnceLock::new();
+        CpuProfiler {
+            controller: Arc::clone(CONTROLLER.get_or_init(Arc::default)),
+        }
+    }
+
+    /// Profiles the process for `request.duration` and returns the raw
+    /// (unsymbolized) profile. Joins the running sampler if it runs at the
+    /// same frequency.
+    ///
+    /// Dropping the future before it completes withdraws the request; the
+    /// sampler stops once no request is left.
+    ///
+    /// # Errors
+    /// [`Error::ProfilerBusy`] if the sampler runs at another frequency,
+    /// [`Error::Unsupported`] where CPU sampling is unavailable,
+    /// [`Error::ForeignProfiler`] if another profiler owns SIGPROF,
+    /// [`Error::InvalidRequest`] for a zero window or an out-of-range `hz`.
+    pub async fn profile(&self, request: ProfileRequest) -> Result<CpuProfile, Error> {
+        request.validate()?;
+        let receiver = self.controller.subscribe(&request)?;
+        match receiver.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::SamplerStopped),
+        }
+    }
+
+    /// What the sampler is doing now.
+    pub fn status(&self) -> SamplerStatus {
+        self.controller.status()
+    }
+}
+
+/// A snapshot of the sampler's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SamplerStatus {
+    /// Frequency of the running session, if one runs.
+    pub running_hz: Option<u32>,
+    /// Requests currently waiting for a profile.
+    pub subscribers: usize,
+    /// Sessions started since the process began (a session spans all the
+    /// requests that overlap in time).
+    pub sessions_started: u64,
+    /// Samples recorded, all sessions together.
+    pub samples_recorded: u64,
+    /// Samples lost (ring full or every unwinder busy), all sessions together.
+    pub samples_dropped: u64,
+    /// Memory held by the running session (unwind tables, ring, stack
+    /// copies), in bytes; 0 when idle.
+    pub footprint_bytes: usize,
+}
+
+/// One distinct stack of a CPU profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CpuStack {
+    /// Name of the thread it was sampled on.
+    pub thread: Arc<str>,
+    /// Lookup addresses, innermost first.
+    pub frames: Arc<[u64]>,
+    /// Samples that hit this stack.
+    pub samples: u64,
+}
+
+/// The raw result of one profile window, before symbolization.
+#[derive(Debug, Clone)]
+pub struct CpuProfile {
+    started_at: SystemTime,
+    duration: Duration,
+    hz: u32,
+    cpu_time: Duration,
+    samples: u64,
+    dropped: u64,
+    stacks: Vec<CpuStack>,
+}
+
+impl CpuProfile {
+    /// Wall-clock start of the window.
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// Length of the window.
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+
+    /// Requested sampling frequency.
+    pub fn hz(&self) -> u32 {
+        self.hz
+    }
+
+    /// CPU time the whole process consumed during the window, measured with
+    /// `CLOCK_PROCESS_CPUTIME_ID`.
+    pub fn cpu_time(&self) -> Duration {
+        self.cpu_time
+    }
+
+    /// Samples taken during the window.
+    pub fn sample_count(&self) -> u64 {
+        self.samples
+    }
+
+    /// Samples lost during the window.
+    pub fn dropped_samples(&self) -> u64 {
+        self.dropped
+    }
+
+    /// CPU time each sample stands for: measured CPU time divided by
+    /// samples, or the requested period when there are none.
+    pub fn period(&self) -> Duration {
+        if self.samples == 0 {
+            Duration::from_nanos(1_000_000_000 / u64::from(self.hz.max(1)))
+        } else {
+            self.cpu_time / u32::try_from(self.samples).unwrap_or(u32::MAX)
+        }
+    }
+
+    /// Distinct stacks, most sampled first.
+    pub fn stacks(&self) -> &[CpuStack] {
+        &self.stacks
+    }
+
+    /// Symbolizes the stacks into a [`Profile`] that renders in every format.
+    /// Values are `samples/count` and `cpu/nanoseconds`.
+    pub fn to_profile(&self) -> Profile {
+        let period_ns = i64::try_from(self.period().as_nanos()).unwrap_or(i64::MAX);
+        let cpu_ns = i64::try_from(self.cpu_time.as_nanos()).unwrap_or(i64::MAX);
+        let effective_hz = if self.cpu_time.is_zero() {
+            0.0
+        } else {
+            self.samples as f64 / self.cpu_time.as_secs_f64()
+        };
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "process".to_owned());
+        let meta = ProfileMeta {
+            sample_types: vec![
+                ValueType::new("samples", "count"),
+                ValueType::new("cpu", "nanoseconds"),
+            ],
+            default_value: 1,
+            flame_value: 0,
+            period_type: ValueType::new("cpu", "nanoseconds"),
+            period: period_ns,
+            started_at: self.started_at,
+            duration: self.duration,
+            title: format!("CPU profile of {exe} (pid {})", std::process::id()),
+            comments: vec![
+                format!(
+                    "window {:.2} s from {}, {} Hz requested",
+                    self.duration.as_secs_f64(),
+                    crate::profile::rfc3339(self.started_at),
+                    self.hz
+                ),
+                format!(
+                    "{} samples ({:.0}/s of CPU), {} dropped; process CPU {:.3} s ({:.0}% of one core)",
+                    self.samples,
+                    effective_hz,
+                    self.dropped,
+                    self.cpu_time.as_secs_f64(),
+                    100.0 * self.cpu_time.as_secs_f64() / self.duration.as_secs_f64().max(1e-9)
+                ),
+                "cpu values are samples scaled to the process CPU time measured over the window".to_owned(),
+            ],
+        };
+        let mut remaining = cpu_ns;
+        let mut samples_left = self.samples;
+        let stacks = self.stacks.iter().map(|stack| {
+            // Distribute the measured CPU time exactly: each stack gets its
+            // share, the last one the remainder of the integer division.
+            let share = if samples_left == stack.samples {
+                remaining
+            } else {
+                period_ns.saturating_mul(i64::try_from(stack.samples).unwrap_or(i64::MAX))
+            };
+            remaining = remaining.saturating_sub(share);
+            samples_left = samples_left.saturating_sub(stack.samples);
+            RawStack {
+                thread: Some(Arc::clone(&stack.thread)),
+                addresses: &stack.frames,
+                values: vec![i64::try_from(stack.samples).unwrap_or(i64::MAX), share],
+            }
+        });
+        Profile::build(meta, stacks)
+    }
+}
+
+#[cfg(all(
+    test,
+    feature = "cpu",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[inline(never)]
+    fn spin_in_a_named_function(stop: &AtomicBool) -> u64 {
+        let mut x = 1u64;
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        x
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn samples_a_spinning_thread_and_releases_sigprof() {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let spinner = {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("spinner".into())
+                .spawn(move || spin_in_a_named_function(&stop))
+                .unwrap()
+        };
+        let profiler = CpuProfiler::global();
+        let raw = profiler
+            .profile(ProfileRequest::new(Duration::from_millis(700)).hz(250))
+            .await
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+
+        assert!(raw.sample_count() >= 20, "{} samples", raw.sample_count());
+        assert!(raw.cpu_time() >= Duration::from_millis(500));
+        let profile = raw.to_profile();
+        let on_spinner: Vec<_> = profile
+            .samples
+            .iter()
+            .filter(|s| s.thread.as_deref() == Some("spinner"))
+            .collect();
+        let total_on_spinner: i64 = on_spinner.iter().map(|s| s.values[0]).sum();
+        let in_function: i64 = on_spinner
+            .iter()
+            .filter(|s| {
+                profile
+                    .frames_root_first(s)
+                    .any(|f| f.function.ends_with("spin_in_a_named_function"))
+            })
+            .map(|s| s.values[0])
+            .sum();
+        // The spinner had a core to itself for the whole window (the other
+        // core also runs the symbolizer's first DWARF load in this process).
+        assert!(
+            total_on_spinner as f64 >= 0.35 * raw.sample_count() as f64,
+            "{total_on_spinner} of {} samples on the spinner",
+            raw.sample_count()
+        );
+        assert!(
+            in_function as f64 >= 0.95 * total_on_spinner as f64,
+            "{in_function} of {total_on_spinner} spinner samples unwound through the spin function"
+        );
+        // Totals are rescaled to the measured CPU time.
+        let cpu_total = profile.total(1);
+        assert_eq!(cpu_total, i64::try_from(raw.cpu_time().as_nanos()).unwrap());
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while profiler.status().running_hz.is_some() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            profiler.status().running_hz,
+            None,
+            "sampler stops when idle"
+        );
+        assert!(
+            sampler::sigprof_ignored(),
+            "SIGPROF is left ignored, not SIG_DFL"
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_requests_are_refused_before_sampling() {
+        let profiler = CpuProfiler::global();
+        let zero = profiler.profile(ProfileRequest::new(Duration::ZERO)).await;
+        assert!(matches!(zero, Err(Error::InvalidRequest(_))));
+        let fast = profiler
+            .profile(ProfileRequest::new(Duration::from_secs(1)).hz(5000))
+            .await;
+        assert!(matches!(fast, Err(Error::InvalidRequest(_))));
+    }
+}

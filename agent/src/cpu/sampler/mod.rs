@@ -1,0 +1,289 @@
+//! Linux SIGPROF sampler: a process CPU-time timer (`ITIMER_PROF`), a
+//! signal handler that unwinds with framehop into a lock-free ring, and the
+//! unwind tables of every loaded module, prepared before the first signal.
+#![allow(unsafe_code)]
+
+mod handler;
+mod memory;
+mod ring;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use framehop::{ExplicitModuleSectionInfo, Module, Unwinder};
+
+use crate::profile::modules::{loaded_modules, LoadedModule};
+use crate::Error;
+use handler::{HandlerState, NativeUnwinder, UnwindContext};
+use memory::{CopyMethod, StackCopy};
+
+pub(crate) use ring::RawSample;
+
+/// Ring slots per session: at 250 signals/s on each of 16 busy CPUs this is
+/// ~250 ms of samples, ten times the control thread's drain interval.
+const RING_SLOTS: usize = 1024;
+
+/// Most handlers that can unwind at the same instant; a signal arriving
+/// while all are busy is counted as dropped.
+const MAX_CONCURRENT_UNWINDS: usize = 8;
+
+/// Signal-safe clocks.
+pub(crate) mod clock {
+    #![allow(unsafe_code)]
+
+    fn read(clock: libc::clockid_t) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own; it is
+        // async-signal-safe (vDSO) and cannot fail for these clock ids.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64)
+    }
+
+    /// `CLOCK_MONOTONIC`, in nanoseconds.
+    pub(crate) fn monotonic_ns() -> u64 {
+        read(libc::CLOCK_MONOTONIC)
+    }
+
+    /// CPU time consumed by all threads of this process, in nanoseconds
+    /// (the same accounting as `utime + stime` in `/proc/self/stat`).
+    pub(crate) fn process_cpu_ns() -> u64 {
+        read(libc::CLOCK_PROCESS_CPUTIME_ID)
+    }
+}
+
+/// A running sampler. Sampling stops when it is dropped, and SIGPROF is
+/// left ignored (never `SIG_DFL`, whose action would kill the process if a
+/// late signal arrived).
+pub(crate) struct Sampler {
+    state: *mut HandlerState,
+    footprint_bytes: usize,
+}
+
+// SAFETY: `state` is only dereferenced immutably (all shared fields are
+// atomics or read-only) and freed in Drop after handlers are retracted.
+unsafe impl Send for Sampler {}
+
+impl Sampler {
+    /// Prepares unwind tables and starts sampling at `hz` per CPU-second.
+    pub(crate) fn start(hz: u32) -> Result<Self, Error> {
+        check_no_foreign_profiler()?;
+        let copy_method = CopyMethod::probe();
+        let modules = loaded_modules(true);
+        let unwinder = build_unwinder(&modules);
+        let contexts = (0..MAX_CONCURRENT_UNWINDS.min(cpu_count().max(2)))
+            .map(|_| StackCopy::new(copy_method).map(UnwindContext::new))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|source| Error::Os {
+                call: "pipe2",
+                source,
+            })?
+            .into_boxed_slice();
+        let unwind_bytes: usize = modules
+            .iter()
+            .filter_map(|m| m.unwind.as_ref())
+            .map(|u| u.eh_frame.len() + u.eh_frame_hdr.len())
+            .sum();
+        let ring = ring::SampleRing::new(RING_SLOTS);
+        let footprint_bytes = unwind_bytes
+            + ring.footprint_bytes()
+            + contexts
+                .iter()
+                .map(UnwindContext::footprint_bytes)
+                .sum::<usize>();
+        let state = handler::publish(Box::new(HandlerState {
+            unwinder,
+            contexts,
+            ring,
+            recorded: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }));
+        let sampler = Sampler {
+            state,
+            footprint_bytes,
+        };
+        install_handler()?;
+        set_timer(hz)?;
+        tracing::debug!(
+            hz,
+            modules = modules.len(),
+            copy_method = ?copy_method,
+            footprint_bytes,
+            "CPU sampler armed"
+        );
+        Ok(sampler)
+    }
+
+    /// Memory the sampler holds (unwind tables, ring, stack copies), in bytes.
+    pub(crate) fn footprint_bytes(&self) -> usize {
+        self.footprint_bytes
+    }
+
+    fn state(&self) -> &HandlerState {
+        // SAFETY: `state` stays valid until Drop retracts it.
+        unsafe { &*self.state }
+    }
+
+    /// Hands every sample recorded since the last drain to `visit`.
+    pub(crate) fn drain(&mut self, visit: impl FnMut(&RawSample)) -> usize {
+        self.state().ring.drain(visit)
+    }
+
+    /// Samples recorded and dropped since start.
+    pub(crate) fn counters(&self) -> (u64, u64) {
+        let state = self.state();
+        (
+            state.recorded.load(Ordering::Relaxed),
+            state.dropped.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        if let Err(error) = set_timer(0) {
+            tracing::warn!(%error, "cannot disarm ITIMER_PROF");
+        }
+        ignore_sigprof();
+        // Dropped here, after the handler can no longer see it.
+        drop(handler::retract(self.state));
+        tracing::debug!("CPU sampler stopped; SIGPROF ignored");
+    }
+}
+
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn build_unwinder(modules: &[LoadedModule]) -> NativeUnwinder {
+    let mut unwinder = NativeUnwinder::new();
+    for module in modules {
+        let Some(code) = module.code_range() else {
+            continue;
+        };
+        let text_svma = code.start.wrapping_sub(module.base)..code.end.wrapping_sub(module.base);
+        let info = match &module.unwind {
+            Some(unwind) => ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: Some(text_svma),
+                eh_frame_svma: Some(unwind.eh_frame_svma.clone()),
+                eh_frame: Some(unwind.eh_frame.clone()),
+                eh_frame_hdr_svma: Some(unwind.eh_frame_hdr_svma.clone()),
+                eh_frame_hdr: Some(unwind.eh_frame_hdr.clone()),
+                ..Default::default()
+            },
+            // No unwind tables: framehop falls back to frame pointers.
+            None => ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: Some(text_svma),
+                ..Default::default()
+            },
+        };
+        unwinder.add_module(Module::new(module.path.clone(), code, module.base, info));
+    }
+    unwinder
+}
+
+fn os_error(call: &'static str) -> Error {
+    Error::Os {
+        call,
+        source: io::Error::last_os_error(),
+    }
+}
+
+/// Refuses to start when something else (pprof-rs, gperftools, a second
+/// copy of this crate) owns SIGPROF or has armed the profiling timer.
+fn check_no_foreign_profiler() -> Result<(), Error> {
+    // SAFETY: zeroed itimerval/sigaction are valid out-parameters.
+    let (timer, action) = unsafe {
+        let mut timer: libc::itimerval = std::mem::zeroed();
+        if libc::getitimer(libc::ITIMER_PROF, &mut timer) != 0 {
+            return Err(os_error("getitimer"));
+        }
+        let mut action: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGPROF, std::ptr::null(), &mut action) != 0 {
+            return Err(os_error("sigaction"));
+        }
+        (timer, action)
+    };
+    if timer.it_value.tv_sec != 0 || timer.it_value.tv_usec != 0 {
+        return Err(Error::ForeignProfiler(
+            "ITIMER_PROF is already armed (is pprof-rs or gperftools profiling?)",
+        ));
+    }
+    let ours = handler::on_sigprof as *const () as usize;
+    let current = action.sa_sigaction;
+    if current != libc::SIG_DFL && current != libc::SIG_IGN && current != ours {
+        return Err(Error::ForeignProfiler(
+            "SIGPROF has another handler (is pprof-rs or gperftools installed?)",
+        ));
+    }
+    Ok(())
+}
+
+fn install_handler() -> Result<(), Error> {
+    // SAFETY: installing an SA_SIGINFO handler whose body is async-signal-
+    // safe (see handler.rs); SA_RESTART keeps interrupted syscalls of the
+    // host transparent where the kernel allows it.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler::on_sigprof as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGPROF, &action, std::ptr::null_mut()) != 0 {
+            return Err(os_error("sigaction"));
+        }
+    }
+    Ok(())
+}
+
+fn ignore_sigprof() {
+    // SAFETY: setting SIGPROF to SIG_IGN has no preconditions.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_IGN;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGPROF, &action, std::ptr::null_mut());
+    }
+}
+
+/// Arms `ITIMER_PROF` at `hz` signals per CPU-second of the process, or
+/// disarms it with 0.
+fn set_timer(hz: u32) -> Result<(), Error> {
+    let interval_us = if hz == 0 {
+        0
+    } else {
+        (1_000_000 / i64::from(hz)).max(1)
+    };
+    let interval = libc::timeval {
+        tv_sec: (interval_us / 1_000_000) as libc::time_t,
+        tv_usec: (interval_us % 1_000_000) as libc::suseconds_t,
+    };
+    let timer = libc::itimerval {
+        it_interval: interval,
+        it_value: interval,
+    };
+    // SAFETY: setitimer with a valid itimerval and no old-value pointer.
+    if unsafe { libc::setitimer(libc::ITIMER_PROF, &timer, std::ptr::null_mut()) } != 0 {
+        return Err(os_error("setitimer"));
+    }
+    Ok(())
+}
+
+/// Whether SIGPROF is currently ignored (read from the kernel's view in
+/// `/proc/self/status`).
+#[cfg(test)]
+pub(crate) fn sigprof_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGPROF - 1)) != 0)
+}

@@ -1,0 +1,60 @@
+//! Stand-in for platforms and builds without the SIGPROF sampler: every
+//! attempt to start reports why CPU profiling is unavailable.
+
+use crate::Error;
+
+#[cfg(not(feature = "cpu"))]
+const REASON: &str = "this build of stethoscope has the `cpu` feature disabled";
+#[cfg(feature = "cpu")]
+const REASON: &str = "CPU sampling needs Linux on x86_64 or aarch64";
+
+/// Never constructed: there is no sampler here.
+pub(crate) enum Sampler {}
+
+/// Never constructed either; keeps the session code platform-neutral.
+pub(crate) enum RawSample {}
+
+impl RawSample {
+    pub(crate) fn thread_name(&self) -> &[u8] {
+        match *self {}
+    }
+    pub(crate) fn frames(&self) -> &[u64] {
+        match *self {}
+    }
+    pub(crate) fn timestamp_ns(&self) -> u64 {
+        match *self {}
+    }
+}
+
+impl Sampler {
+    pub(crate) fn start(_hz: u32) -> Result<Self, Error> {
+        Err(Error::Unsupported {
+            what: "CPU profiling",
+            reason: REASON,
+        })
+    }
+    pub(crate) fn footprint_bytes(&self) -> usize {
+        match *self {}
+    }
+    pub(crate) fn drain(&mut self, _visit: impl FnMut(&RawSample)) -> usize {
+        match *self {}
+    }
+    pub(crate) fn counters(&self) -> (u64, u64) {
+        match *self {}
+    }
+}
+
+pub(crate) mod clock {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    pub(crate) fn monotonic_ns() -> u64 {
+        static ANCHOR: OnceLock<Instant> = OnceLock::new();
+        let anchor = *ANCHOR.get_or_init(Instant::now);
+        u64::try_from(anchor.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn process_cpu_ns() -> u64 {
+        0
+    }
+}

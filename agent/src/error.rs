@@ -1,0 +1,129 @@
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything that can go wrong in the agent.
+///
+/// Variants keep their underlying cause as a [`source`](std::error::Error::source).
+/// The enum is `#[non_exhaustive]`: match with a wildcard arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The listen address is not a `host:port` socket address.
+    #[error("invalid listen address {addr:?}: expected host:port, e.g. 127.0.0.1:6060")]
+    InvalidListenAddr {
+        /// The address as given.
+        addr: String,
+        /// Why it did not parse.
+        #[source]
+        source: std::net::AddrParseError,
+    },
+
+    /// An allowlist entry is neither a CIDR block nor an IP address.
+    #[error("invalid CIDR {cidr:?}: expected e.g. 10.0.0.0/8 or 192.168.1.7")]
+    InvalidCidr {
+        /// The entry as given.
+        cidr: String,
+        /// Why it did not parse.
+        #[source]
+        source: ipnet::AddrParseError,
+    },
+
+    /// An environment variable read by `with_default_env()` has an unusable value.
+    #[error("environment variable {var}={value:?} is invalid: expected {expected}")]
+    InvalidEnv {
+        /// The variable name.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What a valid value looks like.
+        expected: &'static str,
+    },
+
+    /// A setting is out of range.
+    #[error("invalid setting {setting}: {reason}")]
+    InvalidSetting {
+        /// The setting's name.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// Refused to bind a non-loopback address without a token.
+    #[error(
+        "refusing to serve debug endpoints on non-loopback address {addr} without a token: \
+         set a token (AgentBuilder::token or STETHOSCOPE_TOKEN) or, if the network is \
+         trusted, call allow_insecure_bind(true)"
+    )]
+    InsecureBind {
+        /// The address that was refused.
+        addr: SocketAddr,
+    },
+
+    /// The debug server could not bind its address.
+    #[error("cannot bind debug server to {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The debug server's thread or runtime could not be started.
+    #[error("cannot start the debug server thread")]
+    ServerStart(#[source] io::Error),
+
+    /// A CPU profile was requested while the sampler runs at another frequency.
+    #[error(
+        "the CPU sampler is already running at {running_hz} Hz; \
+         retry in {} s or ask for hz={running_hz}", retry_after.as_secs().max(1)
+    )]
+    ProfilerBusy {
+        /// Frequency of the running sampler.
+        running_hz: u32,
+        /// Time until the running profiles end.
+        retry_after: Duration,
+    },
+
+    /// Profiling is not available in this build or on this platform.
+    #[error("{what} is not supported here: {reason}")]
+    Unsupported {
+        /// The capability, e.g. "CPU profiling".
+        what: &'static str,
+        /// Why, and what would make it available.
+        reason: &'static str,
+    },
+
+    /// Another profiler owns SIGPROF or the profiling timer.
+    #[error("another profiler is active in this process: {0}")]
+    ForeignProfiler(&'static str),
+
+    /// A system call the sampler needs failed.
+    #[error("{call} failed")]
+    Os {
+        /// The call, e.g. "setitimer".
+        call: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A profile request has an unusable parameter.
+    #[error("invalid profile request: {0}")]
+    InvalidRequest(&'static str),
+
+    /// The sampler stopped before the profile was complete (agent shutdown).
+    #[error("the CPU sampler stopped before the profile was complete")]
+    SamplerStopped,
+
+    /// Encoding a report failed.
+    #[error("cannot encode the {format} report")]
+    Encode {
+        /// The format being written.
+        format: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}

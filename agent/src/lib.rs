@@ -1,0 +1,66 @@
+//! # stethoscope
+//!
+//! An in-process profiling and diagnostics agent for Rust services. Add the
+//! crate, start the agent in `main`, and a private debug HTTP server inside
+//! the process serves on-demand CPU profiles: interactive flame graphs for a
+//! browser, and gzip pprof protobufs for `go tool pprof`, Grafana Pyroscope,
+//! Parca or speedscope.
+//!
+//! The debug server runs on its own OS thread with its own single-threaded
+//! tokio runtime, so it answers even when every worker of the host's runtime
+//! is busy or blocked. It binds `127.0.0.1:6060` by default and refuses a
+//! non-loopback address unless a bearer token is set.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), stethoscope::Error> {
+//! let agent = stethoscope::Agent::builder()
+//!     .listen("127.0.0.1:6060") // the default; port 0 picks a free port
+//!     .with_default_env()       // STETHOSCOPE_ADDR, STETHOSCOPE_TOKEN, ...
+//!     .start()?;
+//! println!("debug server on http://{}/debug/pprof/", agent.local_addr());
+//! // ... run the service ...
+//! agent.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Then, from the internal network:
+//!
+//! ```text
+//! curl -o cpu.svg 'http://127.0.0.1:6060/debug/pprof/profile?seconds=30&format=svg'
+//! go tool pprof 'http://127.0.0.1:6060/debug/pprof/profile?seconds=30'
+//! ```
+//!
+//! CPU profiles can also be taken from Rust, without the server:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), stethoscope::Error> {
+//! use std::time::Duration;
+//! use stethoscope::cpu::{CpuProfiler, ProfileRequest};
+//!
+//! let profile = CpuProfiler::global()
+//!     .profile(ProfileRequest::new(Duration::from_secs(5)))
+//!     .await?;
+//! println!("{} samples, {:?} of CPU", profile.sample_count(), profile.cpu_time());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See the `docs/` folder of the repository for the endpoint reference, the
+//! embedding guide, the security model and measured overhead.
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod agent;
+pub mod config;
+pub mod cpu;
+mod error;
+pub mod profile;
+mod server;
+
+pub use agent::{Agent, AgentBuilder};
+pub use error::Error;

@@ -1,0 +1,238 @@
+//! Raw stacks of addresses → a symbolized [`Profile`] with mappings.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::modules::{loaded_modules, LoadedModule};
+use super::symbolize::Symbolizer;
+use super::{Location, Mapping, Profile, Sample, SymbolizedFrame, ValueType};
+
+/// Everything about a profile except its stacks.
+#[derive(Debug, Clone)]
+pub(crate) struct ProfileMeta {
+    pub(crate) sample_types: Vec<ValueType>,
+    pub(crate) default_value: usize,
+    pub(crate) flame_value: usize,
+    pub(crate) period_type: ValueType,
+    pub(crate) period: i64,
+    pub(crate) started_at: SystemTime,
+    pub(crate) duration: Duration,
+    pub(crate) title: String,
+    pub(crate) comments: Vec<String>,
+}
+
+/// One stack of lookup addresses (leaf first) with its values.
+#[derive(Debug, Clone)]
+pub(crate) struct RawStack<'a> {
+    pub(crate) thread: Option<Arc<str>>,
+    pub(crate) addresses: &'a [u64],
+    pub(crate) values: Vec<i64>,
+}
+
+impl Profile {
+    /// Symbolizes `stacks` (through the process-wide cache) and attaches the
+    /// mappings of the binaries their addresses belong to.
+    pub(crate) fn build<'a>(
+        meta: ProfileMeta,
+        stacks: impl IntoIterator<Item = RawStack<'a>>,
+    ) -> Profile {
+        let stacks: Vec<RawStack<'a>> = stacks.into_iter().collect();
+        let mut location_of: HashMap<u64, usize> = HashMap::new();
+        let mut addresses: Vec<u64> = Vec::new();
+        for stack in &stacks {
+            for &address in stack.addresses {
+                location_of.entry(address).or_insert_with(|| {
+                    addresses.push(address);
+                    addresses.len() - 1
+                });
+            }
+        }
+        let symbols = Symbolizer::global().resolve(&addresses);
+        let modules = loaded_modules(false);
+        let mut mappings = mappings_of(&modules);
+        let locations: Vec<Location> = addresses
+            .iter()
+            .map(|&address| {
+                let mapping = mappings
+                    .iter()
+                    .position(|m| (m.start..m.limit).contains(&address));
+                let frames = match symbols.get(&address) {
+                    Some(frames) if !frames.is_empty() => Arc::clone(frames),
+                    _ => fallback_frame(address, &modules),
+                };
+                if let Some(m) = mapping.and_then(|i| mappings.get_mut(i)) {
+                    if symbols.get(&address).is_some_and(|f| !f.is_empty()) {
+                        m.has_functions = true;
+                    }
+                    if frames.iter().any(|f| f.line.is_some()) {
+                        m.has_lines = true;
+                    }
+                    if frames.len() > 1 {
+                        m.has_inline_frames = true;
+                    }
+                }
+                Location {
+                    address,
+                    mapping,
+                    frames,
+                }
+            })
+            .collect();
+        let samples = stacks
+            .into_iter()
+            .map(|stack| Sample {
+                locations: stack
+                    .addresses
+                    .iter()
+                    .filter_map(|a| location_of.get(a).copied())
+                    .collect(),
+                values: stack.values,
+                thread: stack.thread,
+            })
+            .collect();
+        Profile {
+            sample_types: meta.sample_types,
+            default_value: meta.default_value,
+            flame_value: meta.flame_value,
+            period_type: meta.period_type,
+            period: meta.period,
+            started_at: meta.started_at,
+            duration: meta.duration,
+            title: meta.title,
+            comments: meta.comments,
+            samples,
+            locations,
+            mappings,
+        }
+    }
+}
+
+/// One mapping per executable segment; the main executable comes first, as
+/// pprof tools expect.
+fn mappings_of(modules: &[LoadedModule]) -> Vec<Mapping> {
+    let page = page_size();
+    let mut mappings = Vec::new();
+    for module in modules {
+        for segment in module.segments.iter().filter(|s| s.executable) {
+            let start = segment.svma.start.wrapping_add(module.base);
+            let aligned = start & !(page - 1);
+            mappings.push(Mapping {
+                start: aligned,
+                limit: segment.svma.end.wrapping_add(module.base),
+                file_offset: segment.file_offset.saturating_sub(start - aligned),
+                file: module.path.clone(),
+                build_id: module.build_id_hex(),
+                has_functions: false,
+                has_lines: false,
+                has_inline_frames: false,
+            });
+        }
+    }
+    mappings
+}
+
+/// A name for an address no symbol covers: `libfoo.so+0x1234`, or the raw
+/// address outside any binary (JIT code, corrupt frames).
+fn fallback_frame(address: u64, modules: &[LoadedModule]) -> Arc<[SymbolizedFrame]> {
+    let name = modules
+        .iter()
+        .find(|m| m.code_range().is_some_and(|r| r.contains(&address)))
+        .map(|m| format!("{}+{:#x}", m.file_name(), address.wrapping_sub(m.base)))
+        .unwrap_or_else(|| format!("{address:#x}"));
+    Arc::from([SymbolizedFrame {
+        function: Arc::from(name),
+        file: None,
+        line: None,
+    }])
+}
+
+fn page_size() -> u64 {
+    #[cfg(unix)]
+    {
+        #[allow(unsafe_code)]
+        // SAFETY: sysconf has no preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(size)
+            .ok()
+            .filter(|s| s.is_power_of_two())
+            .unwrap_or(4096)
+    }
+    #[cfg(not(unix))]
+    {
+        4096
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    #[inline(never)]
+    pub(crate) fn leaf_for_tests() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    #[inline(never)]
+    pub(crate) fn caller_for_tests() -> u64 {
+        std::hint::black_box(leaf_for_tests()) + 1
+    }
+
+    /// A small CPU-like profile over real addresses of this test binary.
+    pub(crate) fn sample_profile() -> Profile {
+        let leaf = leaf_for_tests as *const () as usize as u64;
+        let caller = caller_for_tests as *const () as usize as u64;
+        let hot = [leaf, caller];
+        let cold = [caller];
+        let meta = ProfileMeta {
+            sample_types: vec![
+                ValueType::new("samples", "count"),
+                ValueType::new("cpu", "nanoseconds"),
+            ],
+            default_value: 1,
+            flame_value: 0,
+            period_type: ValueType::new("cpu", "nanoseconds"),
+            period: 10_000_000,
+            started_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            duration: Duration::from_secs(2),
+            title: "CPU profile of tests".into(),
+            comments: vec!["2 s window".into()],
+        };
+        Profile::build(
+            meta,
+            [
+                RawStack {
+                    thread: Some(Arc::from("worker")),
+                    addresses: &hot,
+                    values: vec![3, 30_000_000],
+                },
+                RawStack {
+                    thread: Some(Arc::from("main")),
+                    addresses: &cold,
+                    values: vec![1, 10_000_000],
+                },
+            ],
+        )
+    }
+
+    #[test]
+    fn build_symbolizes_and_maps_to_the_executable() {
+        let profile = sample_profile();
+        assert_eq!(profile.locations.len(), 2);
+        assert_eq!(profile.total(1), 40_000_000);
+        let leaf = &profile.locations[profile.samples[0].locations[0]];
+        assert!(leaf.frames[0].function.ends_with("leaf_for_tests"));
+        let mapping = &profile.mappings[leaf.mapping.expect("in the executable")];
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(mapping.file, exe.to_string_lossy());
+        assert!(mapping.has_functions && mapping.has_lines);
+        assert!(mapping.build_id.is_some());
+        assert_eq!(profile.mappings[0].file, mapping.file, "main binary first");
+    }
+
+    #[test]
+    fn unknown_addresses_get_a_readable_fallback_name() {
+        let frames = fallback_frame(0x10, &[]);
+        assert_eq!(&*frames[0].function, "0x10");
+    }
+}

@@ -1,0 +1,86 @@
+//! Folded (collapsed) stacks: `thread;root;…;leaf count` per line, the input
+//! format of inferno and Brendan Gregg's FlameGraph.
+
+use std::collections::BTreeMap;
+
+use super::Profile;
+
+/// Renders one line per distinct stack, sorted, with the flame-graph value.
+pub(super) fn render(profile: &Profile) -> String {
+    let mut out = String::new();
+    for (stack, count) in lines(profile) {
+        out.push_str(&stack);
+        out.push(' ');
+        out.push_str(&count.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+/// Distinct stacks with their summed flame-graph values, sorted by stack.
+pub(super) fn lines(profile: &Profile) -> BTreeMap<String, i64> {
+    let mut stacks: BTreeMap<String, i64> = BTreeMap::new();
+    for sample in &profile.samples {
+        let value = sample.values.get(profile.flame_value).copied().unwrap_or(0);
+        if value <= 0 {
+            continue;
+        }
+        let mut line = String::new();
+        if let Some(thread) = &sample.thread {
+            push_frame(&mut line, thread);
+        }
+        for frame in profile.frames_root_first(sample) {
+            if !line.is_empty() {
+                line.push(';');
+            }
+            push_frame(&mut line, &frame.function);
+        }
+        if line.is_empty() {
+            line.push_str("[unknown]");
+        }
+        *stacks.entry(line).or_insert(0) += value;
+    }
+    stacks
+}
+
+/// Appends a frame name, replacing the characters the format reserves:
+/// `;` separates frames (Rust names contain it, as in `[u8; 4]`) and a
+/// newline ends the record.
+fn push_frame(line: &mut String, name: &str) {
+    for c in name.chars() {
+        match c {
+            ';' => line.push('\u{ff1b}'),
+            '\n' | '\r' => line.push(' '),
+            other => line.push(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::build::tests::sample_profile;
+
+    #[test]
+    fn thread_is_the_root_and_leaf_comes_last() {
+        let text = render(&sample_profile());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let worker = lines.iter().find(|l| l.starts_with("worker;")).unwrap();
+        let (stack, count) = worker.rsplit_once(' ').unwrap();
+        assert_eq!(count, "3");
+        let frames: Vec<&str> = stack.split(';').collect();
+        assert!(frames.last().unwrap().ends_with("leaf_for_tests"));
+        assert!(frames[frames.len() - 2].ends_with("caller_for_tests"));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("main;") && l.ends_with(" 1")));
+    }
+
+    #[test]
+    fn reserved_characters_are_replaced() {
+        let mut line = String::new();
+        push_frame(&mut line, "<[u8; 4] as Foo>::bar\n");
+        assert!(!line.contains(';') && !line.contains('\n'));
+    }
+}

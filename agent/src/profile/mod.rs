@@ -1,0 +1,240 @@
+//! The shared profile model — weighted stacks with symbolized locations and
+//! the binaries they belong to — and its encoders: pprof protobuf (gzip),
+//! folded stacks, SVG flame graph, text top table and JSON.
+//!
+//! Capabilities produce raw stacks of addresses; [`Profile`] is what they
+//! become after symbolization, and every output format is rendered from it.
+
+mod build;
+mod flamegraph;
+mod folded;
+mod json;
+pub(crate) mod modules;
+mod pprof;
+pub(crate) mod symbolize;
+mod top;
+
+pub(crate) use json::rfc3339;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub(crate) use build::{ProfileMeta, RawStack};
+pub use symbolize::{SymbolizerStats, MAX_CACHED_ADDRESSES};
+
+use crate::Error;
+
+/// One frame of a symbolized location; a location with inlined calls has
+/// several.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SymbolizedFrame {
+    /// Demangled function name, without the Rust symbol hash.
+    pub function: Arc<str>,
+    /// Source file, when debug info is present.
+    pub file: Option<Arc<str>>,
+    /// Source line, when debug info is present.
+    pub line: Option<u32>,
+}
+
+/// What a sample value measures, e.g. `cpu` in `nanoseconds`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ValueType {
+    /// What is measured (`samples`, `cpu`, `inuse_space`, …).
+    pub kind: String,
+    /// Its unit (`count`, `nanoseconds`, `bytes`, …).
+    pub unit: String,
+}
+
+impl ValueType {
+    /// A value type from its kind and unit.
+    pub fn new(kind: impl Into<String>, unit: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            unit: unit.into(),
+        }
+    }
+}
+
+/// A binary image that locations point into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Mapping {
+    /// First address of the executable segment.
+    pub start: u64,
+    /// One past its last address.
+    pub limit: u64,
+    /// File offset that `start` corresponds to.
+    pub file_offset: u64,
+    /// Path of the binary, or `[vdso]`.
+    pub file: String,
+    /// GNU build ID in hex, when the binary has one.
+    pub build_id: Option<String>,
+    /// Whether any location in it was resolved to a function name.
+    pub has_functions: bool,
+    /// Whether any location in it has a source file and line.
+    pub has_lines: bool,
+    /// Whether any location in it has inlined frames.
+    pub has_inline_frames: bool,
+}
+
+/// A code address and what it resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Location {
+    /// The lookup address: an interrupted instruction, or a return address
+    /// minus one.
+    pub address: u64,
+    /// Index into [`Profile::mappings`].
+    pub mapping: Option<usize>,
+    /// The inline chain at this address, innermost (the inlined callee) first.
+    pub frames: Arc<[SymbolizedFrame]>,
+}
+
+/// One stack and its weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Sample {
+    /// Indices into [`Profile::locations`], leaf first.
+    pub locations: Vec<usize>,
+    /// One value per [`Profile::sample_types`] entry.
+    pub values: Vec<i64>,
+    /// Name of the thread the stack was sampled on.
+    pub thread: Option<Arc<str>>,
+}
+
+/// A symbolized profile: stacks with weights, ready to encode.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Profile {
+    /// What each sample value measures.
+    pub sample_types: Vec<ValueType>,
+    /// Index of the value the text and pprof views show by default.
+    pub default_value: usize,
+    /// Index of the value flame graphs and folded stacks count.
+    pub flame_value: usize,
+    /// What the sampling period measures.
+    pub period_type: ValueType,
+    /// Sampling period in units of `period_type`.
+    pub period: i64,
+    /// Start of the profiled window.
+    pub started_at: SystemTime,
+    /// Length of the profiled window.
+    pub duration: Duration,
+    /// A one-line description, e.g. `CPU profile of orders (pid 7)`.
+    pub title: String,
+    /// Human-readable notes (window, rates, estimates), shown by every format.
+    pub comments: Vec<String>,
+    /// The stacks.
+    pub samples: Vec<Sample>,
+    /// Every distinct address of every stack.
+    pub locations: Vec<Location>,
+    /// Binaries the locations belong to; the main executable first.
+    pub mappings: Vec<Mapping>,
+}
+
+/// Output formats of profile endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// gzip-compressed pprof protobuf (`go tool pprof`, Pyroscope, Parca).
+    Pprof,
+    /// Interactive SVG flame graph (inferno).
+    Svg,
+    /// Folded stacks, one `thread;root;…;leaf count` line per stack.
+    Folded,
+    /// A top table of functions by flat and cumulative weight.
+    Text,
+    /// Stacks with their values as JSON.
+    Json,
+}
+
+impl Format {
+    /// Every format, in the order documentation lists them.
+    pub const ALL: [Format; 5] = [
+        Format::Pprof,
+        Format::Svg,
+        Format::Folded,
+        Format::Text,
+        Format::Json,
+    ];
+
+    /// Parses the `format` query parameter.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pprof" | "proto" | "pb" => Some(Format::Pprof),
+            "svg" | "flamegraph" => Some(Format::Svg),
+            "folded" | "collapsed" => Some(Format::Folded),
+            "text" | "top" | "txt" => Some(Format::Text),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+
+    /// The canonical name used in `format=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Pprof => "pprof",
+            Format::Svg => "svg",
+            Format::Folded => "folded",
+            Format::Text => "text",
+            Format::Json => "json",
+        }
+    }
+
+    /// The HTTP `Content-Type` of the rendered bytes.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Pprof => "application/octet-stream",
+            Format::Svg => "image/svg+xml",
+            Format::Folded | Format::Text => "text/plain; charset=utf-8",
+            Format::Json => "application/json",
+        }
+    }
+
+    /// File name extension for `Content-Disposition`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Pprof => "pb.gz",
+            Format::Svg => "svg",
+            Format::Folded => "folded.txt",
+            Format::Text => "txt",
+            Format::Json => "json",
+        }
+    }
+}
+
+impl Profile {
+    /// Renders the profile in `format`.
+    pub fn render(&self, format: Format) -> Result<Vec<u8>, Error> {
+        match format {
+            Format::Pprof => pprof::encode(self),
+            Format::Svg => flamegraph::render(self),
+            Format::Folded => Ok(folded::render(self).into_bytes()),
+            Format::Text => Ok(top::render(self, top::DEFAULT_ROWS).into_bytes()),
+            Format::Json => json::render(self),
+        }
+    }
+
+    /// Sum of value `index` over all samples.
+    pub fn total(&self, index: usize) -> i64 {
+        self.samples
+            .iter()
+            .filter_map(|s| s.values.get(index))
+            .sum()
+    }
+
+    /// The frames of one sample from root to leaf, expanding inline chains
+    /// (callers before the functions inlined into them).
+    pub fn frames_root_first<'a>(
+        &'a self,
+        sample: &'a Sample,
+    ) -> impl Iterator<Item = &'a SymbolizedFrame> + 'a {
+        sample
+            .locations
+            .iter()
+            .rev()
+            .filter_map(|&i| self.locations.get(i))
+            .flat_map(|location| location.frames.iter().rev())
+    }
+}

@@ -1,0 +1,246 @@
+//! HTTP errors: a status, a short message and a hint, as JSON — or as
+//! `text/plain` with `X-Go-Pprof: 1` on the Go-compatible pprof paths, which
+//! makes `go tool pprof` print the message instead of a parse error.
+//! Details of internal failures are logged, never sent.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::Error;
+
+/// How an error is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorStyle {
+    Json,
+    GoPprof,
+}
+
+impl ErrorStyle {
+    pub(crate) fn for_path(path: &str) -> Self {
+        if path.starts_with("/debug/pprof") {
+            ErrorStyle::GoPprof
+        } else {
+            ErrorStyle::Json
+        }
+    }
+}
+
+/// Everything a handler can answer besides success.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// The request is malformed or out of range.
+    BadRequest { message: String, hint: String },
+    /// Missing or wrong bearer token.
+    Unauthorized,
+    /// Client address not in the allowlist.
+    Forbidden,
+    /// No such endpoint.
+    NotFound { path: String },
+    /// Wrong method for an existing endpoint.
+    MethodNotAllowed,
+    /// The sampler is busy at another frequency.
+    Conflict {
+        message: String,
+        retry_after: Duration,
+    },
+    /// The capability is not available in this build or on this platform.
+    NotImplemented { message: String, hint: String },
+    /// Temporarily unavailable (another profiler owns SIGPROF, shutdown).
+    Unavailable { message: String, hint: String },
+    /// The request ran past its time limit.
+    Timeout,
+    /// An internal failure; details were logged.
+    Internal,
+}
+
+impl ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn message_and_hint(&self) -> (String, String) {
+        match self {
+            ApiError::BadRequest { message, hint }
+            | ApiError::NotImplemented { message, hint }
+            | ApiError::Unavailable { message, hint } => (message.clone(), hint.clone()),
+            ApiError::Unauthorized => (
+                "unauthorized".into(),
+                "send the agent's token as 'Authorization: Bearer <token>'".into(),
+            ),
+            ApiError::Forbidden => (
+                "forbidden".into(),
+                "this client address is not in the agent's allowlist".into(),
+            ),
+            ApiError::NotFound { path } => (
+                format!("no endpoint at {path}"),
+                "see /debug/pprof/ for the available profiles".into(),
+            ),
+            ApiError::MethodNotAllowed => (
+                "method not allowed".into(),
+                "the debug endpoints answer GET".into(),
+            ),
+            ApiError::Conflict {
+                message,
+                retry_after,
+            } => (
+                message.clone(),
+                format!(
+                    "retry in {} s, or use the running frequency",
+                    retry_after_secs(*retry_after)
+                ),
+            ),
+            ApiError::Timeout => (
+                "the request took too long".into(),
+                "ask for a shorter profile".into(),
+            ),
+            ApiError::Internal => (
+                "internal error".into(),
+                "the agent logged the details".into(),
+            ),
+        }
+    }
+
+    /// Renders the error in `style`.
+    pub(crate) fn render(self, style: ErrorStyle) -> Response {
+        let status = self.status();
+        let (message, hint) = self.message_and_hint();
+        let mut response = match style {
+            ErrorStyle::Json => (
+                status,
+                axum::Json(serde_json::json!({ "error": message, "hint": hint })),
+            )
+                .into_response(),
+            ErrorStyle::GoPprof => {
+                let mut response = (status, format!("{message}\nhint: {hint}\n")).into_response();
+                response
+                    .headers_mut()
+                    .insert("x-go-pprof", HeaderValue::from_static("1"));
+                response
+            }
+        };
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"stethoscope\""),
+                );
+            }
+            ApiError::Conflict { retry_after, .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(*retry_after)),
+                );
+            }
+            _ => {}
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+fn retry_after_secs(d: Duration) -> u64 {
+    // Round up, and never tell a client to retry immediately.
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match error {
+            busy @ Error::ProfilerBusy { retry_after, .. } => ApiError::Conflict {
+                message: busy.to_string(),
+                retry_after,
+            },
+            Error::InvalidRequest(reason) => ApiError::bad_request(reason, "see /debug/pprof/"),
+            Error::Unsupported { what, reason } => ApiError::NotImplemented {
+                message: format!("{what} is not supported here"),
+                hint: reason.into(),
+            },
+            Error::ForeignProfiler(reason) => ApiError::Unavailable {
+                message: "another profiler is active in this process".into(),
+                hint: reason.into(),
+            },
+            Error::SamplerStopped => ApiError::Unavailable {
+                message: "the profiler stopped (agent shutting down)".into(),
+                hint: "retry once the agent is up".into(),
+            },
+            other => {
+                tracing::error!(error = %other, source = ?std::error::Error::source(&other), "request failed");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.render(ErrorStyle::Json)
+    }
+}
+
+/// An [`ApiError`] on a Go-compatible pprof path.
+#[derive(Debug)]
+pub(crate) struct PprofError(pub(crate) ApiError);
+
+impl<E: Into<ApiError>> From<E> for PprofError {
+    fn from(error: E) -> Self {
+        PprofError(error.into())
+    }
+}
+
+impl IntoResponse for PprofError {
+    fn into_response(self) -> Response {
+        self.0.render(ErrorStyle::GoPprof)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_and_is_at_least_one() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(2500)), 3);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let error = Error::Os {
+            call: "setitimer",
+            source: std::io::Error::other("secret detail"),
+        };
+        let (message, hint) = ApiError::from(error).message_and_hint();
+        assert!(!message.contains("secret") && !hint.contains("secret"));
+    }
+
+    #[test]
+    fn style_follows_the_path() {
+        assert_eq!(
+            ErrorStyle::for_path("/debug/pprof/profile"),
+            ErrorStyle::GoPprof
+        );
+        assert_eq!(ErrorStyle::for_path("/health"), ErrorStyle::Json);
+    }
+}

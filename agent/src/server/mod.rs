@@ -1,0 +1,385 @@
+//! The debug HTTP server: its own OS thread and single-threaded tokio
+//! runtime, bounded connections, header timeouts, access control, and a
+//! thin axum router over the capability modules.
+
+mod access;
+mod error;
+mod pprof;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{oneshot, watch, Semaphore};
+use tower::ServiceExt;
+
+use crate::config::{Config, DEFAULT_REQUEST_GRACE};
+use crate::cpu::CpuProfiler;
+use crate::Error;
+use error::{ApiError, ErrorStyle};
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) config: Arc<Config>,
+    pub(crate) cpu: CpuProfiler,
+    pub(crate) started: Instant,
+    /// Whether a host tokio runtime was found or given at start.
+    pub(crate) host_runtime: bool,
+}
+
+/// The agent's routes. A pure function of the state, so tests can drive it
+/// with `oneshot` and no socket.
+pub(crate) fn router(state: AppState) -> Router {
+    let time_limit = Duration::from_secs(state.config.max_profile_seconds) + DEFAULT_REQUEST_GRACE;
+    Router::new()
+        .route("/health", get(health))
+        .route(
+            "/debug/pprof",
+            get(|| async { Redirect::permanent("/debug/pprof/") }),
+        )
+        .route("/debug/pprof/", get(pprof::index))
+        .route("/debug/pprof/profile", get(pprof::profile))
+        .route("/debug/pprof/flamegraph", get(pprof::flamegraph))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            time_limited(time_limit, request, next)
+        }))
+        .layer(middleware::from_fn_with_state(state.clone(), access::check))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let cpu = state.cpu.status();
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_s": state.started.elapsed().as_secs_f64(),
+        "host_runtime": if state.host_runtime { "attached" } else { "unavailable" },
+        "cpu_sampler": {
+            "running_hz": cpu.running_hz,
+            "subscribers": cpu.subscribers,
+        },
+    }))
+}
+
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let style = ErrorStyle::for_path(&path);
+    ApiError::NotFound { path }.render(style)
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    ApiError::MethodNotAllowed.render(ErrorStyle::for_path(request.uri().path()))
+}
+
+async fn time_limited(limit: Duration, request: Request, next: Next) -> Response {
+    let style = ErrorStyle::for_path(request.uri().path());
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = ApiError::Timeout.render(style);
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+        }
+    }
+}
+
+/// The running server thread.
+#[derive(Debug)]
+pub(crate) struct ServerHandle {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    stopped: Option<oneshot::Receiver<()>>,
+}
+
+impl ServerHandle {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Asks the server to stop; returns at once.
+    pub(crate) fn signal_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Asks the server to stop and waits until its thread has finished.
+    pub(crate) async fn stop(mut self) {
+        self.signal_stop();
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.await;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+/// Binds (so bind errors surface from `start()`) and starts the server thread.
+pub(crate) fn spawn(state: AppState) -> Result<ServerHandle, Error> {
+    let config = Arc::clone(&state.config);
+    let listener = std::net::TcpListener::bind(config.listen).map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    listener.set_nonblocking(true).map_err(Error::ServerStart)?;
+    let local_addr = listener.local_addr().map_err(Error::ServerStart)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("stethoscope-http")
+        .build()
+        .map_err(Error::ServerStart)?;
+    let (stop, stop_rx) = watch::channel(false);
+    let (stopped_tx, stopped) = oneshot::channel();
+    let app = router(state);
+    std::thread::Builder::new()
+        .name("stethoscope-http".into())
+        .spawn(move || {
+            runtime.block_on(serve(listener, app, config, stop_rx));
+            // Dropping the runtime cancels in-flight requests; their profile
+            // windows are withdrawn and the sampler stops if idle.
+            drop(runtime);
+            tracing::info!(%local_addr, "stethoscope debug server stopped");
+            let _ = stopped_tx.send(());
+        })
+        .map_err(Error::ServerStart)?;
+    tracing::info!(%local_addr, "stethoscope debug server listening");
+    Ok(ServerHandle {
+        local_addr,
+        stop,
+        stopped: Some(stopped),
+    })
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    app: Router,
+    config: Arc<Config>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "debug server cannot register its listener");
+            return;
+        }
+    };
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "debug server accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(request)
+            },
+        );
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "debug connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::extract::connect_info::MockConnectInfo;
+    use axum::http::{header, Request as HttpRequest};
+    use http_body_util::BodyExt;
+
+    fn state(config: Config) -> AppState {
+        AppState {
+            config: Arc::new(config),
+            cpu: CpuProfiler::global(),
+            started: Instant::now(),
+            host_runtime: false,
+        }
+    }
+
+    async fn call(
+        app: Router,
+        uri: &str,
+        auth: Option<&str>,
+        peer: &str,
+    ) -> (StatusCode, Response) {
+        let mut request = HttpRequest::get(uri);
+        if let Some(value) = auth {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let peer: SocketAddr = peer.parse().unwrap();
+        let response = app
+            .layer(MockConnectInfo(peer))
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        (response.status(), response)
+    }
+
+    async fn json(response: Response) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn health_answers_json() {
+        let (status, response) = call(
+            router(state(Config::default())),
+            "/health",
+            None,
+            "127.0.0.1:1",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let body = json(response).await;
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["host_runtime"], "unavailable");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_get_json_404_and_pprof_paths_get_text() {
+        let app = router(state(Config::default()));
+        let (status, response) = call(app.clone(), "/nope", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let body = json(response).await;
+        assert!(body["error"].as_str().unwrap().contains("/nope"));
+        assert!(body["hint"].is_string());
+        let (status, response) = call(app, "/debug/pprof/nope", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()["x-go-pprof"], "1");
+        assert!(response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+    }
+
+    #[tokio::test]
+    async fn token_is_required_except_for_health() {
+        let config = Config {
+            token: Some("s3cret".into()),
+            ..Config::default()
+        };
+        let app = router(state(config));
+        let peer = "127.0.0.1:1";
+        let (status, response) = call(app.clone(), "/debug/pprof/", None, peer).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()["x-go-pprof"], "1");
+        assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+        let (status, _) = call(app.clone(), "/debug/pprof/", Some("Bearer wrong"), peer).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = call(app.clone(), "/debug/pprof/", Some("Basic s3cret"), peer).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = call(app.clone(), "/debug/pprof/", Some("Bearer s3cret"), peer).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(app.clone(), "/debug/pprof/", Some("bearer s3cret"), peer).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(app, "/health", None, peer).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn allowlist_refuses_other_addresses_with_403() {
+        let config = Config {
+            allow: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Config::default()
+        };
+        let app = router(state(config));
+        let (status, response) = call(app.clone(), "/health", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let body = json(response).await;
+        assert_eq!(body["error"], "forbidden");
+        let (status, _) = call(app, "/health", None, "10.2.3.4:1").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn bad_profile_parameters_get_400_in_go_style() {
+        let app = router(state(Config {
+            max_profile_seconds: 60,
+            ..Config::default()
+        }));
+        for uri in [
+            "/debug/pprof/profile?seconds=0",
+            "/debug/pprof/profile?seconds=61",
+            "/debug/pprof/profile?hz=5000",
+            "/debug/pprof/profile?format=bmp",
+            "/debug/pprof/flamegraph?seconds=x",
+        ] {
+            let (status, response) = call(app.clone(), uri, None, "127.0.0.1:1").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(response.headers()["x-go-pprof"], "1");
+            let text = response.into_body().collect().await.unwrap().to_bytes();
+            let text = String::from_utf8_lossy(&text);
+            assert!(text.contains("hint:"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn index_lists_the_profiles() {
+        let (status, response) = call(
+            router(state(Config::default())),
+            "/debug/pprof/",
+            None,
+            "127.0.0.1:1",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let html = String::from_utf8_lossy(&body);
+        assert!(html.contains("href=\"profile?seconds=30\""));
+        assert!(html.contains("flamegraph"));
+    }
+
+    #[tokio::test]
+    async fn wrong_method_gets_405_json() {
+        let app = router(state(Config::default())).layer(MockConnectInfo(
+            "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+        ));
+        let response = app
+            .oneshot(HttpRequest::post("/health").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+}

@@ -1,0 +1,272 @@
+//! Go-compatible `/debug/pprof/*` endpoints.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{Html, IntoResponse, Response};
+
+use super::access::Peer;
+use super::error::{ApiError, PprofError};
+use super::AppState;
+use crate::config::{
+    DEFAULT_FLAMEGRAPH_SECONDS, DEFAULT_PROFILE_HZ, DEFAULT_PROFILE_SECONDS, MAX_PROFILE_HZ,
+};
+use crate::cpu::ProfileRequest;
+use crate::profile::Format;
+
+/// Parsed parameters of a CPU profile request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProfileParams {
+    pub(crate) seconds: u64,
+    pub(crate) hz: u32,
+    pub(crate) format: Format,
+}
+
+impl ProfileParams {
+    /// Parses `seconds`, `hz` and `format`; unknown parameters are ignored,
+    /// as Go's handler does, so scrapers that add their own keep working.
+    pub(crate) fn parse(
+        query: Option<&str>,
+        default_seconds: u64,
+        default_format: Format,
+        max_seconds: u64,
+    ) -> Result<Self, ApiError> {
+        let mut params = ProfileParams {
+            seconds: default_seconds.min(max_seconds),
+            hz: DEFAULT_PROFILE_HZ,
+            format: default_format,
+        };
+        let mut seen = (false, false, false);
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let value = value.trim();
+            match key.as_ref() {
+                "seconds" if !seen.0 && !value.is_empty() => {
+                    seen.0 = true;
+                    params.seconds = match value.parse::<u64>() {
+                        Ok(s) if (1..=max_seconds).contains(&s) => s,
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                format!("seconds={value} is out of range"),
+                                format!("seconds must be a whole number from 1 to {max_seconds}"),
+                            ))
+                        }
+                    };
+                }
+                "hz" if !seen.1 && !value.is_empty() => {
+                    seen.1 = true;
+                    params.hz = match value.parse::<u32>() {
+                        Ok(hz) if (1..=MAX_PROFILE_HZ).contains(&hz) => hz,
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                format!("hz={value} is out of range"),
+                                format!(
+                                    "hz must be a whole number from 1 to {MAX_PROFILE_HZ} (default {DEFAULT_PROFILE_HZ})"
+                                ),
+                            ))
+                        }
+                    };
+                }
+                "format" if !seen.2 && !value.is_empty() => {
+                    seen.2 = true;
+                    params.format = Format::parse(value).ok_or_else(|| {
+                        ApiError::bad_request(
+                            format!("unknown format {value:?}"),
+                            "format is one of pprof, svg, folded, text, json",
+                        )
+                    })?;
+                }
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// `GET /debug/pprof/profile`: CPU profile, pprof by default.
+pub(crate) async fn profile(
+    state: State<AppState>,
+    peer: Peer,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PprofError> {
+    cpu(state, peer, query, DEFAULT_PROFILE_SECONDS, Format::Pprof).await
+}
+
+/// `GET /debug/pprof/flamegraph`: CPU profile, SVG by default.
+pub(crate) async fn flamegraph(
+    state: State<AppState>,
+    peer: Peer,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PprofError> {
+    cpu(state, peer, query, DEFAULT_FLAMEGRAPH_SECONDS, Format::Svg).await
+}
+
+async fn cpu(
+    State(state): State<AppState>,
+    peer: Peer,
+    query: Option<String>,
+    default_seconds: u64,
+    default_format: Format,
+) -> Result<Response, PprofError> {
+    let params = ProfileParams::parse(
+        query.as_deref(),
+        default_seconds,
+        default_format,
+        state.config.max_profile_seconds,
+    )?;
+    let mut request = ProfileRequest::new(Duration::from_secs(params.seconds)).hz(params.hz);
+    if let Peer(Some(addr)) = peer {
+        request = request.requester(addr);
+    }
+    let raw = state.cpu.profile(request).await?;
+    let started_at = raw.started_at();
+    let format = params.format;
+    // Symbolization and encoding run on the agent's blocking pool, never on
+    // the host's runtime.
+    let bytes = tokio::task::spawn_blocking(move || raw.to_profile().render(format))
+        .await
+        .map_err(|join| {
+            tracing::error!(error = %join, "report task failed");
+            ApiError::Internal
+        })??;
+    Ok(file_response(bytes, format, "cpu", started_at))
+}
+
+/// A profile as a download with a `Content-Disposition` filename such as
+/// `cpu-1763800000.pb.gz`, so that `curl -OJ` keeps it.
+pub(crate) fn file_response(
+    bytes: Vec<u8>,
+    format: Format,
+    kind: &str,
+    taken_at: SystemTime,
+) -> Response {
+    let ts = taken_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let disposition = if format == Format::Pprof {
+        "attachment"
+    } else {
+        "inline"
+    };
+    let filename = format!(
+        "{disposition}; filename=\"{kind}-{ts}.{}\"",
+        format.extension()
+    );
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    if let Ok(value) = HeaderValue::from_str(&filename) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// `GET /debug/pprof/`: an index in the spirit of Go's, listing what this
+/// agent serves.
+pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
+    let status = state.cpu.status();
+    let sampler = match status.running_hz {
+        Some(hz) => format!("running at {hz} Hz for {} request(s)", status.subscribers),
+        None => "idle".to_owned(),
+    };
+    let max = state.config.max_profile_seconds;
+    Html(format!(
+        r#"<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>/debug/pprof/</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:1em auto}}td,th{{padding:.2em .8em;text-align:left}}code{{background:#eee;padding:0 .2em}}</style>
+</head><body>
+<h1>/debug/pprof/</h1>
+<p>stethoscope {version} in pid {pid}. CPU sampler: {sampler}.</p>
+<p>Types of profiles available:</p>
+<table>
+<tr><th>Profile</th><th>Formats</th><th>Description</th></tr>
+<tr><td><a href="profile?seconds=30">profile</a></td>
+<td><a href="profile?seconds=30&amp;format=svg">svg</a> ·
+<a href="profile?seconds=30&amp;format=text">text</a> ·
+<a href="profile?seconds=30&amp;format=folded">folded</a> ·
+<a href="profile?seconds=30&amp;format=json">json</a></td>
+<td>CPU profile. <code>seconds</code> (1–{max}, default {DEFAULT_PROFILE_SECONDS}),
+<code>hz</code> (1–{MAX_PROFILE_HZ}, default {DEFAULT_PROFILE_HZ}), <code>format</code> (pprof, svg, folded, text, json; default pprof).
+Requests at the same hz share one sampler; another hz gets 409 while it runs.</td></tr>
+<tr><td><a href="flamegraph?seconds=10">flamegraph</a></td><td>svg</td>
+<td>The same CPU profile as an interactive flame graph (default {DEFAULT_FLAMEGRAPH_SECONDS} s).</td></tr>
+</table>
+<p>From a shell: <code>go tool pprof http://HOST:PORT/debug/pprof/profile?seconds=30</code></p>
+</body></html>
+"#,
+        version = env!("CARGO_PKG_VERSION"),
+        pid = std::process::id(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(query: &str) -> Result<ProfileParams, ApiError> {
+        ProfileParams::parse(Some(query), 30, Format::Pprof, 300)
+    }
+
+    #[test]
+    fn defaults_apply_when_parameters_are_absent() {
+        let p = ProfileParams::parse(None, 10, Format::Svg, 300).unwrap();
+        assert_eq!(
+            (p.seconds, p.hz, p.format),
+            (10, DEFAULT_PROFILE_HZ, Format::Svg)
+        );
+        let clamped = ProfileParams::parse(None, 30, Format::Pprof, 5).unwrap();
+        assert_eq!(clamped.seconds, 5, "default never exceeds the maximum");
+    }
+
+    #[test]
+    fn parses_valid_values_and_ignores_unknown_keys() {
+        let p = parse("seconds=5&hz=999&format=text&debug=1&gc=1").unwrap();
+        assert_eq!((p.seconds, p.hz, p.format), (5, 999, Format::Text));
+        assert_eq!(parse("seconds=").unwrap().seconds, 30);
+    }
+
+    #[test]
+    fn rejects_out_of_range_and_malformed_values() {
+        for bad in [
+            "seconds=0",
+            "seconds=301",
+            "seconds=-1",
+            "seconds=1.5",
+            "seconds=abc",
+            "seconds=99999999999999999999999",
+            "hz=0",
+            "hz=1001",
+            "hz=ten",
+            "format=pdf",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ApiError::BadRequest { .. })),
+                "{bad} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn arbitrary_query_strings_never_panic() {
+        // A cheap deterministic fuzz over hostile bytes and encodings.
+        let pieces = [
+            "seconds", "hz", "format", "=", "&", "%", "%zz", "%00", "\u{0}", "é", "+", ";", "9",
+            "svg", "-", "..", "=&=", "%ff%fe",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut query = String::new();
+            for _ in 0..(seed % 9) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                query.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            let _ = parse(&query);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The demo service with the stethoscope agent.
+//!
+//! ```text
+//! cargo run --release -p stethoscope-examples --bin demo
+//! ```
+//!
+//! `DEMO_ADDR` (default `127.0.0.1:8080`) is the service, `STETHOSCOPE_ADDR`
+//! (default `127.0.0.1:6060`) the agent; the other `STETHOSCOPE_*`
+//! variables apply too.
+
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let agent = stethoscope::Agent::builder().with_default_env().start()?;
+    let debug = agent.local_addr();
+
+    let demo_addr = std::env::var("DEMO_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
+    let listener = tokio::net::TcpListener::bind(&demo_addr).await?;
+    let service = listener.local_addr()?;
+
+    println!("demo service:     http://{service}/");
+    println!("stethoscope agent: http://{debug}/debug/pprof/");
+    println!();
+    println!("Try, in another terminal:");
+    println!("  curl 'http://{service}/burn?ms=5000' & curl -o cpu.svg 'http://{debug}/debug/pprof/profile?seconds=5&format=svg'");
+    println!("  curl 'http://{service}/burn?ms=5000' & curl 'http://{debug}/debug/pprof/profile?seconds=5&format=text'");
+    println!("  curl 'http://{service}/burn?ms=5000' & go tool pprof -top 'http://{debug}/debug/pprof/profile?seconds=5'");
+
+    axum::serve(listener, stethoscope_examples::demo::router())
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    agent.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! CPU workloads with known ground truth, measured in thread CPU time so the
+//! split between functions holds whatever else the machine is doing.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+/// CPU time consumed by the calling thread.
+pub fn thread_cpu_time() -> Duration {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts)
+        };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::sync::OnceLock;
+        use std::time::Instant;
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed()
+    }
+}
+
+/// The spin loop, expanded in place so the time is flat in the function
+/// that uses it (an inlined helper would show up as its own inline frame).
+macro_rules! spin_for {
+    ($cpu:expr, $seed:expr) => {{
+        let budget: Duration = $cpu;
+        let start = thread_cpu_time();
+        let mut x: u64 = $seed;
+        loop {
+            for _ in 0..20_000 {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                x ^= x >> 29;
+            }
+            x = black_box(x);
+            if thread_cpu_time().saturating_sub(start) >= budget {
+                break x;
+            }
+        }
+    }};
+}
+
+/// Spins for `cpu` of thread CPU time. Three quarters of [`burn`].
+#[inline(never)]
+pub fn burn_hot(cpu: Duration) -> u64 {
+    spin_for!(cpu, 0x9e37_79b9_7f4a_7c15)
+}
+
+/// Spins for `cpu` of thread CPU time. One quarter of [`burn`].
+#[inline(never)]
+pub fn burn_cold(cpu: Duration) -> u64 {
+    spin_for!(cpu, 0xbf58_476d_1ce4_e5b9)
+}
+
+/// Burns `total` of thread CPU time, 3/4 in [`burn_hot`] and 1/4 in
+/// [`burn_cold`], alternating in 4 ms slices.
+pub fn burn(total: Duration) -> u64 {
+    let slice = Duration::from_millis(1);
+    let start = thread_cpu_time();
+    let mut acc = 0u64;
+    while thread_cpu_time().saturating_sub(start) < total {
+        acc ^= burn_hot(3 * slice);
+        acc ^= burn_cold(slice);
+    }
+    acc
+}
+
+/// Copies a 4 MiB buffer over and over for `cpu` of thread CPU time: the
+/// time is spent inside libc's `memcpy`, called from this function.
+#[inline(never)]
+pub fn copy_buffers(cpu: Duration) -> u64 {
+    let source = vec![0x5au8; 4 << 20];
+    let mut target = vec![0u8; 4 << 20];
+    let start = thread_cpu_time();
+    let mut rounds = 0u64;
+    while thread_cpu_time().saturating_sub(start) < cpu {
+        target.copy_from_slice(black_box(&source));
+        black_box(&mut target);
+        rounds += 1;
+    }
+    rounds
+}
+
+/// Depth of the call tree walked by [`walk_call_tree`]: 2^12 = 4,096
+/// distinct root-to-leaf paths.
+pub const TREE_DEPTH: u32 = 12;
+
+#[inline(never)]
+fn branch_left(depth: u32, path: u64, work: u32) -> u64 {
+    descend(depth, path, work).wrapping_add(1)
+}
+
+#[inline(never)]
+fn branch_right(depth: u32, path: u64, work: u32) -> u64 {
+    descend(depth, path, work).wrapping_add(2)
+}
+
+#[inline(always)]
+fn descend(depth: u32, path: u64, work: u32) -> u64 {
+    if depth == 0 {
+        leaf_work(work, path)
+    } else if path & 1 == 0 {
+        branch_left(depth - 1, path >> 1, work)
+    } else {
+        branch_right(depth - 1, path >> 1, work)
+    }
+}
+
+#[inline(never)]
+fn leaf_work(work: u32, seed: u64) -> u64 {
+    let mut x = seed | 1;
+    for _ in 0..work {
+        x = x.wrapping_mul(0x2545_f491_4f6c_dd1d).rotate_left(17);
+    }
+    black_box(x)
+}
+
+/// One unit of work with a realistic spread of stacks: walks a binary call
+/// tree along a pseudo-random path, so a profile of many calls holds
+/// thousands of distinct stacks. Returns a value to keep the work alive.
+pub fn walk_call_tree(seed: u64, work: u32) -> u64 {
+    let path = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20;
+    descend(TREE_DEPTH, path, work)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burn_spends_about_the_requested_cpu() {
+        let before = thread_cpu_time();
+        burn(Duration::from_millis(40));
+        let spent = thread_cpu_time() - before;
+        assert!(spent >= Duration::from_millis(40), "{spent:?}");
+        assert!(spent < Duration::from_millis(200), "{spent:?}");
+    }
+
+    #[test]
+    fn call_tree_paths_differ_by_seed() {
+        assert_ne!(walk_call_tree(1, 10), walk_call_tree(2, 10));
+    }
+}
