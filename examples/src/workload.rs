@@ -36,7 +36,7 @@ macro_rules! spin_for {
         let start = thread_cpu_time();
         let mut x: u64 = $seed;
         loop {
-            for _ in 0..20_000 {
+            for _ in 0..2_000 {
                 x = x
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1_442_695_040_888_963_407);
@@ -63,12 +63,17 @@ pub fn burn_cold(cpu: Duration) -> u64 {
 }
 
 /// Burns `total` of thread CPU time, 3/4 in [`burn_hot`] and 1/4 in
-/// [`burn_cold`], alternating in 4 ms slices.
+/// [`burn_cold`]. Slices vary pseudo-randomly between 0.5 and 1.5 ms (×3 for
+/// the hot part) so the pattern cannot alias with a sampler's period.
 pub fn burn(total: Duration) -> u64 {
-    let slice = Duration::from_millis(1);
     let start = thread_cpu_time();
     let mut acc = 0u64;
+    let mut seed = 0x853c_49e6_748f_ea9bu64 ^ start.as_nanos() as u64;
     while thread_cpu_time().saturating_sub(start) < total {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let slice = Duration::from_micros(500 + seed % 1000);
         acc ^= burn_hot(3 * slice);
         acc ^= burn_cold(slice);
     }

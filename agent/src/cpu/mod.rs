@@ -160,6 +160,9 @@ pub struct SamplerStatus {
     pub samples_recorded: u64,
     /// Samples lost (ring full or every unwinder busy), all sessions together.
     pub samples_dropped: u64,
+    /// Time spent inside the SIGPROF handler, all sessions together: the
+    /// sampler's direct cost to the threads it interrupts.
+    pub handler_time: Duration,
     /// Memory held by the running session (unwind tables, ring, stack
     /// copies), in bytes; 0 when idle.
     pub footprint_bytes: usize,

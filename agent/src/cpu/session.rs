@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
-use super::sampler::{clock, Sampler};
+use super::sampler::{clock, Sampler, SamplerCounters};
 use super::window::{StackTable, Window, WindowEnd};
 use super::{CpuProfile, ProfileRequest, SamplerStatus};
 use crate::profile::symbolize::Symbolizer;
@@ -32,8 +32,7 @@ struct State {
     session: Option<Session>,
     sessions_started: u64,
     /// Totals of finished sessions.
-    recorded_before: u64,
-    dropped_before: u64,
+    finished: SamplerCounters,
 }
 
 #[derive(Debug)]
@@ -45,8 +44,7 @@ struct Session {
     latest_deadline_ns: u64,
     /// Windows the control thread is serving.
     active: usize,
-    recorded: u64,
-    dropped: u64,
+    counters: SamplerCounters,
     footprint_bytes: usize,
 }
 
@@ -98,8 +96,7 @@ impl Controller {
                 pending: Vec::new(),
                 latest_deadline_ns: 0,
                 active: 0,
-                recorded: 0,
-                dropped: 0,
+                counters: SamplerCounters::default(),
                 footprint_bytes,
             });
         }
@@ -131,12 +128,14 @@ impl Controller {
     pub(crate) fn status(&self) -> SamplerStatus {
         let state = self.lock();
         let session = state.session.as_ref();
+        let current = session.map(|s| s.counters).unwrap_or_default();
         SamplerStatus {
             running_hz: session.map(|s| s.hz),
             subscribers: session.map_or(0, |s| s.active + s.pending.len()),
             sessions_started: state.sessions_started,
-            samples_recorded: state.recorded_before + session.map_or(0, |s| s.recorded),
-            samples_dropped: state.dropped_before + session.map_or(0, |s| s.dropped),
+            samples_recorded: state.finished.recorded + current.recorded,
+            samples_dropped: state.finished.dropped + current.dropped,
+            handler_time: Duration::from_nanos(state.finished.handler_ns + current.handler_ns),
             footprint_bytes: session.map_or(0, |s| s.footprint_bytes),
         }
     }
@@ -152,7 +151,7 @@ impl Controller {
                 let idle = state
                     .session
                     .as_ref()
-                    .map_or(true, |s| s.pending.is_empty());
+                    .is_none_or(|s| s.pending.is_empty());
                 if idle {
                     let wait = next_wake_in(&windows, clock::monotonic_ns());
                     state = self
@@ -161,7 +160,7 @@ impl Controller {
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 }
-                let (recorded, dropped) = sampler.counters();
+                let counters = sampler.counters();
                 let Some(session) = state.session.as_mut() else {
                     // Unreachable by construction (only this thread clears
                     // the session); stop sampling rather than spin.
@@ -171,7 +170,7 @@ impl Controller {
                     return;
                 };
                 for mut window in session.pending.drain(..) {
-                    window.dropped_at_start = Some(dropped);
+                    window.dropped_at_start = Some(counters.dropped);
                     windows.push(window);
                 }
                 windows.retain(|w| {
@@ -182,11 +181,11 @@ impl Controller {
                     !gone
                 });
                 session.active = windows.len();
-                session.recorded = recorded;
-                session.dropped = dropped;
+                session.counters = counters;
                 if windows.is_empty() {
-                    state.recorded_before += recorded;
-                    state.dropped_before += dropped;
+                    state.finished.recorded += counters.recorded;
+                    state.finished.dropped += counters.dropped;
+                    state.finished.handler_ns += counters.handler_ns;
                     state.session = None;
                     // Stopped under the lock so a new request starts a fresh
                     // session only after this one released SIGPROF.
@@ -197,7 +196,7 @@ impl Controller {
                 clock::monotonic_ns()
             };
 
-            let (_, dropped_total) = sampler.counters();
+            let dropped_total = sampler.counters().dropped;
             for window in windows
                 .iter_mut()
                 .filter(|w| w.end.is_none() && w.deadline_ns <= now_ns)

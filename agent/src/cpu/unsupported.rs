@@ -8,6 +8,14 @@ const REASON: &str = "this build of stethoscope has the `cpu` feature disabled";
 #[cfg(feature = "cpu")]
 const REASON: &str = "CPU sampling needs Linux on x86_64 or aarch64";
 
+/// Cumulative counters of one sampler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SamplerCounters {
+    pub(crate) recorded: u64,
+    pub(crate) dropped: u64,
+    pub(crate) handler_ns: u64,
+}
+
 /// Never constructed: there is no sampler here.
 pub(crate) enum Sampler {}
 
@@ -39,7 +47,13 @@ impl Sampler {
     pub(crate) fn drain(&mut self, _visit: impl FnMut(&RawSample)) -> usize {
         match *self {}
     }
-    pub(crate) fn counters(&self) -> (u64, u64) {
+    pub(crate) fn counters(&self) -> SamplerCounters {
+        match *self {}
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
         match *self {}
     }
 }

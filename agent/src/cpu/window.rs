@@ -111,7 +111,7 @@ impl Window {
 
     /// Whether a sample taken at `timestamp_ns` belongs to this window.
     pub(crate) fn covers(&self, timestamp_ns: u64) -> bool {
-        timestamp_ns >= self.start_ns && self.end.map_or(true, |end| timestamp_ns < end.at_ns)
+        timestamp_ns >= self.start_ns && self.end.is_none_or(|end| timestamp_ns < end.at_ns)
     }
 
     pub(crate) fn count(&mut self, stack: u32) {
@@ -144,7 +144,7 @@ impl Window {
                 })
             })
             .collect();
-        stacks.sort_by(|a, b| b.samples.cmp(&a.samples));
+        stacks.sort_by_key(|s| std::cmp::Reverse(s.samples));
         let profile = CpuProfile {
             started_at: self.started_at,
             duration,

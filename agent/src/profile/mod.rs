@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub(crate) use build::{ProfileMeta, RawStack};
-pub use symbolize::{SymbolizerStats, MAX_CACHED_ADDRESSES};
+pub use symbolize::{SymbolizerStats, DEBUG_INFO_IDLE_RELEASE, MAX_CACHED_ADDRESSES};
 
 use crate::Error;
 
@@ -202,6 +202,17 @@ impl Format {
             Format::Json => "json",
         }
     }
+}
+
+/// Statistics of the process-wide symbol cache shared by all profiles.
+pub fn symbolizer_stats() -> SymbolizerStats {
+    symbolize::Symbolizer::global().stats()
+}
+
+/// Releases the parsed debug info now instead of after
+/// [`DEBUG_INFO_IDLE_RELEASE`]; resolved addresses stay cached.
+pub fn release_debug_info() {
+    symbolize::Symbolizer::global().release_debug_info();
 }
 
 impl Profile {

@@ -20,6 +20,7 @@ pub(crate) struct Segment {
 
 /// `.eh_frame_hdr` and `.eh_frame` copied out of a module's memory.
 #[derive(Debug, Clone, Default)]
+#[cfg_attr(not(feature = "cpu"), allow(dead_code))]
 pub(crate) struct UnwindSections {
     pub(crate) eh_frame_hdr_svma: Range<u64>,
     pub(crate) eh_frame_hdr: Vec<u8>,
@@ -38,6 +39,7 @@ pub(crate) struct LoadedModule {
     /// GNU build ID (`NT_GNU_BUILD_ID` note), if the image has one.
     pub(crate) build_id: Option<Vec<u8>>,
     /// Present when requested and the image has an `.eh_frame_hdr`.
+    #[cfg_attr(not(feature = "cpu"), allow(dead_code))]
     pub(crate) unwind: Option<UnwindSections>,
 }
 
@@ -79,7 +81,7 @@ pub(crate) fn loaded_modules(with_unwind_tables: bool) -> Vec<LoadedModule> {
     imp::loaded_modules(with_unwind_tables)
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 #[allow(unsafe_code)]
 mod imp {
     use super::{LoadedModule, Segment, UnwindSections};
@@ -160,13 +162,13 @@ mod imp {
         } else {
             name
         };
-        let base = info.dlpi_addr as u64;
+        let base = info.dlpi_addr;
         let segments: Vec<Segment> = headers
             .iter()
             .filter(|h| h.p_type == PT_LOAD)
             .map(|h| Segment {
-                svma: h.p_vaddr as u64..(h.p_vaddr as u64).saturating_add(h.p_memsz as u64),
-                file_offset: h.p_offset as u64,
+                svma: h.p_vaddr..h.p_vaddr.saturating_add(h.p_memsz),
+                file_offset: h.p_offset,
                 executable: h.p_flags & PF_X != 0,
             })
             .collect();
@@ -178,7 +180,7 @@ mod imp {
             .filter(|h| h.p_type == PT_NOTE)
             // SAFETY: PT_NOTE lies inside a loaded, readable segment.
             .find_map(|h| {
-                unsafe { segment_bytes(base, h.p_vaddr as u64, h.p_memsz as u64) }
+                unsafe { segment_bytes(base, h.p_vaddr, h.p_memsz) }
                     .and_then(gnu_build_id)
             });
         let unwind = if collect.with_unwind_tables {
@@ -243,10 +245,10 @@ mod imp {
         header: &libc::Elf64_Phdr,
         segments: &[Segment],
     ) -> Option<UnwindSections> {
-        let hdr_svma = header.p_vaddr as u64;
+        let hdr_svma = header.p_vaddr;
         let containing = |svma: u64| segments.iter().find(|s| s.svma.contains(&svma));
         let hdr_segment = containing(hdr_svma)?;
-        let hdr_len = (header.p_memsz as u64).min(hdr_segment.svma.end - hdr_svma);
+        let hdr_len = header.p_memsz.min(hdr_segment.svma.end - hdr_svma);
         // SAFETY: inside a loaded segment (checked above).
         let hdr = unsafe { segment_bytes(base, hdr_svma, hdr_len) }?;
         let eh_frame_svma = decode_eh_frame_ptr(hdr, hdr_svma)?;
@@ -346,7 +348,7 @@ mod imp {
             assert!(unwind.eh_frame.len() > 1000);
             assert_eq!(unwind.eh_frame_hdr[0], 1);
             // rustc passes --build-id to the linker on Linux.
-            assert!(main.build_id_hex().map_or(false, |id| id.len() >= 16));
+            assert!(main.build_id_hex().is_some_and(|id| id.len() >= 16));
             assert!(modules.iter().any(|m| m.path == "[vdso]"));
             assert!(modules.iter().any(|m| m.path.contains("libc.so")));
         }
@@ -395,7 +397,7 @@ mod imp {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 mod imp {
     pub(super) fn loaded_modules(_with_unwind_tables: bool) -> Vec<super::LoadedModule> {
         Vec::new()

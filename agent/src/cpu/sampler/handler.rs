@@ -57,6 +57,8 @@ pub(crate) struct HandlerState {
     pub(crate) recorded: AtomicU64,
     /// Samples lost because every unwind context was busy or the ring was full.
     pub(crate) dropped: AtomicU64,
+    /// Time spent inside the handler, summed over all signals, in nanoseconds.
+    pub(crate) handler_ns: AtomicU64,
 }
 
 // SAFETY: `UnwindContext::scratch` is only accessed by the handler that won
@@ -154,6 +156,10 @@ impl HandlerState {
         slot.publish();
         claimed.busy.store(false, Ordering::Release);
         self.recorded.fetch_add(1, Ordering::Relaxed);
+        self.handler_ns.fetch_add(
+            clock::monotonic_ns().saturating_sub(timestamp_ns),
+            Ordering::Relaxed,
+        );
     }
 }
 

@@ -19,6 +19,14 @@ use memory::{CopyMethod, StackCopy};
 
 pub(crate) use ring::RawSample;
 
+/// Cumulative counters of one sampler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SamplerCounters {
+    pub(crate) recorded: u64,
+    pub(crate) dropped: u64,
+    pub(crate) handler_ns: u64,
+}
+
 /// Ring slots per session: at 250 signals/s on each of 16 busy CPUs this is
 /// ~250 ms of samples, ten times the control thread's drain interval.
 const RING_SLOTS: usize = 1024;
@@ -101,6 +109,7 @@ impl Sampler {
             ring,
             recorded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            handler_ns: AtomicU64::new(0),
         }));
         let sampler = Sampler {
             state,
@@ -133,13 +142,14 @@ impl Sampler {
         self.state().ring.drain(visit)
     }
 
-    /// Samples recorded and dropped since start.
-    pub(crate) fn counters(&self) -> (u64, u64) {
+    /// Samples recorded and dropped, and time spent in the handler, since start.
+    pub(crate) fn counters(&self) -> SamplerCounters {
         let state = self.state();
-        (
-            state.recorded.load(Ordering::Relaxed),
-            state.dropped.load(Ordering::Relaxed),
-        )
+        SamplerCounters {
+            recorded: state.recorded.load(Ordering::Relaxed),
+            dropped: state.dropped.load(Ordering::Relaxed),
+            handler_ns: state.handler_ns.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -1,0 +1,330 @@
+//! CPU profiling through the HTTP API, checked against ground truth with
+//! real clients.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use stethoscope::cpu::CpuProfiler;
+use stethoscope_examples::workload::burn;
+
+use crate::support::*;
+
+/// Profiles the ground-truth workload (3/4 `burn_hot`, 1/4 `burn_cold`)
+/// with `go tool pprof` and checks the split, the attributed CPU time
+/// against the workload's own thread clocks, and the total against /proc.
+///
+/// `burn_ms` per thread (two run at once) is chosen so the profile holds
+/// ~1,000 samples: the split's binomial noise is then ±1.4 points (1 σ).
+fn split_and_cpu_time_are_true_at(hz: u32, window_s: u64, burn_ms: u64) {
+    let _serial = profiler_lock();
+    let agent = start_agent();
+    let url = format!(
+        "http://{}/debug/pprof/profile?seconds={window_s}&hz={hz}",
+        agent.local_addr()
+    );
+    // Warm the symbolizer so its one-time DWARF load does not land in the
+    // measured window.
+    let warm = Burners::start(1, "warmup", Duration::from_secs(5), burn_slice);
+    let _ = get(agent.local_addr(), "/debug/pprof/profile?seconds=1&format=text", None);
+    warm.stop();
+    assert!(wait_for_idle_sampler());
+
+    let pprof = std::thread::spawn(move || go_pprof(&["-top", &url]));
+    wait_for_subscribers(1);
+    let burn_started = Instant::now();
+    let proc_before = proc_cpu_time();
+    // Two threads, each burning `burn_ms` of its own CPU time.
+    let burners: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::Builder::new()
+                .name("burner".into())
+                .spawn(move || burn(Duration::from_millis(burn_ms)))
+                .unwrap()
+        })
+        .collect();
+    for burner in burners {
+        burner.join().unwrap();
+    }
+    let proc_burned = proc_cpu_time() - proc_before;
+    assert!(
+        burn_started.elapsed() < Duration::from_millis(window_s * 1000 - 500),
+        "the burn did not fit inside the {window_s} s window ({:?}); the machine is overloaded",
+        burn_started.elapsed()
+    );
+    let (ok, stdout, stderr) = pprof.join().unwrap();
+    assert!(ok, "go tool pprof failed:\n{stderr}");
+    let (total, rows) = parse_top(&stdout);
+    let cum = |name: &str| {
+        rows.iter()
+            .find(|(f, _, _)| f.ends_with(name))
+            .map(|r| r.2)
+            .unwrap_or_else(|| panic!("{name} missing from go tool pprof -top:\n{stdout}"))
+    };
+    let (hot, cold) = (cum("workload::burn_hot"), cum("workload::burn_cold"));
+    let share = 100.0 * hot / (hot + cold);
+    let known = 2.0 * burn_ms as f64 / 1e3;
+    let proc = proc_burned.as_secs_f64();
+    eprintln!(
+        "{hz} Hz: burn_hot {share:.1}% of hot+cold; attributed {:.2} s of {known:.2} s burned; \
+         profile total {total:.2} s, /proc over the burn {proc:.2} s",
+        hot + cold
+    );
+    assert!(
+        (70.0..=80.0).contains(&share),
+        "burn_hot has {share:.1}% of hot+cold at {hz} Hz, expected 75 ± 5:\n{stdout}"
+    );
+    // The workload burned exactly `known` seconds of thread CPU time.
+    let attributed = hot + cold;
+    assert!(
+        (attributed - known).abs() <= 0.10 * known,
+        "burn functions got {attributed:.2} s at {hz} Hz, the workload burned {known:.2} s:\n{stdout}"
+    );
+    // The window saw at least the burn and little else.
+    assert!(
+        (total - proc).abs() <= 0.10 * proc + 0.15,
+        "profile total {total:.2} s vs /proc {proc:.2} s at {hz} Hz:\n{stdout}"
+    );
+}
+
+#[test]
+fn go_pprof_sees_the_true_split_and_cpu_time_at_99_hz() {
+    split_and_cpu_time_are_true_at(99, 8, 5000);
+}
+
+#[test]
+fn go_pprof_sees_the_true_split_and_cpu_time_at_999_hz() {
+    // ITIMER_PROF delivers at most one signal per tick (250/s here): the
+    // totals must still match because samples are rescaled.
+    split_and_cpu_time_are_true_at(999, 6, 2500);
+}
+
+#[test]
+fn svg_is_valid_xml_naming_both_functions_with_a_useful_title() {
+    let _serial = profiler_lock();
+    let agent = start_agent();
+    let burners = Burners::start(2, "burner", Duration::from_secs(20), burn_slice);
+    let reply = get(agent.local_addr(), "/debug/pprof/flamegraph?seconds=2", None);
+    burners.stop();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("image/svg+xml"));
+    let disposition = reply.header("content-disposition").unwrap_or_default();
+    assert!(
+        disposition.contains("filename=\"cpu-") && disposition.ends_with(".svg\""),
+        "{disposition}"
+    );
+    let svg = reply.text();
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&svg, options)
+        .expect("the SVG is well-formed XML");
+    let text: String = doc
+        .descendants()
+        .filter_map(|n| n.text())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(svg.contains("workload::burn_hot") && svg.contains("workload::burn_cold"));
+    assert!(text.contains("CPU profile of"), "title names the process");
+    assert!(text.contains("99 Hz") && text.contains("samples"), "subtitle: window, hz, samples");
+    assert!(svg.contains(">burner<") || svg.contains("burner ("), "thread names are roots");
+}
+
+#[test]
+fn concurrent_requests_share_one_sampler_and_get_their_own_windows() {
+    let _serial = profiler_lock();
+    let agent = start_agent();
+    let addr = agent.local_addr();
+    let burners = Burners::start(2, "burner", Duration::from_secs(30), burn_slice);
+    let sessions_before = CpuProfiler::global().status().sessions_started;
+    let long = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=4&format=json", None));
+    wait_for_subscribers(1);
+    std::thread::sleep(Duration::from_millis(500));
+    let short = get(addr, "/debug/pprof/profile?seconds=2&format=json", None);
+    let long = long.join().unwrap();
+    burners.stop();
+    assert_eq!(short.status, 200, "{}", short.text());
+    assert_eq!(long.status, 200, "{}", long.text());
+    assert_eq!(
+        CpuProfiler::global().status().sessions_started,
+        sessions_before + 1,
+        "the second request joined the running sampler"
+    );
+    let (short, long) = (short.json(), long.json());
+    let duration = |doc: &serde_json::Value| doc["duration_ms"].as_f64().unwrap();
+    assert!((1950.0..2300.0).contains(&duration(&short)), "{}", duration(&short));
+    assert!((3950.0..4300.0).contains(&duration(&long)), "{}", duration(&long));
+    let samples = |doc: &serde_json::Value| doc["totals"]["samples"].as_f64().unwrap();
+    let ratio = samples(&short) / samples(&long);
+    assert!(
+        (0.4..=0.6).contains(&ratio),
+        "the 2 s window has {} samples, the 4 s window {}",
+        samples(&short),
+        samples(&long)
+    );
+    assert!(wait_for_idle_sampler(), "sampler stops after the last window");
+}
+
+#[test]
+fn a_request_at_another_frequency_gets_409_with_retry_after() {
+    let _serial = profiler_lock();
+    let agent = start_agent();
+    let addr = agent.local_addr();
+    let running = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=3&hz=99", None));
+    wait_for_subscribers(1);
+    let refused = get(addr, "/debug/pprof/profile?seconds=1&hz=199", None);
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    let retry: u64 = refused
+        .header("retry-after")
+        .expect("Retry-After header")
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&retry), "Retry-After {retry}");
+    assert_eq!(refused.header("x-go-pprof"), Some("1"));
+    assert!(refused.text().contains("99 Hz"), "{}", refused.text());
+    assert_eq!(running.join().unwrap().status, 200);
+    assert!(wait_for_idle_sampler());
+}
+
+#[test]
+fn a_client_that_disconnects_stops_the_sampler_and_sigprof_stays_ignored() {
+    let _serial = profiler_lock();
+    let agent = start_agent();
+    let mut stream = std::net::TcpStream::connect(agent.local_addr()).unwrap();
+    stream
+        .write_all(b"GET /debug/pprof/profile?seconds=60 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    wait_for_subscribers(1);
+    assert!(CpuProfiler::global().status().running_hz.is_some());
+    drop(stream);
+    assert!(
+        wait_until(Duration::from_secs(5), || CpuProfiler::global()
+            .status()
+            .running_hz
+            .is_none()),
+        "the sampler kept running for a client that left: {:?}",
+        CpuProfiler::global().status()
+    );
+    assert!(sigprof_ignored(), "SIGPROF must be SIG_IGN after sampling, never SIG_DFL");
+}
+
+#[test]
+fn time_in_libc_memcpy_is_attributed_to_its_caller_not_dropped() {
+    let _serial = profiler_lock();
+    let agent = start_agent();
+    let copiers = Burners::start(1, "copier", Duration::from_secs(20), copy_slice);
+    let reply = get(agent.local_addr(), "/debug/pprof/profile?seconds=2&format=json&hz=250", None);
+    copiers.stop();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let doc = reply.json();
+    let mut on_copier = 0i64;
+    let mut in_libc_from_caller = 0i64;
+    for stack in doc["stacks"].as_array().unwrap() {
+        if stack["thread"] != "copier" {
+            continue;
+        }
+        let n = stack["values"]["samples"].as_i64().unwrap();
+        on_copier += n;
+        let frames: Vec<&str> = stack["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        let leaf_in_libc = frames[0].contains("memcpy") || frames[0].contains("memmove");
+        if leaf_in_libc && frames.iter().any(|f| f.ends_with("workload::copy_buffers")) {
+            in_libc_from_caller += n;
+        }
+    }
+    assert!(on_copier >= 200, "{on_copier} samples on the copier thread");
+    assert!(
+        in_libc_from_caller as f64 >= 0.5 * on_copier as f64,
+        "only {in_libc_from_caller} of {on_copier} copier samples sit in libc memcpy under copy_buffers"
+    );
+}
+
+#[test]
+fn go_pprof_raw_shows_addresses_mapping_and_build_id() {
+    let _serial = profiler_lock();
+    let agent = start_agent();
+    let burners = Burners::start(1, "burner", Duration::from_secs(20), burn_slice);
+    let url = format!("http://{}/debug/pprof/profile?seconds=1", agent.local_addr());
+    let (ok, stdout, stderr) = go_pprof(&["-raw", &url]);
+    burners.stop();
+    assert!(ok, "{stderr}");
+    let exe = std::env::current_exe().unwrap();
+    let mappings: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Mappings"))
+        .skip(1)
+        .collect();
+    let main = mappings
+        .iter()
+        .find(|l| l.contains(exe.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("no mapping for the test binary:\n{stdout}"));
+    // "1: 0x5555…/0x5555…/0x… /path/to/exe <build id> [FN][FL][LN][IN]"
+    let build_id = main
+        .split_whitespace()
+        .find(|w| w.len() >= 32 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no build ID in {main}"));
+    assert!(!build_id.is_empty());
+    let locations: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Locations"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("Mappings"))
+        .collect();
+    let burn_hot = locations
+        .iter()
+        .find(|l| l.contains("workload::burn_hot"))
+        .unwrap_or_else(|| panic!("burn_hot not among locations:\n{stdout}"));
+    assert!(burn_hot.contains(": 0x"), "real address: {burn_hot}");
+    assert!(burn_hot.contains("workload.rs:"), "file and line: {burn_hot}");
+    let samples_header = stdout
+        .lines()
+        .find(|l| l.contains("samples/count") && l.contains("cpu/nanoseconds"));
+    assert!(samples_header.is_some(), "sample types:\n{stdout}");
+    assert!(stdout.contains("thread:[burner]") || stdout.contains("thread:burner"), "thread label");
+}
+
+#[test]
+fn the_demo_service_burns_on_request_and_shows_up_in_the_profile() {
+    let _serial = profiler_lock();
+    let agent = start_agent();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let demo = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, stethoscope_examples::demo::router()).await
+        });
+        addr
+    });
+    assert!(get(demo, "/", None).text().contains("/burn?ms=N"));
+    let addr = agent.local_addr();
+    let profile = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=2&format=folded", None));
+    wait_for_subscribers(1);
+    let burned = get(demo, "/burn?ms=1000", None);
+    assert_eq!(burned.status, 200);
+    assert!(burned.text().starts_with("burned 1000 ms"));
+    let folded = profile.join().unwrap();
+    assert_eq!(folded.status, 200);
+    let demo_lines: Vec<String> = folded
+        .text()
+        .lines()
+        .filter(|l| l.contains("demo::burn") && l.contains("workload::burn_hot"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !demo_lines.is_empty(),
+        "no stack through the demo handler into burn_hot:\n{}",
+        folded.text()
+    );
+    // The handler runs on the demo's runtime workers (thread names are roots).
+    assert!(demo_lines.iter().all(|l| l.starts_with("tokio-")), "{:?}", &demo_lines[0][..40]);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+}

@@ -1,0 +1,258 @@
+//! Shared helpers: an in-process agent on an ephemeral port, an HTTP
+//! client, `go tool pprof`, ground-truth workloads and process CPU time.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use stethoscope::cpu::CpuProfiler;
+use stethoscope::Agent;
+
+/// Tests that use the process-wide CPU sampler hold this lock.
+pub(crate) fn profiler_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An agent bound to `127.0.0.1:0`.
+pub(crate) fn start_agent() -> Agent {
+    Agent::builder()
+        .listen("127.0.0.1:0")
+        .start()
+        .expect("agent starts on an ephemeral loopback port")
+}
+
+/// A response read completely.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Reply {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// GET `http://{addr}{path}` with an optional bearer token; any status is
+/// returned, not turned into an error. Bounded by a 120 s timeout.
+pub(crate) fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    let mut request = agent.get(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.call().expect("request reaches the agent");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let mut body = Vec::new();
+    response
+        .body_mut()
+        .as_reader()
+        .read_to_end(&mut body)
+        .expect("body");
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Runs `go tool pprof` with `args`; panics with a how-to if Go is missing.
+pub(crate) fn go_pprof(args: &[&str]) -> (bool, String, String) {
+    let scratch = scratch_dir("pprof");
+    let output = Command::new("go")
+        .arg("tool")
+        .arg("pprof")
+        .args(args)
+        .env("PPROF_TMPDIR", &scratch)
+        .env("HOME", &scratch)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `go tool pprof` ({e}); install golang-go (bash tests/run.sh does)")
+        });
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A fresh directory for one test's files.
+pub(crate) fn scratch_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "stethoscope-e2e-{}-{name}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Polls `condition` every 10 ms for at most `limit`.
+pub(crate) fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
+
+/// Waits until `n` requests are subscribed to the sampler.
+pub(crate) fn wait_for_subscribers(n: usize) {
+    let profiler = CpuProfiler::global();
+    assert!(
+        wait_until(Duration::from_secs(10), || profiler.status().subscribers >= n),
+        "the profile request did not reach the sampler: {:?}",
+        profiler.status()
+    );
+}
+
+/// Waits until the sampler has stopped.
+pub(crate) fn wait_for_idle_sampler() -> bool {
+    let profiler = CpuProfiler::global();
+    wait_until(Duration::from_secs(10), || profiler.status().running_hz.is_none())
+}
+
+/// utime + stime of this process from `/proc/self/stat`.
+pub(crate) fn proc_cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, i.e. the 12th and 13th after ')'.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+}
+
+/// Whether SIGPROF is ignored, from the kernel's view of this process.
+pub(crate) fn sigprof_ignored() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .expect("SigIgn line");
+    mask & (1 << (libc::SIGPROF - 1)) != 0
+}
+
+/// Threads running a workload until stopped.
+pub(crate) struct Burners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Duration>>,
+}
+
+impl Burners {
+    /// `count` threads named `name` calling `work` (one slice of CPU) in a
+    /// loop, for at most `limit` of wall time.
+    pub(crate) fn start(count: usize, name: &str, limit: Duration, work: fn()) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..count)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::Builder::new()
+                    .name(name.to_owned())
+                    .spawn(move || {
+                        let started = Instant::now();
+                        let cpu = stethoscope_examples::workload::thread_cpu_time();
+                        while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+                            work();
+                        }
+                        stethoscope_examples::workload::thread_cpu_time() - cpu
+                    })
+                    .expect("spawn burner")
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    /// Stops the threads and returns the CPU time they burned together.
+    pub(crate) fn stop(self) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("burner"))
+            .sum()
+    }
+}
+
+/// One 20 ms slice of the 3:1 ground-truth workload.
+pub(crate) fn burn_slice() {
+    stethoscope_examples::workload::burn(Duration::from_millis(20));
+}
+
+/// One 20 ms slice of memcpy-heavy work.
+pub(crate) fn copy_slice() {
+    stethoscope_examples::workload::copy_buffers(Duration::from_millis(20));
+}
+
+/// Parses `go tool pprof -top` rows into (function, flat s, cum s), and the
+/// "Total samples = X" value in seconds.
+pub(crate) fn parse_top(output: &str) -> (f64, Vec<(String, f64, f64)>) {
+    let seconds = |text: &str| -> f64 {
+        let text = text.trim();
+        if let Some(ms) = text.strip_suffix("ms") {
+            ms.parse::<f64>().unwrap_or(0.0) / 1e3
+        } else if let Some(us) = text.strip_suffix("us") {
+            us.parse::<f64>().unwrap_or(0.0) / 1e6
+        } else if let Some(mins) = text.strip_suffix("mins") {
+            mins.parse::<f64>().unwrap_or(0.0) * 60.0
+        } else if let Some(s) = text.strip_suffix('s') {
+            s.parse::<f64>().unwrap_or(0.0)
+        } else {
+            text.parse::<f64>().unwrap_or(0.0)
+        }
+    };
+    let total = output
+        .lines()
+        .find_map(|l| l.split("Total samples = ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(seconds)
+        .unwrap_or_else(|| panic!("no 'Total samples' in:\n{output}"));
+    let rows = output
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            if parts.len() < 6 {
+                return None;
+            }
+            Some((parts[5..].join(" "), seconds(parts[0]), seconds(parts[3])))
+        })
+        .collect();
+    (total, rows)
+}
