@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::modules::{loaded_modules, LoadedModule};
+use super::modules::{loaded_modules, vdso_symbols, LoadedModule};
 use super::symbolize::Symbolizer;
 use super::{Location, Mapping, Profile, Sample, SymbolizedFrame, ValueType};
 
@@ -132,14 +132,18 @@ fn mappings_of(modules: &[LoadedModule]) -> Vec<Mapping> {
     mappings
 }
 
-/// A name for an address no symbol covers: `libfoo.so+0x1234`, or the raw
-/// address outside any binary (JIT code, corrupt frames).
+/// A name for an address the symbolizer could not resolve: a vDSO function
+/// (there is no file to read its symbols from), `libfoo.so+0x1234`, or the
+/// raw address outside any binary (JIT code, corrupt frames).
 fn fallback_frame(address: u64, modules: &[LoadedModule]) -> Arc<[SymbolizedFrame]> {
-    let name = modules
-        .iter()
-        .find(|m| m.code_range().is_some_and(|r| r.contains(&address)))
-        .map(|m| format!("{}+{:#x}", m.file_name(), address.wrapping_sub(m.base)))
-        .unwrap_or_else(|| format!("{address:#x}"));
+    let name = match vdso_symbols().iter().find(|s| s.range.contains(&address)) {
+        Some(symbol) => symbol.name.clone(),
+        None => modules
+            .iter()
+            .find(|m| m.code_range().is_some_and(|r| r.contains(&address)))
+            .map(|m| format!("{}+{:#x}", m.file_name(), address.wrapping_sub(m.base)))
+            .unwrap_or_else(|| format!("{address:#x}")),
+    };
     Arc::from([SymbolizedFrame {
         function: Arc::from(name),
         file: None,
@@ -147,7 +151,7 @@ fn fallback_frame(address: u64, modules: &[LoadedModule]) -> Arc<[SymbolizedFram
     }])
 }
 
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     #[cfg(unix)]
     {
         #[allow(unsafe_code)]

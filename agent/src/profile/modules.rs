@@ -73,6 +73,20 @@ impl LoadedModule {
     }
 }
 
+/// A function symbol of the vDSO: its actual address range and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VdsoSymbol {
+    pub(crate) range: Range<u64>,
+    pub(crate) name: String,
+}
+
+/// The vDSO's function symbols (`__vdso_clock_gettime`, …), read once from
+/// its in-memory ELF image: there is no file for the symbolizer to open.
+pub(crate) fn vdso_symbols() -> &'static [VdsoSymbol] {
+    static SYMBOLS: std::sync::OnceLock<Vec<VdsoSymbol>> = std::sync::OnceLock::new();
+    SYMBOLS.get_or_init(imp::vdso_symbols)
+}
+
 /// Lists the modules currently loaded. With `with_unwind_tables`, copies each
 /// module's `.eh_frame_hdr` and `.eh_frame` (the CPU sampler needs them; they
 /// are copied while the dynamic loader's lock is held, so a concurrent
@@ -180,8 +194,7 @@ mod imp {
             .filter(|h| h.p_type == PT_NOTE)
             // SAFETY: PT_NOTE lies inside a loaded, readable segment.
             .find_map(|h| {
-                unsafe { segment_bytes(base, h.p_vaddr, h.p_memsz) }
-                    .and_then(gnu_build_id)
+                unsafe { segment_bytes(base, h.p_vaddr, h.p_memsz) }.and_then(gnu_build_id)
             });
         let unwind = if collect.with_unwind_tables {
             headers
@@ -199,6 +212,47 @@ mod imp {
             build_id,
             unwind,
         })
+    }
+
+    pub(super) fn vdso_symbols() -> Vec<super::VdsoSymbol> {
+        use object::{Object, ObjectSymbol};
+        // SAFETY: getauxval has no preconditions.
+        let ehdr = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+        let Some(vdso) = loaded_modules(false)
+            .into_iter()
+            .find(|m| m.path == "[vdso]")
+        else {
+            return Vec::new();
+        };
+        if ehdr == 0 {
+            return Vec::new();
+        }
+        // The kernel maps the whole vDSO image in whole pages, section
+        // headers included (they follow the PT_LOAD segment on its last page).
+        let Some(end) = vdso.segments.iter().map(|s| s.svma.end).max() else {
+            return Vec::new();
+        };
+        let page = super::super::build::page_size();
+        let end = end.wrapping_add(vdso.base).saturating_add(page - 1) & !(page - 1);
+        let length = end.saturating_sub(ehdr);
+        // SAFETY: the vDSO is mapped for the life of the process, readable,
+        // from AT_SYSINFO_EHDR over its loaded segment.
+        let Some(image) = (unsafe { segment_bytes(ehdr, 0, length) }) else {
+            return Vec::new();
+        };
+        let Ok(file) = object::File::parse(image) else {
+            return Vec::new();
+        };
+        file.dynamic_symbols()
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
+            .filter_map(|s| {
+                let start = s.address().wrapping_add(vdso.base);
+                Some(super::VdsoSymbol {
+                    range: start..start.wrapping_add(s.size()),
+                    name: s.name().ok()?.to_owned(),
+                })
+            })
+            .collect()
     }
 
     /// The bytes of `[svma, svma + len)` of a loaded module.
@@ -350,6 +404,11 @@ mod imp {
             // rustc passes --build-id to the linker on Linux.
             assert!(main.build_id_hex().is_some_and(|id| id.len() >= 16));
             assert!(modules.iter().any(|m| m.path == "[vdso]"));
+            let vdso = super::super::vdso_symbols();
+            assert!(
+                vdso.iter().any(|s| s.name.contains("clock_gettime")),
+                "{vdso:?}"
+            );
             assert!(modules.iter().any(|m| m.path.contains("libc.so")));
         }
 
@@ -400,6 +459,10 @@ mod imp {
 #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
 mod imp {
     pub(super) fn loaded_modules(_with_unwind_tables: bool) -> Vec<super::LoadedModule> {
+        Vec::new()
+    }
+
+    pub(super) fn vdso_symbols() -> Vec<super::VdsoSymbol> {
         Vec::new()
     }
 }
