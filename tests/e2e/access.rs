@@ -34,7 +34,10 @@ fn a_client_outside_the_allowlist_gets_403_without_details() {
     assert_eq!(reply.status, 403);
     let body = reply.json();
     assert_eq!(body["error"], "forbidden");
-    assert!(!reply.text().contains("10.0.0.0"), "the allowlist is not disclosed");
+    assert!(
+        !reply.text().contains("10.0.0.0"),
+        "the allowlist is not disclosed"
+    );
 }
 
 #[test]
@@ -86,5 +89,7 @@ fn unknown_paths_and_index_over_the_wire() {
     assert!(body["error"].is_string() && body["hint"].is_string());
     let index = get(addr, "/debug/pprof/", None);
     assert_eq!(index.status, 200);
-    assert!(index.text().contains("<a href=\"profile?seconds=30\">profile</a>"));
+    assert!(index
+        .text()
+        .contains("<a href=\"profile?seconds=30\">profile</a>"));
 }

@@ -25,7 +25,11 @@ fn split_and_cpu_time_are_true_at(hz: u32, window_s: u64, burn_ms: u64) {
     // Warm the symbolizer so its one-time DWARF load does not land in the
     // measured window.
     let warm = Burners::start(1, "warmup", Duration::from_secs(5), burn_slice);
-    let _ = get(agent.local_addr(), "/debug/pprof/profile?seconds=1&format=text", None);
+    let _ = get(
+        agent.local_addr(),
+        "/debug/pprof/profile?seconds=1&format=text",
+        None,
+    );
     warm.stop();
     assert!(wait_for_idle_sampler());
 
@@ -103,7 +107,11 @@ fn svg_is_valid_xml_naming_both_functions_with_a_useful_title() {
     let _serial = profiler_lock();
     let agent = start_agent();
     let burners = Burners::start(2, "burner", Duration::from_secs(20), burn_slice);
-    let reply = get(agent.local_addr(), "/debug/pprof/flamegraph?seconds=2", None);
+    let reply = get(
+        agent.local_addr(),
+        "/debug/pprof/flamegraph?seconds=2",
+        None,
+    );
     burners.stop();
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("content-type"), Some("image/svg+xml"));
@@ -117,8 +125,8 @@ fn svg_is_valid_xml_naming_both_functions_with_a_useful_title() {
         allow_dtd: true,
         ..Default::default()
     };
-    let doc = roxmltree::Document::parse_with_options(&svg, options)
-        .expect("the SVG is well-formed XML");
+    let doc =
+        roxmltree::Document::parse_with_options(&svg, options).expect("the SVG is well-formed XML");
     let text: String = doc
         .descendants()
         .filter_map(|n| n.text())
@@ -126,8 +134,14 @@ fn svg_is_valid_xml_naming_both_functions_with_a_useful_title() {
         .join("\n");
     assert!(svg.contains("workload::burn_hot") && svg.contains("workload::burn_cold"));
     assert!(text.contains("CPU profile of"), "title names the process");
-    assert!(text.contains("99 Hz") && text.contains("samples"), "subtitle: window, hz, samples");
-    assert!(svg.contains(">burner<") || svg.contains("burner ("), "thread names are roots");
+    assert!(
+        text.contains("99 Hz") && text.contains("samples"),
+        "subtitle: window, hz, samples"
+    );
+    assert!(
+        svg.contains(">burner<") || svg.contains("burner ("),
+        "thread names are roots"
+    );
 }
 
 #[test]
@@ -137,7 +151,8 @@ fn concurrent_requests_share_one_sampler_and_get_their_own_windows() {
     let addr = agent.local_addr();
     let burners = Burners::start(2, "burner", Duration::from_secs(30), burn_slice);
     let sessions_before = CpuProfiler::global().status().sessions_started;
-    let long = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=4&format=json", None));
+    let long =
+        std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=4&format=json", None));
     wait_for_subscribers(1);
     std::thread::sleep(Duration::from_millis(500));
     let short = get(addr, "/debug/pprof/profile?seconds=2&format=json", None);
@@ -152,8 +167,16 @@ fn concurrent_requests_share_one_sampler_and_get_their_own_windows() {
     );
     let (short, long) = (short.json(), long.json());
     let duration = |doc: &serde_json::Value| doc["duration_ms"].as_f64().unwrap();
-    assert!((1950.0..2300.0).contains(&duration(&short)), "{}", duration(&short));
-    assert!((3950.0..4300.0).contains(&duration(&long)), "{}", duration(&long));
+    assert!(
+        (1950.0..2300.0).contains(&duration(&short)),
+        "{}",
+        duration(&short)
+    );
+    assert!(
+        (3950.0..4300.0).contains(&duration(&long)),
+        "{}",
+        duration(&long)
+    );
     let samples = |doc: &serde_json::Value| doc["totals"]["samples"].as_f64().unwrap();
     let ratio = samples(&short) / samples(&long);
     assert!(
@@ -162,7 +185,10 @@ fn concurrent_requests_share_one_sampler_and_get_their_own_windows() {
         samples(&short),
         samples(&long)
     );
-    assert!(wait_for_idle_sampler(), "sampler stops after the last window");
+    assert!(
+        wait_for_idle_sampler(),
+        "sampler stops after the last window"
+    );
 }
 
 #[test]
@@ -170,7 +196,8 @@ fn a_request_at_another_frequency_gets_409_with_retry_after() {
     let _serial = profiler_lock();
     let agent = start_agent();
     let addr = agent.local_addr();
-    let running = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=3&hz=99", None));
+    let running =
+        std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=3&hz=99", None));
     wait_for_subscribers(1);
     let refused = get(addr, "/debug/pprof/profile?seconds=1&hz=199", None);
     assert_eq!(refused.status, 409, "{}", refused.text());
@@ -183,7 +210,22 @@ fn a_request_at_another_frequency_gets_409_with_retry_after() {
     assert_eq!(refused.header("x-go-pprof"), Some("1"));
     assert!(refused.text().contains("99 Hz"), "{}", refused.text());
     assert_eq!(running.join().unwrap().status, 200);
-    assert!(wait_for_idle_sampler());
+    // Once a profile is delivered the sampler is already free: the next
+    // request at another frequency is served, not refused.
+    for _ in 0..3 {
+        let next = get(
+            addr,
+            "/debug/pprof/profile?seconds=1&hz=199&format=text",
+            None,
+        );
+        assert_eq!(next.status, 200, "{}", next.text());
+        let next = get(
+            addr,
+            "/debug/pprof/profile?seconds=1&hz=99&format=text",
+            None,
+        );
+        assert_eq!(next.status, 200, "{}", next.text());
+    }
 }
 
 #[test]
@@ -205,7 +247,10 @@ fn a_client_that_disconnects_stops_the_sampler_and_sigprof_stays_ignored() {
         "the sampler kept running for a client that left: {:?}",
         CpuProfiler::global().status()
     );
-    assert!(sigprof_ignored(), "SIGPROF must be SIG_IGN after sampling, never SIG_DFL");
+    assert!(
+        sigprof_ignored(),
+        "SIGPROF must be SIG_IGN after sampling, never SIG_DFL"
+    );
 }
 
 #[test]
@@ -213,7 +258,11 @@ fn time_in_libc_memcpy_is_attributed_to_its_caller_not_dropped() {
     let _serial = profiler_lock();
     let agent = start_agent();
     let copiers = Burners::start(1, "copier", Duration::from_secs(20), copy_slice);
-    let reply = get(agent.local_addr(), "/debug/pprof/profile?seconds=2&format=json&hz=250", None);
+    let reply = get(
+        agent.local_addr(),
+        "/debug/pprof/profile?seconds=2&format=json&hz=250",
+        None,
+    );
     copiers.stop();
     assert_eq!(reply.status, 200, "{}", reply.text());
     let doc = reply.json();
@@ -248,7 +297,10 @@ fn go_pprof_raw_shows_addresses_mapping_and_build_id() {
     let _serial = profiler_lock();
     let agent = start_agent();
     let burners = Burners::start(1, "burner", Duration::from_secs(20), burn_slice);
-    let url = format!("http://{}/debug/pprof/profile?seconds=1", agent.local_addr());
+    let url = format!(
+        "http://{}/debug/pprof/profile?seconds=1",
+        agent.local_addr()
+    );
     let (ok, stdout, stderr) = go_pprof(&["-raw", &url]);
     burners.stop();
     assert!(ok, "{stderr}");
@@ -279,12 +331,18 @@ fn go_pprof_raw_shows_addresses_mapping_and_build_id() {
         .find(|l| l.contains("workload::burn_hot"))
         .unwrap_or_else(|| panic!("burn_hot not among locations:\n{stdout}"));
     assert!(burn_hot.contains(": 0x"), "real address: {burn_hot}");
-    assert!(burn_hot.contains("workload.rs:"), "file and line: {burn_hot}");
+    assert!(
+        burn_hot.contains("workload.rs:"),
+        "file and line: {burn_hot}"
+    );
     let samples_header = stdout
         .lines()
         .find(|l| l.contains("samples/count") && l.contains("cpu/nanoseconds"));
     assert!(samples_header.is_some(), "sample types:\n{stdout}");
-    assert!(stdout.contains("thread:[burner]") || stdout.contains("thread:burner"), "thread label");
+    assert!(
+        stdout.contains("thread:[burner]") || stdout.contains("thread:burner"),
+        "thread label"
+    );
 }
 
 #[test]
@@ -299,14 +357,15 @@ fn the_demo_service_burns_on_request_and_shows_up_in_the_profile() {
     let demo = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, stethoscope_examples::demo::router()).await
-        });
+        tokio::spawn(
+            async move { axum::serve(listener, stethoscope_examples::demo::router()).await },
+        );
         addr
     });
     assert!(get(demo, "/", None).text().contains("/burn?ms=N"));
     let addr = agent.local_addr();
-    let profile = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=2&format=folded", None));
+    let profile =
+        std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=2&format=folded", None));
     wait_for_subscribers(1);
     let burned = get(demo, "/burn?ms=1000", None);
     assert_eq!(burned.status, 200);
@@ -325,6 +384,10 @@ fn the_demo_service_burns_on_request_and_shows_up_in_the_profile() {
         folded.text()
     );
     // The handler runs on the demo's runtime workers (thread names are roots).
-    assert!(demo_lines.iter().all(|l| l.starts_with("tokio-")), "{:?}", &demo_lines[0][..40]);
+    assert!(
+        demo_lines.iter().all(|l| l.starts_with("tokio-")),
+        "{:?}",
+        &demo_lines[0][..40]
+    );
     runtime.shutdown_timeout(Duration::from_secs(1));
 }

@@ -132,7 +132,8 @@ pub(crate) fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -
 pub(crate) fn wait_for_subscribers(n: usize) {
     let profiler = CpuProfiler::global();
     assert!(
-        wait_until(Duration::from_secs(10), || profiler.status().subscribers >= n),
+        wait_until(Duration::from_secs(10), || profiler.status().subscribers
+            >= n),
         "the profile request did not reach the sampler: {:?}",
         profiler.status()
     );
@@ -141,7 +142,9 @@ pub(crate) fn wait_for_subscribers(n: usize) {
 /// Waits until the sampler has stopped.
 pub(crate) fn wait_for_idle_sampler() -> bool {
     let profiler = CpuProfiler::global();
-    wait_until(Duration::from_secs(10), || profiler.status().running_hz.is_none())
+    wait_until(Duration::from_secs(10), || {
+        profiler.status().running_hz.is_none()
+    })
 }
 
 /// utime + stime of this process from `/proc/self/stat`.

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 
 use super::sampler::{clock, Sampler, SamplerCounters};
-use super::window::{StackTable, Window, WindowEnd};
+use super::window::{Finished, StackTable, Window, WindowEnd};
 use super::{CpuProfile, ProfileRequest, SamplerStatus};
 use crate::profile::symbolize::Symbolizer;
 use crate::Error;
@@ -148,10 +148,7 @@ impl Controller {
         loop {
             let now_ns = {
                 let mut state = self.lock();
-                let idle = state
-                    .session
-                    .as_ref()
-                    .is_none_or(|s| s.pending.is_empty());
+                let idle = state.session.as_ref().is_none_or(|s| s.pending.is_empty());
                 if idle {
                     let wait = next_wake_in(&windows, clock::monotonic_ns());
                     state = self
@@ -183,13 +180,7 @@ impl Controller {
                 session.active = windows.len();
                 session.counters = counters;
                 if windows.is_empty() {
-                    state.finished.recorded += counters.recorded;
-                    state.finished.dropped += counters.dropped;
-                    state.finished.handler_ns += counters.handler_ns;
-                    state.session = None;
-                    // Stopped under the lock so a new request starts a fresh
-                    // session only after this one released SIGPROF.
-                    drop(sampler);
+                    end_session(&mut state, sampler);
                     tracing::debug!(stacks = table.len(), "CPU sampler session ended");
                     return;
                 }
@@ -235,22 +226,52 @@ impl Controller {
                     .is_some_and(|end| end.at_ns.saturating_add(grace) <= now_ns)
             });
             windows = open;
-            for window in done {
-                let requester = window.requester;
-                if let Some(profile) = window.finish(&table) {
-                    tracing::info!(
-                        seconds = profile.duration().as_secs_f64(),
-                        hz = profile.hz(),
-                        samples = profile.sample_count(),
-                        dropped = profile.dropped_samples(),
-                        cpu_seconds = profile.cpu_time().as_secs_f64(),
-                        ?requester,
-                        "CPU profile finished"
-                    );
+            let finished: Vec<_> = done.into_iter().filter_map(|w| w.finish(&table)).collect();
+            // When these were the last windows and nobody is waiting to join,
+            // stop before delivering, so a requester that gets its profile
+            // finds the sampler free (its next request at another hz must not
+            // meet a stale 409).
+            if windows.is_empty() && !finished.is_empty() {
+                let mut state = self.lock();
+                if state.session.as_ref().is_none_or(|s| s.pending.is_empty()) {
+                    end_session(&mut state, sampler);
+                    drop(state);
+                    deliver(finished);
+                    tracing::debug!(stacks = table.len(), "CPU sampler session ended");
+                    return;
                 }
             }
+            deliver(finished);
         }
     }
+}
+
+fn deliver(finished: Vec<Finished>) {
+    for window in finished {
+        let profile = &window.profile;
+        tracing::info!(
+            seconds = profile.duration().as_secs_f64(),
+            hz = profile.hz(),
+            samples = profile.sample_count(),
+            dropped = profile.dropped_samples(),
+            cpu_seconds = profile.cpu_time().as_secs_f64(),
+            requester = ?window.requester,
+            "CPU profile finished"
+        );
+        window.deliver();
+    }
+}
+
+/// Stops the sampler and clears the session. Called with the state lock
+/// held, so a new request starts a fresh session only after this one has
+/// released SIGPROF.
+fn end_session(state: &mut State, sampler: Sampler) {
+    let counters = sampler.counters();
+    state.finished.recorded += counters.recorded;
+    state.finished.dropped += counters.dropped;
+    state.finished.handler_ns += counters.handler_ns;
+    state.session = None;
+    drop(sampler);
 }
 
 fn duration_ns(d: Duration) -> u64 {

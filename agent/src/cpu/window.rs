@@ -124,11 +124,10 @@ impl Window {
         self.reply.is_closed()
     }
 
-    /// Builds the profile of this window and hands it to the requester.
-    /// CPU time is rescaled so the samples sum to what the process burned:
-    /// the kernel caps `ITIMER_PROF` at one signal per scheduler tick, so at
-    /// high `hz` samples × requested period would under-report.
-    pub(crate) fn finish(self, table: &StackTable) -> Option<CpuProfile> {
+    /// Builds the profile of this window; [`Finished::deliver`] hands it to
+    /// the requester. CPU time is the process's measured CPU time over the
+    /// window, which `CpuProfile` spreads over the samples.
+    pub(crate) fn finish(self, table: &StackTable) -> Option<Finished> {
         let end = self.end?;
         let cpu_time = Duration::from_nanos(end.cpu_ns.saturating_sub(self.cpu_start_ns));
         let duration = Duration::from_nanos(end.at_ns.saturating_sub(self.start_ns));
@@ -156,13 +155,31 @@ impl Window {
                 .saturating_sub(self.dropped_at_start.unwrap_or(end.dropped_total)),
             stacks,
         };
-        let _ = self.reply.send(Ok(profile.clone()));
-        Some(profile)
+        Some(Finished {
+            profile,
+            reply: self.reply,
+            requester: self.requester,
+        })
     }
 
     /// Tells the requester the sampler went away.
     pub(crate) fn fail(self, error: Error) {
         let _ = self.reply.send(Err(error));
+    }
+}
+
+/// A finished window, not yet delivered.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub(crate) profile: CpuProfile,
+    pub(crate) requester: Option<SocketAddr>,
+    reply: oneshot::Sender<Result<CpuProfile, Error>>,
+}
+
+impl Finished {
+    /// Hands the profile to the requester (if it still waits).
+    pub(crate) fn deliver(self) {
+        let _ = self.reply.send(Ok(self.profile));
     }
 }
 
@@ -215,7 +232,9 @@ mod tests {
         for _ in 0..4 {
             w.count(id);
         }
-        let profile = w.finish(&table).unwrap();
+        let finished = w.finish(&table).unwrap();
+        let profile = finished.profile.clone();
+        finished.deliver();
         assert_eq!(profile.sample_count(), 4);
         assert_eq!(profile.dropped_samples(), 2);
         assert_eq!(profile.cpu_time(), Duration::from_millis(4));

@@ -98,7 +98,11 @@ fn run_workload(threads: usize, secs: u64) -> Run {
     let handler_before = CpuProfiler::global().status().handler_time;
     let workers: Vec<_> = (0..threads)
         .map(|t| {
-            let (stop, calls, cpu) = (Arc::clone(&stop), Arc::clone(&calls), Arc::clone(&worker_cpu_ns));
+            let (stop, calls, cpu) = (
+                Arc::clone(&stop),
+                Arc::clone(&calls),
+                Arc::clone(&worker_cpu_ns),
+            );
             std::thread::Builder::new()
                 .name(format!("bench-{t}"))
                 .spawn(move || {
@@ -128,7 +132,9 @@ fn run_workload(threads: usize, secs: u64) -> Run {
         let _ = worker.join();
     }
     let wall = started.elapsed().as_secs_f64();
-    let process = process_cpu_time().saturating_sub(process_before).as_secs_f64();
+    let process = process_cpu_time()
+        .saturating_sub(process_before)
+        .as_secs_f64();
     let workers = worker_cpu_ns.load(Ordering::Relaxed) as f64 / 1e9;
     let calls = calls.load(Ordering::Relaxed) as f64;
     let handler = CpuProfiler::global()
@@ -161,7 +167,10 @@ fn process_cpu_time() -> Duration {
 /// A raw HTTP GET, reading the whole response; returns (status line, body length).
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, usize)> {
     let mut stream = TcpStream::connect(addr)?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes)?;
     let text = String::from_utf8_lossy(&bytes);
@@ -266,7 +275,13 @@ fn report_generation(options: &Options, rss: &RssLog) {
         raw.dropped_samples()
     );
     // What the HTTP handler does after the window: symbolize, then encode.
-    for format in [Format::Svg, Format::Pprof, Format::Text, Format::Folded, Format::Json] {
+    for format in [
+        Format::Svg,
+        Format::Pprof,
+        Format::Text,
+        Format::Folded,
+        Format::Json,
+    ] {
         let started = Instant::now();
         let profile = raw.to_profile();
         let symbolized = started.elapsed();
@@ -330,9 +345,8 @@ fn main() {
             .build()
             .expect("runtime");
         let warm = std::thread::spawn(|| run_workload(1, 2));
-        let _ = runtime.block_on(
-            CpuProfiler::global().profile(ProfileRequest::new(Duration::from_secs(1))),
-        );
+        let _ = runtime
+            .block_on(CpuProfiler::global().profile(ProfileRequest::new(Duration::from_secs(1))));
         let _ = warm.join();
     }
     rss.after_first_profile = rss_bytes();
@@ -364,7 +378,15 @@ fn main() {
     );
     println!(
         "{:<26} {:>12} {:>8} {:>19} {:>9}   {:>13} {:>10} {:>10} {:>9}",
-        "mode", "calls/s", "ratio", "ratio range", "overhead", "per-CPU ratio", "handler", "agent thr", "measured"
+        "mode",
+        "calls/s",
+        "ratio",
+        "ratio range",
+        "overhead",
+        "per-CPU ratio",
+        "handler",
+        "agent thr",
+        "measured"
     );
     for (i, mode) in modes.iter().enumerate() {
         let ratio_of = |f: fn(&Run) -> f64| -> Vec<f64> {
