@@ -121,18 +121,27 @@ impl Symbolizer {
 
     /// Resolves lookup addresses (an interrupted instruction, or a return
     /// address minus one). Unknown addresses map to an empty frame list.
+    /// Debug info is parsed without holding the cache lock.
     pub(crate) fn resolve(&self, addresses: &[u64]) -> HashMap<u64, Arc<[SymbolizedFrame]>> {
+        let mut out: HashMap<u64, Arc<[SymbolizedFrame]>> = HashMap::with_capacity(addresses.len());
         let missing: Vec<u64> = {
             let cache = self.lock();
+            for &address in addresses {
+                if let Some(frames) = cache.entries.get(&address) {
+                    out.insert(address, Arc::clone(frames));
+                }
+            }
             let mut seen = HashSet::new();
             addresses
                 .iter()
                 .copied()
-                .filter(|a| !cache.entries.contains_key(a) && seen.insert(*a))
+                .filter(|a| !out.contains_key(a) && seen.insert(*a))
                 .collect()
         };
+        if missing.is_empty() {
+            return out;
+        }
         let started = Instant::now();
-        // Resolved without holding our lock: the first use parses DWARF.
         let resolved: Vec<(u64, Vec<RawFrame>)> = missing
             .into_iter()
             .map(|a| (a, resolve_uncached(a)))
@@ -142,24 +151,8 @@ impl Symbolizer {
         cache.resolved_total += resolved.len() as u64;
         cache.resolve_time += elapsed;
         cache.debug_info_loaded |= !resolved.is_empty();
-        let mut out: HashMap<u64, Arc<[SymbolizedFrame]>> = HashMap::with_capacity(addresses.len());
         for (address, frames) in resolved {
-            let frames = cache.insert(address, frames);
-            out.insert(address, frames);
-        }
-        for &address in addresses {
-            if out.contains_key(&address) {
-                continue;
-            }
-            let frames = match cache.entries.get(&address) {
-                Some(frames) => Arc::clone(frames),
-                // Evicted by a concurrent overflow; resolve again.
-                None => {
-                    let raw = resolve_uncached(address);
-                    cache.insert(address, raw)
-                }
-            };
-            out.insert(address, frames);
+            out.insert(address, cache.insert(address, frames));
         }
         out
     }

@@ -27,9 +27,15 @@ pub(crate) enum CopyMethod {
 }
 
 impl CopyMethod {
-    /// Picks `process_vm_readv` if this process may use it (seccomp profiles
-    /// of some container runtimes forbid it), else the pipe round trip.
+    /// Picks `process_vm_readv` if this process may use it, else the pipe
+    /// round trip. Under a seccomp filter the probe is not even attempted:
+    /// a filter whose action for the call is "kill" (systemd's
+    /// `SystemCallFilter=@system-service` without `SystemCallErrorNumber=`)
+    /// would take the host down instead of returning an error.
     pub(crate) fn probe() -> Self {
+        if seccomp_filtered() {
+            return CopyMethod::Pipe;
+        }
         let source = [0x5au8; 64];
         let mut target = [0u8; 64];
         let copied = vm_readv(&mut target, source.as_ptr() as u64);
@@ -39,6 +45,19 @@ impl CopyMethod {
             CopyMethod::Pipe
         }
     }
+}
+
+/// Whether a seccomp filter applies to this process (`Seccomp:` in
+/// `/proc/self/status` is 2 for filter mode, 1 for strict mode). Unknown
+/// counts as filtered: the pipe works everywhere.
+fn seccomp_filtered() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .is_none_or(|mode| mode.trim() != "0")
 }
 
 /// Copies up to `dst.len()` bytes from our own address `src`, page by page,
@@ -131,7 +150,25 @@ impl ProbePipe {
                 _ => break,
             }
         }
+        if total < written {
+            // Bytes left in the pipe would shift every later copy: discard
+            // them and report nothing for this one.
+            self.discard();
+            return 0;
+        }
         total
+    }
+
+    fn discard(&self) {
+        let mut sink = [0u8; 512];
+        loop {
+            // SAFETY: reading into a local buffer; the pipe is non-blocking,
+            // so this ends with EAGAIN once it is empty.
+            let read = unsafe { libc::read(self.read_fd, sink.as_mut_ptr().cast(), sink.len()) };
+            if read <= 0 {
+                return;
+            }
+        }
     }
 }
 
@@ -187,11 +224,12 @@ impl StackCopy {
         self.next_victim = 0;
     }
 
-    /// Reads the aligned 8-byte word at `address`, or `Err` if it is outside
-    /// the stack window or unmapped. Never faults.
+    /// Reads the 8-byte word at `address`, or `Err` if it is misaligned
+    /// (stack slots are 8-byte aligned; a misaligned address comes from a
+    /// garbage frame pointer), outside the stack window, or unmapped. Never
+    /// faults.
     pub(crate) fn read_u64(&mut self, address: u64) -> Result<u64, ()> {
-        let address = address & !7;
-        if address < self.low || address.saturating_add(8) > self.high {
+        if address & 7 != 0 || address < self.low || address.saturating_add(8) > self.high {
             return Err(());
         }
         for i in 0..CHUNKS {
@@ -242,8 +280,9 @@ mod tests {
         for (i, v) in values.iter().enumerate().step_by(37) {
             assert_eq!(copy.read_u64(base + 8 * i as u64), Ok(*v));
         }
-        // Below the window.
+        // Below the window, and misaligned.
         assert_eq!(copy.read_u64(base - 4096), Err(()));
+        assert_eq!(copy.read_u64(base + 4), Err(()));
         // Null page: unmapped, reported as an error instead of a crash.
         copy.reset(0);
         assert_eq!(copy.read_u64(8), Err(()));
