@@ -103,22 +103,25 @@ impl AgentBuilder {
         self
     }
 
-    /// Requires `Authorization: Bearer <token>` on every endpoint except
-    /// `/health`. Compared in constant time. Default: no token.
+    /// Requires `Authorization: Bearer <token>` on every endpoint; without
+    /// it `/health` still answers, with `{"status":"ok"}` only. Surrounding
+    /// whitespace is ignored; the rest must be visible ASCII. Compared
+    /// without revealing content or length through timing. Default: no token.
     ///
     /// # Security considerations
     /// The token travels in clear text over plain HTTP: use it on a trusted
     /// network segment or behind a TLS-terminating proxy.
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        let token = token.into();
-        if token.trim().is_empty() {
-            return self.defer(Error::InvalidSetting {
+    pub fn token(mut self, token: impl AsRef<str>) -> Self {
+        match config::BearerToken::new(token.as_ref()) {
+            Ok(token) => {
+                self.config.token = Some(token);
+                self
+            }
+            Err(reason) => self.defer(Error::InvalidSetting {
                 setting: "token",
-                reason: "the token must not be empty",
-            });
+                reason,
+            }),
         }
-        self.config.token = Some(token);
-        self
     }
 
     /// Adds a CIDR block (or single IP) to the allowlist; clients outside
@@ -201,14 +204,16 @@ impl AgentBuilder {
             };
         }
         if let Some(token) = var(config::ENV_TOKEN) {
-            if token.trim().is_empty() {
-                self = self.defer(Error::InvalidEnv {
-                    var: config::ENV_TOKEN,
-                    value: String::new(),
-                    expected: "a non-empty token",
-                });
-            } else {
-                self.config.token = Some(token);
+            match config::BearerToken::new(&token) {
+                Ok(token) => self.config.token = Some(token),
+                Err(_) => {
+                    self = self.defer(Error::InvalidEnv {
+                        var: config::ENV_TOKEN,
+                        // Never echo a secret, even a malformed one.
+                        value: "<redacted>".to_owned(),
+                        expected: "a non-empty token of visible ASCII characters",
+                    })
+                }
             }
         }
         if let Some(list) = var(config::ENV_ALLOW) {
@@ -291,12 +296,16 @@ mod tests {
     fn env_overrides_and_reports_the_variable() {
         let builder = Agent::builder().with_env(env(&[
             ("STETHOSCOPE_ADDR", "127.0.0.1:7070"),
-            ("STETHOSCOPE_TOKEN", "t"),
+            ("STETHOSCOPE_TOKEN", "t\n"),
             ("STETHOSCOPE_ALLOW", "10.0.0.0/8, 192.168.1.7"),
             ("STETHOSCOPE_MAX_PROFILE_SECONDS", "60"),
         ]));
         assert_eq!(builder.config.listen.port(), 7070);
-        assert_eq!(builder.config.token.as_deref(), Some("t"));
+        assert!(builder
+            .config
+            .token
+            .as_ref()
+            .is_some_and(|t| t.matches(b"t")));
         assert_eq!(builder.config.allow.len(), 2);
         assert_eq!(builder.config.max_profile_seconds, 60);
         assert!(builder.deferred.is_none());

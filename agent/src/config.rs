@@ -56,11 +56,58 @@ pub const ENV_ALLOW: &str = "STETHOSCOPE_ALLOW";
 /// Environment variable with the longest allowed profile, in seconds.
 pub const ENV_MAX_PROFILE_SECONDS: &str = "STETHOSCOPE_MAX_PROFILE_SECONDS";
 
+/// The bearer token clients must present, kept so that checking it reveals
+/// neither its content nor its length through timing.
+#[derive(Clone)]
+pub(crate) struct BearerToken {
+    secret: Box<str>,
+    keys: std::collections::hash_map::RandomState,
+    digest: u64,
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+impl BearerToken {
+    /// Validates a token: surrounding whitespace (a trailing newline from a
+    /// mounted secret) is dropped; what remains must be non-empty visible
+    /// ASCII, as an `Authorization` header can carry it.
+    pub(crate) fn new(raw: &str) -> Result<Self, &'static str> {
+        let secret = raw.trim();
+        if secret.is_empty() {
+            return Err("the token must not be empty");
+        }
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be visible ASCII without spaces");
+        }
+        let keys = std::collections::hash_map::RandomState::new();
+        let digest = std::hash::BuildHasher::hash_one(&keys, secret.as_bytes());
+        Ok(Self {
+            secret: secret.into(),
+            keys,
+            digest,
+        })
+    }
+
+    /// Whether `presented` is the token. The first comparison is of keyed
+    /// SipHash digests (fixed length, keys random per process), so its time
+    /// depends only on the presented length; the exact comparison that
+    /// follows runs only for a presented value whose digest matched.
+    pub(crate) fn matches(&self, presented: &[u8]) -> bool {
+        let digest = std::hash::BuildHasher::hash_one(&self.keys, presented);
+        constant_time_eq::constant_time_eq(&digest.to_ne_bytes(), &self.digest.to_ne_bytes())
+            && constant_time_eq::constant_time_eq(presented, self.secret.as_bytes())
+    }
+}
+
 /// Resolved settings of one agent. Built by the builder, read by the server.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
-    pub(crate) token: Option<String>,
+    pub(crate) token: Option<BearerToken>,
     pub(crate) allow: Vec<IpNet>,
     pub(crate) allow_insecure_bind: bool,
     pub(crate) max_profile_seconds: u64,
@@ -159,6 +206,19 @@ mod tests {
         assert!(parse_max_profile_seconds("0").is_err());
         assert!(parse_max_profile_seconds("-5").is_err());
         assert!(parse_max_profile_seconds("1.5").is_err());
+    }
+
+    #[test]
+    fn tokens_are_trimmed_validated_and_compared_exactly() {
+        let token = BearerToken::new("s3cret-token\n").unwrap();
+        assert!(token.matches(b"s3cret-token"));
+        assert!(!token.matches(b"s3cret-toke"));
+        assert!(!token.matches(b"s3cret-token2"));
+        assert!(!token.matches(b""));
+        assert!(BearerToken::new("  ").is_err());
+        assert!(BearerToken::new("two words").is_err());
+        assert!(BearerToken::new("t\u{7}ab").is_err());
+        assert!(!format!("{token:?}").contains("s3cret"));
     }
 
     #[test]

@@ -2,6 +2,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Whole seconds a client should wait: rounded up, never 0.
+pub(crate) fn retry_after_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
 /// Everything that can go wrong in the agent.
 ///
 /// Variants keep their underlying cause as a [`source`](std::error::Error::source).
@@ -77,7 +82,7 @@ pub enum Error {
     /// A CPU profile was requested while the sampler runs at another frequency.
     #[error(
         "the CPU sampler is already running at {running_hz} Hz; \
-         retry in {} s or ask for hz={running_hz}", retry_after.as_secs().max(1)
+         retry in {} s or ask for hz={running_hz}", retry_after_secs(*retry_after)
     )]
     ProfilerBusy {
         /// Frequency of the running sampler.
@@ -126,4 +131,20 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+impl Error {
+    /// An equivalent error for another requester waiting on the same
+    /// failure; an OS error keeps its kind and message.
+    pub(crate) fn for_another_waiter(&self) -> Error {
+        match self {
+            Error::Unsupported { what, reason } => Error::Unsupported { what, reason },
+            Error::ForeignProfiler(reason) => Error::ForeignProfiler(reason),
+            Error::Os { call, source } => Error::Os {
+                call,
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            _ => Error::SamplerStopped,
+        }
+    }
 }

@@ -293,16 +293,18 @@ fn time_in_libc_memcpy_is_attributed_to_its_caller_not_dropped() {
 }
 
 #[test]
-fn go_pprof_raw_shows_addresses_mapping_and_build_id() {
+fn go_pprof_raw_shows_addresses_mapping_build_id_and_inline_chains() {
     let _serial = profiler_lock();
     let agent = start_agent();
     let burners = Burners::start(1, "burner", Duration::from_secs(20), burn_slice);
+    let walkers = Burners::start(1, "walker", Duration::from_secs(20), tree_slice);
     let url = format!(
         "http://{}/debug/pprof/profile?seconds=1",
         agent.local_addr()
     );
     let (ok, stdout, stderr) = go_pprof(&["-raw", &url]);
     burners.stop();
+    walkers.stop();
     assert!(ok, "{stderr}");
     let exe = std::env::current_exe().unwrap();
     let mappings: Vec<&str> = stdout
@@ -390,4 +392,52 @@ fn the_demo_service_burns_on_request_and_shows_up_in_the_profile() {
         &demo_lines[0][..40]
     );
     runtime.shutdown_timeout(Duration::from_secs(1));
+}
+
+#[test]
+fn an_unsymbolized_profile_is_symbolized_by_go_tool_pprof_remotely_and_locally() {
+    let _serial = profiler_lock();
+    let agent = start_agent();
+    let burners = Burners::start(2, "burner", Duration::from_secs(30), burn_slice);
+    let addr = agent.local_addr();
+    // Text shows the unresolved names: binary+offset.
+    let raw = get(
+        addr,
+        "/debug/pprof/profile?seconds=1&symbolize=false&format=text",
+        None,
+    );
+    assert_eq!(raw.status, 200);
+    assert!(
+        !raw.text().contains("burn_hot"),
+        "names stay unresolved:\n{}",
+        raw.text()
+    );
+    assert!(raw.text().contains("+0x"), "{}", raw.text());
+
+    // Remotely: go tool pprof asks /debug/pprof/symbol for the names.
+    let url = format!("http://{addr}/debug/pprof/profile?seconds=2&symbolize=false");
+    let (ok, remote, stderr) = go_pprof(&["-top", "-symbolize=remote", &url]);
+    assert!(ok, "{stderr}");
+    // Locally: from addresses, mappings and the binary on disk, as a
+    // server-side symbolizer would.
+    let file = scratch_dir("unsymbolized").join("cpu.pb.gz");
+    let bytes = get(addr, "/debug/pprof/profile?seconds=2&symbolize=false", None);
+    burners.stop();
+    assert_eq!(bytes.status, 200);
+    std::fs::write(&file, &bytes.body).unwrap();
+    let (ok, local, stderr) = go_pprof(&["-top", "-symbolize=local", file.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    for (how, output) in [("remote", &remote), ("local", &local)] {
+        let (_, rows) = parse_top(output);
+        let cum = |name: &str| rows.iter().find(|r| r.0.ends_with(name)).map(|r| r.2);
+        let (hot, cold) = (cum("burn_hot"), cum("burn_cold"));
+        let (Some(hot), Some(cold)) = (hot, cold) else {
+            panic!("{how} symbolization did not name both functions:\n{output}")
+        };
+        let share = 100.0 * hot / (hot + cold);
+        assert!(
+            (62.0..=88.0).contains(&share),
+            "{how} symbolization gives burn_hot {share:.1}%:\n{output}"
+        );
+    }
 }

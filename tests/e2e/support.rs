@@ -217,6 +217,19 @@ pub(crate) fn burn_slice() {
     stethoscope_examples::workload::burn(Duration::from_millis(20));
 }
 
+/// About 20 ms of walks down the call tree (`descend` is inlined into
+/// `branch_left`/`branch_right` even in debug builds).
+pub(crate) fn tree_slice() {
+    let start = stethoscope_examples::workload::thread_cpu_time();
+    let mut seed = start.as_nanos() as u64;
+    while stethoscope_examples::workload::thread_cpu_time() - start < Duration::from_millis(20) {
+        for _ in 0..64 {
+            seed = seed.wrapping_add(1);
+            std::hint::black_box(stethoscope_examples::workload::walk_call_tree(seed, 200));
+        }
+    }
+}
+
 /// One 20 ms slice of memcpy-heavy work.
 pub(crate) fn copy_slice() {
     stethoscope_examples::workload::copy_buffers(Duration::from_millis(20));

@@ -17,7 +17,10 @@
 //! let profile = CpuProfiler::global()
 //!     .profile(ProfileRequest::new(Duration::from_secs(10)).hz(199))
 //!     .await?;
-//! let svg = profile.to_profile().render(Format::Svg)?;
+//! // Symbolization blocks (it may load debug info): keep it off the runtime.
+//! let svg = tokio::task::spawn_blocking(move || profile.to_profile().render(Format::Svg))
+//!     .await
+//!     .expect("render task")?;
 //! std::fs::write("cpu.svg", svg).ok();
 //! # Ok(())
 //! # }
@@ -59,6 +62,11 @@ pub struct ProfileRequest {
     pub hz: u32,
     /// Who asked, for logs.
     pub requester: Option<SocketAddr>,
+    /// Whether the profile will be symbolized (default `true`). With
+    /// `false` the sampler does not resolve symbols while the window is
+    /// open, so a profile meant for server-side symbolization costs no
+    /// debug-info memory.
+    pub symbolize: bool,
 }
 
 impl ProfileRequest {
@@ -74,6 +82,7 @@ impl ProfileRequest {
             duration,
             hz: DEFAULT_PROFILE_HZ,
             requester: None,
+            symbolize: true,
         }
     }
 
@@ -88,6 +97,13 @@ impl ProfileRequest {
     #[must_use]
     pub fn requester(mut self, addr: SocketAddr) -> Self {
         self.requester = Some(addr);
+        self
+    }
+
+    /// Sets whether symbols are resolved while the window is open.
+    #[must_use]
+    pub fn symbolize(mut self, symbolize: bool) -> Self {
+        self.symbolize = symbolize;
         self
     }
 
@@ -241,7 +257,22 @@ impl CpuProfile {
 
     /// Symbolizes the stacks into a [`Profile`] that renders in every format.
     /// Values are `samples/count` and `cpu/nanoseconds`.
+    ///
+    /// This blocks: the first call in a process loads the binaries' debug
+    /// info (tens of milliseconds to seconds). From async code, call it in
+    /// `spawn_blocking`.
     pub fn to_profile(&self) -> Profile {
+        self.build_profile(true)
+    }
+
+    /// Like [`to_profile`](Self::to_profile) without resolving symbols:
+    /// locations keep their addresses and mappings (with build IDs) for a
+    /// server-side symbolizer, and text formats show `binary+0xoffset`.
+    pub fn to_unsymbolized_profile(&self) -> Profile {
+        self.build_profile(false)
+    }
+
+    fn build_profile(&self, symbolize: bool) -> Profile {
         let period_ns = i64::try_from(self.period().as_nanos()).unwrap_or(i64::MAX);
         let cpu_ns = i64::try_from(self.cpu_time.as_nanos()).unwrap_or(i64::MAX);
         let effective_hz = if self.cpu_time.is_zero() {
@@ -282,6 +313,7 @@ impl CpuProfile {
                 ),
                 "cpu values are samples scaled to the process CPU time measured over the window".to_owned(),
             ],
+            symbolize,
         };
         let mut remaining = cpu_ns;
         let mut samples_left = self.samples;

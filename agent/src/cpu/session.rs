@@ -1,12 +1,16 @@
 //! One sampler per process, shared by every request at the same frequency.
 //!
-//! The first request starts a sampler session and a control thread
-//! (`stethoscope-cpu`); later requests at the same `hz` join it, each with
-//! its own window; a request at another `hz` is refused with the time until
-//! the running windows end. The control thread drains the sampler's ring,
-//! counts samples into windows, hands finished profiles to their requesters,
-//! drops windows whose requester went away, and stops the sampler — leaving
-//! SIGPROF ignored — when no window is left.
+//! A request registers a pending window and returns at once; the control
+//! thread (`stethoscope-cpu`) does everything that takes time: it starts the
+//! sampler, adopts pending windows (stamping their start), drains the ring,
+//! counts samples into windows, hands finished profiles to their
+//! requesters, drops windows whose requester went away, and stops the
+//! sampler — leaving SIGPROF ignored — when no window is left. Requests at
+//! another `hz` are refused while windows run, with the time until they end.
+//!
+//! Nothing slow happens under the state lock, so a request (on the agent's
+//! runtime or a host task calling the Rust API) never waits for the sampler
+//! to start or stop.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -15,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 
 use super::sampler::{clock, Sampler, SamplerCounters};
-use super::window::{Finished, StackTable, Window, WindowEnd};
+use super::window::{Finished, PendingWindow, StackTable, Window, WindowEnd, WindowStart};
 use super::{CpuProfile, ProfileRequest, SamplerStatus};
 use crate::profile::symbolize::Symbolizer;
 use crate::Error;
@@ -27,25 +31,58 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 /// handler that stamped a sample just before the end has published it.
 const PUBLISH_GRACE: Duration = Duration::from_millis(5);
 
+/// Stack-table size above which it is compacted when it holds mostly
+/// stacks no open window counts.
+const COMPACT_ABOVE_STACKS: usize = 16 * 1024;
+
 #[derive(Debug, Default)]
 struct State {
     session: Option<Session>,
     sessions_started: u64,
-    /// Totals of finished sessions.
+    /// Totals of finished sampler sessions.
     finished: SamplerCounters,
 }
 
 #[derive(Debug)]
 struct Session {
     hz: u32,
-    /// Windows added by requesters, not yet taken by the control thread.
-    pending: Vec<Window>,
-    /// Latest deadline of any window of this session (monotonic ns).
-    latest_deadline_ns: u64,
+    /// Windows added by requesters, not yet adopted by the control thread.
+    pending: Vec<PendingWindow>,
     /// Windows the control thread is serving.
     active: usize,
+    /// Latest deadline of the windows being served (monotonic ns).
+    active_deadline_ns: u64,
+    /// The control thread is stopping the sampler; a new request may then
+    /// change the frequency.
+    stopping: bool,
     counters: SamplerCounters,
     footprint_bytes: usize,
+}
+
+impl Session {
+    fn new(hz: u32) -> Self {
+        Session {
+            hz,
+            pending: Vec::new(),
+            active: 0,
+            active_deadline_ns: 0,
+            stopping: false,
+            counters: SamplerCounters::default(),
+            footprint_bytes: 0,
+        }
+    }
+
+    /// Time until every running and pending window has ended.
+    fn busy_for(&self, now_ns: u64) -> Duration {
+        let running = Duration::from_nanos(self.active_deadline_ns.saturating_sub(now_ns));
+        let pending = self
+            .pending
+            .iter()
+            .map(|w| w.duration)
+            .max()
+            .unwrap_or_default();
+        running.max(pending)
+    }
 }
 
 /// Process-wide coordinator of CPU sampling.
@@ -61,63 +98,56 @@ impl Controller {
     }
 
     /// Registers a window; the result arrives on the returned receiver.
+    /// Only takes the state lock briefly and may spawn the control thread.
     pub(crate) fn subscribe(
         self: &Arc<Self>,
         request: &ProfileRequest,
     ) -> Result<oneshot::Receiver<Result<CpuProfile, Error>>, Error> {
         let (reply, receiver) = oneshot::channel();
+        let window = PendingWindow {
+            duration: request.duration,
+            requester: request.requester,
+            symbolize: request.symbolize,
+            reply,
+        };
         let mut state = self.lock();
-        let needs_start = match &state.session {
-            Some(session) if session.hz != request.hz => {
-                let remaining = session
-                    .latest_deadline_ns
-                    .saturating_sub(clock::monotonic_ns());
+        let joined = match state.session.as_mut() {
+            Some(session) if session.hz == request.hz => true,
+            Some(session) if session.stopping && session.pending.is_empty() => {
+                // Winding down with nobody waiting: restart at the new rate.
+                session.hz = request.hz;
+                false
+            }
+            Some(session) => {
                 return Err(Error::ProfilerBusy {
                     running_hz: session.hz,
-                    retry_after: Duration::from_nanos(remaining),
+                    retry_after: session.busy_for(clock::monotonic_ns()),
                 });
             }
-            Some(_) => false,
-            None => true,
+            None => {
+                state.session = Some(Session::new(request.hz));
+                let controller = Arc::clone(self);
+                let spawned = std::thread::Builder::new()
+                    .name("stethoscope-cpu".into())
+                    .spawn(move || controller.run());
+                if let Err(source) = spawned {
+                    state.session = None;
+                    return Err(Error::Os {
+                        call: "spawning the CPU sampler thread",
+                        source,
+                    });
+                }
+                false
+            }
         };
-        if needs_start {
-            let sampler = Sampler::start(request.hz)?;
-            let footprint_bytes = sampler.footprint_bytes();
-            let controller = Arc::clone(self);
-            // The sampler moves into the thread; if the spawn fails the
-            // closure (and the sampler in it) is dropped, which stops it.
-            std::thread::Builder::new()
-                .name("stethoscope-cpu".into())
-                .spawn(move || controller.run(sampler))
-                .map_err(Error::ServerStart)?;
-            state.sessions_started += 1;
-            state.session = Some(Session {
-                hz: request.hz,
-                pending: Vec::new(),
-                latest_deadline_ns: 0,
-                active: 0,
-                counters: SamplerCounters::default(),
-                footprint_bytes,
-            });
-        }
-        let window = Window::new(
-            request.hz,
-            request.requester,
-            SystemTime::now(),
-            clock::monotonic_ns(),
-            request.duration,
-            clock::process_cpu_ns(),
-            reply,
-        );
         tracing::info!(
             seconds = request.duration.as_secs_f64(),
             hz = request.hz,
             requester = ?request.requester,
-            joined = !needs_start,
-            "CPU profile started"
+            joined,
+            "CPU profile requested"
         );
         if let Some(session) = state.session.as_mut() {
-            session.latest_deadline_ns = session.latest_deadline_ns.max(window.deadline_ns);
             session.pending.push(window);
         }
         drop(state);
@@ -140,8 +170,47 @@ impl Controller {
         }
     }
 
-    /// The control thread of one session.
-    fn run(self: Arc<Self>, mut sampler: Sampler) {
+    /// The control thread: one sampler session after another while
+    /// requests keep arriving.
+    fn run(self: Arc<Self>) {
+        let _guard = ClearOnPanic(&self);
+        loop {
+            let Some(hz) = self.lock().session.as_ref().map(|s| s.hz) else {
+                return;
+            };
+            let sampler = match Sampler::start(hz) {
+                Ok(sampler) => sampler,
+                Err(error) => {
+                    tracing::warn!(%error, hz, "CPU sampler could not start");
+                    let pending = self
+                        .lock()
+                        .session
+                        .take()
+                        .map(|s| s.pending)
+                        .unwrap_or_default();
+                    for window in pending {
+                        window.fail(error.for_another_waiter());
+                    }
+                    return;
+                }
+            };
+            {
+                let mut state = self.lock();
+                state.sessions_started += 1;
+                if let Some(session) = state.session.as_mut() {
+                    session.footprint_bytes = sampler.footprint_bytes();
+                    session.counters = SamplerCounters::default();
+                }
+            }
+            if !self.serve(sampler) {
+                return;
+            }
+        }
+    }
+
+    /// Serves windows until none is left; returns whether requests arrived
+    /// while the sampler was stopping (the caller then starts it again).
+    fn serve(&self, mut sampler: Sampler) -> bool {
         let mut windows: Vec<Window> = Vec::new();
         let mut table = StackTable::default();
         let mut announced: HashSet<u64> = HashSet::new();
@@ -159,16 +228,17 @@ impl Controller {
                 }
                 let counters = sampler.counters();
                 let Some(session) = state.session.as_mut() else {
-                    // Unreachable by construction (only this thread clears
-                    // the session); stop sampling rather than spin.
-                    for window in windows.drain(..) {
-                        window.fail(Error::SamplerStopped);
-                    }
-                    return;
+                    // Only this thread clears the session; stop if it is gone.
+                    return false;
                 };
-                for mut window in session.pending.drain(..) {
-                    window.dropped_at_start = Some(counters.dropped);
-                    windows.push(window);
+                let start = WindowStart {
+                    wall: SystemTime::now(),
+                    at_ns: clock::monotonic_ns(),
+                    cpu_ns: clock::process_cpu_ns(),
+                    dropped: counters.dropped,
+                };
+                for pending in session.pending.drain(..) {
+                    windows.push(Window::start(pending, session.hz, start));
                 }
                 windows.retain(|w| {
                     let gone = w.abandoned();
@@ -178,16 +248,16 @@ impl Controller {
                     !gone
                 });
                 session.active = windows.len();
+                session.active_deadline_ns =
+                    windows.iter().map(|w| w.deadline_ns).max().unwrap_or(0);
                 session.counters = counters;
-                if windows.is_empty() {
-                    end_session(&mut state, sampler);
-                    tracing::debug!(stacks = table.len(), "CPU sampler session ended");
-                    return;
-                }
-                clock::monotonic_ns()
+                start.at_ns
             };
+            if windows.is_empty() {
+                return self.stop(sampler, Vec::new());
+            }
 
-            let dropped_total = sampler.counters().dropped;
+            let dropped = sampler.counters().dropped;
             for window in windows
                 .iter_mut()
                 .filter(|w| w.end.is_none() && w.deadline_ns <= now_ns)
@@ -195,14 +265,15 @@ impl Controller {
                 window.end = Some(WindowEnd {
                     at_ns: now_ns,
                     cpu_ns: clock::process_cpu_ns(),
-                    dropped_total,
+                    dropped,
                 });
             }
 
+            let symbolize = windows.iter().any(|w| w.symbolize);
             let mut fresh_addresses = Vec::new();
             sampler.drain(|sample| {
                 let (id, is_new) = table.intern(sample.thread_name(), sample.frames());
-                if is_new {
+                if is_new && symbolize {
                     fresh_addresses.extend(
                         sample
                             .frames()
@@ -226,23 +297,59 @@ impl Controller {
                     .is_some_and(|end| end.at_ns.saturating_add(grace) <= now_ns)
             });
             windows = open;
-            let finished: Vec<_> = done.into_iter().filter_map(|w| w.finish(&table)).collect();
-            // When these were the last windows and nobody is waiting to join,
-            // stop before delivering, so a requester that gets its profile
-            // finds the sampler free (its next request at another hz must not
-            // meet a stale 409).
-            if windows.is_empty() && !finished.is_empty() {
-                let mut state = self.lock();
-                if state.session.as_ref().is_none_or(|s| s.pending.is_empty()) {
-                    end_session(&mut state, sampler);
-                    drop(state);
-                    deliver(finished);
-                    tracing::debug!(stacks = table.len(), "CPU sampler session ended");
-                    return;
-                }
+            let finished: Vec<Finished> =
+                done.into_iter().filter_map(|w| w.finish(&table)).collect();
+            if windows.is_empty() && !finished.is_empty() && !self.has_pending() {
+                return self.stop(sampler, finished);
             }
             deliver(finished);
+            let referenced: usize = windows.iter().map(Window::distinct_stacks).sum();
+            if table.len() > COMPACT_ABOVE_STACKS && table.len() > 2 * referenced {
+                table.compact(&mut windows);
+                announced.clear();
+            }
         }
+    }
+
+    fn has_pending(&self) -> bool {
+        self.lock()
+            .session
+            .as_ref()
+            .is_some_and(|s| !s.pending.is_empty())
+    }
+
+    /// Stops the sampler, then delivers `finished`. The sampler is dropped
+    /// outside the state lock, with the session marked `stopping` meanwhile.
+    /// Delivery comes last, so a requester that has its profile finds the
+    /// sampler free (its next request at another hz does not meet a stale
+    /// 409). Returns whether requests arrived meanwhile, in which case the
+    /// caller starts a new sampler for them.
+    fn stop(&self, sampler: Sampler, finished: Vec<Finished>) -> bool {
+        if let Some(session) = self.lock().session.as_mut() {
+            session.stopping = true;
+        }
+        let counters = sampler.counters();
+        drop(sampler);
+        let restart = {
+            let mut state = self.lock();
+            state.finished.recorded += counters.recorded;
+            state.finished.dropped += counters.dropped;
+            state.finished.handler_ns += counters.handler_ns;
+            match state.session.as_mut() {
+                Some(session) if !session.pending.is_empty() => {
+                    session.stopping = false;
+                    session.counters = SamplerCounters::default();
+                    true
+                }
+                _ => {
+                    state.session = None;
+                    false
+                }
+            }
+        };
+        tracing::debug!(restart, "CPU sampler session ended");
+        deliver(finished);
+        restart
     }
 }
 
@@ -262,16 +369,19 @@ fn deliver(finished: Vec<Finished>) {
     }
 }
 
-/// Stops the sampler and clears the session. Called with the state lock
-/// held, so a new request starts a fresh session only after this one has
-/// released SIGPROF.
-fn end_session(state: &mut State, sampler: Sampler) {
-    let counters = sampler.counters();
-    state.finished.recorded += counters.recorded;
-    state.finished.dropped += counters.dropped;
-    state.finished.handler_ns += counters.handler_ns;
-    state.session = None;
-    drop(sampler);
+/// Clears the session if the control thread unwinds, so that waiting
+/// requests fail fast (their reply channels close) and new requests can
+/// start a fresh sampler instead of queueing behind a dead thread. The
+/// sampler itself stops in its own Drop, before this guard runs.
+struct ClearOnPanic<'a>(&'a Controller);
+
+impl Drop for ClearOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the CPU sampler thread panicked; its requests fail");
+            self.0.lock().session = None;
+        }
+    }
 }
 
 fn duration_ns(d: Duration) -> u64 {

@@ -4,7 +4,9 @@
 //! open window whose time range contains it, so concurrent requests at the
 //! same frequency share one sampler yet each get exactly their own window.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,16 +16,22 @@ use tokio::sync::oneshot;
 use super::{CpuProfile, CpuStack};
 use crate::Error;
 
+/// Where a finished profile goes.
+pub(crate) type Reply = oneshot::Sender<Result<CpuProfile, Error>>;
+
 /// Distinct (thread name, stack) pairs seen by one sampler session.
 #[derive(Debug, Default)]
 pub(crate) struct StackTable {
-    index: HashMap<(Arc<str>, Arc<[u64]>), u32>,
+    /// Stack hash → ids with that hash (collisions are compared in full).
+    index: HashMap<u64, Vec<u32>>,
     stacks: Vec<(Arc<str>, Arc<[u64]>)>,
     threads: HashMap<Vec<u8>, Arc<str>>,
+    hasher: RandomState,
 }
 
 impl StackTable {
-    /// Returns the id of this stack and whether it is new.
+    /// Returns the id of this stack and whether it is new. Allocates only
+    /// for stacks (and thread names) not seen before.
     pub(crate) fn intern(&mut self, thread_name: &[u8], frames: &[u64]) -> (u32, bool) {
         let thread = match self.threads.get(thread_name) {
             Some(name) => Arc::clone(name),
@@ -37,14 +45,20 @@ impl StackTable {
                 name
             }
         };
-        let frames: Arc<[u64]> = Arc::from(frames);
-        let key = (thread, frames);
-        if let Some(&id) = self.index.get(&key) {
-            return (id, false);
+        // Thread names are interned, so their address identifies them.
+        let hash = self
+            .hasher
+            .hash_one((Arc::as_ptr(&thread).cast::<u8>() as usize, frames));
+        let candidates = self.index.entry(hash).or_default();
+        for &id in candidates.iter() {
+            let (known_thread, known_frames) = &self.stacks[id as usize];
+            if Arc::ptr_eq(known_thread, &thread) && **known_frames == *frames {
+                return (id, false);
+            }
         }
         let id = self.stacks.len() as u32;
-        self.stacks.push(key.clone());
-        self.index.insert(key, id);
+        self.stacks.push((thread, Arc::from(frames)));
+        candidates.push(id);
         (id, true)
     }
 
@@ -55,68 +69,123 @@ impl StackTable {
     pub(crate) fn len(&self) -> usize {
         self.stacks.len()
     }
+
+    /// Drops stacks no open window counts any more and renumbers the rest,
+    /// so a session kept alive by overlapping requests does not grow
+    /// without bound.
+    pub(crate) fn compact(&mut self, windows: &mut [Window]) {
+        let referenced: HashSet<u32> = windows
+            .iter()
+            .flat_map(|w| w.counts.keys().copied())
+            .collect();
+        let mut renumber: HashMap<u32, u32> = HashMap::with_capacity(referenced.len());
+        let mut kept = StackTable {
+            hasher: self.hasher.clone(),
+            threads: std::mem::take(&mut self.threads),
+            ..StackTable::default()
+        };
+        for (old, (thread, frames)) in self.stacks.drain(..).enumerate() {
+            let old = old as u32;
+            if !referenced.contains(&old) {
+                continue;
+            }
+            let new = kept.stacks.len() as u32;
+            let hash = kept
+                .hasher
+                .hash_one((Arc::as_ptr(&thread).cast::<u8>() as usize, &*frames));
+            kept.index.entry(hash).or_default().push(new);
+            kept.stacks.push((thread, frames));
+            renumber.insert(old, new);
+        }
+        for window in windows.iter_mut() {
+            window.counts = window
+                .counts
+                .drain()
+                .filter_map(|(id, n)| Some((*renumber.get(&id)?, n)))
+                .collect();
+        }
+        *self = kept;
+    }
 }
 
-/// When and how a window ended: monotonic time and process CPU time.
+/// A request waiting for the sampler to adopt it.
+#[derive(Debug)]
+pub(crate) struct PendingWindow {
+    pub(crate) duration: Duration,
+    pub(crate) requester: Option<SocketAddr>,
+    pub(crate) symbolize: bool,
+    pub(crate) reply: Reply,
+}
+
+impl PendingWindow {
+    /// Tells the requester its profile will not come.
+    pub(crate) fn fail(self, error: Error) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+/// When a window started, in the three clocks a profile reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WindowStart {
+    pub(crate) wall: SystemTime,
+    pub(crate) at_ns: u64,
+    pub(crate) cpu_ns: u64,
+    /// Sampler drop counter at the start.
+    pub(crate) dropped: u64,
+}
+
+/// When a window ended: monotonic time, process CPU time, drops so far.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WindowEnd {
     pub(crate) at_ns: u64,
     pub(crate) cpu_ns: u64,
-    pub(crate) dropped_total: u64,
+    pub(crate) dropped: u64,
 }
 
-/// One request's profile window.
+/// One request's profile window, adopted by a running sampler.
 #[derive(Debug)]
 pub(crate) struct Window {
     pub(crate) hz: u32,
     pub(crate) requester: Option<SocketAddr>,
-    pub(crate) started_at: SystemTime,
-    pub(crate) start_ns: u64,
+    pub(crate) symbolize: bool,
+    pub(crate) start: WindowStart,
     pub(crate) deadline_ns: u64,
-    pub(crate) cpu_start_ns: u64,
-    /// Sampler drop counter when the window joined the control thread.
-    pub(crate) dropped_at_start: Option<u64>,
     pub(crate) end: Option<WindowEnd>,
     counts: HashMap<u32, u64>,
     samples: u64,
-    reply: oneshot::Sender<Result<CpuProfile, Error>>,
+    reply: Reply,
 }
 
 impl Window {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        hz: u32,
-        requester: Option<SocketAddr>,
-        started_at: SystemTime,
-        start_ns: u64,
-        duration: Duration,
-        cpu_start_ns: u64,
-        reply: oneshot::Sender<Result<CpuProfile, Error>>,
-    ) -> Self {
-        let length = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    /// Starts `pending` now, on a sampler running at `hz`.
+    pub(crate) fn start(pending: PendingWindow, hz: u32, start: WindowStart) -> Self {
+        let length = u64::try_from(pending.duration.as_nanos()).unwrap_or(u64::MAX);
         Self {
             hz,
-            requester,
-            started_at,
-            start_ns,
-            deadline_ns: start_ns.saturating_add(length),
-            cpu_start_ns,
-            dropped_at_start: None,
+            requester: pending.requester,
+            symbolize: pending.symbolize,
+            start,
+            deadline_ns: start.at_ns.saturating_add(length),
             end: None,
             counts: HashMap::new(),
             samples: 0,
-            reply,
+            reply: pending.reply,
         }
     }
 
     /// Whether a sample taken at `timestamp_ns` belongs to this window.
     pub(crate) fn covers(&self, timestamp_ns: u64) -> bool {
-        timestamp_ns >= self.start_ns && self.end.is_none_or(|end| timestamp_ns < end.at_ns)
+        timestamp_ns >= self.start.at_ns && self.end.is_none_or(|end| timestamp_ns < end.at_ns)
     }
 
     pub(crate) fn count(&mut self, stack: u32) {
         *self.counts.entry(stack).or_insert(0) += 1;
         self.samples += 1;
+    }
+
+    /// Distinct stacks counted so far.
+    pub(crate) fn distinct_stacks(&self) -> usize {
+        self.counts.len()
     }
 
     /// The requester stopped waiting (client disconnected, future dropped).
@@ -129,8 +198,6 @@ impl Window {
     /// window, which `CpuProfile` spreads over the samples.
     pub(crate) fn finish(self, table: &StackTable) -> Option<Finished> {
         let end = self.end?;
-        let cpu_time = Duration::from_nanos(end.cpu_ns.saturating_sub(self.cpu_start_ns));
-        let duration = Duration::from_nanos(end.at_ns.saturating_sub(self.start_ns));
         let mut stacks: Vec<CpuStack> = self
             .counts
             .iter()
@@ -145,14 +212,12 @@ impl Window {
             .collect();
         stacks.sort_by_key(|s| std::cmp::Reverse(s.samples));
         let profile = CpuProfile {
-            started_at: self.started_at,
-            duration,
+            started_at: self.start.wall,
+            duration: Duration::from_nanos(end.at_ns.saturating_sub(self.start.at_ns)),
             hz: self.hz,
-            cpu_time,
+            cpu_time: Duration::from_nanos(end.cpu_ns.saturating_sub(self.start.cpu_ns)),
             samples: self.samples,
-            dropped: end
-                .dropped_total
-                .saturating_sub(self.dropped_at_start.unwrap_or(end.dropped_total)),
+            dropped: end.dropped.saturating_sub(self.start.dropped),
             stacks,
         };
         Some(Finished {
@@ -161,11 +226,6 @@ impl Window {
             requester: self.requester,
         })
     }
-
-    /// Tells the requester the sampler went away.
-    pub(crate) fn fail(self, error: Error) {
-        let _ = self.reply.send(Err(error));
-    }
 }
 
 /// A finished window, not yet delivered.
@@ -173,7 +233,7 @@ impl Window {
 pub(crate) struct Finished {
     pub(crate) profile: CpuProfile,
     pub(crate) requester: Option<SocketAddr>,
-    reply: oneshot::Sender<Result<CpuProfile, Error>>,
+    reply: Reply,
 }
 
 impl Finished {
@@ -189,16 +249,19 @@ mod tests {
 
     fn window(start_ns: u64, secs: u64) -> (Window, oneshot::Receiver<Result<CpuProfile, Error>>) {
         let (tx, rx) = oneshot::channel();
-        let w = Window::new(
-            99,
-            None,
-            SystemTime::UNIX_EPOCH,
-            start_ns,
-            Duration::from_secs(secs),
-            1_000,
-            tx,
-        );
-        (w, rx)
+        let pending = PendingWindow {
+            duration: Duration::from_secs(secs),
+            requester: None,
+            symbolize: true,
+            reply: tx,
+        };
+        let start = WindowStart {
+            wall: SystemTime::UNIX_EPOCH,
+            at_ns: start_ns,
+            cpu_ns: 1_000,
+            dropped: 1,
+        };
+        (Window::start(pending, 99, start), rx)
     }
 
     #[test]
@@ -208,11 +271,13 @@ mod tests {
         let (b, new_b) = table.intern(b"worker", &[1, 2, 3]);
         let (c, _) = table.intern(b"main", &[1, 2, 3]);
         let (d, _) = table.intern(b"", &[9]);
+        let (e, _) = table.intern(b"worker", &[1, 2]);
         assert!(new_a && !new_b);
         assert_eq!(a, b);
         assert_ne!(a, c);
+        assert_ne!(a, e);
         assert_eq!(&*table.get(d).unwrap().0, "[unnamed]");
-        assert_eq!(table.len(), 3);
+        assert_eq!(table.len(), 4);
     }
 
     #[test]
@@ -220,14 +285,14 @@ mod tests {
         let mut table = StackTable::default();
         let (id, _) = table.intern(b"t", &[1]);
         let (mut w, mut rx) = window(100, 1);
+        assert_eq!(w.deadline_ns, 100 + 1_000_000_000);
         assert!(!w.covers(99));
         assert!(w.covers(100));
         w.end = Some(WindowEnd {
             at_ns: 500,
             cpu_ns: 1_000 + 4_000_000,
-            dropped_total: 3,
+            dropped: 3,
         });
-        w.dropped_at_start = Some(1);
         assert!(w.covers(499) && !w.covers(500));
         for _ in 0..4 {
             w.count(id);
@@ -249,5 +314,24 @@ mod tests {
         assert!(!w.abandoned());
         drop(rx);
         assert!(w.abandoned());
+    }
+
+    #[test]
+    fn compaction_keeps_only_referenced_stacks_and_their_counts() {
+        let mut table = StackTable::default();
+        let (old, _) = table.intern(b"t", &[1, 2]);
+        let (kept, _) = table.intern(b"t", &[3, 4]);
+        let (mut w, _rx) = window(0, 1);
+        w.count(kept);
+        w.count(kept);
+        let mut windows = vec![w];
+        table.compact(&mut windows);
+        assert_eq!(table.len(), 1);
+        let (id, is_new) = table.intern(b"t", &[3, 4]);
+        assert!(!is_new, "the kept stack is still known");
+        assert_eq!(windows[0].counts.get(&id), Some(&2));
+        let (_, is_new) = table.intern(b"t", &[1, 2]);
+        assert!(is_new, "the dropped stack is forgotten");
+        let _ = old;
     }
 }

@@ -20,6 +20,8 @@ pub(crate) struct ProfileMeta {
     pub(crate) duration: Duration,
     pub(crate) title: String,
     pub(crate) comments: Vec<String>,
+    /// Resolve function names, files and lines (else addresses only).
+    pub(crate) symbolize: bool,
 }
 
 /// One stack of lookup addresses (leaf first) with its values.
@@ -48,7 +50,11 @@ impl Profile {
                 });
             }
         }
-        let symbols = Symbolizer::global().resolve(&addresses);
+        let symbols = if meta.symbolize {
+            Symbolizer::global().resolve(&addresses)
+        } else {
+            HashMap::new()
+        };
         let modules = loaded_modules(false);
         let mut mappings = mappings_of(&modules);
         let locations: Vec<Location> = addresses
@@ -57,14 +63,12 @@ impl Profile {
                 let mapping = mappings
                     .iter()
                     .position(|m| (m.start..m.limit).contains(&address));
-                let frames = match symbols.get(&address) {
-                    Some(frames) if !frames.is_empty() => Arc::clone(frames),
+                let (frames, named) = match symbols.get(&address) {
+                    Some(frames) if !frames.is_empty() => (Arc::clone(frames), true),
                     _ => fallback_frame(address, &modules),
                 };
                 if let Some(m) = mapping.and_then(|i| mappings.get_mut(i)) {
-                    if symbols.get(&address).is_some_and(|f| !f.is_empty()) {
-                        m.has_functions = true;
-                    }
+                    m.has_functions |= named;
                     if frames.iter().any(|f| f.line.is_some()) {
                         m.has_lines = true;
                     }
@@ -76,6 +80,7 @@ impl Profile {
                     address,
                     mapping,
                     frames,
+                    symbolized: named,
                 }
             })
             .collect();
@@ -110,17 +115,21 @@ impl Profile {
 
 /// One mapping per executable segment; the main executable comes first, as
 /// pprof tools expect.
+///
+/// The bounds are the segment's exact loaded range and its file offset, not
+/// the page-aligned `/proc/self/maps` view: Go's `cmd/pprof` relocates a
+/// binary by `start − (virtual address of its executable segment)`, which is
+/// only right for the exact start (linkers such as lld place the segment at
+/// an offset within its first page), and tools that normalize with
+/// `address − start + file_offset` get the same file offset either way.
 fn mappings_of(modules: &[LoadedModule]) -> Vec<Mapping> {
-    let page = page_size();
     let mut mappings = Vec::new();
     for module in modules {
         for segment in module.segments.iter().filter(|s| s.executable) {
-            let start = segment.svma.start.wrapping_add(module.base);
-            let aligned = start & !(page - 1);
             mappings.push(Mapping {
-                start: aligned,
+                start: segment.svma.start.wrapping_add(module.base),
                 limit: segment.svma.end.wrapping_add(module.base),
-                file_offset: segment.file_offset.saturating_sub(start - aligned),
+                file_offset: segment.file_offset,
                 file: module.path.clone(),
                 build_id: module.build_id_hex(),
                 has_functions: false,
@@ -134,21 +143,26 @@ fn mappings_of(modules: &[LoadedModule]) -> Vec<Mapping> {
 
 /// A name for an address the symbolizer could not resolve: a vDSO function
 /// (there is no file to read its symbols from), `libfoo.so+0x1234`, or the
-/// raw address outside any binary (JIT code, corrupt frames).
-fn fallback_frame(address: u64, modules: &[LoadedModule]) -> Arc<[SymbolizedFrame]> {
-    let name = match vdso_symbols().iter().find(|s| s.range.contains(&address)) {
-        Some(symbol) => symbol.name.clone(),
-        None => modules
-            .iter()
-            .find(|m| m.code_range().is_some_and(|r| r.contains(&address)))
-            .map(|m| format!("{}+{:#x}", m.file_name(), address.wrapping_sub(m.base)))
-            .unwrap_or_else(|| format!("{address:#x}")),
+/// raw address outside any binary (JIT code, corrupt frames). The flag says
+/// whether it is a real function name.
+fn fallback_frame(address: u64, modules: &[LoadedModule]) -> (Arc<[SymbolizedFrame]>, bool) {
+    let (name, named) = match vdso_symbols().iter().find(|s| s.range.contains(&address)) {
+        Some(symbol) => (symbol.name.clone(), true),
+        None => (
+            modules
+                .iter()
+                .find(|m| m.code_range().is_some_and(|r| r.contains(&address)))
+                .map(|m| format!("{}+{:#x}", m.file_name(), address.wrapping_sub(m.base)))
+                .unwrap_or_else(|| format!("{address:#x}")),
+            false,
+        ),
     };
-    Arc::from([SymbolizedFrame {
+    let frames = Arc::from([SymbolizedFrame {
         function: Arc::from(name),
         file: None,
         line: None,
-    }])
+    }]);
+    (frames, named)
 }
 
 pub(crate) fn page_size() -> u64 {
@@ -182,13 +196,8 @@ pub(crate) mod tests {
         std::hint::black_box(leaf_for_tests()) + 1
     }
 
-    /// A small CPU-like profile over real addresses of this test binary.
-    pub(crate) fn sample_profile() -> Profile {
-        let leaf = leaf_for_tests as *const () as usize as u64;
-        let caller = caller_for_tests as *const () as usize as u64;
-        let hot = [leaf, caller];
-        let cold = [caller];
-        let meta = ProfileMeta {
+    fn sample_profile_meta() -> ProfileMeta {
+        ProfileMeta {
             sample_types: vec![
                 ValueType::new("samples", "count"),
                 ValueType::new("cpu", "nanoseconds"),
@@ -201,7 +210,17 @@ pub(crate) mod tests {
             duration: Duration::from_secs(2),
             title: "CPU profile of tests".into(),
             comments: vec!["2 s window".into()],
-        };
+            symbolize: true,
+        }
+    }
+
+    /// A small CPU-like profile over real addresses of this test binary.
+    pub(crate) fn sample_profile() -> Profile {
+        let leaf = leaf_for_tests as *const () as usize as u64;
+        let caller = caller_for_tests as *const () as usize as u64;
+        let hot = [leaf, caller];
+        let cold = [caller];
+        let meta = sample_profile_meta();
         Profile::build(
             meta,
             [
@@ -232,11 +251,42 @@ pub(crate) mod tests {
         assert!(mapping.has_functions && mapping.has_lines);
         assert!(mapping.build_id.is_some());
         assert_eq!(profile.mappings[0].file, mapping.file, "main binary first");
+        // The exact executable segment: start ↔ its file offset.
+        let modules = loaded_modules(false);
+        let exe_module = modules.iter().find(|m| m.path == mapping.file).unwrap();
+        let segment = exe_module.segments.iter().find(|s| s.executable).unwrap();
+        assert_eq!(mapping.start, segment.svma.start + exe_module.base);
+        assert_eq!(mapping.file_offset, segment.file_offset);
+    }
+
+    #[test]
+    fn without_symbolization_locations_keep_addresses_and_mappings_only() {
+        let mut meta = sample_profile_meta();
+        meta.symbolize = false;
+        let leaf = leaf_for_tests as *const () as usize as u64;
+        let profile = Profile::build(
+            meta,
+            [RawStack {
+                thread: None,
+                addresses: &[leaf],
+                values: vec![1, 1],
+            }],
+        );
+        let location = &profile.locations[0];
+        assert!(!location.symbolized);
+        assert!(location.mapping.is_some());
+        assert!(
+            location.frames[0].function.contains("+0x"),
+            "{}",
+            location.frames[0].function
+        );
+        assert!(!profile.mappings[location.mapping.unwrap()].has_functions);
     }
 
     #[test]
     fn unknown_addresses_get_a_readable_fallback_name() {
-        let frames = fallback_frame(0x10, &[]);
+        let (frames, named) = fallback_frame(0x10, &[]);
         assert_eq!(&*frames[0].function, "0x10");
+        assert!(!named);
     }
 }

@@ -87,8 +87,13 @@ pub struct Location {
     pub address: u64,
     /// Index into [`Profile::mappings`].
     pub mapping: Option<usize>,
-    /// The inline chain at this address, innermost (the inlined callee) first.
+    /// The inline chain at this address, innermost (the inlined callee)
+    /// first. Unresolved addresses have one frame with a descriptive name
+    /// (`libfoo.so+0x1234`).
     pub frames: Arc<[SymbolizedFrame]>,
+    /// Whether `frames` names real functions. pprof output leaves the lines
+    /// of unresolved locations empty so server-side symbolizers fill them in.
+    pub symbolized: bool,
 }
 
 /// One stack and its weights.
@@ -207,6 +212,28 @@ impl Format {
 /// Statistics of the process-wide symbol cache shared by all profiles.
 pub fn symbolizer_stats() -> SymbolizerStats {
     symbolize::Symbolizer::global().stats()
+}
+
+/// The function containing each address (the outermost of an inline
+/// chain, as a symbol table would say), for addresses that resolve.
+/// Blocks while debug info loads.
+pub fn function_names(addresses: &[u64]) -> Vec<(u64, String)> {
+    let resolved = symbolize::Symbolizer::global().resolve(addresses);
+    let vdso = modules::vdso_symbols();
+    addresses
+        .iter()
+        .filter_map(|address| {
+            let name = match resolved.get(address).and_then(|frames| frames.last()) {
+                Some(frame) => frame.function.to_string(),
+                None => vdso
+                    .iter()
+                    .find(|s| s.range.contains(address))?
+                    .name
+                    .clone(),
+            };
+            Some((*address, name))
+        })
+        .collect()
 }
 
 /// Releases the parsed debug info now instead of after

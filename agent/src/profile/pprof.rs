@@ -223,6 +223,7 @@ fn to_proto(profile: &Profile) -> proto::Profile {
             line: loc
                 .frames
                 .iter()
+                .filter(|_| loc.symbolized)
                 .map(|frame| {
                     let key = (&*frame.function, frame.file.as_deref());
                     let function_id = *function_ids.entry(key).or_insert_with(|| {
@@ -346,6 +347,17 @@ mod tests {
         assert!(s(function.name).ends_with("leaf_for_tests"));
         assert!(s(function.filename).ends_with("build.rs"));
         assert!(decoded.comment.iter().any(|&c| s(c) == "2 s window"));
+    }
+
+    #[test]
+    fn unresolved_locations_have_no_lines_for_server_side_symbolization() {
+        let mut profile = sample_profile();
+        profile.locations[0].symbolized = false;
+        let decoded = decode(&encode(&profile).unwrap());
+        assert!(decoded.location[0].line.is_empty());
+        assert_ne!(decoded.location[0].address, 0);
+        assert_ne!(decoded.location[0].mapping_id, 0);
+        assert!(!decoded.location[1].line.is_empty());
     }
 
     #[test]

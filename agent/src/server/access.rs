@@ -13,10 +13,16 @@ use ipnet::IpNet;
 
 use super::error::{ApiError, ErrorStyle};
 use super::AppState;
+use crate::config::BearerToken;
 
-/// Paths answered without a token (they reveal only liveness), so that
-/// orchestrator probes need no secret. The allowlist still applies.
+/// Paths answered without a token, so that orchestrator probes need no
+/// secret; the handler then reveals nothing beyond liveness. The allowlist
+/// still applies.
 const TOKEN_EXEMPT: &[&str] = &["/health"];
+
+/// Marks a request that came without a valid token (on a token-exempt path).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Anonymous;
 
 pub(crate) async fn check(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let peer = peer_of(request.extensions());
@@ -26,10 +32,14 @@ pub(crate) async fn check(State(state): State<AppState>, request: Request, next:
         tracing::warn!(?peer, %path, "refused: client address not in the allowlist");
         return ApiError::Forbidden.render(style);
     }
+    let mut request = request;
     if let Some(token) = &state.config.token {
-        if !TOKEN_EXEMPT.contains(&path.as_str()) && !bearer_matches(&request, token) {
-            tracing::warn!(?peer, %path, "refused: missing or wrong bearer token");
-            return ApiError::Unauthorized.render(style);
+        if !bearer_matches(&request, token) {
+            if !TOKEN_EXEMPT.contains(&path.as_str()) {
+                tracing::warn!(?peer, %path, "refused: missing or wrong bearer token");
+                return ApiError::Unauthorized.render(style);
+            }
+            request.extensions_mut().insert(Anonymous);
         }
     }
     next.run(request).await
@@ -77,7 +87,7 @@ pub(crate) fn allowed(allow: &[IpNet], peer: Option<SocketAddr>) -> bool {
     allow.iter().any(|net| net.contains(&ip))
 }
 
-fn bearer_matches(request: &Request, token: &str) -> bool {
+fn bearer_matches(request: &Request, token: &BearerToken) -> bool {
     let Some(value) = request.headers().get(header::AUTHORIZATION) else {
         return false;
     };
@@ -87,8 +97,7 @@ fn bearer_matches(request: &Request, token: &str) -> bool {
     let Some((scheme, presented)) = value.split_once(' ') else {
         return false;
     };
-    scheme.eq_ignore_ascii_case("bearer")
-        && constant_time_eq::constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
+    scheme.eq_ignore_ascii_case("bearer") && token.matches(presented.trim().as_bytes())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::error::retry_after_secs;
 use crate::Error;
 
 /// How an error is rendered.
@@ -157,11 +158,6 @@ impl ApiError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
-}
-
-fn retry_after_secs(d: Duration) -> u64 {
-    // Round up, and never tell a client to retry immediately.
-    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 impl From<Error> for ApiError {

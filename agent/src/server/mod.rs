@@ -48,6 +48,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/debug/pprof/", get(pprof::index))
         .route("/debug/pprof/profile", get(pprof::profile))
         .route("/debug/pprof/flamegraph", get(pprof::flamegraph))
+        .route(
+            "/debug/pprof/symbol",
+            get(pprof::symbol_get)
+                .post(pprof::symbol_post)
+                .layer(DefaultBodyLimit::max(pprof::SYMBOL_BODY_LIMIT)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |request: Request, next: Next| {
@@ -58,7 +64,14 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
+async fn health(
+    State(state): State<AppState>,
+    anonymous: Option<axum::Extension<access::Anonymous>>,
+) -> Json<serde_json::Value> {
+    if anonymous.is_some() {
+        // A token is configured and was not presented: liveness only.
+        return Json(serde_json::json!({ "status": "ok" }));
+    }
     let cpu = state.cpu.status();
     Json(serde_json::json!({
         "status": "ok",
@@ -297,7 +310,7 @@ mod tests {
     #[tokio::test]
     async fn token_is_required_except_for_health() {
         let config = Config {
-            token: Some("s3cret".into()),
+            token: Some(crate::config::BearerToken::new("s3cret").unwrap()),
             ..Config::default()
         };
         let app = router(state(config));
@@ -314,8 +327,16 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let (status, _) = call(app.clone(), "/debug/pprof/", Some("bearer s3cret"), peer).await;
         assert_eq!(status, StatusCode::OK);
-        let (status, _) = call(app, "/health", None, peer).await;
+        let (status, response) = call(app.clone(), "/health", None, peer).await;
         assert_eq!(status, StatusCode::OK);
+        let anonymous = json(response).await;
+        assert_eq!(
+            anonymous,
+            serde_json::json!({"status": "ok"}),
+            "no details without the token"
+        );
+        let (_, response) = call(app, "/health", Some("Bearer s3cret"), peer).await;
+        assert!(json(response).await["pid"].is_number());
     }
 
     #[tokio::test]
@@ -369,6 +390,56 @@ mod tests {
         let html = String::from_utf8_lossy(&body);
         assert!(html.contains("href=\"profile?seconds=30\""));
         assert!(html.contains("flamegraph"));
+    }
+
+    #[tokio::test]
+    async fn symbol_endpoint_speaks_go_protocol() {
+        let app = router(state(Config::default())).layer(MockConnectInfo(
+            "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+        ));
+        let probe = app
+            .clone()
+            .oneshot(
+                HttpRequest::get("/debug/pprof/symbol")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let text = probe.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&text[..], b"num_symbols: 1\n");
+
+        let here = symbol_endpoint_speaks_go_protocol as *const () as usize as u64;
+        let body = format!("{here:#x}+0x10");
+        let answer = app
+            .clone()
+            .oneshot(
+                HttpRequest::post("/debug/pprof/symbol")
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let text = answer.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        let line = text.lines().next().unwrap_or_default();
+        assert!(line.starts_with(&format!("{here:#x} ")), "{text}");
+        assert!(
+            line.contains("symbol_endpoint_speaks_go_protocol"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1, "unknown addresses are left out");
+
+        let bad = app
+            .oneshot(
+                HttpRequest::post("/debug/pprof/symbol")
+                    .body(Body::from("zzz"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

@@ -21,10 +21,11 @@ pub(crate) struct ProfileParams {
     pub(crate) seconds: u64,
     pub(crate) hz: u32,
     pub(crate) format: Format,
+    pub(crate) symbolize: bool,
 }
 
 impl ProfileParams {
-    /// Parses `seconds`, `hz` and `format`; unknown parameters are ignored,
+    /// Parses `seconds`, `hz`, `format` and `symbolize`; unknown parameters are ignored,
     /// as Go's handler does, so scrapers that add their own keep working.
     pub(crate) fn parse(
         query: Option<&str>,
@@ -36,8 +37,9 @@ impl ProfileParams {
             seconds: default_seconds.min(max_seconds),
             hz: DEFAULT_PROFILE_HZ,
             format: default_format,
+            symbolize: true,
         };
-        let mut seen = (false, false, false);
+        let mut seen = (false, false, false, false);
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             let value = value.trim();
             match key.as_ref() {
@@ -75,6 +77,19 @@ impl ProfileParams {
                             "format is one of pprof, svg, folded, text, json",
                         )
                     })?;
+                }
+                "symbolize" if !seen.3 && !value.is_empty() => {
+                    seen.3 = true;
+                    params.symbolize = match value {
+                        "1" | "true" | "yes" => true,
+                        "0" | "false" | "no" => false,
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                format!("symbolize={value} is not a boolean"),
+                                "symbolize is true or false (default true)",
+                            ))
+                        }
+                    };
                 }
                 _ => {}
             }
@@ -114,21 +129,30 @@ async fn cpu(
         default_format,
         state.config.max_profile_seconds,
     )?;
-    let mut request = ProfileRequest::new(Duration::from_secs(params.seconds)).hz(params.hz);
+    let mut request = ProfileRequest::new(Duration::from_secs(params.seconds))
+        .hz(params.hz)
+        .symbolize(params.symbolize);
     if let Peer(Some(addr)) = peer {
         request = request.requester(addr);
     }
     let raw = state.cpu.profile(request).await?;
     let started_at = raw.started_at();
-    let format = params.format;
+    let (format, symbolize) = (params.format, params.symbolize);
     // Symbolization and encoding run on the agent's blocking pool, never on
     // the host's runtime.
-    let bytes = tokio::task::spawn_blocking(move || raw.to_profile().render(format))
-        .await
-        .map_err(|join| {
-            tracing::error!(error = %join, "report task failed");
-            ApiError::Internal
-        })??;
+    let bytes = tokio::task::spawn_blocking(move || {
+        let profile = if symbolize {
+            raw.to_profile()
+        } else {
+            raw.to_unsymbolized_profile()
+        };
+        profile.render(format)
+    })
+    .await
+    .map_err(|join| {
+        tracing::error!(error = %join, "report task failed");
+        ApiError::Internal
+    })??;
     Ok(file_response(bytes, format, "cpu", started_at))
 }
 
@@ -165,6 +189,69 @@ pub(crate) fn file_response(
     response
 }
 
+/// Largest request body `/debug/pprof/symbol` accepts (≈ 50,000 addresses).
+pub(crate) const SYMBOL_BODY_LIMIT: usize = 1 << 20;
+
+/// `GET /debug/pprof/symbol`: tells pprof clients that symbol lookup is
+/// available, or (Go's legacy form) resolves the `+`-separated addresses in
+/// the query string.
+pub(crate) async fn symbol_get(RawQuery(query): RawQuery) -> Result<Response, PprofError> {
+    match query.filter(|q| !q.is_empty()) {
+        None => Ok(text_response("num_symbols: 1\n".to_owned())),
+        Some(addresses) => symbolize_addresses(addresses).await,
+    }
+}
+
+/// `POST /debug/pprof/symbol`: Go's symbol protocol. The body lists
+/// addresses as `0x…+0x…`; the answer has one `0x… function` line per
+/// address that resolves (the function containing it, as Go's handler
+/// does). `go tool pprof` calls it for profiles taken with
+/// `symbolize=false`.
+pub(crate) async fn symbol_post(body: String) -> Result<Response, PprofError> {
+    symbolize_addresses(body).await
+}
+
+async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
+    let mut addresses = Vec::new();
+    for word in list
+        .split(['+', '\n', ' '])
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+    {
+        let digits = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X"));
+        match digits.and_then(|d| u64::from_str_radix(d, 16).ok()) {
+            Some(address) => addresses.push(address),
+            None => {
+                return Err(ApiError::bad_request(
+                    format!("{word:?} is not a hexadecimal address"),
+                    "send addresses as 0x1234+0x5678",
+                )
+                .into())
+            }
+        }
+    }
+    let lines = tokio::task::spawn_blocking(move || crate::profile::function_names(&addresses))
+        .await
+        .map_err(|join| {
+            tracing::error!(error = %join, "symbol task failed");
+            ApiError::Internal
+        })?;
+    let mut body = String::with_capacity(lines.len() * 48);
+    for (address, name) in lines {
+        body.push_str(&format!("{address:#x} {name}\n"));
+    }
+    Ok(text_response(body))
+}
+
+fn text_response(body: String) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 /// `GET /debug/pprof/`: an index in the spirit of Go's, listing what this
 /// agent serves.
 pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
@@ -190,10 +277,13 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
 <a href="profile?seconds=30&amp;format=folded">folded</a> ·
 <a href="profile?seconds=30&amp;format=json">json</a></td>
 <td>CPU profile. <code>seconds</code> (1–{max}, default {DEFAULT_PROFILE_SECONDS}),
-<code>hz</code> (1–{MAX_PROFILE_HZ}, default {DEFAULT_PROFILE_HZ}), <code>format</code> (pprof, svg, folded, text, json; default pprof).
+<code>hz</code> (1–{MAX_PROFILE_HZ}, default {DEFAULT_PROFILE_HZ}), <code>format</code> (pprof, svg, folded, text, json; default pprof),
+<code>symbolize</code> (default true; false leaves addresses and build IDs for server-side symbolization).
 Requests at the same hz share one sampler; another hz gets 409 while it runs.</td></tr>
 <tr><td><a href="flamegraph?seconds=10">flamegraph</a></td><td>svg</td>
 <td>The same CPU profile as an interactive flame graph (default {DEFAULT_FLAMEGRAPH_SECONDS} s).</td></tr>
+<tr><td><a href="symbol">symbol</a></td><td>text</td>
+<td>Go's symbol lookup: <code>POST</code> addresses as <code>0x…+0x…</code>, get <code>0x… function</code> lines.</td></tr>
 </table>
 <p>From a shell: <code>go tool pprof http://HOST:PORT/debug/pprof/profile?seconds=30</code></p>
 </body></html>
@@ -226,6 +316,9 @@ mod tests {
     fn parses_valid_values_and_ignores_unknown_keys() {
         let p = parse("seconds=5&hz=999&format=text&debug=1&gc=1").unwrap();
         assert_eq!((p.seconds, p.hz, p.format), (5, 999, Format::Text));
+        assert!(p.symbolize);
+        assert!(!parse("symbolize=false").unwrap().symbolize);
+        assert!(!parse("symbolize=0").unwrap().symbolize);
         assert_eq!(parse("seconds=").unwrap().seconds, 30);
     }
 
@@ -242,6 +335,7 @@ mod tests {
             "hz=1001",
             "hz=ten",
             "format=pdf",
+            "symbolize=maybe",
         ] {
             assert!(
                 matches!(parse(bad), Err(ApiError::BadRequest { .. })),
