@@ -441,3 +441,40 @@ fn an_unsymbolized_profile_is_symbolized_by_go_tool_pprof_remotely_and_locally()
         );
     }
 }
+
+#[test]
+fn another_profiler_owning_sigprof_gets_503_not_a_stolen_signal() {
+    let _serial = profiler_lock();
+    let agent = start_agent();
+    extern "C" fn foreign_handler(_: libc::c_int) {}
+    // SAFETY: installs a no-op SIGPROF handler (no timer is armed, so it
+    // never runs) and restores SIG_IGN afterwards; the profiler lock keeps
+    // other sampling tests out meanwhile.
+    #[allow(unsafe_code)]
+    let install = |handler: libc::sighandler_t| unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGPROF, &action, std::ptr::null_mut()),
+            0
+        );
+    };
+    install(foreign_handler as *const () as libc::sighandler_t);
+    let reply = get(agent.local_addr(), "/debug/pprof/profile?seconds=1", None);
+    install(libc::SIG_IGN);
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(
+        reply.text().contains("another profiler"),
+        "{}",
+        reply.text()
+    );
+    assert!(wait_for_idle_sampler());
+    // With SIGPROF free again, profiling works.
+    let ok = get(
+        agent.local_addr(),
+        "/debug/pprof/profile?seconds=1&format=text",
+        None,
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
