@@ -8,24 +8,47 @@ use std::time::Duration;
 pub fn thread_cpu_time() -> Duration {
     #[cfg(unix)]
     {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the timespec we own.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts)
-        };
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
     }
     #[cfg(not(unix))]
     {
-        use std::sync::OnceLock;
-        use std::time::Instant;
-        static START: OnceLock<Instant> = OnceLock::new();
-        START.get_or_init(Instant::now).elapsed()
+        since_first_call()
     }
+}
+
+/// CPU time consumed by all threads of this process, exited ones included.
+pub fn process_cpu_time() -> Duration {
+    #[cfg(unix)]
+    {
+        cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+    }
+    #[cfg(not(unix))]
+    {
+        since_first_call()
+    }
+}
+
+#[cfg(unix)]
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::clock_gettime(clock, &mut ts)
+    };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Wall time as a stand-in where CPU clocks are unavailable.
+#[cfg(not(unix))]
+fn since_first_call() -> Duration {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed()
 }
 
 /// The spin loop, expanded in place so the time is flat in the function

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use stethoscope::cpu::{CpuProfiler, ProfileRequest};
 use stethoscope::profile::{release_debug_info, symbolizer_stats, Format};
 use stethoscope::Agent;
-use stethoscope_examples::workload::{thread_cpu_time, walk_call_tree};
+use stethoscope_examples::workload::{process_cpu_time, thread_cpu_time, walk_call_tree};
 
 /// Leaf iterations per call-tree walk (~1 µs per call).
 const WORK: u32 = 200;
@@ -148,20 +148,6 @@ fn run_workload(threads: usize, secs: u64) -> Run {
         other_cpu_share: (process - workers).max(0.0) / workers.max(1e-9),
         handler_share: handler / workers.max(1e-9),
     }
-}
-
-/// CPU time of the whole process (all threads, including exited ones).
-fn process_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts)
-    };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A raw HTTP GET, reading the whole response; returns (status line, body length).
