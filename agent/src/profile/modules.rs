@@ -38,6 +38,8 @@ pub(crate) struct LoadedModule {
     pub(crate) segments: Vec<Segment>,
     /// GNU build ID (`NT_GNU_BUILD_ID` note), if the image has one.
     pub(crate) build_id: Option<Vec<u8>>,
+    /// Whether this is the main executable.
+    pub(crate) main: bool,
     /// Present when requested and the image has an `.eh_frame_hdr`.
     #[cfg_attr(not(feature = "cpu"), allow(dead_code))]
     pub(crate) unwind: Option<UnwindSections>,
@@ -65,6 +67,17 @@ impl LoadedModule {
             let _ = write!(hex, "{b:02x}");
         }
         Some(hex)
+    }
+
+    /// Where to open the file: the main executable through
+    /// `/proc/self/exe`, which stays the running binary even if the path now
+    /// holds another one.
+    pub(crate) fn open_path(&self) -> &str {
+        if self.main && cfg!(target_os = "linux") {
+            "/proc/self/exe"
+        } else {
+            &self.path
+        }
     }
 
     /// The file name without directories, for display.
@@ -169,7 +182,8 @@ mod imp {
                 .to_string_lossy()
                 .into_owned()
         };
-        let path = if name.is_empty() {
+        let main = name.is_empty();
+        let path = if main {
             collect.exe_path.clone()
         } else if name.starts_with("linux-vdso") || name.starts_with("linux-gate") {
             "[vdso]".to_owned()
@@ -206,6 +220,7 @@ mod imp {
             None
         };
         Some(LoadedModule {
+            main,
             path,
             base,
             segments,

@@ -213,15 +213,19 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-fn rss_bytes() -> u64 {
+fn status_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
 }
 
 fn report_generation(options: &Options, rss: &RssLog) {
@@ -333,6 +337,25 @@ fn main() {
         "# stethoscope overhead: {} rounds × {} s, {} worker threads, call-tree workload ({} leaf iterations/call)",
         options.rounds, options.secs, options.threads, WORK
     );
+    // The symbolizer's cold start on its own: resolve the call-tree
+    // workload's functions before anything else has touched debug info.
+    {
+        let (anon, file) = (status_bytes("RssAnon:"), status_bytes("RssFile:"));
+        let started = Instant::now();
+        let names = stethoscope::profile::function_names(&[
+            walk_call_tree as *const () as usize as u64,
+            run_workload as *const () as usize as u64,
+            main as *const () as usize as u64,
+        ]);
+        println!(
+            "symbolizer cold start: {:.1} ms, RSS +{:.1} MiB (anonymous +{:.1}, file-backed +{:.1}) to name {} functions",
+            started.elapsed().as_secs_f64() * 1e3,
+            mib(status_bytes("RssAnon:") + status_bytes("RssFile:") - anon - file),
+            mib(status_bytes("RssAnon:").saturating_sub(anon)),
+            mib(status_bytes("RssFile:").saturating_sub(file)),
+            names.len()
+        );
+    }
     // Warm up caches and the CPU frequency governor, and load symbols once
     // so that the first profiling round does not pay the one-time DWARF load.
     let _ = run_workload(options.threads, 1);
