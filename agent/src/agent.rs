@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use crate::config::{self, Config};
 use crate::cpu::CpuProfiler;
+use crate::heap::HeapProfiler;
 use crate::server::{self, AppState, ServerHandle};
 use crate::Error;
 
@@ -26,6 +27,7 @@ use crate::Error;
 pub struct Agent {
     server: ServerHandle,
     cpu: CpuProfiler,
+    heap: HeapProfiler,
 }
 
 impl Agent {
@@ -43,6 +45,11 @@ impl Agent {
     /// The process-wide CPU profiler this agent serves.
     pub fn cpu(&self) -> &CpuProfiler {
         &self.cpu
+    }
+
+    /// This agent's heap profiler and snapshots.
+    pub fn heap(&self) -> &HeapProfiler {
+        &self.heap
     }
 
     /// Stops the debug server and waits for its thread to finish. Profiles
@@ -175,6 +182,19 @@ impl AgentBuilder {
         self
     }
 
+    /// Heap snapshots kept before the oldest is evicted (at least 1).
+    /// Default [`DEFAULT_HEAP_SNAPSHOTS`](config::DEFAULT_HEAP_SNAPSHOTS).
+    pub fn heap_snapshots(mut self, snapshots: usize) -> Self {
+        if snapshots == 0 {
+            return self.defer(Error::InvalidSetting {
+                setting: "heap_snapshots",
+                reason: "must be at least 1",
+            });
+        }
+        self.config.heap_snapshots = snapshots;
+        self
+    }
+
     /// The host's tokio runtime, for runtime health features. Default: the
     /// runtime `start()` is called in, if any.
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
@@ -260,14 +280,16 @@ impl AgentBuilder {
             .or_else(|| tokio::runtime::Handle::try_current().ok())
             .is_some();
         let cpu = CpuProfiler::global();
+        let heap = HeapProfiler::with_capacity(config.heap_snapshots);
         let state = AppState {
             config: Arc::new(config),
             cpu: cpu.clone(),
+            heap: heap.clone(),
             started: Instant::now(),
             host_runtime,
         };
         let server = server::spawn(state)?;
-        Ok(Agent { server, cpu })
+        Ok(Agent { server, cpu, heap })
     }
 }
 

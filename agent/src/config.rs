@@ -47,6 +47,15 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// (symbolization and encoding) before it is cut off.
 pub const DEFAULT_REQUEST_GRACE: Duration = Duration::from_secs(60);
 
+/// Heap snapshots an agent keeps before evicting the oldest.
+pub const DEFAULT_HEAP_SNAPSHOTS: usize = 16;
+
+/// Stacks a heap diff or snapshot lists in `text`/`json` unless `limit` says otherwise.
+pub const DEFAULT_LIST_LIMIT: usize = 50;
+
+/// Largest `limit` a request may ask for.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
 /// Environment variable with the listen address (`host:port`).
 pub const ENV_ADDR: &str = "STETHOSCOPE_ADDR";
 /// Environment variable with the bearer token clients must send.
@@ -113,6 +122,7 @@ pub(crate) struct Config {
     pub(crate) max_profile_seconds: u64,
     pub(crate) max_connections: usize,
     pub(crate) header_read_timeout: Duration,
+    pub(crate) heap_snapshots: usize,
 }
 
 impl Default for Config {
@@ -125,6 +135,7 @@ impl Default for Config {
             max_profile_seconds: DEFAULT_MAX_PROFILE_SECONDS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            heap_snapshots: DEFAULT_HEAP_SNAPSHOTS,
         }
     }
 }

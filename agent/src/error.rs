@@ -114,6 +114,44 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// Heap profiling is not available in this process; the hint says what
+    /// to change.
+    #[error("heap profiling is unavailable: {reason}")]
+    HeapUnavailable {
+        /// What is missing.
+        reason: &'static str,
+        /// How to enable it.
+        hint: &'static str,
+    },
+
+    /// A jemalloc control call (`mallctl`) failed.
+    #[error("jemalloc {call} failed")]
+    Jemalloc {
+        /// The control name, e.g. "prof.dump".
+        call: &'static str,
+        /// What jemalloc reported.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A jemalloc heap profile could not be read.
+    #[error("cannot parse the jemalloc heap profile: {reason} (line {line})")]
+    HeapDump {
+        /// What was wrong.
+        reason: &'static str,
+        /// 1-based line of the dump.
+        line: usize,
+    },
+
+    /// No heap snapshot has this id (it may have been evicted).
+    #[error("no heap snapshot {id}")]
+    SnapshotNotFound {
+        /// The id asked for.
+        id: u64,
+        /// The ids currently kept.
+        known: Vec<u64>,
+    },
+
     /// A profile request has an unusable parameter.
     #[error("invalid profile request: {0}")]
     InvalidRequest(&'static str),

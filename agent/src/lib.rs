@@ -59,6 +59,7 @@ mod agent;
 pub mod config;
 pub mod cpu;
 mod error;
+pub mod heap;
 pub mod profile;
 mod server;
 

@@ -20,19 +20,33 @@ pub struct BurnQuery {
     pub ms: Option<u64>,
 }
 
+/// Largest leak one request may ask for, in MiB.
+pub const MAX_LEAK_MB: usize = 1024;
+
+/// Query of `/leak` and `/churn`.
+#[derive(Debug, Deserialize)]
+pub struct LeakQuery {
+    /// MiB to allocate (default 16, at most [`MAX_LEAK_MB`]).
+    pub mb: Option<usize>,
+}
+
 /// The demo's routes.
 pub fn router() -> Router {
     Router::new()
         .route("/", get(index))
         .route("/burn", get(burn))
         .route("/memcpy", get(memcpy))
+        .route("/leak", get(leak))
+        .route("/churn", get(churn))
 }
 
 async fn index() -> &'static str {
     "stethoscope demo service\n\
      GET /burn?ms=N    burn N ms of CPU on the request's worker thread:\n\
      \x20                 3/4 in workload::burn_hot, 1/4 in workload::burn_cold\n\
-     GET /memcpy?ms=N  spend N ms of CPU inside libc memcpy (workload::copy_buffers)\n"
+     GET /memcpy?ms=N  spend N ms of CPU inside libc memcpy (workload::copy_buffers)\n\
+     GET /leak?mb=N    leak N MiB in 64 KiB chunks, kept forever (workload::leak_chunks)\n\
+     GET /churn?mb=N   allocate and free N MiB (workload::churn), which never shows as growth\n"
 }
 
 fn budget(query: &BurnQuery) -> Duration {
@@ -57,4 +71,24 @@ async fn memcpy(Query(query): Query<BurnQuery>) -> String {
         "copied 4 MiB {rounds} times in {} ms of CPU\n",
         cpu.as_millis()
     )
+}
+
+fn megabytes(query: &LeakQuery) -> usize {
+    query.mb.unwrap_or(16).min(MAX_LEAK_MB)
+}
+
+/// Deliberately leaks: the chunks stay referenced forever.
+async fn leak(Query(query): Query<LeakQuery>) -> String {
+    let mb = megabytes(&query);
+    let total = workload::leak_chunks(mb << 20);
+    format!(
+        "leaked {mb} MiB more ({} MiB leaked in total)\n",
+        total >> 20
+    )
+}
+
+async fn churn(Query(query): Query<LeakQuery>) -> String {
+    let mb = megabytes(&query);
+    let checksum = workload::churn(mb << 20);
+    format!("allocated and freed {mb} MiB (checksum {checksum:x})\n")
 }

@@ -119,6 +119,51 @@ pub fn copy_buffers(cpu: Duration) -> u64 {
     rounds
 }
 
+/// Size of the chunks [`leak_chunks`] and [`retain_chunks`] allocate.
+pub const CHUNK_BYTES: usize = 64 << 10;
+
+fn filled_chunk(seed: usize) -> Vec<u8> {
+    // Written, so the pages are resident like real data.
+    vec![(seed % 251) as u8; CHUNK_BYTES]
+}
+
+/// Allocates `bytes` in 64 KiB chunks and returns them: the caller decides
+/// how long they live. Heap profiles attribute them to this function.
+#[inline(never)]
+pub fn retain_chunks(bytes: usize) -> Vec<Vec<u8>> {
+    (0..bytes.div_ceil(CHUNK_BYTES)).map(filled_chunk).collect()
+}
+
+/// Leaks `bytes` in 64 KiB chunks into a process-wide list that is never
+/// freed. Returns the total leaked so far, in bytes.
+#[inline(never)]
+pub fn leak_chunks(bytes: usize) -> usize {
+    use std::sync::Mutex;
+    static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let fresh: Vec<Vec<u8>> = (0..bytes.div_ceil(CHUNK_BYTES)).map(filled_chunk).collect();
+    let mut leaked = LEAKED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    leaked.extend(fresh);
+    leaked.len() * CHUNK_BYTES
+}
+
+/// Allocates and frees `bytes` in chunks of varying sizes: heavy allocator
+/// traffic that leaves nothing behind.
+#[inline(never)]
+pub fn churn(bytes: usize) -> u64 {
+    let mut done = 0usize;
+    let mut checksum = 0u64;
+    let mut size = 64usize;
+    while done < bytes {
+        let block = vec![1u8; size];
+        checksum = checksum.wrapping_add(black_box(&block).len() as u64);
+        done += size;
+        size = if size >= 256 << 10 { 64 } else { size * 2 };
+    }
+    checksum
+}
+
 /// Depth of the call tree walked by [`walk_call_tree`]: 2^12 = 4,096
 /// distinct root-to-leaf paths.
 pub const TREE_DEPTH: u32 = 12;

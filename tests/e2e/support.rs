@@ -18,6 +18,49 @@ pub(crate) fn profiler_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Tests that toggle or depend on jemalloc's process-wide profiling state
+/// hold this lock.
+pub(crate) fn heap_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Sends `method path` with an optional body; any status is returned.
+pub(crate) fn send(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let result = match (method, body) {
+        ("POST", Some(body)) => agent.post(&url).send(body),
+        ("POST", None) => agent.post(&url).send_empty(),
+        ("PUT", Some(body)) => agent.put(&url).send(body),
+        ("PUT", None) => agent.put(&url).send_empty(),
+        ("DELETE", _) => agent.delete(&url).call(),
+        _ => agent.get(&url).call(),
+    };
+    let mut response = result.expect("request reaches the agent");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let mut body = Vec::new();
+    response
+        .body_mut()
+        .as_reader()
+        .read_to_end(&mut body)
+        .expect("body");
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
 /// An agent bound to `127.0.0.1:0`.
 pub(crate) fn start_agent() -> Agent {
     Agent::builder()

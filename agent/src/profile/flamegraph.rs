@@ -41,6 +41,51 @@ pub(super) fn render(profile: &Profile) -> Result<Vec<u8>, Error> {
     }
 }
 
+/// Folded lines `stack before after` for two profiles of the same kind
+/// (inferno's differential format), from their flame-graph values.
+pub(super) fn differential_folded(before: &Profile, after: &Profile) -> String {
+    let to_text = |profile: &Profile| {
+        folded::lines(profile)
+            .into_iter()
+            .map(|(stack, count)| format!("{stack} {count}\n"))
+            .collect::<String>()
+    };
+    let (before, after) = (to_text(before), to_text(after));
+    let mut out = Vec::new();
+    let options = inferno::differential::Options::default();
+    // Reading from memory cannot fail; a failure leaves the output empty.
+    let _ =
+        inferno::differential::from_readers(options, before.as_bytes(), after.as_bytes(), &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A differential flame graph: frame widths are `after`'s values; red
+/// frames grew since `before`, blue ones shrank.
+pub(super) fn render_differential(
+    before: &Profile,
+    after: &Profile,
+    title: &str,
+) -> Result<Vec<u8>, Error> {
+    let lines = differential_folded(before, after);
+    let mut options = Options::default();
+    options.title = title.to_owned();
+    options.subtitle = Some("width: now · red: grew · blue: shrank".to_owned());
+    options.count_name = after
+        .sample_types
+        .get(after.flame_value)
+        .map_or_else(|| "samples".to_owned(), |vt| vt.unit.clone());
+    options.name_type = "Function:".to_owned();
+    let mut svg = Vec::new();
+    match flamegraph::from_lines(&mut options, lines.lines(), &mut svg) {
+        Ok(()) => Ok(svg),
+        Err(_) if lines.trim().is_empty() => Ok(empty_svg(title)),
+        Err(source) => Err(Error::Encode {
+            format: "svg",
+            source,
+        }),
+    }
+}
+
 fn empty_svg(title: &str) -> Vec<u8> {
     let escaped = title
         .replace('&', "&amp;")
@@ -68,6 +113,24 @@ mod tests {
         assert!(svg.contains("CPU profile of tests"));
         assert!(svg.contains("leaf_for_tests"));
         assert!(svg.contains("worker"));
+    }
+
+    #[test]
+    fn differential_graph_colors_growth() {
+        let before = sample_profile();
+        let mut after = sample_profile();
+        after.samples[0].values[0] *= 10;
+        let folded = differential_folded(&before, &after);
+        let worker = folded.lines().find(|l| l.starts_with("worker;")).unwrap();
+        assert!(worker.ends_with(" 3 30"), "{worker}");
+        let svg =
+            String::from_utf8(render_differential(&before, &after, "growth").unwrap()).unwrap();
+        assert!(svg.contains("growth") && svg.contains("leaf_for_tests"));
+        // inferno colors grown frames red: rgb(255,…).
+        assert!(
+            svg.contains("rgb(255,"),
+            "a red frame for the stack that grew"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Capabilities produce raw stacks of addresses; [`Profile`] is what they
 //! become after symbolization, and every output format is rendered from it.
 
-mod build;
+pub(crate) mod build;
 mod flamegraph;
 mod folded;
 mod json;
@@ -214,6 +214,19 @@ pub fn symbolizer_stats() -> SymbolizerStats {
     symbolize::Symbolizer::global().stats()
 }
 
+/// A differential flame graph of two profiles of the same kind (for
+/// example two heap snapshots): widths are `after`'s values, red frames
+/// grew, blue frames shrank.
+pub fn differential_svg(before: &Profile, after: &Profile, title: &str) -> Result<Vec<u8>, Error> {
+    flamegraph::render_differential(before, after, title)
+}
+
+/// The folded `stack before after` lines of two profiles (inferno's and
+/// FlameGraph's differential input).
+pub fn differential_folded(before: &Profile, after: &Profile) -> String {
+    flamegraph::differential_folded(before, after)
+}
+
 /// The function containing each address (the outermost of an inline
 /// chain, as a symbol table would say), for addresses that resolve.
 /// Blocks while debug info loads.
@@ -252,6 +265,27 @@ impl Profile {
             Format::Text => Ok(top::render(self, top::DEFAULT_ROWS).into_bytes()),
             Format::Json => json::render(self),
         }
+    }
+
+    /// Memory this profile holds, estimated (frames shared with the symbol
+    /// cache are not counted).
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let samples: usize = self
+            .samples
+            .iter()
+            .map(|s| {
+                size_of::<Sample>() + s.locations.len() * size_of::<usize>() + s.values.len() * 8
+            })
+            .sum();
+        let mappings: usize = self
+            .mappings
+            .iter()
+            .map(|m| {
+                size_of::<Mapping>() + m.file.len() + m.build_id.as_ref().map_or(0, String::len)
+            })
+            .sum();
+        samples + self.locations.len() * size_of::<Location>() + mappings
     }
 
     /// Sum of value `index` over all samples.

@@ -39,6 +39,8 @@ pub(crate) enum ApiError {
     Forbidden,
     /// No such endpoint.
     NotFound { path: String },
+    /// No such resource behind an existing endpoint.
+    Missing { message: String, hint: String },
     /// Wrong method for an existing endpoint.
     MethodNotAllowed,
     /// The sampler is busy at another frequency.
@@ -69,7 +71,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } | ApiError::Missing { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
@@ -82,6 +84,7 @@ impl ApiError {
     fn message_and_hint(&self) -> (String, String) {
         match self {
             ApiError::BadRequest { message, hint }
+            | ApiError::Missing { message, hint }
             | ApiError::NotImplemented { message, hint }
             | ApiError::Unavailable { message, hint } => (message.clone(), hint.clone()),
             ApiError::Unauthorized => (
@@ -98,7 +101,7 @@ impl ApiError {
             ),
             ApiError::MethodNotAllowed => (
                 "method not allowed".into(),
-                "the debug endpoints answer GET".into(),
+                "see docs/endpoints.md for each endpoint's methods".into(),
             ),
             ApiError::Conflict {
                 message,
@@ -171,6 +174,19 @@ impl From<Error> for ApiError {
             Error::Unsupported { what, reason } => ApiError::NotImplemented {
                 message: format!("{what} is not supported here"),
                 hint: reason.into(),
+            },
+            Error::HeapUnavailable { reason, hint } => ApiError::NotImplemented {
+                message: format!("heap profiling is unavailable: {reason}"),
+                hint: hint.into(),
+            },
+            Error::SnapshotNotFound { id, known } => ApiError::Missing {
+                message: format!("no heap snapshot {id}"),
+                hint: if known.is_empty() {
+                    "no snapshots are kept; take one with POST /debug/heap/snapshots".to_owned()
+                } else {
+                    let ids: Vec<String> = known.iter().map(u64::to_string).collect();
+                    format!("known snapshot ids: {}", ids.join(", "))
+                },
             },
             Error::ForeignProfiler(reason) => ApiError::Unavailable {
                 message: "another profiler is active in this process".into(),

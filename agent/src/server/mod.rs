@@ -4,6 +4,7 @@
 
 mod access;
 mod error;
+mod heap;
 mod pprof;
 
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -30,6 +31,7 @@ use error::{ApiError, ErrorStyle};
 pub(crate) struct AppState {
     pub(crate) config: Arc<Config>,
     pub(crate) cpu: CpuProfiler,
+    pub(crate) heap: crate::heap::HeapProfiler,
     pub(crate) started: Instant,
     /// Whether a host tokio runtime was found or given at start.
     pub(crate) host_runtime: bool,
@@ -48,6 +50,22 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/debug/pprof/", get(pprof::index))
         .route("/debug/pprof/profile", get(pprof::profile))
         .route("/debug/pprof/flamegraph", get(pprof::flamegraph))
+        .route("/debug/pprof/heap", get(heap::pprof_heap))
+        .route("/debug/pprof/allocs", get(heap::pprof_heap))
+        .route("/debug/heap/stats", get(heap::stats))
+        .route(
+            "/debug/heap/profiling",
+            get(heap::profiling_state).merge(put(heap::set_profiling)),
+        )
+        .route(
+            "/debug/heap/snapshots",
+            get(heap::list_snapshots).post(heap::take_snapshot),
+        )
+        .route(
+            "/debug/heap/snapshots/{id}",
+            get(heap::get_snapshot).delete(heap::delete_snapshot),
+        )
+        .route("/debug/heap/diff", get(heap::diff))
         .route(
             "/debug/pprof/symbol",
             get(pprof::symbol_get)
@@ -246,6 +264,7 @@ mod tests {
         AppState {
             config: Arc::new(config),
             cpu: CpuProfiler::global(),
+            heap: crate::heap::HeapProfiler::default(),
             started: Instant::now(),
             host_runtime: false,
         }
@@ -440,6 +459,34 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn heap_endpoints_answer_501_with_the_fix_without_jemalloc() {
+        // The unit-test binary does not use jemalloc as its allocator.
+        let app = router(state(Config::default()));
+        for uri in [
+            "/debug/pprof/heap",
+            "/debug/pprof/allocs",
+            "/debug/heap/stats",
+        ] {
+            let (status, response) = call(app.clone(), uri, None, "127.0.0.1:1").await;
+            assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{uri}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.contains("heap_profiling!"), "{uri}: {text}");
+        }
+        let (status, response) =
+            call(app.clone(), "/debug/heap/snapshots/9", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(json(response).await["hint"]
+            .as_str()
+            .unwrap()
+            .contains("POST /debug/heap/snapshots"));
+        let (status, _) = call(app.clone(), "/debug/heap/snapshots/x", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = call(app, "/debug/heap/diff?target=now", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "base is required");
     }
 
     #[tokio::test]

@@ -10,6 +10,9 @@
 
 use tracing_subscriber::EnvFilter;
 
+// jemalloc with heap profiling as the global allocator: one line.
+stethoscope::heap_profiling!();
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -32,6 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl 'http://{service}/burn?ms=5000' & curl -o cpu.svg 'http://{debug}/debug/pprof/profile?seconds=5&format=svg'");
     println!("  curl 'http://{service}/burn?ms=5000' & curl 'http://{debug}/debug/pprof/profile?seconds=5&format=text'");
     println!("  curl 'http://{service}/burn?ms=5000' & go tool pprof -top 'http://{debug}/debug/pprof/profile?seconds=5'");
+    println!("  curl -X POST http://{debug}/debug/heap/snapshots; curl 'http://{service}/leak?mb=64'; curl 'http://{debug}/debug/heap/diff?base=1&target=now'");
 
     axum::serve(listener, stethoscope_examples::demo::router())
         .with_graceful_shutdown(async {

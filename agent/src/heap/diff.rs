@@ -1,0 +1,420 @@
+//! Comparing two heap snapshots: which stacks grew, by how much.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::HeapSnapshot;
+use crate::profile::{Format, Profile, ProfileMeta, RawStack, ValueType};
+use crate::Error;
+
+/// What a diff compares the base snapshot with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiffTarget {
+    /// A kept snapshot.
+    Snapshot(u64),
+    /// The heap now (a fresh, unkept snapshot).
+    Now,
+}
+
+impl DiffTarget {
+    /// Parses `target=`: a snapshot id or `now`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "now" => Some(DiffTarget::Now),
+            id => id.parse().ok().map(DiffTarget::Snapshot),
+        }
+    }
+}
+
+/// One stack's change between the snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiffEntry {
+    /// Function names, leaf (the allocating code) first.
+    pub frames: Vec<Arc<str>>,
+    /// Change in estimated live bytes (negative: shrank).
+    pub delta_bytes: i64,
+    /// Change in estimated live objects.
+    pub delta_objects: i64,
+    /// Estimated live bytes in the base snapshot.
+    pub base_bytes: i64,
+    /// Estimated live bytes in the target.
+    pub target_bytes: i64,
+    addresses: Vec<u64>,
+}
+
+/// The difference between two heap snapshots, stacks ranked by growth.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SnapshotDiff {
+    /// Base snapshot id.
+    pub base: u64,
+    /// Target snapshot id, `None` for "now".
+    pub target: Option<u64>,
+    /// Sum of all stacks' byte changes.
+    pub growth_bytes: i64,
+    /// Sum of all stacks' object changes.
+    pub growth_objects: i64,
+    /// Every stack that changed, by `delta_bytes` descending.
+    pub entries: Vec<DiffEntry>,
+    base_profile: Arc<HeapSnapshot>,
+    target_profile: Arc<HeapSnapshot>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Side {
+    objects: i64,
+    bytes: i64,
+}
+
+fn by_stack(profile: &Profile) -> HashMap<Vec<u64>, (Side, usize)> {
+    let mut stacks: HashMap<Vec<u64>, (Side, usize)> = HashMap::new();
+    for (index, sample) in profile.samples.iter().enumerate() {
+        let key: Vec<u64> = sample
+            .locations
+            .iter()
+            .filter_map(|&l| profile.locations.get(l).map(|l| l.address))
+            .collect();
+        let entry = stacks.entry(key).or_insert((Side::default(), index));
+        entry.0.objects += sample.values.first().copied().unwrap_or(0);
+        entry.0.bytes += sample.values.get(1).copied().unwrap_or(0);
+    }
+    stacks
+}
+
+/// Whether a function is the standard library's rather than the
+/// application's (`alloc::`, `core::`, `std::`, with or without `<…>`).
+fn is_library_frame(name: &str) -> bool {
+    const LIBRARY: [&str; 5] = ["alloc::", "core::", "std::", "hashbrown::", "__rustc::"];
+    let in_library = |path: &str| LIBRARY.iter().any(|prefix| path.starts_with(prefix));
+    let Some(qualified) = name.strip_prefix('<') else {
+        return in_library(name);
+    };
+    // `<Type as Trait>::method`: library code when the type is the
+    // library's (or a primitive) and so is the trait.
+    let Some((ty, rest)) = qualified.split_once(" as ") else {
+        return in_library(qualified);
+    };
+    let primitive = !ty.contains("::");
+    (in_library(ty) || primitive) && in_library(rest)
+}
+
+/// Whether a stack runs through the agent's own code (its symbolizer, its
+/// snapshots): the agent's memory, shown but marked.
+fn is_agent_stack(frames: &[Arc<str>]) -> bool {
+    frames
+        .iter()
+        .any(|f| f.trim_start_matches('<').starts_with("stethoscope::"))
+}
+
+/// One line for a stack: its first three application functions (standard
+/// library frames between them skipped), with the library function that
+/// allocated in brackets.
+fn describe_stack(frames: &[Arc<str>]) -> String {
+    let Some(leaf) = frames.first() else {
+        return "[unknown]".to_owned();
+    };
+    let application: Vec<&str> = frames
+        .iter()
+        .filter(|f| !is_library_frame(f))
+        .take(3)
+        .map(|f| &**f)
+        .collect();
+    if application.is_empty() {
+        let shown: Vec<&str> = frames.iter().take(3).map(|f| &**f).collect();
+        return shown.join(" ← ");
+    }
+    let mut line = application.join(" ← ");
+    if is_library_frame(leaf) {
+        line.push_str(&format!("  [in {leaf}]"));
+    }
+    if is_agent_stack(frames) {
+        line.push_str("  (stethoscope agent)");
+    }
+    line
+}
+
+fn frames_of(profile: &Profile, sample_index: usize) -> Vec<Arc<str>> {
+    let Some(sample) = profile.samples.get(sample_index) else {
+        return Vec::new();
+    };
+    let mut frames: Vec<Arc<str>> = profile
+        .frames_root_first(sample)
+        .map(|f| Arc::clone(&f.function))
+        .collect();
+    frames.reverse();
+    frames
+}
+
+impl SnapshotDiff {
+    /// Compares `base` with `target` stack by stack (stacks are identified
+    /// by their addresses, which do not move within a process).
+    pub fn between(base: &Arc<HeapSnapshot>, target: &Arc<HeapSnapshot>) -> Self {
+        let before = by_stack(&base.profile);
+        let after = by_stack(&target.profile);
+        let mut entries = Vec::new();
+        for (key, (now, index)) in &after {
+            let (was, _) = before.get(key).copied().unwrap_or_default();
+            entries.push(DiffEntry {
+                frames: frames_of(&target.profile, *index),
+                delta_bytes: now.bytes - was.bytes,
+                delta_objects: now.objects - was.objects,
+                base_bytes: was.bytes,
+                target_bytes: now.bytes,
+                addresses: key.clone(),
+            });
+        }
+        for (key, (was, index)) in &before {
+            if !after.contains_key(key) {
+                entries.push(DiffEntry {
+                    frames: frames_of(&base.profile, *index),
+                    delta_bytes: -was.bytes,
+                    delta_objects: -was.objects,
+                    base_bytes: was.bytes,
+                    target_bytes: 0,
+                    addresses: key.clone(),
+                });
+            }
+        }
+        entries.retain(|e| e.delta_bytes != 0 || e.delta_objects != 0);
+        entries.sort_by(|a, b| {
+            b.delta_bytes
+                .cmp(&a.delta_bytes)
+                .then(b.delta_objects.cmp(&a.delta_objects))
+        });
+        SnapshotDiff {
+            base: base.id,
+            target: (target.id != 0).then_some(target.id),
+            growth_bytes: entries.iter().map(|e| e.delta_bytes).sum(),
+            growth_objects: entries.iter().map(|e| e.delta_objects).sum(),
+            entries,
+            base_profile: Arc::clone(base),
+            target_profile: Arc::clone(target),
+        }
+    }
+
+    fn target_label(&self) -> String {
+        self.target
+            .map_or_else(|| "now".to_owned(), |id| id.to_string())
+    }
+
+    fn title(&self) -> String {
+        format!(
+            "Heap growth from snapshot {} ({}) to {} ({}): {:+.1} MiB",
+            self.base,
+            crate::profile::rfc3339(self.base_profile.taken_at),
+            self.target_label(),
+            crate::profile::rfc3339(self.target_profile.taken_at),
+            self.growth_bytes as f64 / (1024.0 * 1024.0)
+        )
+    }
+
+    /// Renders the diff: `text` (top `limit` stacks), `json` (the first
+    /// `limit` stacks), `svg` (a differential flame graph: widths are the
+    /// target's bytes, red grew, blue shrank) or `pprof` (a delta profile;
+    /// values may be negative). Folded is the differential folded input.
+    pub fn render(&self, format: Format, limit: usize) -> Result<Vec<u8>, Error> {
+        match format {
+            Format::Json => self.json(limit),
+            Format::Text => Ok(self.text(limit).into_bytes()),
+            Format::Svg => crate::profile::differential_svg(
+                &self.base_profile.profile,
+                &self.target_profile.profile,
+                &self.title(),
+            ),
+            Format::Folded => Ok(crate::profile::differential_folded(
+                &self.base_profile.profile,
+                &self.target_profile.profile,
+            )
+            .into_bytes()),
+            Format::Pprof => self.delta_profile().render(Format::Pprof),
+        }
+    }
+
+    fn json(&self, limit: usize) -> Result<Vec<u8>, Error> {
+        #[derive(Serialize)]
+        struct Stack<'a> {
+            delta_bytes: i64,
+            delta_objects: i64,
+            base_bytes: i64,
+            target_bytes: i64,
+            /// Allocated by the agent itself (symbolizer, snapshots).
+            agent: bool,
+            frames: Vec<&'a str>,
+        }
+        #[derive(Serialize)]
+        struct Document<'a> {
+            base: u64,
+            target: serde_json::Value,
+            base_taken_at: String,
+            target_taken_at: String,
+            growth_bytes: i64,
+            growth_objects: i64,
+            stacks_changed: usize,
+            stacks: Vec<Stack<'a>>,
+        }
+        let document = Document {
+            base: self.base,
+            target: self
+                .target
+                .map_or_else(|| serde_json::Value::from("now"), serde_json::Value::from),
+            base_taken_at: crate::profile::rfc3339(self.base_profile.taken_at),
+            target_taken_at: crate::profile::rfc3339(self.target_profile.taken_at),
+            growth_bytes: self.growth_bytes,
+            growth_objects: self.growth_objects,
+            stacks_changed: self.entries.len(),
+            stacks: self
+                .entries
+                .iter()
+                .take(limit)
+                .map(|e| Stack {
+                    delta_bytes: e.delta_bytes,
+                    delta_objects: e.delta_objects,
+                    base_bytes: e.base_bytes,
+                    target_bytes: e.target_bytes,
+                    agent: is_agent_stack(&e.frames),
+                    frames: e.frames.iter().map(|f| &**f).collect(),
+                })
+                .collect(),
+        };
+        serde_json::to_vec_pretty(&document).map_err(|e| Error::Encode {
+            format: "json",
+            source: e.into(),
+        })
+    }
+
+    fn text(&self, limit: usize) -> String {
+        let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", self.title());
+        let _ = writeln!(
+            out,
+            "{} stacks changed, {:+} objects; estimates from jemalloc's samples",
+            self.entries.len(),
+            self.growth_objects
+        );
+        let _ = writeln!(
+            out,
+            "{:>12} {:>12} {:>11} {:>11}  stack (allocating function ← callers)",
+            "Δ MiB", "Δ objects", "base MiB", "now MiB"
+        );
+        for entry in self.entries.iter().take(limit) {
+            let _ = writeln!(
+                out,
+                "{:>+12.2} {:>+12} {:>11.2} {:>11.2}  {}",
+                mib(entry.delta_bytes),
+                entry.delta_objects,
+                mib(entry.base_bytes),
+                mib(entry.target_bytes),
+                describe_stack(&entry.frames),
+            );
+        }
+        out
+    }
+
+    /// A pprof profile of the changes: `inuse_objects` and `inuse_space`
+    /// deltas per stack (negative where the heap shrank).
+    fn delta_profile(&self) -> Profile {
+        let meta = ProfileMeta {
+            sample_types: vec![
+                ValueType::new("inuse_objects", "count"),
+                ValueType::new("inuse_space", "bytes"),
+            ],
+            default_value: 1,
+            flame_value: 1,
+            period_type: ValueType::new("space", "bytes"),
+            period: self.target_profile.profile.period,
+            started_at: self.base_profile.taken_at,
+            duration: self
+                .target_profile
+                .taken_at
+                .duration_since(self.base_profile.taken_at)
+                .unwrap_or(Duration::ZERO),
+            title: self.title(),
+            comments: vec![format!(
+                "delta profile: snapshot {} subtracted from {}; negative values shrank",
+                self.base,
+                self.target_label()
+            )],
+            symbolize: true,
+        };
+        Profile::build(
+            meta,
+            self.entries.iter().map(|e| RawStack {
+                thread: None,
+                addresses: &e.addresses,
+                values: vec![e.delta_objects, e.delta_bytes],
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stacks_are_described_by_their_first_application_frame() {
+        let frames: Vec<Arc<str>> = [
+            "alloc::raw_vec::RawVecInner<A>::try_allocate_in",
+            "<alloc::vec::Vec<T> as core::iter::traits::collect::FromIterator<T>>::from_iter",
+            "my_service::cache::fill",
+            "core::iter::adapters::map::map_fold",
+            "my_service::cache::load",
+            "my_service::main",
+            "my_service::start",
+        ]
+        .into_iter()
+        .map(Arc::from)
+        .collect();
+        let line = describe_stack(&frames);
+        assert!(
+            line.starts_with(
+                "my_service::cache::fill ← my_service::cache::load ← my_service::main  "
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("[in alloc::raw_vec::RawVecInner<A>::try_allocate_in]"),
+            "{line}"
+        );
+        let own: Vec<Arc<str>> = ["my::leaf", "my::caller"]
+            .into_iter()
+            .map(Arc::from)
+            .collect();
+        assert_eq!(describe_stack(&own), "my::leaf ← my::caller");
+        let agent: Vec<Arc<str>> = ["gimli::parse", "stethoscope::profile::symbolize::resolve"]
+            .into_iter()
+            .map(Arc::from)
+            .collect();
+        assert!(describe_stack(&agent).ends_with("(stethoscope agent)"));
+        assert_eq!(describe_stack(&[]), "[unknown]");
+    }
+
+    #[test]
+    fn library_frames_include_qualified_impls_of_library_traits() {
+        assert!(is_library_frame(
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem"
+        ));
+        assert!(is_library_frame(
+            "<alloc::raw_vec::RawVecInner>::finish_grow"
+        ));
+        assert!(is_library_frame("core::iter::adapters::map::map_fold"));
+        assert!(!is_library_frame(
+            "<my::Cache as core::clone::Clone>::clone"
+        ));
+        assert!(!is_library_frame("<u8 as my::Encode>::encode"));
+        assert!(!is_library_frame("my::fill"));
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(DiffTarget::parse("now"), Some(DiffTarget::Now));
+        assert_eq!(DiffTarget::parse("12"), Some(DiffTarget::Snapshot(12)));
+        assert_eq!(DiffTarget::parse("-1"), None);
+    }
+}

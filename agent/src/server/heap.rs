@@ -1,0 +1,335 @@
+//! Heap endpoints: `/debug/pprof/heap` (and `/allocs`), `/debug/heap/*`.
+//! Dumping and symbolizing run on the agent's blocking pool.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::error::{ApiError, PprofError};
+use super::pprof::file_response;
+use super::AppState;
+use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
+use crate::heap::{DiffTarget, HeapProfiler};
+use crate::profile::Format;
+use crate::Error;
+
+/// Query parameters shared by the heap endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeapParams {
+    pub(crate) format: Format,
+    pub(crate) symbolize: bool,
+    pub(crate) limit: usize,
+    pub(crate) base: Option<u64>,
+    pub(crate) target: Option<DiffTarget>,
+}
+
+impl HeapParams {
+    pub(crate) fn parse(query: Option<&str>, default_format: Format) -> Result<Self, ApiError> {
+        let mut params = HeapParams {
+            format: default_format,
+            symbolize: true,
+            limit: DEFAULT_LIST_LIMIT,
+            base: None,
+            target: None,
+        };
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let value = value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            match key.as_ref() {
+                "format" => {
+                    params.format = Format::parse(value).ok_or_else(|| {
+                        ApiError::bad_request(
+                            format!("unknown format {value:?}"),
+                            "format is one of pprof, svg, folded, text, json",
+                        )
+                    })?
+                }
+                "symbolize" => {
+                    params.symbolize = match value {
+                        "1" | "true" | "yes" => true,
+                        "0" | "false" | "no" => false,
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                format!("symbolize={value} is not a boolean"),
+                                "symbolize is true or false",
+                            ))
+                        }
+                    }
+                }
+                "limit" => {
+                    params.limit = match value.parse::<usize>() {
+                        Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                format!("limit={value} is out of range"),
+                                format!("limit is a whole number from 1 to {MAX_LIST_LIMIT} (default {DEFAULT_LIST_LIMIT})"),
+                            ))
+                        }
+                    }
+                }
+                "base" => {
+                    params.base = Some(value.parse().map_err(|_| {
+                        ApiError::bad_request(
+                            format!("base={value} is not a snapshot id"),
+                            "base is the id of a snapshot from GET /debug/heap/snapshots",
+                        )
+                    })?)
+                }
+                "target" => {
+                    params.target = Some(DiffTarget::parse(value).ok_or_else(|| {
+                        ApiError::bad_request(
+                            format!("target={value} is not a snapshot id"),
+                            "target is a snapshot id or `now`",
+                        )
+                    })?)
+                }
+                _ => {}
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// Runs a blocking heap operation off the agent's runtime thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join| {
+            tracing::error!(error = %join, "heap task failed");
+            ApiError::Internal
+        })?
+        .map_err(ApiError::from)
+}
+
+/// `GET /debug/pprof/heap` and `/debug/pprof/allocs`: the live sampled
+/// heap, pprof by default.
+pub(crate) async fn pprof_heap(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, PprofError> {
+    let params = HeapParams::parse(query.as_deref(), Format::Pprof)?;
+    let heap = state.heap.clone();
+    let (bytes, taken_at) = blocking(move || {
+        let profile = heap.profile(params.symbolize)?;
+        Ok((profile.render(params.format)?, profile.started_at))
+    })
+    .await?;
+    Ok(file_response(bytes, params.format, "heap", taken_at))
+}
+
+/// `GET /debug/heap/stats?format=json|text`.
+pub(crate) async fn stats(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = HeapParams::parse(query.as_deref(), Format::Json)?;
+    let heap = state.heap.clone();
+    let stats = blocking(move || heap.stats()).await?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    Ok(match params.format {
+        Format::Text => text(format!(
+            "jemalloc statistics\n\
+             allocated  {:>10.1} MiB  live allocations\n\
+             active     {:>10.1} MiB  pages holding them\n\
+             resident   {:>10.1} MiB  physically resident\n\
+             mapped     {:>10.1} MiB  mapped extents\n\
+             retained   {:>10.1} MiB  kept for reuse, not returned to the OS\n\
+             metadata   {:>10.1} MiB  jemalloc's own\n\
+             fragmentation {:.2} (resident / allocated)\n",
+            mib(stats.allocated_bytes),
+            mib(stats.active_bytes),
+            mib(stats.resident_bytes),
+            mib(stats.mapped_bytes),
+            mib(stats.retained_bytes),
+            mib(stats.metadata_bytes),
+            stats.fragmentation()
+        )),
+        Format::Json => {
+            let mut value = serde_json::to_value(stats).map_err(|_| ApiError::Internal)?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("fragmentation".into(), stats.fragmentation().into());
+            }
+            Json(value).into_response()
+        }
+        other => {
+            return Err(ApiError::bad_request(
+                format!("format={} is not available for statistics", other.name()),
+                "format is json or text",
+            ))
+        }
+    })
+}
+
+/// `GET /debug/heap/profiling`: whether allocations are being sampled.
+pub(crate) async fn profiling_state(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let heap = state.heap.clone();
+    let current = blocking(move || heap.state()).await?;
+    Ok(Json(current).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfilingToggle {
+    active: bool,
+}
+
+/// `PUT /debug/heap/profiling` with `{"active": bool}`: starts or pauses
+/// sampling without resetting what was sampled.
+pub(crate) async fn set_profiling(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let toggle: ProfilingToggle = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            format!("the body is not {{\"active\": true|false}}: {e}"),
+            "send e.g. curl -X PUT -d '{\"active\":false}' …/debug/heap/profiling",
+        )
+    })?;
+    let heap = state.heap.clone();
+    let current = blocking(move || heap.set_active(toggle.active)).await?;
+    Ok(Json(current).into_response())
+}
+
+/// `POST /debug/heap/snapshots`: takes and keeps a snapshot.
+pub(crate) async fn take_snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let heap = state.heap.clone();
+    let snapshot = blocking(move || heap.take_snapshot()).await?;
+    let info = snapshot.info();
+    let mut response = (StatusCode::CREATED, Json(&info)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/debug/heap/snapshots/{}", info.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `GET /debug/heap/snapshots`: the snapshots kept, oldest first.
+pub(crate) async fn list_snapshots(State(state): State<AppState>) -> Response {
+    let heap: &HeapProfiler = &state.heap;
+    let infos: Vec<_> = heap.snapshots().iter().map(|s| s.info()).collect();
+    let memory: usize = infos.iter().map(|i| i.memory_bytes).sum();
+    Json(serde_json::json!({
+        "snapshots": infos,
+        "capacity": heap.capacity(),
+        "memory_bytes": memory,
+    }))
+    .into_response()
+}
+
+fn snapshot_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::bad_request(
+            format!("{raw:?} is not a snapshot id"),
+            "snapshot ids are whole numbers, see GET /debug/heap/snapshots",
+        )
+    })
+}
+
+/// `GET /debug/heap/snapshots/{id}?format=`: one snapshot (JSON by default).
+pub(crate) async fn get_snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let id = snapshot_id(&id)?;
+    let params = HeapParams::parse(query.as_deref(), Format::Json)?;
+    let snapshot = state.heap.snapshot(id)?;
+    let format = params.format;
+    let bytes = blocking(move || snapshot.profile.render(format)).await?;
+    Ok(file_response(
+        bytes,
+        format,
+        &format!("heap-snapshot-{id}"),
+        std::time::SystemTime::now(),
+    ))
+}
+
+/// `DELETE /debug/heap/snapshots/{id}`.
+pub(crate) async fn delete_snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = snapshot_id(&id)?;
+    state.heap.delete_snapshot(id)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /debug/heap/diff?base=ID&target=ID|now&format=text|json|svg|pprof|folded&limit=N`.
+pub(crate) async fn diff(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = HeapParams::parse(query.as_deref(), Format::Text)?;
+    let base = params.base.ok_or_else(|| {
+        ApiError::bad_request(
+            "base is required",
+            "GET /debug/heap/diff?base=<snapshot id>&target=<snapshot id or now>",
+        )
+    })?;
+    let target = params.target.unwrap_or(DiffTarget::Now);
+    let heap = state.heap.clone();
+    let (format, limit) = (params.format, params.limit);
+    let bytes = blocking(move || heap.diff(base, target)?.render(format, limit)).await?;
+    let target_label = match target {
+        DiffTarget::Snapshot(id) => id.to_string(),
+        DiffTarget::Now => "now".to_owned(),
+    };
+    Ok(file_response(
+        bytes,
+        format,
+        &format!("heap-diff-{base}-{target_label}"),
+        std::time::SystemTime::now(),
+    ))
+}
+
+fn text(body: String) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_diff_parameters() {
+        let p =
+            HeapParams::parse(Some("base=3&target=now&format=json&limit=5"), Format::Text).unwrap();
+        assert_eq!(p.base, Some(3));
+        assert_eq!(p.target, Some(DiffTarget::Now));
+        assert_eq!((p.format, p.limit), (Format::Json, 5));
+        let p = HeapParams::parse(Some("target=7"), Format::Text).unwrap();
+        assert_eq!(p.target, Some(DiffTarget::Snapshot(7)));
+    }
+
+    #[test]
+    fn rejects_bad_parameters() {
+        for bad in [
+            "base=x",
+            "target=later",
+            "limit=0",
+            "limit=10001",
+            "limit=99999999999999999999999",
+            "format=gif",
+            "symbolize=perhaps",
+        ] {
+            assert!(
+                matches!(
+                    HeapParams::parse(Some(bad), Format::Text),
+                    Err(ApiError::BadRequest { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Heap profiling through the HTTP API, checked against known allocations.
+
+use std::time::{Duration, Instant};
+
+use stethoscope::Agent;
+use stethoscope_examples::workload::{churn, retain_chunks};
+
+use crate::support::*;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Estimated live bytes of the stacks that pass through `function`.
+fn bytes_through(doc: &serde_json::Value, function: &str) -> f64 {
+    doc["stacks"]
+        .as_array()
+        .expect("stacks")
+        .iter()
+        .filter(|s| {
+            s["frames"].as_array().is_some_and(|f| {
+                f.iter()
+                    .any(|f| f.as_str().is_some_and(|f| f.contains(function)))
+            })
+        })
+        .map(|s| s["values"]["inuse_space"].as_f64().unwrap_or(0.0))
+        .sum()
+}
+
+#[inline(never)]
+fn hold_64_mib() -> Vec<Vec<u8>> {
+    retain_chunks(64 << 20)
+}
+
+#[test]
+fn a_known_64_mib_retention_shows_up_within_20_percent() {
+    let _heap = heap_lock();
+    let agent = start_agent();
+    let held = hold_64_mib();
+    let reply = get(agent.local_addr(), "/debug/pprof/heap?format=json", None);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let estimated = bytes_through(&reply.json(), "hold_64_mib");
+    eprintln!(
+        "64 MiB retained, heap profile estimates {:.1} MiB",
+        estimated / MIB
+    );
+    assert!(
+        (estimated / (64.0 * MIB) - 1.0).abs() <= 0.20,
+        "estimated {:.1} MiB for a known 64 MiB",
+        estimated / MIB
+    );
+    // go tool pprof reads the gzip protobuf, with both sample types.
+    let url = format!("http://{}/debug/pprof/heap", agent.local_addr());
+    let (ok, top, stderr) = go_pprof(&["-top", "-sample_index=inuse_space", &url]);
+    assert!(ok, "{stderr}");
+    assert!(top.contains("hold_64_mib"), "{top}");
+    let (ok, raw, stderr) = go_pprof(&["-raw", &url]);
+    assert!(ok, "{stderr}");
+    assert!(
+        raw.contains("inuse_objects/count") && raw.contains("inuse_space/bytes"),
+        "{raw}"
+    );
+    drop(held);
+}
+
+#[inline(never)]
+fn hold_steady() -> Vec<Vec<u8>> {
+    retain_chunks(48 << 20)
+}
+
+#[inline(never)]
+fn grow_the_leak() -> Vec<Vec<u8>> {
+    retain_chunks(48 << 20)
+}
+
+#[test]
+fn the_diff_ranks_a_known_48_mib_leak_first_and_not_steady_memory() {
+    let _heap = heap_lock();
+    let agent = start_agent();
+    let addr = agent.local_addr();
+    let steady = hold_steady();
+    let base = send(addr, "POST", "/debug/heap/snapshots", None);
+    assert_eq!(base.status, 201, "{}", base.text());
+    assert!(base
+        .header("location")
+        .is_some_and(|l| l.starts_with("/debug/heap/snapshots/")));
+    let base = base.json();
+    for field in ["id", "taken_at", "total_bytes", "stacks"] {
+        assert!(
+            !base[field].is_null(),
+            "snapshot shape: {field} missing in {base}"
+        );
+    }
+    let leak = grow_the_leak();
+    churn(64 << 20); // allocator traffic that leaves nothing behind
+    let target = send(addr, "POST", "/debug/heap/snapshots", None).json();
+    let path = format!(
+        "/debug/heap/diff?base={}&target={}&format=json",
+        base["id"], target["id"]
+    );
+    let diff = get(addr, &path, None);
+    assert_eq!(diff.status, 200, "{}", diff.text());
+    let diff = diff.json();
+    assert_eq!(diff["base"], base["id"]);
+    assert_eq!(diff["target"], target["id"]);
+    let stacks = diff["stacks"].as_array().expect("stacks");
+    let frames = |i: usize| stacks[i]["frames"].to_string();
+    assert!(
+        frames(0).contains("grow_the_leak"),
+        "the leak is ranked first: {}",
+        frames(0)
+    );
+    let delta = stacks[0]["delta_bytes"].as_f64().unwrap();
+    eprintln!(
+        "48 MiB leaked, the diff's first stack grew {:.1} MiB",
+        delta / MIB
+    );
+    assert!(
+        (delta / (48.0 * MIB) - 1.0).abs() <= 0.20,
+        "the leak's delta is {:.1} MiB for a known 48 MiB",
+        delta / MIB
+    );
+    for i in 0..stacks.len().min(3) {
+        assert!(
+            !frames(i).contains("hold_steady"),
+            "steady memory ranked {i}: {}",
+            frames(i)
+        );
+    }
+    // The other formats: text names the leak on its first row, SVG is a
+    // differential flame graph, pprof is a delta profile go tool pprof reads.
+    let text = get(addr, &path.replace("format=json", "format=text"), None).text();
+    let first_row = text.lines().nth(3).unwrap_or_default();
+    assert!(first_row.contains("grow_the_leak"), "{text}");
+    let svg = get(addr, &path.replace("format=json", "format=svg"), None);
+    assert_eq!(svg.header("content-type"), Some("image/svg+xml"));
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    roxmltree::Document::parse_with_options(&svg.text(), options).expect("SVG parses as XML");
+    assert!(svg.text().contains("grow_the_leak"));
+    let delta_url = format!(
+        "http://{addr}{}",
+        path.replace("format=json", "format=pprof")
+    );
+    let (ok, top, stderr) = go_pprof(&["-top", "-sample_index=inuse_space", &delta_url]);
+    assert!(ok, "{stderr}");
+    assert!(top.contains("grow_the_leak"), "{top}");
+    drop((steady, leak));
+}
+
+#[inline(never)]
+fn allocated_while_paused() -> Vec<Vec<u8>> {
+    retain_chunks(32 << 20)
+}
+
+#[test]
+fn stats_toggle_and_snapshot_lifecycle() {
+    let _heap = heap_lock();
+    let agent = Agent::builder()
+        .listen("127.0.0.1:0")
+        .heap_snapshots(2)
+        .start()
+        .unwrap();
+    let addr = agent.local_addr();
+
+    let stats = get(addr, "/debug/heap/stats", None).json();
+    for field in [
+        "allocated_bytes",
+        "active_bytes",
+        "resident_bytes",
+        "mapped_bytes",
+        "retained_bytes",
+        "metadata_bytes",
+    ] {
+        assert!(
+            stats[field].as_u64().is_some_and(|v| v > 0),
+            "{field}: {stats}"
+        );
+    }
+    assert!(
+        stats["fragmentation"].as_f64().is_some_and(|f| f >= 1.0),
+        "{stats}"
+    );
+    assert!(get(addr, "/debug/heap/stats?format=text", None)
+        .text()
+        .contains("fragmentation"));
+
+    let state = get(addr, "/debug/heap/profiling", None).json();
+    assert_eq!(state["active"], true);
+    assert_eq!(state["lg_prof_sample"], 16);
+    assert_eq!(state["sample_interval_bytes"], 65536);
+
+    // Paused: new allocations are not sampled; resuming keeps old samples.
+    let paused = send(
+        addr,
+        "PUT",
+        "/debug/heap/profiling",
+        Some(r#"{"active": false}"#),
+    );
+    assert_eq!(paused.json()["active"], false);
+    let unseen = allocated_while_paused();
+    let resumed = send(
+        addr,
+        "PUT",
+        "/debug/heap/profiling",
+        Some(r#"{"active": true}"#),
+    );
+    assert_eq!(resumed.json()["active"], true);
+    let profile = get(addr, "/debug/pprof/heap?format=json", None).json();
+    assert_eq!(bytes_through(&profile, "allocated_while_paused"), 0.0);
+    drop(unseen);
+    for bad in [
+        "",
+        "{}",
+        r#"{"active":"yes"}"#,
+        r#"{"active":true,"reset":true}"#,
+        "[]",
+    ] {
+        let reply = send(addr, "PUT", "/debug/heap/profiling", Some(bad));
+        assert_eq!(reply.status, 400, "{bad:?}: {}", reply.text());
+    }
+
+    // The ring keeps two snapshots; the oldest goes first.
+    let ids: Vec<u64> = (0..3)
+        .map(|_| {
+            send(addr, "POST", "/debug/heap/snapshots", None).json()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let list = get(addr, "/debug/heap/snapshots", None).json();
+    let kept: Vec<u64> = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(kept, ids[1..].to_vec());
+    assert_eq!(list["capacity"], 2);
+    assert!(list["memory_bytes"].as_u64().is_some_and(|b| b > 0));
+
+    let evicted = get(addr, &format!("/debug/heap/snapshots/{}", ids[0]), None);
+    assert_eq!(evicted.status, 404);
+    assert!(evicted.json()["hint"]
+        .as_str()
+        .unwrap()
+        .contains(&ids[2].to_string()));
+    let one = get(
+        addr,
+        &format!("/debug/heap/snapshots/{}?format=text", ids[2]),
+        None,
+    );
+    assert_eq!(one.status, 200);
+    assert!(one.text().contains("Heap profile"));
+    assert_eq!(get(addr, "/debug/heap/snapshots/abc", None).status, 400);
+    assert_eq!(
+        get(addr, "/debug/heap/diff?base=1&limit=999999", None).status,
+        400
+    );
+    assert_eq!(
+        get(addr, "/debug/heap/diff?base=1&format=bmp", None).status,
+        400
+    );
+    let unknown = get(addr, "/debug/heap/diff?base=999&target=now", None);
+    assert_eq!(unknown.status, 404);
+    let deleted = send(
+        addr,
+        "DELETE",
+        &format!("/debug/heap/snapshots/{}", ids[2]),
+        None,
+    );
+    assert_eq!(deleted.status, 204);
+    assert_eq!(
+        get(addr, &format!("/debug/heap/snapshots/{}", ids[2]), None).status,
+        404
+    );
+}
+
+/// CPU profiling at 999 Hz and heap dumps, back to back and at the same
+/// time, while four threads allocate hard: no crash, no hang, every
+/// request answered. `STETHOSCOPE_SOAK_SECS` makes it longer (default 120).
+#[test]
+fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
+    let _cpu = profiler_lock();
+    let _heap = heap_lock();
+    let secs: u64 = std::env::var("STETHOSCOPE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let agent = start_agent();
+    let addr = agent.local_addr();
+    let allocators = Burners::start(4, "allocator", Duration::from_secs(secs + 30), || {
+        let held = retain_chunks(2 << 20);
+        churn(8 << 20);
+        drop(held);
+    });
+    let cpu = std::thread::spawn(move || {
+        let mut answered = 0u32;
+        while Instant::now() < deadline {
+            let reply = get(addr, "/debug/pprof/profile?seconds=2&hz=999", None);
+            assert_eq!(reply.status, 200, "CPU profile: {}", reply.text());
+            answered += 1;
+        }
+        answered
+    });
+    let heap = std::thread::spawn(move || {
+        let mut answered = 0u32;
+        while Instant::now() < deadline {
+            let reply = get(addr, "/debug/pprof/heap", None);
+            assert_eq!(reply.status, 200, "heap profile: {}", reply.text());
+            let snapshot = send(addr, "POST", "/debug/heap/snapshots", None);
+            assert_eq!(snapshot.status, 201, "snapshot: {}", snapshot.text());
+            let id = snapshot.json()["id"].as_u64().unwrap();
+            let diff = get(
+                addr,
+                &format!("/debug/heap/diff?base={id}&target=now&format=json"),
+                None,
+            );
+            assert_eq!(diff.status, 200, "diff: {}", diff.text());
+            answered += 3;
+        }
+        answered
+    });
+    let cpu_answered = cpu.join().expect("CPU profiles kept being answered");
+    let heap_answered = heap.join().expect("heap requests kept being answered");
+    allocators.stop();
+    eprintln!(
+        "soak {secs} s: {cpu_answered} CPU profiles and {heap_answered} heap requests answered"
+    );
+    assert!(
+        cpu_answered >= (secs / 3) as u32,
+        "{cpu_answered} CPU profiles in {secs} s"
+    );
+    assert!(heap_answered >= 3, "{heap_answered} heap requests");
+    assert_eq!(get(addr, "/health", None).status, 200);
+}
