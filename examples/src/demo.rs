@@ -38,6 +38,7 @@ pub fn router() -> Router {
         .route("/memcpy", get(memcpy))
         .route("/leak", get(leak))
         .route("/churn", get(churn))
+        .route("/orders", get(orders))
 }
 
 async fn index() -> &'static str {
@@ -46,7 +47,8 @@ async fn index() -> &'static str {
      \x20                 3/4 in workload::burn_hot, 1/4 in workload::burn_cold\n\
      GET /memcpy?ms=N  spend N ms of CPU inside libc memcpy (workload::copy_buffers)\n\
      GET /leak?mb=N    leak N MiB in 64 KiB chunks, kept forever (workload::leak_chunks)\n\
-     GET /churn?mb=N   allocate and free N MiB (workload::churn), which never shows as growth\n"
+     GET /churn?mb=N   allocate and free N MiB (workload::churn), which never shows as growth\n\
+     GET /orders?n=N   build a JSON list of N orders: ordinary allocation-heavy request work\n"
 }
 
 fn budget(query: &BurnQuery) -> Duration {
@@ -91,4 +93,15 @@ async fn churn(Query(query): Query<LeakQuery>) -> String {
     let mb = megabytes(&query);
     let checksum = workload::churn(mb << 20);
     format!("allocated and freed {mb} MiB (checksum {checksum:x})\n")
+}
+
+/// Query of `/orders`.
+#[derive(Debug, Deserialize)]
+pub struct OrdersQuery {
+    /// Orders to render (default 100, at most 10,000).
+    pub n: Option<usize>,
+}
+
+async fn orders(Query(query): Query<OrdersQuery>) -> String {
+    workload::render_orders(query.n.unwrap_or(100).min(10_000))
 }

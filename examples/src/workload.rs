@@ -164,6 +164,59 @@ pub fn churn(bytes: usize) -> u64 {
     checksum
 }
 
+/// Builds a JSON document of `count` orders the way request handlers do:
+/// many small strings and vectors, all freed when the response is sent.
+#[inline(never)]
+pub fn render_orders(count: usize) -> String {
+    struct Line {
+        sku: String,
+        quantity: u32,
+        price_cents: u64,
+    }
+    struct Order {
+        id: u64,
+        customer: String,
+        lines: Vec<Line>,
+    }
+    let orders: Vec<Order> = (0..count as u64)
+        .map(|id| Order {
+            id,
+            customer: format!("customer-{}", id * 7919 % 10_007),
+            lines: (0..(id % 5 + 1))
+                .map(|n| Line {
+                    sku: format!("SKU-{:06}", (id * 31 + n) % 1_000_000),
+                    quantity: (n as u32 % 3) + 1,
+                    price_cents: 199 + (id * 13 + n * 7) % 10_000,
+                })
+                .collect(),
+        })
+        .collect();
+    let mut json = String::from("[");
+    for (i, order) in orders.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let lines: Vec<String> = order
+            .lines
+            .iter()
+            .map(|l| {
+                format!(
+                    r#"{{"sku":"{}","quantity":{},"price_cents":{}}}"#,
+                    l.sku, l.quantity, l.price_cents
+                )
+            })
+            .collect();
+        json.push_str(&format!(
+            r#"{{"id":{},"customer":"{}","lines":[{}]}}"#,
+            order.id,
+            order.customer,
+            lines.join(",")
+        ));
+    }
+    json.push_str("]\n");
+    json
+}
+
 /// Depth of the call tree walked by [`walk_call_tree`]: 2^12 = 4,096
 /// distinct root-to-leaf paths.
 pub const TREE_DEPTH: u32 = 12;
@@ -217,6 +270,13 @@ mod tests {
         let spent = thread_cpu_time() - before;
         assert!(spent >= Duration::from_millis(40), "{spent:?}");
         assert!(spent < Duration::from_millis(200), "{spent:?}");
+    }
+
+    #[test]
+    fn orders_render_as_a_json_list() {
+        let json = render_orders(3);
+        assert!(json.starts_with("[{\"id\":0,"), "{json}");
+        assert_eq!(json.matches("\"customer\"").count(), 3);
     }
 
     #[test]

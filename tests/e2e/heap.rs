@@ -328,8 +328,10 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
     eprintln!(
         "soak {secs} s: {cpu_answered} CPU profiles and {heap_answered} heap requests answered"
     );
+    // 2 s windows back to back, each followed by its report: in a debug
+    // build under this load a report takes a few seconds.
     assert!(
-        cpu_answered >= (secs / 3) as u32,
+        cpu_answered >= (secs / 10) as u32,
         "{cpu_answered} CPU profiles in {secs} s"
     );
     assert!(heap_answered >= 3, "{heap_answered} heap requests");

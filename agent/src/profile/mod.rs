@@ -6,6 +6,7 @@
 //! become after symbolization, and every output format is rendered from it.
 
 pub(crate) mod build;
+mod dwarf;
 mod flamegraph;
 mod folded;
 mod json;
