@@ -59,7 +59,16 @@ mod agent;
 pub mod config;
 pub mod cpu;
 mod error;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod profile;
+#[cfg(feature = "red")]
+#[cfg_attr(docsrs, doc(cfg(feature = "red")))]
+pub mod red;
+#[cfg(feature = "system")]
+#[cfg_attr(docsrs, doc(cfg(feature = "system")))]
+pub mod resources;
 mod server;
 
 pub use agent::{Agent, AgentBuilder};
