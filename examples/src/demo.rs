@@ -96,16 +96,28 @@ pub struct BurnQuery {
     pub ms: Option<u64>,
 }
 
+/// What the demo's handlers share.
+#[derive(Debug, Clone)]
+struct DemoState {
+    pool: DemoPool,
+    /// Calls of `/flaky` on this router.
+    flaky_calls: Arc<AtomicU64>,
+}
+
 /// The demo's routes. Add the agent's RED layer on top:
 /// `router(pool).layer(agent.red_layer())`.
 pub fn router(pool: DemoPool) -> Router {
+    let state = DemoState {
+        pool,
+        flaky_calls: Arc::new(AtomicU64::new(0)),
+    };
     Router::new()
         .route("/", get(index))
         .route("/burn", get(burn))
         .route("/memcpy", get(memcpy))
         .route("/items/{id}", get(item))
         .route("/flaky", get(flaky))
-        .with_state(pool)
+        .with_state(state)
 }
 
 async fn index() -> &'static str {
@@ -118,16 +130,15 @@ async fn index() -> &'static str {
 }
 
 /// Holds one of the pool's connections for 20 ms.
-async fn item(State(pool): State<DemoPool>, Path(id): Path<u64>) -> Result<String, StatusCode> {
-    pool.query(Duration::from_millis(20)).await?;
+async fn item(State(state): State<DemoState>, Path(id): Path<u64>) -> Result<String, StatusCode> {
+    state.pool.query(Duration::from_millis(20)).await?;
     Ok(format!("item {id}\n"))
 }
 
 /// Every 10th request fails: a known 10 % error ratio for `/debug/red`.
-async fn flaky() -> Result<&'static str, StatusCode> {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
+async fn flaky(State(state): State<DemoState>) -> Result<&'static str, StatusCode> {
     tokio::time::sleep(Duration::from_millis(5)).await;
-    if CALLS.fetch_add(1, Ordering::Relaxed) % 10 == 9 {
+    if state.flaky_calls.fetch_add(1, Ordering::Relaxed) % 10 == 9 {
         Err(StatusCode::INTERNAL_SERVER_ERROR)
     } else {
         Ok("ok\n")

@@ -79,7 +79,11 @@ mod system {
 
     impl Collect for ResourceMonitor {
         fn collect(&self, out: &mut MetricWriter) {
-            let (base, now) = self.sample();
+            // The agent's thread samples every second: a scrape reuses that
+            // sample (at most ~1 s old) instead of re-reading /proc.
+            let max_age = crate::config::DEFAULT_USE_SAMPLE_INTERVAL
+                + crate::config::DEFAULT_USE_SAMPLE_INTERVAL / 2;
+            let (base, now) = self.recent(max_age);
             process(out, &now);
             container(out, &now);
             pressure(out, &now);

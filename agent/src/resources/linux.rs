@@ -246,11 +246,15 @@ pub(crate) fn netstat_value(text: &str, section: &str, field: &str) -> Option<u6
 
 fn read_disk() -> Reading<DiskReadings> {
     let stats = procfs::diskstats().map_err(|e| format!("cannot read /proc/diskstats: {e}"))?;
+    // Whole disks only (the entries of /sys/block): partitions would
+    // double-count their disk's time.
+    let disks: Vec<std::ffi::OsString> = std::fs::read_dir("/sys/block")
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
     let busy_ms = stats
         .into_iter()
         .filter(|d| !d.name.starts_with("loop") && !d.name.starts_with("ram"))
-        // Whole disks only: partitions double-count their disk's time.
-        .filter(|d| Path::new("/sys/block").join(&d.name).exists())
+        .filter(|d| disks.iter().any(|n| n.as_os_str() == d.name.as_str()))
         .map(|d| (d.name, d.time_in_progress))
         .collect();
     Ok(DiskReadings { busy_ms })

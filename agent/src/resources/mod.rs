@@ -286,6 +286,34 @@ impl ResourceMonitor {
         (base, now)
     }
 
+    /// The latest sample if it is at most `max_age` old (the agent's
+    /// sampler keeps one fresh), else a new one; with the newest earlier
+    /// sample at least `MIN_USE_WINDOW` older. Scrapes use this so that
+    /// they cost formatting only.
+    pub(crate) fn recent(
+        &self,
+        max_age: std::time::Duration,
+    ) -> (Option<Arc<Readings>>, Arc<Readings>) {
+        {
+            let window = self
+                .inner
+                .window
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(latest) = &window.latest {
+                if latest.at.elapsed() <= max_age {
+                    let base = window
+                        .previous
+                        .as_ref()
+                        .filter(|p| latest.at.saturating_duration_since(p.at) >= MIN_USE_WINDOW)
+                        .cloned();
+                    return (base, Arc::clone(latest));
+                }
+            }
+        }
+        self.sample()
+    }
+
     fn read(&self) -> Readings {
         #[cfg(target_os = "linux")]
         let mut readings = linux::read(&self.inner.cgroups);
