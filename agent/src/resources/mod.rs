@@ -173,7 +173,7 @@ pub struct UseReport {
 ///
 /// Utilizations are rates (CPU seconds per second, busy time per second)
 /// computed between two samples at least
-/// [`MIN_USE_WINDOW`](crate::config::MIN_USE_WINDOW) apart. The agent
+/// [`MIN_USE_WINDOW`] apart. The agent
 /// samples every
 /// [`DEFAULT_USE_SAMPLE_INTERVAL`](crate::config::DEFAULT_USE_SAMPLE_INTERVAL)
 /// on its own thread, so its reports describe roughly the last second;
