@@ -59,6 +59,8 @@ impl Demo {
 
 #[test]
 fn promtool_accepts_the_exposition_and_formats_are_negotiated() {
+    // Keeps this load off the CPU-profile ground-truth tests' windows.
+    let _quiet = profiler_lock();
     let demo = Demo::start();
     demo.traffic(10);
     let addr = demo.agent.local_addr();
@@ -234,6 +236,8 @@ fn form_encode(text: &str) -> String {
 
 #[test]
 fn a_real_prometheus_scrapes_the_demo() {
+    // Keeps this load off the CPU-profile ground-truth tests' windows.
+    let _quiet = profiler_lock();
     let demo = Demo::start();
     let prometheus = Prometheus::start(demo.agent.local_addr());
     let started = Instant::now();

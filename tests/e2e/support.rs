@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use stethoscope::cpu::CpuProfiler;
 use stethoscope::Agent;
 
-/// Tests that use the process-wide CPU sampler hold this lock.
+/// Tests that use the process-wide CPU sampler hold this lock, and so do
+/// tests that put load on the machine (a Prometheus server, bursts of
+/// requests), so the CPU ground-truth windows run on a quiet machine.
 pub(crate) fn profiler_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)

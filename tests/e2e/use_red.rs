@@ -21,6 +21,8 @@ fn resource<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Va
 
 #[test]
 fn use_table_has_every_resource_with_values_or_reasons() {
+    // Keeps this load off the CPU-profile ground-truth tests' windows.
+    let _quiet = profiler_lock();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -84,6 +86,7 @@ const CHILD: &str = "STETHOSCOPE_E2E_QUIET_CHILD";
 #[test]
 fn fd_and_rss_follow_known_changes() {
     if std::env::var_os(CHILD).is_none() {
+        let _quiet = profiler_lock();
         let output = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "use_red::fd_and_rss_follow_known_changes",
@@ -163,6 +166,8 @@ fn fd_and_rss_follow_known_changes() {
 /// served by axum with the RED layer over real sockets.
 #[test]
 fn red_reports_known_requests_errors_and_latency() {
+    // Keeps this load off the CPU-profile ground-truth tests' windows.
+    let _quiet = profiler_lock();
     const REQUESTS: usize = 300;
     const LATENCY: Duration = Duration::from_millis(20);
     let runtime = tokio::runtime::Builder::new_multi_thread()
