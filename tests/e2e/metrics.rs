@@ -22,11 +22,7 @@ struct Demo {
 
 impl Demo {
     fn start() -> Demo {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = service_runtime();
         let pool = DemoPool::new(demo::POOL_SIZE);
         let agent = runtime.block_on(async {
             Agent::builder()

@@ -57,33 +57,13 @@ impl Reply {
 /// GET `http://{addr}{path}` with an optional bearer token; any status is
 /// returned, not turned into an error. Bounded by a 120 s timeout.
 pub(crate) fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into();
-    let mut request = agent.get(format!("http://{addr}{path}"));
-    if let Some(token) = token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    let mut response = request.call().expect("request reaches the agent");
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|value| ("Authorization", value))
+        .into_iter()
         .collect();
-    let mut body = Vec::new();
-    response
-        .body_mut()
-        .as_reader()
-        .read_to_end(&mut body)
-        .expect("body");
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    get_with(addr, path, &headers)
 }
 
 /// Runs `go tool pprof` with `args`; panics with a how-to if Go is missing.
@@ -275,6 +255,15 @@ pub(crate) fn parse_top(output: &str) -> (f64, Vec<(String, f64, f64)>) {
     (total, rows)
 }
 
+/// A two-worker multi-thread runtime, like a small service's.
+pub(crate) fn service_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// Serves `app` on `127.0.0.1:0` on the current runtime; returns its address.
 pub(crate) async fn serve(app: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -285,11 +274,12 @@ pub(crate) async fn serve(app: axum::Router) -> SocketAddr {
     addr
 }
 
-/// GET with extra request headers.
+/// GET with extra request headers; any status is returned, not turned into
+/// an error. Bounded by a 120 s timeout.
 pub(crate) fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
+        .timeout_global(Some(Duration::from_secs(120)))
         .build()
         .into();
     let mut request = agent.get(format!("http://{addr}{path}"));

@@ -23,11 +23,7 @@ fn resource<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Va
 fn use_table_has_every_resource_with_values_or_reasons() {
     // Keeps this load off the CPU-profile ground-truth tests' windows.
     let _quiet = profiler_lock();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = service_runtime();
     let agent = runtime.block_on(async { start_agent() });
     let addr = agent.local_addr();
     // Rates need two samples 200 ms apart; the agent samples every second.
@@ -35,16 +31,7 @@ fn use_table_has_every_resource_with_values_or_reasons() {
     let reply = get(addr, "/debug/use", None);
     assert_eq!(reply.status, 200, "{}", reply.text());
     let report = reply.json();
-    for name in [
-        "cpu",
-        "memory",
-        "file_descriptors",
-        "threads",
-        "network",
-        "disk",
-        "executor",
-        "heap",
-    ] {
+    for name in stethoscope::resources::BUILTIN_RESOURCES {
         let row = resource(&report, name);
         for field in ["utilization", "saturation", "errors", "limit", "used"] {
             assert!(row.get(field).is_some(), "{name}.{field} missing: {row}");
@@ -170,11 +157,7 @@ fn red_reports_known_requests_errors_and_latency() {
     let _quiet = profiler_lock();
     const REQUESTS: usize = 300;
     const LATENCY: Duration = Duration::from_millis(20);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = service_runtime();
     let agent = runtime.block_on(async { start_agent() });
     let calls = Arc::new(AtomicU64::new(0));
     let app = axum::Router::new()

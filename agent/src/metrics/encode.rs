@@ -117,12 +117,7 @@ impl Desc {
         unit: Option<&'static str>,
         help: &'static str,
     ) -> Self {
-        Desc {
-            name,
-            help,
-            unit,
-            kind: MetricType::Counter,
-        }
+        Desc::new(MetricType::Counter, name, unit, help)
     }
 
     pub(crate) const fn gauge(
@@ -130,12 +125,7 @@ impl Desc {
         unit: Option<&'static str>,
         help: &'static str,
     ) -> Self {
-        Desc {
-            name,
-            help,
-            unit,
-            kind: MetricType::Gauge,
-        }
+        Desc::new(MetricType::Gauge, name, unit, help)
     }
 
     #[cfg_attr(not(feature = "red"), allow(dead_code))]
@@ -144,11 +134,20 @@ impl Desc {
         unit: Option<&'static str>,
         help: &'static str,
     ) -> Self {
+        Desc::new(MetricType::Histogram, name, unit, help)
+    }
+
+    const fn new(
+        kind: MetricType,
+        name: &'static str,
+        unit: Option<&'static str>,
+        help: &'static str,
+    ) -> Self {
         Desc {
             name,
             help,
             unit,
-            kind: MetricType::Histogram,
+            kind,
         }
     }
 }

@@ -205,6 +205,15 @@ pub(crate) fn flat_keyed(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The smallest numeric value of `file` in the cgroup and its ancestors
+/// (`max` and missing files mean no limit at that level).
+fn tightest_limit(dir: &ControllerDir, file: &str) -> Option<u64> {
+    dir.lineage()
+        .filter_map(|level| std::fs::read_to_string(level.join(file)).ok())
+        .filter_map(|text| text.trim().parse::<u64>().ok())
+        .min()
+}
+
 fn parse_u64(text: &str, what: &str) -> Result<u64, String> {
     text.trim()
         .parse()
@@ -303,14 +312,7 @@ pub(crate) fn read_memory(dir: &ControllerDir) -> Result<MemoryCgroup, String> {
     match dir.version {
         Version::V2 => {
             let usage_bytes = parse_u64(&dir.read("memory.current")?, "memory.current")?;
-            let mut limit: Option<u64> = None;
-            for level in dir.lineage() {
-                if let Ok(text) = std::fs::read_to_string(level.join("memory.max")) {
-                    if let Ok(bytes) = text.trim().parse::<u64>() {
-                        limit = Some(limit.map_or(bytes, |l| l.min(bytes)));
-                    }
-                }
-            }
+            let limit = tightest_limit(dir, "memory.max");
             let events = dir.read("memory.events").unwrap_or_default();
             let inactive = flat_keyed(&stat, "inactive_file").unwrap_or(0);
             Ok(MemoryCgroup {
@@ -367,14 +369,7 @@ pub(crate) struct PidsCgroup {
 
 pub(crate) fn read_pids(dir: &ControllerDir) -> Result<PidsCgroup, String> {
     let current = parse_u64(&dir.read("pids.current")?, "pids.current")?;
-    let mut limit: Option<u64> = None;
-    for level in dir.lineage() {
-        if let Ok(text) = std::fs::read_to_string(level.join("pids.max")) {
-            if let Ok(max) = text.trim().parse::<u64>() {
-                limit = Some(limit.map_or(max, |l| l.min(max)));
-            }
-        }
-    }
+    let limit = tightest_limit(dir, "pids.max");
     let events = dir.read("pids.events").unwrap_or_default();
     Ok(PidsCgroup {
         current,

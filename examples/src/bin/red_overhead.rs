@@ -15,6 +15,7 @@ use axum::http::Request;
 use axum::routing::get;
 use axum::Router;
 use stethoscope::red::RedMetrics;
+use stethoscope_examples::bench::arg;
 use tower::{Service, ServiceExt};
 
 fn app() -> Router {
@@ -42,15 +43,6 @@ async fn run(mut app: Router, n: usize) -> f64 {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -15,17 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stethoscope::metrics::ExpositionFormat;
+use stethoscope_examples::bench::arg;
 use stethoscope_examples::demo::{DemoPool, POOL_SIZE};
 use stethoscope_examples::workload::walk_call_tree;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One `GET /metrics` over a fresh connection; returns (duration, bytes).
 fn scrape(addr: SocketAddr) -> (Duration, usize) {
