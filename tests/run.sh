@@ -5,6 +5,9 @@
 # The end-to-end tests drive real clients; this script installs the Debian
 # packages that provide them when they are missing:
 #   golang-go  — `go tool pprof`, which must read our CPU profiles unmodified
+#   prometheus — `promtool check metrics` on /metrics, and a Prometheus server
+#                that scrapes the demo (Debian's package ships both binaries;
+#                its service is not started here, the tests run their own)
 #
 # Usage: bash tests/run.sh [extra cargo test arguments]
 set -euo pipefail
@@ -12,6 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 missing=()
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> installing ${missing[*]}"
     sudo=""
@@ -20,6 +24,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 echo "==> $(go version)"
+echo "==> $(prometheus --version 2>&1 | head -1)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

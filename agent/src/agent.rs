@@ -28,6 +28,12 @@ pub struct Agent {
     server: ServerHandle,
     cpu: CpuProfiler,
     heap: HeapProfiler,
+    #[cfg(feature = "system")]
+    resources: crate::resources::ResourceMonitor,
+    #[cfg(feature = "red")]
+    red: crate::red::RedMetrics,
+    #[cfg(feature = "metrics")]
+    metrics: crate::metrics::MetricsRegistry,
 }
 
 impl Agent {
@@ -50,6 +56,66 @@ impl Agent {
     /// This agent's heap profiler and snapshots.
     pub fn heap(&self) -> &HeapProfiler {
         &self.heap
+    }
+
+    /// A tower layer recording RED metrics (rate, errors, duration per
+    /// route template) of the service it wraps, served at `/debug/red`
+    /// and as `http_server_request_duration_seconds` in `/metrics`. Add it
+    /// with axum's `Router::layer`; every layer of one agent records into
+    /// the same [`RedMetrics`](crate::red::RedMetrics).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stethoscope::Error> {
+    /// let agent = stethoscope::Agent::builder().listen("127.0.0.1:0").start()?;
+    /// let app: axum::Router = axum::Router::new()
+    ///     .route("/items/{id}", axum::routing::get(|| async { "item" }))
+    ///     .layer(agent.red_layer());
+    /// # let _ = app;
+    /// # agent.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "red")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "red")))]
+    pub fn red_layer(&self) -> crate::red::RedLayer {
+        self.red.layer()
+    }
+
+    /// The RED recorder behind [`red_layer`](Self::red_layer).
+    #[cfg(feature = "red")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "red")))]
+    pub fn red(&self) -> &crate::red::RedMetrics {
+        &self.red
+    }
+
+    /// The USE readings this agent serves at `/debug/use`.
+    #[cfg(feature = "system")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
+    pub fn resources(&self) -> &crate::resources::ResourceMonitor {
+        &self.resources
+    }
+
+    /// Adds a service-owned resource (a connection pool, …) to `/debug/use`
+    /// and `/metrics`; the same as
+    /// [`AgentBuilder::resource`] after start.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] if the name is invalid or taken.
+    #[cfg(feature = "system")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
+    pub fn register_resource(
+        &self,
+        resource: impl crate::resources::Resource,
+    ) -> Result<(), Error> {
+        self.resources.register(resource)
+    }
+
+    /// The collectors behind `/metrics`, to render the exposition from Rust.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(&self) -> &crate::metrics::MetricsRegistry {
+        &self.metrics
     }
 
     /// Stops the debug server and waits for its thread to finish. Profiles
@@ -75,6 +141,8 @@ impl Agent {
 pub struct AgentBuilder {
     config: Config,
     runtime: Option<tokio::runtime::Handle>,
+    #[cfg(feature = "system")]
+    resources: Vec<Arc<dyn crate::resources::Resource>>,
     /// The first error of a non-fallible setter, reported by `start()`.
     deferred: Option<Error>,
 }
@@ -195,7 +263,18 @@ impl AgentBuilder {
         self
     }
 
-    /// The host's tokio runtime, for runtime health features. Default: the
+    /// Reports a service-owned resource (a connection pool, a worker pool)
+    /// next to the built-in ones in `/debug/use` and `/metrics`. An
+    /// invalid or duplicate name makes [`start`](Self::start) fail.
+    #[cfg(feature = "system")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
+    pub fn resource(mut self, resource: impl crate::resources::Resource) -> Self {
+        self.resources.push(Arc::new(resource));
+        self
+    }
+
+    /// The host's tokio runtime, for runtime health features (the
+    /// `executor` USE row, `stethoscope_tokio_*` metrics). Default: the
     /// runtime `start()` is called in, if any.
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.runtime = Some(handle);
@@ -262,6 +341,7 @@ impl AgentBuilder {
     /// # Errors
     /// The first invalid setting, [`Error::InsecureBind`] for a non-loopback
     /// address without a token, [`Error::Bind`] if the address is taken.
+    #[allow(clippy::vec_init_then_push)] // the collectors pushed depend on features
     pub fn start(self) -> Result<Agent, Error> {
         if let Some(error) = self.deferred {
             return Err(error);
@@ -275,21 +355,62 @@ impl AgentBuilder {
                 addr: config.listen,
             });
         }
-        let host_runtime = self
+        let runtime = self
             .runtime
-            .or_else(|| tokio::runtime::Handle::try_current().ok())
-            .is_some();
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        let host_runtime = runtime.is_some();
         let cpu = CpuProfiler::global();
         let heap = HeapProfiler::with_capacity(config.heap_snapshots);
+        #[cfg(feature = "system")]
+        let resources = {
+            let monitor = crate::resources::ResourceMonitor::new(runtime);
+            for resource in self.resources {
+                monitor.register_arc(resource)?;
+            }
+            monitor
+        };
+        #[cfg(not(feature = "system"))]
+        drop(runtime);
+        #[cfg(feature = "red")]
+        let red = crate::red::RedMetrics::new();
+        #[cfg(feature = "metrics")]
+        let metrics = {
+            // Each capability contributes its own families; a new one adds
+            // its collector here.
+            let mut collectors: Vec<Arc<dyn crate::metrics::Collect>> = Vec::new();
+            #[cfg(feature = "system")]
+            collectors.push(Arc::new(resources.clone()));
+            collectors.push(Arc::new(crate::metrics::SamplerCollector(cpu.clone())));
+            collectors.push(Arc::new(crate::metrics::HeapCollector(heap.clone())));
+            #[cfg(feature = "red")]
+            collectors.push(Arc::new(red.clone()));
+            crate::metrics::MetricsRegistry::new(collectors)
+        };
         let state = AppState {
             config: Arc::new(config),
             cpu: cpu.clone(),
             heap: heap.clone(),
             started: Instant::now(),
             host_runtime,
+            #[cfg(feature = "system")]
+            resources: resources.clone(),
+            #[cfg(feature = "red")]
+            red: red.clone(),
+            #[cfg(feature = "metrics")]
+            metrics: metrics.clone(),
         };
         let server = server::spawn(state)?;
-        Ok(Agent { server, cpu, heap })
+        Ok(Agent {
+            server,
+            cpu,
+            heap,
+            #[cfg(feature = "system")]
+            resources,
+            #[cfg(feature = "red")]
+            red,
+            #[cfg(feature = "metrics")]
+            metrics,
+        })
     }
 }
 

@@ -56,6 +56,20 @@ pub const DEFAULT_LIST_LIMIT: usize = 50;
 /// Largest `limit` a request may ask for.
 pub const MAX_LIST_LIMIT: usize = 10_000;
 
+/// Most (method, route, status) series the RED recorder keeps; requests
+/// that would create more are counted under the route `<overflow>`.
+pub const DEFAULT_RED_MAX_SERIES: usize = 2000;
+
+/// Shortest window over which USE rates and utilizations (CPU, executor,
+/// disk, throttling) are computed: two samples of a cumulative counter
+/// closer than this give too coarse a rate (CPU time has 10 ms ticks).
+pub const MIN_USE_WINDOW: Duration = Duration::from_millis(200);
+
+/// How often the agent's own thread samples the cumulative counters behind
+/// USE utilizations, so `/debug/use` and `/metrics` describe the last
+/// second or so rather than the time since the previous request.
+pub const DEFAULT_USE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Environment variable with the listen address (`host:port`).
 pub const ENV_ADDR: &str = "STETHOSCOPE_ADDR";
 /// Environment variable with the bearer token clients must send.

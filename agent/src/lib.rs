@@ -46,8 +46,29 @@
 //! # }
 //! ```
 //!
+//! The same server answers "which resource is the bottleneck?" with a USE
+//! table ([`resources`], `/debug/use`), "how are my routes doing?" with RED
+//! metrics from a tower layer ([`Agent::red_layer`], `/debug/red`), and
+//! exposes everything to Prometheus ([`metrics`], `/metrics`):
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), stethoscope::Error> {
+//! let agent = stethoscope::Agent::builder().start()?;
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/items/{id}", axum::routing::get(|| async { "item" }))
+//!     .layer(agent.red_layer());
+//! let report = agent.resources().report();
+//! for row in &report.resources {
+//!     println!("{}: utilization {:?} ({})", row.name, row.utilization, row.source);
+//! }
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! See the `docs/` folder of the repository for the endpoint reference, the
-//! embedding guide, the security model and measured overhead.
+//! embedding guide, the security model, fleet configuration (Prometheus,
+//! Parca, Grafana Alloy) and measured overhead.
 #![deny(missing_docs)]
 #![cfg_attr(
     not(test),
@@ -60,7 +81,17 @@ pub mod config;
 pub mod cpu;
 mod error;
 pub mod heap;
+
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 pub mod profile;
+#[cfg(feature = "red")]
+#[cfg_attr(docsrs, doc(cfg(feature = "red")))]
+pub mod red;
+#[cfg(feature = "system")]
+#[cfg_attr(docsrs, doc(cfg(feature = "system")))]
+pub mod resources;
 mod server;
 
 pub use agent::{Agent, AgentBuilder};

@@ -1,14 +1,90 @@
 //! The demo service: a small axum app whose routes misbehave on purpose so
 //! every stethoscope endpoint has something to show.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Query;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
+use stethoscope::resources::{Resource, ResourceSample};
+use tokio::sync::Semaphore;
 
 use crate::workload;
+
+/// Connections in the demo's pretend database pool.
+pub const POOL_SIZE: usize = 4;
+
+/// How long `/items/{id}` waits for a pool connection before giving up
+/// with 503.
+pub const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A pretend database connection pool: a semaphore whose permits are
+/// connections. Registered with the agent as a [`Resource`], it shows up
+/// as the `db_pool` row of `/debug/use` (connections in use out of
+/// [`POOL_SIZE`], callers waiting, acquire timeouts).
+#[derive(Debug, Clone)]
+pub struct DemoPool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    connections: Semaphore,
+    size: usize,
+    waiting: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+impl DemoPool {
+    /// A pool of `size` connections.
+    pub fn new(size: usize) -> Self {
+        DemoPool {
+            inner: Arc::new(PoolInner {
+                connections: Semaphore::new(size),
+                size,
+                waiting: AtomicU64::new(0),
+                timeouts: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Holds a connection for `hold`, or fails after [`POOL_ACQUIRE_TIMEOUT`].
+    async fn query(&self, hold: Duration) -> Result<(), StatusCode> {
+        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit =
+            tokio::time::timeout(POOL_ACQUIRE_TIMEOUT, self.inner.connections.acquire()).await;
+        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        match permit {
+            Ok(Ok(_connection)) => {
+                tokio::time::sleep(hold).await;
+                Ok(())
+            }
+            _ => {
+                self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(StatusCode::SERVICE_UNAVAILABLE)
+            }
+        }
+    }
+}
+
+impl Resource for DemoPool {
+    fn name(&self) -> &str {
+        "db_pool"
+    }
+
+    fn sample(&self) -> ResourceSample {
+        let free = self.inner.connections.available_permits();
+        let used = self.inner.size.saturating_sub(free);
+        ResourceSample::new(used as f64, self.inner.size as f64)
+            .saturation(self.inner.waiting.load(Ordering::Relaxed) as f64)
+            .errors(self.inner.timeouts.load(Ordering::Relaxed))
+            .unit("connections")
+    }
+}
 
 /// Longest CPU burn one request may ask for.
 pub const MAX_BURN_MS: u64 = 10_000;
@@ -30,8 +106,21 @@ pub struct LeakQuery {
     pub mb: Option<usize>,
 }
 
-/// The demo's routes.
-pub fn router() -> Router {
+/// What the demo's handlers share.
+#[derive(Debug, Clone)]
+struct DemoState {
+    pool: DemoPool,
+    /// Calls of `/flaky` on this router.
+    flaky_calls: Arc<AtomicU64>,
+}
+
+/// The demo's routes. Add the agent's RED layer on top:
+/// `router(pool).layer(agent.red_layer())`.
+pub fn router(pool: DemoPool) -> Router {
+    let state = DemoState {
+        pool,
+        flaky_calls: Arc::new(AtomicU64::new(0)),
+    };
     Router::new()
         .route("/", get(index))
         .route("/burn", get(burn))
@@ -39,6 +128,9 @@ pub fn router() -> Router {
         .route("/leak", get(leak))
         .route("/churn", get(churn))
         .route("/orders", get(orders))
+        .route("/items/{id}", get(item))
+        .route("/flaky", get(flaky))
+        .with_state(state)
 }
 
 async fn index() -> &'static str {
@@ -48,7 +140,25 @@ async fn index() -> &'static str {
      GET /memcpy?ms=N  spend N ms of CPU inside libc memcpy (workload::copy_buffers)\n\
      GET /leak?mb=N    leak N MiB in 64 KiB chunks, kept forever (workload::leak_chunks)\n\
      GET /churn?mb=N   allocate and free N MiB (workload::churn), which never shows as growth\n\
-     GET /orders?n=N   build a JSON list of N orders: ordinary allocation-heavy request work\n"
+     GET /orders?n=N   build a JSON list of N orders: ordinary allocation-heavy request work\n\
+     GET /items/ID     a 20 ms query on one of 4 pooled connections (503 after 200 ms waiting)\n\
+     GET /flaky        5 ms, and every 10th request fails with 500\n"
+}
+
+/// Holds one of the pool's connections for 20 ms.
+async fn item(State(state): State<DemoState>, Path(id): Path<u64>) -> Result<String, StatusCode> {
+    state.pool.query(Duration::from_millis(20)).await?;
+    Ok(format!("item {id}\n"))
+}
+
+/// Every 10th request fails: a known 10 % error ratio for `/debug/red`.
+async fn flaky(State(state): State<DemoState>) -> Result<&'static str, StatusCode> {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    if state.flaky_calls.fetch_add(1, Ordering::Relaxed) % 10 == 9 {
+        Err(StatusCode::INTERNAL_SERVER_ERROR)
+    } else {
+        Ok("ok\n")
+    }
 }
 
 fn budget(query: &BurnQuery) -> Duration {

@@ -5,5 +5,6 @@
 //! stacks); [`demo`] is the axum service behind
 //! `cargo run --release -p stethoscope-examples --bin demo`.
 
+pub mod bench;
 pub mod demo;
 pub mod workload;

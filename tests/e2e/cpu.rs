@@ -363,9 +363,13 @@ fn the_demo_service_burns_on_request_and_shows_up_in_the_profile() {
     let demo = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            async move { axum::serve(listener, stethoscope_examples::demo::router()).await },
-        );
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                stethoscope_examples::demo::router(stethoscope_examples::demo::DemoPool::new(4)),
+            )
+            .await
+        });
         addr
     });
     assert!(get(demo, "/", None).text().contains("/burn?ms=N"));

@@ -1,5 +1,5 @@
 //! End-to-end tests: real agents on `127.0.0.1:0`, real clients (HTTP,
-//! `go tool pprof`), ground-truth workloads.
+//! `go tool pprof`, `promtool`, a Prometheus server), ground-truth workloads.
 
 // The test binary runs with jemalloc as its allocator and heap profiling on
 // from the first allocation, one sample per 64 KiB on average (denser than
@@ -10,4 +10,7 @@ stethoscope::heap_profiling!("prof:true,prof_active:true,lg_prof_sample:16");
 mod access;
 mod cpu;
 mod heap;
+
+mod metrics;
 mod support;
+mod use_red;

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use stethoscope::cpu::CpuProfiler;
 use stethoscope::Agent;
 
-/// Tests that use the process-wide CPU sampler hold this lock.
+/// Tests that use the process-wide CPU sampler hold this lock, and so do
+/// tests that put load on the machine (a Prometheus server, bursts of
+/// requests), so the CPU ground-truth windows run on a quiet machine.
 pub(crate) fn profiler_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
@@ -98,33 +100,13 @@ impl Reply {
 /// GET `http://{addr}{path}` with an optional bearer token; any status is
 /// returned, not turned into an error. Bounded by a 120 s timeout.
 pub(crate) fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into();
-    let mut request = agent.get(format!("http://{addr}{path}"));
-    if let Some(token) = token {
-        request = request.header("Authorization", format!("Bearer {token}"));
-    }
-    let mut response = request.call().expect("request reaches the agent");
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|value| ("Authorization", value))
+        .into_iter()
         .collect();
-    let mut body = Vec::new();
-    response
-        .body_mut()
-        .as_reader()
-        .read_to_end(&mut body)
-        .expect("body");
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    get_with(addr, path, &headers)
 }
 
 /// Runs `go tool pprof` with `args`; panics with a how-to if Go is missing.
@@ -314,4 +296,55 @@ pub(crate) fn parse_top(output: &str) -> (f64, Vec<(String, f64, f64)>) {
         })
         .collect();
     (total, rows)
+}
+
+/// A two-worker multi-thread runtime, like a small service's.
+pub(crate) fn service_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Serves `app` on `127.0.0.1:0` on the current runtime; returns its address.
+pub(crate) async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the test service");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// GET with extra request headers; any status is returned, not turned into
+/// an error. Bounded by a 120 s timeout.
+pub(crate) fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into();
+    let mut request = agent.get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().expect("request reaches the server");
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let mut body = Vec::new();
+    response
+        .body_mut()
+        .as_reader()
+        .read_to_end(&mut body)
+        .expect("body");
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }

@@ -371,6 +371,13 @@ impl HeapProfiler {
     }
 }
 
+/// jemalloc's statistics when it is the global allocator (profiling not
+/// required).
+#[cfg_attr(not(feature = "system"), allow(dead_code))]
+pub(crate) fn jemalloc_stats() -> Result<HeapStats, Error> {
+    jemalloc::stats()
+}
+
 fn snapshot_of(id: u64, profile: Profile) -> HeapSnapshot {
     HeapSnapshot {
         id,

@@ -5,7 +5,11 @@
 mod access;
 mod error;
 mod heap;
+
+#[cfg(feature = "metrics")]
+mod metrics;
 mod pprof;
+mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +39,36 @@ pub(crate) struct AppState {
     pub(crate) started: Instant,
     /// Whether a host tokio runtime was found or given at start.
     pub(crate) host_runtime: bool,
+    /// USE readings of this process.
+    #[cfg(feature = "system")]
+    pub(crate) resources: crate::resources::ResourceMonitor,
+    /// RED recorder behind `Agent::red_layer`.
+    #[cfg(feature = "red")]
+    pub(crate) red: crate::red::RedMetrics,
+    /// Collectors of `/metrics`.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::MetricsRegistry,
+}
+
+impl AppState {
+    /// Work the server thread does besides serving: sampling the counters
+    /// behind USE rates once a second.
+    fn background(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        #[cfg(feature = "system")]
+        {
+            let resources = self.resources.clone();
+            Some(async move {
+                let mut tick = tokio::time::interval(crate::config::DEFAULT_USE_SAMPLE_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    resources.tick();
+                }
+            })
+        }
+        #[cfg(not(feature = "system"))]
+        None::<std::future::Ready<()>>
+    }
 }
 
 /// The agent's routes. A pure function of the state, so tests can drive it
@@ -72,6 +106,9 @@ pub(crate) fn router(state: AppState) -> Router {
                 .post(pprof::symbol_post)
                 .layer(DefaultBodyLimit::max(pprof::SYMBOL_BODY_LIMIT)),
         )
+        .route("/debug/use", use_route())
+        .route("/debug/red", red_route())
+        .route("/metrics", metrics_route())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |request: Request, next: Next| {
@@ -80,6 +117,27 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), access::check))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
+}
+
+fn use_route() -> axum::routing::MethodRouter<AppState> {
+    #[cfg(feature = "system")]
+    return get(usage::use_table);
+    #[cfg(not(feature = "system"))]
+    return get(|| usage::not_built("system"));
+}
+
+fn red_route() -> axum::routing::MethodRouter<AppState> {
+    #[cfg(feature = "red")]
+    return get(usage::red);
+    #[cfg(not(feature = "red"))]
+    return get(|| usage::not_built("red"));
+}
+
+fn metrics_route() -> axum::routing::MethodRouter<AppState> {
+    #[cfg(feature = "metrics")]
+    return get(metrics::metrics);
+    #[cfg(not(feature = "metrics"))]
+    return get(|| usage::not_built("metrics"));
 }
 
 async fn health(
@@ -175,11 +233,17 @@ pub(crate) fn spawn(state: AppState) -> Result<ServerHandle, Error> {
         .map_err(Error::ServerStart)?;
     let (stop, stop_rx) = watch::channel(false);
     let (stopped_tx, stopped) = oneshot::channel();
+    let background = state.background();
     let app = router(state);
     std::thread::Builder::new()
         .name("stethoscope-http".into())
         .spawn(move || {
-            runtime.block_on(serve(listener, app, config, stop_rx));
+            runtime.block_on(async move {
+                if let Some(background) = background {
+                    tokio::spawn(background);
+                }
+                serve(listener, app, config, stop_rx).await;
+            });
             // Dropping the runtime cancels in-flight requests; their profile
             // windows are withdrawn and the sampler stops if idle.
             drop(runtime);
@@ -267,6 +331,12 @@ mod tests {
             heap: crate::heap::HeapProfiler::default(),
             started: Instant::now(),
             host_runtime: false,
+            #[cfg(feature = "system")]
+            resources: crate::resources::ResourceMonitor::new(None),
+            #[cfg(feature = "red")]
+            red: crate::red::RedMetrics::new(),
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::MetricsRegistry::default(),
         }
     }
 

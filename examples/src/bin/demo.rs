@@ -21,7 +21,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let agent = stethoscope::Agent::builder().with_default_env().start()?;
+    let pool = stethoscope_examples::demo::DemoPool::new(stethoscope_examples::demo::POOL_SIZE);
+    let agent = stethoscope::Agent::builder()
+        .with_default_env()
+        .resource(pool.clone()) // the `db_pool` row of /debug/use
+        .start()?;
     let debug = agent.local_addr();
 
     let demo_addr = std::env::var("DEMO_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
@@ -37,7 +41,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl 'http://{service}/burn?ms=5000' & go tool pprof -top 'http://{debug}/debug/pprof/profile?seconds=5'");
     println!("  curl -X POST http://{debug}/debug/heap/snapshots; curl 'http://{service}/leak?mb=64'; curl 'http://{debug}/debug/heap/diff?base=1&target=now'");
 
-    axum::serve(listener, stethoscope_examples::demo::router())
+    println!("  for i in $(seq 50); do curl -s -o /dev/null 'http://{service}/items/'$i & curl -s -o /dev/null 'http://{service}/flaky'; done; wait");
+    println!("  curl 'http://{debug}/debug/red?format=text'; curl 'http://{debug}/debug/use?format=text'");
+    println!("  curl 'http://{debug}/metrics'");
+
+    let app = stethoscope_examples::demo::router(pool).layer(agent.red_layer());
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

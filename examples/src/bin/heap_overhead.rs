@@ -62,7 +62,9 @@ fn serve() {
             .unwrap_or_else(|e| fail(&format!("addr: {e}")));
         println!("SERVICE {service} AGENT {}", agent.local_addr());
         tokio::spawn(async move {
-            let _ = axum::serve(listener, stethoscope_examples::demo::router()).await;
+            let pool =
+                stethoscope_examples::demo::DemoPool::new(stethoscope_examples::demo::POOL_SIZE);
+            let _ = axum::serve(listener, stethoscope_examples::demo::router(pool)).await;
         });
         // Exit when the parent closes our stdin.
         let _ = tokio::task::spawn_blocking(|| {

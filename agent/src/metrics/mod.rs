@@ -1,0 +1,62 @@
+//! Prometheus / OpenMetrics exposition of everything the agent measures.
+//!
+//! Each capability contributes metric families through a small internal
+//! collector trait; the [`MetricsRegistry`] of an agent holds the
+//! collectors of the capabilities it runs and writes one exposition per
+//! scrape. No global recorder is installed, so the host's own metrics
+//! libraries are unaffected.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), stethoscope::Error> {
+//! use stethoscope::metrics::ExpositionFormat;
+//!
+//! let agent = stethoscope::Agent::builder().listen("127.0.0.1:0").start()?;
+//! let text = agent.metrics().encode(ExpositionFormat::Prometheus);
+//! assert!(text.contains("process_cpu_seconds_total"));
+//! # agent.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod collectors;
+mod encode;
+
+use std::sync::Arc;
+
+pub(crate) use collectors::{HeapCollector, SamplerCollector};
+pub use encode::ExpositionFormat;
+pub(crate) use encode::MetricWriter;
+
+/// Something that writes metric families at scrape time. Implemented by
+/// each capability's handle; a new capability adds its collector in
+/// `AgentBuilder::start`. Collectors must be quick (they run on the
+/// agent's thread for every scrape) and must not write a family another
+/// collector writes.
+pub(crate) trait Collect: Send + Sync + std::fmt::Debug {
+    fn collect(&self, out: &mut MetricWriter);
+}
+
+/// The collectors of one agent; [`encode`](Self::encode) writes the
+/// exposition `/metrics` serves. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsRegistry {
+    collectors: Arc<Vec<Arc<dyn Collect>>>,
+}
+
+impl MetricsRegistry {
+    pub(crate) fn new(collectors: Vec<Arc<dyn Collect>>) -> Self {
+        MetricsRegistry {
+            collectors: Arc::new(collectors),
+        }
+    }
+
+    /// The exposition of every registered collector in `format`.
+    pub fn encode(&self, format: ExpositionFormat) -> String {
+        let mut writer = MetricWriter::new(format);
+        for collector in self.collectors.iter() {
+            collector.collect(&mut writer);
+        }
+        writer.finish()
+    }
+}

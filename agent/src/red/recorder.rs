@@ -1,0 +1,485 @@
+//! Per-route series: sharded maps of atomic histograms. The hot path takes
+//! one shard's read lock (shared, never blocking other readers) and updates
+//! atomics; only the first request of a new (route, method, status)
+//! combination takes a write lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use super::histogram::{
+    BucketCounts, HistogramSummary, LatencyHistogram, RateWindow, RATE_WINDOW_SECS,
+};
+use crate::config::DEFAULT_RED_MAX_SERIES;
+
+/// Route label of requests no route matched.
+pub const UNMATCHED_ROUTE: &str = "<unmatched>";
+/// Route label that absorbs new series once the series limit is reached.
+pub const OVERFLOW_ROUTE: &str = "<overflow>";
+
+/// Status value recorded when the service returned an error instead of a
+/// response, or panicked.
+pub(crate) const STATUS_ERROR: u16 = 0;
+
+const SHARDS: usize = 16;
+
+/// Request rate, errors and duration per route: the recorder behind
+/// [`RedLayer`](super::RedLayer). Cheap to clone (one `Arc`).
+///
+/// ```
+/// use std::time::Duration;
+/// use stethoscope::red::RedMetrics;
+///
+/// let metrics = RedMetrics::new();
+/// metrics.record("GET", Some("/items/{id}"), 200, Duration::from_millis(12));
+/// metrics.record("GET", Some("/items/{id}"), 503, Duration::from_millis(40));
+/// let report = metrics.report();
+/// let route = &report.routes[0];
+/// assert_eq!((route.route.as_str(), route.requests, route.errors), ("/items/{id}", 2, 1));
+/// assert_eq!(route.error_ratio, 0.5);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    shards: [RwLock<HashMap<Box<str>, RouteEntry>>; SHARDS],
+    started: Instant,
+    series: AtomicUsize,
+    max_series: usize,
+    /// Whether a layer was ever made, to tell "no traffic" from "not installed".
+    layer_made: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct RouteEntry {
+    methods: Vec<MethodEntry>,
+}
+
+#[derive(Debug)]
+struct MethodEntry {
+    method: &'static str,
+    errors: AtomicU64,
+    latency: LatencyHistogram,
+    requests_window: RateWindow,
+    errors_window: RateWindow,
+    statuses: Vec<StatusSeries>,
+}
+
+#[derive(Debug)]
+struct StatusSeries {
+    status: u16,
+    buckets: BucketCounts,
+}
+
+impl Default for RedMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RedMetrics {
+    /// An empty recorder keeping at most
+    /// [`DEFAULT_RED_MAX_SERIES`](crate::config::DEFAULT_RED_MAX_SERIES)
+    /// (method, route, status) series.
+    pub fn new() -> Self {
+        Self::with_max_series(DEFAULT_RED_MAX_SERIES)
+    }
+
+    /// An empty recorder keeping at most `max_series` (method, route,
+    /// status) series; requests beyond it are counted under the route
+    /// [`OVERFLOW_ROUTE`].
+    pub fn with_max_series(max_series: usize) -> Self {
+        RedMetrics {
+            inner: Arc::new(Inner {
+                shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+                started: Instant::now(),
+                series: AtomicUsize::new(0),
+                max_series: max_series.max(1),
+                layer_made: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// A tower layer recording into this recorder.
+    pub fn layer(&self) -> super::RedLayer {
+        self.inner.layer_made.store(true, Ordering::Relaxed);
+        super::RedLayer::new(self.clone())
+    }
+
+    /// Whether [`layer`](Self::layer) was ever called: without a layer on
+    /// the service, an empty report means "not installed", not "no traffic".
+    pub fn layer_installed(&self) -> bool {
+        self.inner.layer_made.load(Ordering::Relaxed)
+    }
+
+    /// Records one request. `method` outside the standard HTTP methods is
+    /// recorded as `_OTHER`; `route` is the route *template* (`None` when
+    /// no route matched); `status` is the response status (≥ 500 counts as
+    /// an error).
+    pub fn record(&self, method: &str, route: Option<&str>, status: u16, duration: Duration) {
+        self.record_at(
+            method_label(method),
+            route,
+            status,
+            duration,
+            Instant::now(),
+        );
+    }
+
+    pub(crate) fn record_at(
+        &self,
+        method: &'static str,
+        route: Option<&str>,
+        status: u16,
+        duration: Duration,
+        now: Instant,
+    ) {
+        let route = route.unwrap_or(UNMATCHED_ROUTE);
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let second = self.second_of(now);
+        let is_error = status >= 500 || status == STATUS_ERROR;
+        let shard = &self.inner.shards[shard_of(route)];
+        {
+            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((entry, series)) = map.get(route).and_then(|r| r.find(method, status)) {
+                entry.record(series, nanos, second, is_error);
+                return;
+            }
+        }
+        self.record_new(route, method, status, nanos, second, is_error);
+    }
+
+    #[cold]
+    fn record_new(
+        &self,
+        route: &str,
+        method: &'static str,
+        status: u16,
+        nanos: u64,
+        second: u32,
+        is_error: bool,
+    ) {
+        let inner = &self.inner;
+        let full = inner.series.load(Ordering::Relaxed) >= inner.max_series;
+        let route = if full && route != OVERFLOW_ROUTE {
+            // Only an existing series may still be used.
+            let exists = inner.shards[shard_of(route)]
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(route)
+                .and_then(|r| r.find(method, status))
+                .is_some();
+            if exists {
+                route
+            } else {
+                OVERFLOW_ROUTE
+            }
+        } else {
+            route
+        };
+        let mut map = inner.shards[shard_of(route)]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = map.entry(route.into()).or_default();
+        let method_index = match entry.methods.iter().position(|m| m.method == method) {
+            Some(index) => index,
+            None => {
+                entry.methods.push(MethodEntry::new(method));
+                entry.methods.len() - 1
+            }
+        };
+        let Some(method_entry) = entry.methods.get_mut(method_index) else {
+            return;
+        };
+        if !method_entry.statuses.iter().any(|s| s.status == status) {
+            method_entry.statuses.push(StatusSeries {
+                status,
+                buckets: BucketCounts::default(),
+            });
+            inner.series.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(series) = method_entry.statuses.iter().find(|s| s.status == status) {
+            method_entry.record(series, nanos, second, is_error);
+        }
+    }
+
+    fn second_of(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.inner.started).as_secs())
+            .unwrap_or(u32::MAX)
+    }
+
+    /// Per (method, route): totals since start, rate over the last minute
+    /// and latency percentiles, busiest route first.
+    pub fn report(&self) -> RedReport {
+        let now = Instant::now();
+        let now_second = self.second_of(now);
+        let window = now
+            .saturating_duration_since(self.inner.started)
+            .as_secs_f64()
+            .clamp(1.0, f64::from(RATE_WINDOW_SECS));
+        let mut routes = Vec::new();
+        for shard in &self.inner.shards {
+            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (route, entry) in map.iter() {
+                for method in &entry.methods {
+                    let latency = method.latency.summary();
+                    let errors = method.errors.load(Ordering::Relaxed);
+                    let mut statuses = BTreeMap::new();
+                    for series in &method.statuses {
+                        let (counts, _) = series.buckets.snapshot();
+                        statuses.insert(status_label(series.status), counts.iter().sum());
+                    }
+                    routes.push(RouteReport {
+                        method: method.method.to_owned(),
+                        route: route.to_string(),
+                        requests: latency.count,
+                        errors,
+                        error_ratio: ratio(errors, latency.count),
+                        rate_per_s: method.requests_window.recent(now_second) as f64 / window,
+                        error_rate_per_s: method.errors_window.recent(now_second) as f64 / window,
+                        statuses,
+                        latency,
+                    });
+                }
+            }
+        }
+        routes.sort_by(|a, b| {
+            b.requests
+                .cmp(&a.requests)
+                .then_with(|| a.route.cmp(&b.route))
+                .then_with(|| a.method.cmp(&b.method))
+        });
+        RedReport {
+            routes,
+            window: Duration::from_secs_f64(window),
+        }
+    }
+
+    /// Calls `f` with every (method, route, status) series: its OpenTelemetry
+    /// bucket counts (non-cumulative, `+Inf` last) and sum in seconds.
+    #[cfg(any(test, feature = "metrics"))]
+    pub(crate) fn for_each_series(&self, mut f: impl FnMut(&str, &str, &str, &[u64], f64)) {
+        for shard in &self.inner.shards {
+            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (route, entry) in map.iter() {
+                for method in &entry.methods {
+                    for series in &method.statuses {
+                        let (counts, sum) = series.buckets.snapshot();
+                        f(
+                            method.method,
+                            route,
+                            &status_label(series.status),
+                            &counts,
+                            sum,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Series currently kept.
+    pub fn series_count(&self) -> usize {
+        self.inner.series.load(Ordering::Relaxed)
+    }
+}
+
+/// The OpenTelemetry bucket bounds, re-exported for the exposition.
+#[cfg(any(test, feature = "metrics"))]
+pub(crate) const BUCKET_BOUNDS: &[f64] = &super::OTEL_DURATION_BUCKETS;
+
+impl RouteEntry {
+    fn find(&self, method: &str, status: u16) -> Option<(&MethodEntry, &StatusSeries)> {
+        let entry = self.methods.iter().find(|m| m.method == method)?;
+        let series = entry.statuses.iter().find(|s| s.status == status)?;
+        Some((entry, series))
+    }
+}
+
+impl MethodEntry {
+    fn new(method: &'static str) -> Self {
+        MethodEntry {
+            method,
+            errors: AtomicU64::new(0),
+            latency: LatencyHistogram::default(),
+            requests_window: RateWindow::default(),
+            errors_window: RateWindow::default(),
+            statuses: Vec::new(),
+        }
+    }
+
+    fn record(&self, series: &StatusSeries, nanos: u64, second: u32, is_error: bool) {
+        series.buckets.record(nanos);
+        self.latency.record(nanos);
+        self.requests_window.record(second);
+        if is_error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.errors_window.record(second);
+        }
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// FNV-1a of the route, to pick a shard: routes come from the
+/// application's route table, not from clients, so no keyed hash is needed.
+fn shard_of(route: &str) -> usize {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in route.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash as usize % SHARDS
+}
+
+/// The method label: the standard methods as themselves, anything else as
+/// `_OTHER` (OpenTelemetry's convention), so clients cannot create series.
+pub(crate) fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "_OTHER",
+    }
+}
+
+fn status_label(status: u16) -> String {
+    if status == STATUS_ERROR {
+        "error".to_owned()
+    } else {
+        status.to_string()
+    }
+}
+
+/// What [`RedMetrics::report`] returns.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RedReport {
+    /// One entry per (method, route), most requests first.
+    pub routes: Vec<RouteReport>,
+    /// Length of the window `rate_per_s` is computed over: the last minute,
+    /// or the time since the recorder started if shorter.
+    pub window: Duration,
+}
+
+/// Rate, errors and duration of one (method, route).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RouteReport {
+    /// HTTP method (`_OTHER` for non-standard ones).
+    pub method: String,
+    /// Route template, e.g. `/items/{id}`; [`UNMATCHED_ROUTE`] for requests
+    /// no route matched.
+    pub route: String,
+    /// Requests completed since the recorder started.
+    pub requests: u64,
+    /// Of which errors: status ≥ 500, or the service failed or panicked.
+    pub errors: u64,
+    /// `errors / requests` (0 without requests).
+    pub error_ratio: f64,
+    /// Requests per second over the last minute.
+    pub rate_per_s: f64,
+    /// Errors per second over the last minute.
+    pub error_rate_per_s: f64,
+    /// Requests per status code (`"error"` when there was no response).
+    pub statuses: BTreeMap<String, u64>,
+    /// Duration until the response head was ready, since start.
+    pub latency: HistogramSummary,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_per_method_route_and_status() {
+        let m = RedMetrics::new();
+        for i in 0..100u64 {
+            let status = if i % 10 == 0 { 500 } else { 200 };
+            m.record(
+                "GET",
+                Some("/items/{id}"),
+                status,
+                Duration::from_millis(20),
+            );
+        }
+        m.record("POST", Some("/items/{id}"), 201, Duration::from_millis(5));
+        m.record("BREW", None, 404, Duration::from_micros(30));
+        let report = m.report();
+        assert_eq!(report.routes.len(), 3);
+        let get = &report.routes[0];
+        assert_eq!(
+            (get.method.as_str(), get.route.as_str()),
+            ("GET", "/items/{id}")
+        );
+        assert_eq!((get.requests, get.errors), (100, 10));
+        assert!((get.error_ratio - 0.1).abs() < 1e-9);
+        assert_eq!(get.statuses["200"], 90);
+        assert_eq!(get.statuses["500"], 10);
+        assert!(get.rate_per_s > 1.0);
+        let p50 = get.latency.p50.as_secs_f64();
+        assert!((p50 - 0.020).abs() < 0.020 * 0.0625, "{p50}");
+        let other = report.routes.iter().find(|r| r.method == "_OTHER").unwrap();
+        assert_eq!(other.route, UNMATCHED_ROUTE);
+        let mut series = 0;
+        m.for_each_series(|_, _, _, counts, _| {
+            series += 1;
+            assert_eq!(counts.len(), BUCKET_BOUNDS.len() + 1);
+        });
+        assert_eq!(series, 4);
+        assert_eq!(m.series_count(), 4);
+    }
+
+    #[test]
+    fn new_series_beyond_the_limit_go_to_the_overflow_route() {
+        let m = RedMetrics::with_max_series(2);
+        m.record("GET", Some("/a"), 200, Duration::from_millis(1));
+        m.record("GET", Some("/b"), 200, Duration::from_millis(1));
+        m.record("GET", Some("/c"), 200, Duration::from_millis(1));
+        m.record("GET", Some("/d"), 200, Duration::from_millis(1));
+        m.record("GET", Some("/a"), 200, Duration::from_millis(1));
+        let report = m.report();
+        let routes: Vec<_> = report
+            .routes
+            .iter()
+            .map(|r| (r.route.as_str(), r.requests))
+            .collect();
+        assert!(routes.contains(&("/a", 2)));
+        assert!(routes.contains(&(OVERFLOW_ROUTE, 2)));
+        assert_eq!(routes.len(), 3);
+    }
+
+    #[test]
+    fn concurrent_recording_loses_nothing() {
+        let m = RedMetrics::new();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let m = m.clone();
+                s.spawn(move || {
+                    for i in 0..10_000u64 {
+                        let route = if i % 2 == 0 { "/x" } else { "/y" };
+                        m.record("GET", Some(route), 200 + (t % 2), Duration::from_nanos(i));
+                    }
+                });
+            }
+        });
+        let total: u64 = m.report().routes.iter().map(|r| r.requests).sum();
+        assert_eq!(total, 40_000);
+    }
+}

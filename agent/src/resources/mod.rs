@@ -1,0 +1,450 @@
+//! USE resource metrics: utilization, saturation and errors per resource,
+//! from inside the process and aware of the container it runs in.
+//!
+//! [`ResourceMonitor::report`] reads `/proc`, the process's cgroups (v1 or
+//! v2, limits of every ancestor), PSI, the network namespace's counters,
+//! block devices and the host's tokio runtime, and returns a
+//! [`UseReport`]: one [`ResourceUsage`] row per resource. Anything that
+//! cannot be read on this host is `None` with the reason in `source` — a
+//! report never fails. Services add their own pools with the [`Resource`]
+//! trait.
+//!
+//! ```
+//! use stethoscope::resources::{Resource, ResourceMonitor, ResourceSample};
+//!
+//! #[derive(Debug)]
+//! struct Pool;
+//! impl Resource for Pool {
+//!     fn name(&self) -> &str { "db_pool" }
+//!     fn sample(&self) -> ResourceSample {
+//!         ResourceSample::new(7.0, 10.0).unit("connections").saturation(2.0).errors(0)
+//!     }
+//! }
+//!
+//! let monitor = ResourceMonitor::new(None);
+//! monitor.register(Pool)?;
+//! let report = monitor.report();
+//! let pool = report.resources.iter().find(|r| r.name == "db_pool").unwrap();
+//! assert_eq!(pool.utilization, Some(0.7));
+//! # Ok::<(), stethoscope::Error>(())
+//! ```
+//!
+//! Reading takes well under a millisecond of blocking file reads; from
+//! async code on a latency-sensitive runtime, call it in `spawn_blocking`.
+
+mod cgroup;
+#[cfg(target_os = "linux")]
+mod linux;
+mod readings;
+mod runtime;
+mod table;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use crate::config::MIN_USE_WINDOW;
+use crate::Error;
+pub(crate) use readings::Readings;
+
+/// Names of the built-in rows; user resources may not reuse them.
+pub const BUILTIN_RESOURCES: [&str; 8] = [
+    "cpu",
+    "memory",
+    "file_descriptors",
+    "threads",
+    "network",
+    "disk",
+    "executor",
+    "heap",
+];
+
+/// A resource a service owns — a connection pool, a worker pool, a
+/// semaphore — reported next to the built-in ones in `/debug/use` and
+/// `/metrics`.
+///
+/// [`sample`](Resource::sample) runs on the agent's thread for every report
+/// and scrape: it must be quick and must not block (read atomics, not a
+/// lock the hot path holds). A panic inside it is caught and reported as
+/// the row's `source`.
+pub trait Resource: Send + Sync + fmt::Debug + 'static {
+    /// Row name, e.g. `db_pool`: ASCII letters, digits and `_`, not one of
+    /// [`BUILTIN_RESOURCES`].
+    fn name(&self) -> &str;
+
+    /// The resource's state now.
+    fn sample(&self) -> ResourceSample;
+}
+
+/// What a [`Resource`] reports: how much is in use out of how much, how
+/// many wait, and how many failed.
+///
+/// ```
+/// use stethoscope::resources::ResourceSample;
+/// let s = ResourceSample::new(8.0, 10.0).saturation(3.0).errors(1).unit("connections");
+/// assert_eq!((s.used, s.limit, s.saturation, s.errors), (Some(8.0), Some(10.0), Some(3.0), Some(1)));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ResourceSample {
+    /// Units in use (connections checked out).
+    pub used: Option<f64>,
+    /// Units available in total (pool size).
+    pub limit: Option<f64>,
+    /// Work waiting for the resource (callers queued for a connection).
+    pub saturation: Option<f64>,
+    /// Failures since start (acquire timeouts), a monotonic count.
+    pub errors: Option<u64>,
+    /// Unit of `used` and `limit`.
+    pub unit: String,
+}
+
+impl ResourceSample {
+    /// `used` out of `limit`.
+    pub fn new(used: f64, limit: f64) -> Self {
+        ResourceSample {
+            used: Some(used),
+            limit: Some(limit),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the number of waiters.
+    #[must_use]
+    pub fn saturation(mut self, waiting: f64) -> Self {
+        self.saturation = Some(waiting);
+        self
+    }
+
+    /// Sets the error count.
+    #[must_use]
+    pub fn errors(mut self, errors: u64) -> Self {
+        self.errors = Some(errors);
+        self
+    }
+
+    /// Sets the unit of `used` and `limit`.
+    #[must_use]
+    pub fn unit(mut self, unit: impl Into<String>) -> Self {
+        self.unit = unit.into();
+        self
+    }
+}
+
+/// One row of the USE table.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ResourceUsage {
+    /// `cpu`, `memory`, `file_descriptors`, `threads`, `network`, `disk`,
+    /// `executor`, `heap`, or a registered [`Resource`]'s name.
+    pub name: String,
+    /// `used / limit`, 0..1 (CPU may briefly exceed 1 around a quota period).
+    pub utilization: Option<f64>,
+    /// How much work waits: a 0..1 share of time for `cpu`, `memory`,
+    /// `disk` (PSI, CFS throttling) and the TCP retransmit share for
+    /// `network`; a queue length for `executor` and user resources.
+    pub saturation: Option<f64>,
+    /// Error events counted by the source (OOM kills, refused forks,
+    /// interface errors, acquire timeouts).
+    pub errors: Option<u64>,
+    /// Capacity, in `unit`.
+    pub limit: Option<f64>,
+    /// Amount in use, in `unit`.
+    pub used: Option<f64>,
+    /// Unit of `used` and `limit`.
+    pub unit: String,
+    /// Where each value came from, and why a `None` value is missing.
+    pub source: String,
+    /// Raw readings behind the row (`cpu_seconds_total`,
+    /// `throttled_periods_total`, `psi_some_avg10_ratio`, …).
+    pub details: BTreeMap<String, f64>,
+}
+
+/// The USE table: one row per resource.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct UseReport {
+    /// Built-in resources first, then registered ones.
+    pub resources: Vec<ResourceUsage>,
+}
+
+/// Reads the resources of this process. Cheap to clone (one `Arc`).
+///
+/// Utilizations are rates (CPU seconds per second, busy time per second)
+/// computed between two samples at least
+/// [`MIN_USE_WINDOW`] apart. The agent
+/// samples every
+/// [`DEFAULT_USE_SAMPLE_INTERVAL`](crate::config::DEFAULT_USE_SAMPLE_INTERVAL)
+/// on its own thread, so its reports describe roughly the last second;
+/// a monitor used on its own measures since its previous report.
+#[derive(Debug, Clone)]
+pub struct ResourceMonitor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    runtime: Option<tokio::runtime::Handle>,
+    cgroups: Result<cgroup::Cgroups, String>,
+    window: Mutex<Window>,
+    user: RwLock<Vec<Arc<dyn Resource>>>,
+}
+
+/// The two most recent samples at least `MIN_USE_WINDOW` apart.
+#[derive(Debug, Default)]
+struct Window {
+    latest: Option<Arc<Readings>>,
+    previous: Option<Arc<Readings>>,
+}
+
+impl ResourceMonitor {
+    /// A monitor of this process; `runtime` is the tokio runtime whose
+    /// workers make up the `executor` row (`None`: reported unavailable).
+    /// Takes the first sample.
+    pub fn new(runtime: Option<tokio::runtime::Handle>) -> Self {
+        #[cfg(target_os = "linux")]
+        let cgroups = cgroup::discover_live();
+        #[cfg(not(target_os = "linux"))]
+        let cgroups = Err(UNSUPPORTED.to_owned());
+        let monitor = ResourceMonitor {
+            inner: Arc::new(Inner {
+                runtime,
+                cgroups,
+                window: Mutex::new(Window::default()),
+                user: RwLock::new(Vec::new()),
+            }),
+        };
+        monitor.tick();
+        monitor
+    }
+
+    /// Adds a user resource to every later report.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] if the name is empty, has characters other
+    /// than ASCII letters, digits and `_`, or is taken.
+    pub fn register(&self, resource: impl Resource) -> Result<(), Error> {
+        self.register_arc(Arc::new(resource))
+    }
+
+    pub(crate) fn register_arc(&self, resource: Arc<dyn Resource>) -> Result<(), Error> {
+        let name = resource.name();
+        let invalid = |reason| Error::InvalidSetting {
+            setting: "resource",
+            reason,
+        };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(invalid(
+                "a resource name must be non-empty ASCII letters, digits and _",
+            ));
+        }
+        if BUILTIN_RESOURCES.contains(&name) {
+            return Err(invalid("a resource name must not be a built-in row's name"));
+        }
+        let mut user = self
+            .inner
+            .user
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if user.iter().any(|r| r.name() == name) {
+            return Err(invalid("a resource with this name is already registered"));
+        }
+        user.push(resource);
+        Ok(())
+    }
+
+    /// Takes a sample so the next report has a recent baseline.
+    pub(crate) fn tick(&self) {
+        let _ = self.sample();
+    }
+
+    /// Reads a sample; returns it with the newest earlier sample at least
+    /// `MIN_USE_WINDOW` older, for rates.
+    pub(crate) fn sample(&self) -> (Option<Arc<Readings>>, Arc<Readings>) {
+        let now = Arc::new(self.read());
+        let mut window = self
+            .inner
+            .window
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old_enough =
+            |r: &&Arc<Readings>| now.at.saturating_duration_since(r.at) >= MIN_USE_WINDOW;
+        let base = window
+            .latest
+            .as_ref()
+            .filter(old_enough)
+            .or(window.previous.as_ref().filter(old_enough))
+            .cloned();
+        match &window.latest {
+            Some(latest) if !old_enough(&latest) => {}
+            _ => {
+                window.previous = window.latest.take();
+                window.latest = Some(Arc::clone(&now));
+            }
+        }
+        (base, now)
+    }
+
+    /// The latest sample if it is at most `max_age` old (the agent's
+    /// sampler keeps one fresh), else a new one; with the newest earlier
+    /// sample at least `MIN_USE_WINDOW` older. Scrapes use this so that
+    /// they cost formatting only.
+    pub(crate) fn recent(
+        &self,
+        max_age: std::time::Duration,
+    ) -> (Option<Arc<Readings>>, Arc<Readings>) {
+        {
+            let window = self
+                .inner
+                .window
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(latest) = &window.latest {
+                if latest.at.elapsed() <= max_age {
+                    let base = window
+                        .previous
+                        .as_ref()
+                        .filter(|p| latest.at.saturating_duration_since(p.at) >= MIN_USE_WINDOW)
+                        .cloned();
+                    return (base, Arc::clone(latest));
+                }
+            }
+        }
+        self.sample()
+    }
+
+    fn read(&self) -> Readings {
+        #[cfg(target_os = "linux")]
+        let mut readings = linux::read(&self.inner.cgroups);
+        #[cfg(not(target_os = "linux"))]
+        let mut readings = Readings::unavailable(UNSUPPORTED);
+        readings.executor = runtime::read(self.inner.runtime.as_ref());
+        readings
+    }
+
+    /// The USE table now.
+    pub fn report(&self) -> UseReport {
+        let (base, now) = self.sample();
+        self.table(base.as_deref(), &now)
+    }
+
+    pub(crate) fn table(&self, base: Option<&Readings>, now: &Readings) -> UseReport {
+        let mut resources = vec![
+            table::cpu(base, now),
+            table::memory(now),
+            table::file_descriptors(now),
+            table::threads(now),
+            table::network(base, now),
+            table::disk(base, now),
+            table::executor(base, now),
+            table::heap(crate::heap::jemalloc_stats()),
+        ];
+        resources.extend(self.user_rows());
+        UseReport { resources }
+    }
+
+    fn user_rows(&self) -> Vec<ResourceUsage> {
+        let user = self
+            .inner
+            .user
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        user.iter()
+            .map(|resource| {
+                let name = resource.name().to_owned();
+                match std::panic::catch_unwind(AssertUnwindSafe(|| resource.sample())) {
+                    Ok(sample) => {
+                        let utilization = match (sample.used, sample.limit) {
+                            (Some(used), Some(limit)) if limit > 0.0 => Some(used / limit),
+                            _ => None,
+                        };
+                        ResourceUsage {
+                            name,
+                            utilization,
+                            saturation: sample.saturation,
+                            errors: sample.errors,
+                            limit: sample.limit,
+                            used: sample.used,
+                            unit: sample.unit,
+                            source: "registered by the application (Resource::sample)".into(),
+                            details: BTreeMap::new(),
+                        }
+                    }
+                    Err(_) => {
+                        tracing::warn!(resource = %name, "Resource::sample panicked");
+                        table::unavailable(&name, "Resource::sample panicked")
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+const UNSUPPORTED: &str = "resource readings are implemented for Linux only";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(&'static str);
+    impl Resource for Fixed {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn sample(&self) -> ResourceSample {
+            ResourceSample::new(3.0, 4.0).saturation(1.0).errors(2)
+        }
+    }
+
+    #[derive(Debug)]
+    struct Panics;
+    impl Resource for Panics {
+        fn name(&self) -> &str {
+            "bad_pool"
+        }
+        fn sample(&self) -> ResourceSample {
+            panic!("bug in the host's resource")
+        }
+    }
+
+    #[test]
+    fn every_builtin_row_is_present_and_user_rows_follow() {
+        let monitor = ResourceMonitor::new(None);
+        monitor.register(Fixed("pool")).unwrap();
+        monitor.register(Panics).unwrap();
+        assert!(monitor.register(Fixed("pool")).is_err());
+        assert!(monitor.register(Fixed("cpu")).is_err());
+        assert!(monitor.register(Fixed("bad name")).is_err());
+        let report = monitor.report();
+        let names: Vec<&str> = report.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(&names[..8], &BUILTIN_RESOURCES);
+        assert_eq!(&names[8..], &["pool", "bad_pool"]);
+        let pool = &report.resources[8];
+        assert_eq!(
+            (pool.utilization, pool.saturation, pool.errors),
+            (Some(0.75), Some(1.0), Some(2))
+        );
+        assert!(report.resources[9].source.contains("panicked"));
+        let executor = &report.resources[6];
+        assert!(executor.used.is_none() && executor.source.contains("runtime"));
+        assert!(report.resources[7].source.contains("jemalloc"));
+    }
+
+    #[test]
+    fn rates_need_a_window_of_at_least_200_ms() {
+        let monitor = ResourceMonitor::new(None);
+        let (base, _) = monitor.sample();
+        assert!(base.is_none(), "the first samples are too close together");
+        std::thread::sleep(MIN_USE_WINDOW + std::time::Duration::from_millis(20));
+        let report = monitor.report();
+        let cpu = &report.resources[0];
+        assert!(cpu.used.is_some(), "{cpu:?}");
+        // A report right after still has a baseline: the previous sample.
+        let again = monitor.report();
+        assert!(again.resources[0].used.is_some());
+    }
+}
