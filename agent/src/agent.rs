@@ -263,6 +263,19 @@ impl AgentBuilder {
         self
     }
 
+    /// Whether the agent replaces jemalloc's unwinder for sampled
+    /// allocations with its own (Linux x86_64; default on). jemalloc's,
+    /// libgcc's `_Unwind_Backtrace`, interprets every frame's unwind
+    /// information afresh, tens of microseconds per sampled allocation in a
+    /// deep async stack; the agent's walks the same information through a
+    /// per-address cache and defers to jemalloc's whenever it cannot be
+    /// certain (docs/overhead.md, "Heap profiling"). Turn it off to rule it
+    /// out when investigating a heap profile.
+    pub fn fast_heap_backtraces(mut self, enabled: bool) -> Self {
+        self.config.fast_heap_backtraces = enabled;
+        self
+    }
+
     /// Reports a service-owned resource (a connection pool, a worker pool)
     /// next to the built-in ones in `/debug/use` and `/metrics`. An
     /// invalid or duplicate name makes [`start`](Self::start) fail.
@@ -360,7 +373,15 @@ impl AgentBuilder {
             .or_else(|| tokio::runtime::Handle::try_current().ok());
         let host_runtime = runtime.is_some();
         let cpu = CpuProfiler::global();
-        let heap = HeapProfiler::with_capacity(config.heap_snapshots);
+        let mut heap = HeapProfiler::with_capacity(config.heap_snapshots);
+        if config.fast_heap_backtraces && heap.check().is_ok() {
+            match heap.clone().with_fast_backtraces() {
+                Ok(fast) => heap = fast,
+                Err(error) => {
+                    tracing::debug!(%error, "heap backtraces: keeping jemalloc's unwinder")
+                }
+            }
+        }
         #[cfg(feature = "system")]
         let resources = {
             let monitor = crate::resources::ResourceMonitor::new(runtime);

@@ -137,6 +137,7 @@ pub(crate) struct Config {
     pub(crate) max_connections: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) heap_snapshots: usize,
+    pub(crate) fast_heap_backtraces: bool,
 }
 
 impl Default for Config {
@@ -150,6 +151,7 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             heap_snapshots: DEFAULT_HEAP_SNAPSHOTS,
+            fast_heap_backtraces: true,
         }
     }
 }

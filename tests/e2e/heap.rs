@@ -34,7 +34,20 @@ fn hold_64_mib() -> Vec<Vec<u8>> {
 fn a_known_64_mib_retention_shows_up_within_20_percent() {
     let _heap = heap_lock();
     let agent = start_agent();
+    let backtraces = |addr| get(addr, "/debug/heap/profiling", None).json()["backtraces"].clone();
+    let before = backtraces(agent.local_addr());
     let held = hold_64_mib();
+    let after = backtraces(agent.local_addr());
+    // The samples of the retention (~128 at one per 512 KiB) were unwound
+    // by the agent's framehop hook, not handed back to jemalloc's.
+    assert_eq!(after["unwinder"], "framehop", "{after}");
+    let count = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap_or(0);
+    let fast = count(&after, "fast") - count(&before, "fast");
+    let deferred = count(&after, "deferred") - count(&before, "deferred");
+    assert!(
+        fast >= 64 && deferred * 100 <= fast,
+        "fast {fast}, deferred {deferred}"
+    );
     let reply = get(agent.local_addr(), "/debug/pprof/heap?format=json", None);
     assert_eq!(reply.status, 200, "{}", reply.text());
     let estimated = bytes_through(&reply.json(), "hold_64_mib");

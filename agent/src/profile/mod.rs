@@ -14,6 +14,14 @@ pub(crate) mod modules;
 mod pprof;
 pub(crate) mod symbolize;
 mod top;
+#[cfg(all(
+    target_os = "linux",
+    any(
+        all(feature = "cpu", any(target_arch = "x86_64", target_arch = "aarch64")),
+        all(feature = "heap", target_arch = "x86_64")
+    )
+))]
+pub(crate) mod unwind;
 
 pub(crate) use json::rfc3339;
 

@@ -9,14 +9,21 @@
 //! `heap_profiling!()` compiles in):
 //!
 //! 1. **HTTP**: the demo service with the agent, under a bounded loopback
-//!    load of keep-alive clients on `GET /orders?n=100` (allocation-heavy
-//!    request work), `prof:false` vs `prof:true` sampling every 512 KiB,
-//!    interleaved rounds, requests/s medians and ratio.
-//! 2. **Allocation-only microbenchmark**: a loop of 64-byte allocations and
-//!    frees — the worst case — with `prof:false`, `prof:true` but inactive,
-//!    and `prof:true` active.
-//! 3. **First heap profile**: time and RSS of the service's first and later
+//!    load of keep-alive clients on `GET /orders?n=10` (a typical JSON
+//!    response) and `GET /orders?n=100` (allocation-heavy: formatting and
+//!    `realloc`), in four configurations:
+//!    `prof:false`; `prof:true` inactive; active, sampling every 512 KiB,
+//!    with jemalloc's libgcc unwinder; and the same with the agent's
+//!    framehop unwinder (the default). Interleaved rounds; requests/s and
+//!    the service's CPU time per request, medians and per-round ratios.
+//! 2. **First heap profile**: time and RSS of the service's first and later
 //!    `GET /debug/pprof/heap` (symbolization included).
+//! 3. **Allocation-only microbenchmark**: a loop of 64-byte allocations and
+//!    frees — the worst case for the per-allocation checks — in the same
+//!    four configurations.
+//! 4. **Cost of one sample**: 64-byte allocations 40 frames deep, sampled
+//!    every 16 KiB so that unwinding dominates: time per sampled allocation
+//!    beyond the inactive cost, libgcc vs framehop.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,21 +34,75 @@ use std::time::{Duration, Instant};
 
 stethoscope::heap_profiling!();
 
+/// `sysconf(_SC_CLK_TCK)`, 100 on every Linux this runs on.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
 const PROF_OFF: &str = "prof:false";
 const PROF_ON: &str = "prof:true,prof_active:true,lg_prof_sample:19";
 const PROF_INACTIVE: &str = "prof:true,prof_active:false,lg_prof_sample:19";
 
+/// One configuration of the service or microbenchmark child.
+#[derive(Clone, Copy)]
+struct Variant {
+    label: &'static str,
+    conf: &'static str,
+    /// Start the agent with its framehop unwinder for sampled allocations.
+    fast: bool,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant {
+        label: "prof:false",
+        conf: PROF_OFF,
+        fast: false,
+    },
+    Variant {
+        label: "prof:true, inactive",
+        conf: PROF_INACTIVE,
+        fast: false,
+    },
+    Variant {
+        label: "active lg19, libgcc unwinder",
+        conf: PROF_ON,
+        fast: false,
+    },
+    Variant {
+        label: "active lg19, framehop unwinder",
+        conf: PROF_ON,
+        fast: true,
+    },
+];
+
+/// Sampling for the one-sample cost: every 16 KiB, 256 allocations of 64 B.
+const SAMPLED_ON: &str = "prof:true,prof_active:true,lg_prof_sample:14";
+const SAMPLED_INACTIVE: &str = "prof:true,prof_active:false,lg_prof_sample:14";
+const SAMPLED_EVERY: f64 = 16384.0 / 64.0;
+const SAMPLED_DEPTH: u32 = 40;
+
+/// Requests loaded: a typical JSON API response and an allocation-heavy one.
+const PATHS: [(&str, &str); 2] = [
+    ("/orders?n=10", "typical: a 2 KB JSON list"),
+    (
+        "/orders?n=100",
+        "allocation-heavy: a 20 KB JSON list built by formatting and realloc",
+    ),
+];
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--serve") => serve(),
-        Some("--micro") => micro(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3)),
+        Some("--serve") => serve(args.iter().any(|a| a == "--fast")),
+        Some("--micro") => micro(
+            args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3),
+            args.get(3).and_then(|s| s.parse().ok()).unwrap_or(0),
+            args.iter().any(|a| a == "--fast"),
+        ),
         _ => parent(&args[1..]),
     }
 }
 
 /// Child: the demo service with the agent, until stdin closes.
-fn serve() {
+fn serve(fast: bool) {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,6 +113,7 @@ fn serve() {
     runtime.block_on(async {
         let agent = stethoscope::Agent::builder()
             .listen("127.0.0.1:0")
+            .fast_heap_backtraces(fast)
             .start()
             .unwrap_or_else(|e| fail(&format!("agent: {e}")));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -76,22 +138,43 @@ fn serve() {
     });
 }
 
-/// Child: allocate and free 64-byte blocks for `secs`, print the rate.
-fn micro(secs: u64) {
+/// Child: allocate and free 64-byte blocks for `secs`, `depth` frames
+/// deep, print the rate. An agent runs in every variant (its threads
+/// change how the process allocates); `fast` picks its unwinder.
+fn micro(secs: u64, depth: u32, fast: bool) {
+    let agent = stethoscope::Agent::builder()
+        .listen("127.0.0.1:0")
+        .fast_heap_backtraces(fast)
+        .start()
+        .unwrap_or_else(|e| fail(&format!("agent: {e}")));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut count = 0u64;
     let started = Instant::now();
-    while Instant::now() < deadline {
-        for _ in 0..10_000 {
-            let block = std::hint::black_box(Box::new([0u8; 64]));
-            drop(block);
+    nested(depth, &mut || {
+        while Instant::now() < deadline {
+            for _ in 0..10_000 {
+                let block = std::hint::black_box(Box::new([0u8; 64]));
+                drop(block);
+            }
+            count += 10_000;
         }
-        count += 10_000;
-    }
+    });
     println!(
         "ALLOCS {:.0}",
         count as f64 / started.elapsed().as_secs_f64()
     );
+    drop(agent);
+}
+
+/// Calls `inner` `depth` frames below this one.
+#[inline(never)]
+fn nested(depth: u32, inner: &mut dyn FnMut()) {
+    if depth == 0 {
+        inner();
+    } else {
+        nested(depth - 1, inner);
+    }
+    std::hint::black_box(depth);
 }
 
 fn fail(message: &str) -> ! {
@@ -106,11 +189,12 @@ struct Service {
 }
 
 impl Service {
-    fn start(conf: &str) -> Service {
+    fn start(variant: Variant) -> Service {
         let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("exe: {e}")));
         let mut child = Command::new(exe)
             .arg("--serve")
-            .env("_RJEM_MALLOC_CONF", conf)
+            .args(variant.fast.then_some("--fast"))
+            .env("_RJEM_MALLOC_CONF", variant.conf)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -130,6 +214,23 @@ impl Service {
             agent: parse(3),
             child,
         }
+    }
+
+    /// User + system CPU time the service has used so far, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let ticks = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|stat| {
+                // Fields after the parenthesised command name; utime and
+                // stime are fields 14 and 15 of the whole line.
+                let rest = stat.rsplit_once(')')?.1;
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let utime: u64 = fields.get(11)?.parse().ok()?;
+                let stime: u64 = fields.get(12)?.parse().ok()?;
+                Some(utime + stime)
+            })
+            .unwrap_or(0);
+        ticks as f64 / CLOCK_TICKS_PER_SECOND
     }
 
     fn rss_bytes(&self) -> u64 {
@@ -182,15 +283,18 @@ fn get(
     Ok(length)
 }
 
-/// Requests per second from `clients` keep-alive connections for `secs`.
-fn load(service: SocketAddr, clients: usize, secs: u64) -> f64 {
+/// Requests per second from `clients` keep-alive connections for `secs`
+/// on `path`, and the service's CPU time per request in microseconds.
+fn load(service: &Service, path: &'static str, clients: usize, secs: u64) -> (f64, f64) {
+    let cpu_before = service.cpu_seconds();
+    let address = service.service;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..clients)
         .map(|_| {
             let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
             std::thread::spawn(move || {
-                let Ok(mut stream) = TcpStream::connect(service) else {
+                let Ok(mut stream) = TcpStream::connect(address) else {
                     return;
                 };
                 let _ = stream.set_nodelay(true);
@@ -199,7 +303,7 @@ fn load(service: SocketAddr, clients: usize, secs: u64) -> f64 {
                 };
                 let mut reader = BufReader::new(clone);
                 while !stop.load(Ordering::Relaxed) {
-                    if get(&mut stream, &mut reader, "/orders?n=100").is_err() {
+                    if get(&mut stream, &mut reader, path).is_err() {
                         return;
                     }
                     done.fetch_add(1, Ordering::Relaxed);
@@ -213,13 +317,19 @@ fn load(service: SocketAddr, clients: usize, secs: u64) -> f64 {
     for thread in threads {
         let _ = thread.join();
     }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    let requests = done.load(Ordering::Relaxed) as f64;
+    let cpu = service.cpu_seconds() - cpu_before;
+    (
+        requests / started.elapsed().as_secs_f64(),
+        cpu * 1e6 / requests.max(1.0),
+    )
 }
 
-fn micro_rate(conf: &str, secs: u64) -> f64 {
+fn micro_rate(conf: &str, fast: bool, secs: u64, depth: u32) -> f64 {
     let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("exe: {e}")));
     let output = Command::new(exe)
-        .args(["--micro", &secs.to_string()])
+        .args(["--micro", &secs.to_string(), &depth.to_string()])
+        .args(fast.then_some("--fast"))
         .env("_RJEM_MALLOC_CONF", conf)
         .output()
         .unwrap_or_else(|e| fail(&format!("micro: {e}")));
@@ -249,6 +359,24 @@ fn option(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// One GET on a fresh connection; its body.
+fn get_body(addr: SocketAddr, path: &str) -> String {
+    TcpStream::connect(addr)
+        .and_then(|mut stream| {
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+                .unwrap_or_default())
+        })
+        .unwrap_or_default()
+}
+
 fn timed_get(addr: SocketAddr, path: &str) -> (Duration, usize) {
     let started = Instant::now();
     let length = TcpStream::connect(addr)
@@ -266,44 +394,63 @@ fn parent(args: &[String]) {
     let clients = option(args, "--clients", 3).max(1) as usize;
     println!("# heap profiling overhead: {rounds} rounds × {secs} s");
 
-    // 1. HTTP load, prof:false vs prof:true, interleaved.
-    let off = Service::start(PROF_OFF);
-    let on = Service::start(PROF_ON);
-    for service in [&off, &on] {
-        load(service.service, clients, 1); // warm up
-    }
-    let mut rates = [Vec::new(), Vec::new()];
-    let mut ratios = Vec::new();
-    for round in 0..rounds {
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        let mut this_round = [0.0; 2];
-        for index in order {
-            let service = if index == 0 { &off } else { &on };
-            this_round[index] = load(service.service, clients, secs);
-            rates[index].push(this_round[index]);
+    // 1. HTTP load in every variant, interleaved (each round rotates the
+    //    order), on a typical and on an allocation-heavy request.
+    let services: Vec<Service> = VARIANTS.iter().map(|v| Service::start(*v)).collect();
+    let n = VARIANTS.len();
+    for (path, what) in PATHS {
+        for service in &services {
+            load(service, path, clients, 1); // warm up
         }
-        ratios.push(this_round[1] / this_round[0]);
+        let mut rates = vec![Vec::new(); n];
+        let mut rate_ratios = vec![Vec::new(); n];
+        let mut cpus = vec![Vec::new(); n];
+        let mut cpu_ratios = vec![Vec::new(); n];
+        for round in 0..rounds {
+            let mut rate = vec![0.0; n];
+            let mut cpu = vec![0.0; n];
+            for k in 0..n {
+                let index = (k + round) % n;
+                (rate[index], cpu[index]) = load(&services[index], path, clients, secs);
+                rates[index].push(rate[index]);
+                cpus[index].push(cpu[index]);
+            }
+            let mut line = format!("{path} round {}:", round + 1);
+            for index in 0..n {
+                rate_ratios[index].push(rate[index] / rate[0].max(1.0));
+                cpu_ratios[index].push(cpu[index] / cpu[0].max(1e-9));
+                line.push_str(&format!(
+                    " {:.0} req/s {:.1} µs/req;",
+                    rate[index], cpu[index]
+                ));
+            }
+            println!("{line}");
+        }
         println!(
-            "round {}: prof:false {:.0} req/s, prof:true {:.0} req/s",
-            round + 1,
-            this_round[0],
-            this_round[1]
+            "\n## HTTP: GET {path} ({what}), {clients} keep-alive clients on loopback\n\
+             req/s: median of rounds; ×ratio to prof:false per round, median (min..max)\n\
+             µs/req: the service's CPU time per request, median; ×ratio likewise"
         );
+        for (index, variant) in VARIANTS.iter().enumerate() {
+            let rate_ratio = median(&mut rate_ratios[index]);
+            let cpu_ratio = median(&mut cpu_ratios[index]);
+            println!(
+                "{:<32} {:>7.0} req/s ×{rate_ratio:.3} ({:.3}..{:.3})  \
+                 {:>6.1} µs/req ×{cpu_ratio:.3} ({:.3}..{:.3})",
+                variant.label,
+                median(&mut rates[index]),
+                rate_ratios[index].first().copied().unwrap_or(0.0),
+                rate_ratios[index].last().copied().unwrap_or(0.0),
+                median(&mut cpus[index]),
+                cpu_ratios[index].first().copied().unwrap_or(0.0),
+                cpu_ratios[index].last().copied().unwrap_or(0.0),
+            );
+        }
+        println!();
     }
-    let ratio = median(&mut ratios);
-    println!(
-        "\n## HTTP: GET /orders?n=100, {clients} keep-alive clients on loopback\n\
-         prof:false                      {:>10.0} req/s (median)\n\
-         prof:true, lg_prof_sample:19    {:>10.0} req/s (median)\n\
-         ratio {ratio:.4} (rounds {:.4}..{:.4}) → overhead {:+.2}%",
-        median(&mut rates[0]),
-        median(&mut rates[1]),
-        ratios.first().copied().unwrap_or(0.0),
-        ratios.last().copied().unwrap_or(0.0),
-        (1.0 - ratio) * 100.0
-    );
+    let on = &services[n - 1];
 
-    // 3. First and later heap profiles of the loaded service.
+    // 2. First and later heap profiles of the loaded service.
     println!("\n## Heap profile of the service (after its load above)");
     let before = on.rss_bytes();
     let (first, bytes) = timed_get(on.agent, "/debug/pprof/heap");
@@ -321,26 +468,60 @@ fn parent(args: &[String]) {
         (after as f64 - before as f64) / 1048576.0,
         median(&mut later)
     );
-    drop((off, on));
+    println!(
+        "state: {}",
+        get_body(on.agent, "/debug/heap/profiling").trim()
+    );
+    drop(services);
 
-    // 2. Allocation-only microbenchmark, interleaved.
-    let confs = [PROF_OFF, PROF_INACTIVE, PROF_ON];
-    let mut micro: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    // 3. Allocation-only microbenchmark, interleaved.
+    let mut micro = vec![Vec::new(); n];
     for round in 0..rounds {
-        for k in 0..confs.len() {
-            let index = (k + round) % confs.len();
-            micro[index].push(micro_rate(confs[index], secs.min(3)));
+        for k in 0..n {
+            let index = (k + round) % n;
+            let variant = VARIANTS[index];
+            micro[index].push(micro_rate(variant.conf, variant.fast, secs.min(3), 0));
         }
     }
     let base = median(&mut micro[0].clone());
     println!("\n## Allocation-only microbenchmark: 64-byte Box alloc + free, one thread");
-    for (index, conf) in confs.iter().enumerate() {
+    for (index, variant) in VARIANTS.iter().enumerate() {
         let rate = median(&mut micro[index]);
         println!(
-            "{conf:<44} {:>12.0} allocs/s  {:.2} ns each  slowdown ×{:.2}",
+            "{:<32} {:>12.0} allocs/s  {:.2} ns each  slowdown ×{:.2}",
+            variant.label,
             rate,
             1e9 / rate.max(1.0),
             base / rate.max(1.0)
+        );
+    }
+
+    // 4. Cost of one sample, SAMPLED_DEPTH frames deep.
+    let sampled = [
+        ("inactive", SAMPLED_INACTIVE, false),
+        ("libgcc", SAMPLED_ON, false),
+        ("framehop", SAMPLED_ON, true),
+    ];
+    let mut ns = vec![Vec::new(); sampled.len()];
+    for round in 0..rounds {
+        for k in 0..sampled.len() {
+            let index = (k + round) % sampled.len();
+            let (_, conf, fast) = sampled[index];
+            let rate = micro_rate(conf, fast, secs.min(3), SAMPLED_DEPTH);
+            ns[index].push(1e9 / rate.max(1.0));
+        }
+    }
+    let ns: Vec<f64> = ns.iter_mut().map(|v| median(v)).collect();
+    println!(
+        "\n## One sampled allocation {SAMPLED_DEPTH} frames deep \
+         (64-byte allocations, on average one in {SAMPLED_EVERY} sampled)"
+    );
+    for (index, (label, _, _)) in sampled.iter().enumerate().skip(1) {
+        println!(
+            "{label:<10} {:.2} ns per allocation → {:.2} µs per sample beyond inactive ({:.2} ns)",
+            ns[index],
+            (ns[index] - ns[0]) * SAMPLED_EVERY / 1e3,
+            ns[0]
         );
     }
 }

@@ -7,13 +7,12 @@ use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use framehop::{CacheNative, MustNotAllocateDuringUnwind, Unwinder, UnwinderNative};
+use framehop::{CacheNative, MustNotAllocateDuringUnwind, Unwinder};
 
 use super::clock;
 use super::memory::StackCopy;
 use super::ring::{SampleRing, MAX_DEPTH, THREAD_NAME_LEN};
-
-pub(crate) type NativeUnwinder = UnwinderNative<Vec<u8>, MustNotAllocateDuringUnwind>;
+use crate::profile::unwind::NativeUnwinder;
 
 /// Scratch state for one unwind in progress: framehop's rule cache and the
 /// stack copy. A handler claims one with `busy`; there are a few so that

@@ -10,11 +10,10 @@ mod ring;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use framehop::{ExplicitModuleSectionInfo, Module, Unwinder};
-
-use crate::profile::modules::{loaded_modules, LoadedModule};
+use crate::profile::modules::loaded_modules;
+use crate::profile::unwind::{build_unwinder, unwind_table_bytes};
 use crate::Error;
-use handler::{HandlerState, NativeUnwinder, UnwindContext};
+use handler::{HandlerState, UnwindContext};
 use memory::{CopyMethod, StackCopy};
 
 pub(crate) use ring::RawSample;
@@ -91,11 +90,7 @@ impl Sampler {
                 source,
             })?
             .into_boxed_slice();
-        let unwind_bytes: usize = modules
-            .iter()
-            .filter_map(|m| m.unwind.as_ref())
-            .map(|u| u.eh_frame.len() + u.eh_frame_hdr.len())
-            .sum();
+        let unwind_bytes = unwind_table_bytes(&modules);
         let ring = ring::SampleRing::new(RING_SLOTS);
         let footprint_bytes = unwind_bytes
             + ring.footprint_bytes()
@@ -167,35 +162,6 @@ impl Drop for Sampler {
 
 fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn build_unwinder(modules: &[LoadedModule]) -> NativeUnwinder {
-    let mut unwinder = NativeUnwinder::new();
-    for module in modules {
-        let Some(code) = module.code_range() else {
-            continue;
-        };
-        let text_svma = code.start.wrapping_sub(module.base)..code.end.wrapping_sub(module.base);
-        let info = match &module.unwind {
-            Some(unwind) => ExplicitModuleSectionInfo {
-                base_svma: 0,
-                text_svma: Some(text_svma),
-                eh_frame_svma: Some(unwind.eh_frame_svma.clone()),
-                eh_frame: Some(unwind.eh_frame.clone()),
-                eh_frame_hdr_svma: Some(unwind.eh_frame_hdr_svma.clone()),
-                eh_frame_hdr: Some(unwind.eh_frame_hdr.clone()),
-                ..Default::default()
-            },
-            // No unwind tables: framehop falls back to frame pointers.
-            None => ExplicitModuleSectionInfo {
-                base_svma: 0,
-                text_svma: Some(text_svma),
-                ..Default::default()
-            },
-        };
-        unwinder.add_module(Module::new(module.path.clone(), code, module.base, info));
-    }
-    unwinder
 }
 
 fn os_error(call: &'static str) -> Error {

@@ -1,0 +1,57 @@
+//! framehop unwind tables of every loaded module, shared by the CPU sampler
+//! (which unwinds other threads from a signal handler) and the heap
+//! profiler's backtrace hook (which unwinds its own thread inside `malloc`).
+//! Both must not allocate while unwinding.
+
+use framehop::{ExplicitModuleSectionInfo, MustNotAllocateDuringUnwind, Unwinder, UnwinderNative};
+
+use super::modules::LoadedModule;
+
+/// An unwinder for this process's architecture that never allocates while
+/// unwinding.
+pub(crate) type NativeUnwinder = UnwinderNative<Vec<u8>, MustNotAllocateDuringUnwind>;
+
+/// An unwinder over `modules` (listed with their unwind tables). A module
+/// without `.eh_frame_hdr` is still added, so that framehop falls back to
+/// frame pointers inside it.
+pub(crate) fn build_unwinder(modules: &[LoadedModule]) -> NativeUnwinder {
+    let mut unwinder = NativeUnwinder::new();
+    for module in modules {
+        let Some(code) = module.code_range() else {
+            continue;
+        };
+        let text_svma = code.start.wrapping_sub(module.base)..code.end.wrapping_sub(module.base);
+        let info = match &module.unwind {
+            Some(unwind) => ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: Some(text_svma),
+                eh_frame_svma: Some(unwind.eh_frame_svma.clone()),
+                eh_frame: Some(unwind.eh_frame.clone()),
+                eh_frame_hdr_svma: Some(unwind.eh_frame_hdr_svma.clone()),
+                eh_frame_hdr: Some(unwind.eh_frame_hdr.clone()),
+                ..Default::default()
+            },
+            None => ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: Some(text_svma),
+                ..Default::default()
+            },
+        };
+        unwinder.add_module(framehop::Module::new(
+            module.path.clone(),
+            code,
+            module.base,
+            info,
+        ));
+    }
+    unwinder
+}
+
+/// Bytes of unwind tables `modules` hold.
+pub(crate) fn unwind_table_bytes(modules: &[LoadedModule]) -> usize {
+    modules
+        .iter()
+        .filter_map(|m| m.unwind.as_ref())
+        .map(|u| u.eh_frame.len() + u.eh_frame_hdr.len())
+        .sum()
+}
