@@ -29,11 +29,7 @@ pub(crate) fn heap_lock() -> MutexGuard<'static, ()> {
 
 /// Sends `method path` with an optional body; any status is returned.
 pub(crate) fn send(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Reply {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into();
+    let agent = client();
     let url = format!("http://{addr}{path}");
     let result = match (method, body) {
         ("POST", Some(body)) => agent.post(&url).send(body),
@@ -43,24 +39,7 @@ pub(crate) fn send(addr: SocketAddr, method: &str, path: &str, body: Option<&str
         ("DELETE", _) => agent.delete(&url).call(),
         _ => agent.get(&url).call(),
     };
-    let mut response = result.expect("request reaches the agent");
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    let mut body = Vec::new();
-    response
-        .body_mut()
-        .as_reader()
-        .read_to_end(&mut body)
-        .expect("body");
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    reply_of(result.expect("request reaches the agent"))
 }
 
 /// An agent bound to `127.0.0.1:0`.
@@ -320,16 +299,24 @@ pub(crate) async fn serve(app: axum::Router) -> SocketAddr {
 /// GET with extra request headers; any status is returned, not turned into
 /// an error. Bounded by a 120 s timeout.
 pub(crate) fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into();
+    let agent = client();
     let mut request = agent.get(format!("http://{addr}{path}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let mut response = request.call().expect("request reaches the server");
+    reply_of(request.call().expect("request reaches the server"))
+}
+
+/// A client that returns every status as a response, bounded by 120 s.
+fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn reply_of(mut response: ureq::http::Response<ureq::Body>) -> Reply {
     let status = response.status().as_u16();
     let headers = response
         .headers()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::HeapSnapshot;
-use crate::profile::{Format, Profile, ProfileMeta, RawStack, ValueType};
+use crate::profile::{Format, Profile, RawStack};
 use crate::Error;
 
 /// What a diff compares the base snapshot with.
@@ -319,29 +319,21 @@ impl SnapshotDiff {
     /// A pprof profile of the changes: `inuse_objects` and `inuse_space`
     /// deltas per stack (negative where the heap shrank).
     fn delta_profile(&self) -> Profile {
-        let meta = ProfileMeta {
-            sample_types: vec![
-                ValueType::new("inuse_objects", "count"),
-                ValueType::new("inuse_space", "bytes"),
-            ],
-            default_value: 1,
-            flame_value: 1,
-            period_type: ValueType::new("space", "bytes"),
-            period: self.target_profile.profile.period,
-            started_at: self.base_profile.taken_at,
-            duration: self
-                .target_profile
+        let meta = super::heap_meta(
+            self.target_profile.profile.period,
+            self.base_profile.taken_at,
+            self.target_profile
                 .taken_at
                 .duration_since(self.base_profile.taken_at)
                 .unwrap_or(Duration::ZERO),
-            title: self.title(),
-            comments: vec![format!(
+            self.title(),
+            vec![format!(
                 "delta profile: snapshot {} subtracted from {}; negative values shrank",
                 self.base,
                 self.target_label()
             )],
-            symbolize: true,
-        };
+            true,
+        );
         Profile::build(
             meta,
             self.entries.iter().map(|e| RawStack {

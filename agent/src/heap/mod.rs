@@ -462,14 +462,17 @@ fn snapshot_of(id: u64, profile: Profile) -> HeapSnapshot {
 }
 
 /// Builds the symbolized heap profile of a dump.
-fn heap_profile(dump: &dump::HeapDump, taken_at: SystemTime, symbolize: bool) -> Profile {
-    let exe = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "process".to_owned());
-    let total_bytes: f64 = dump.stacks.iter().map(|s| s.bytes).sum();
-    let total_objects: f64 = dump.stacks.iter().map(|s| s.objects).sum();
-    let meta = ProfileMeta {
+/// Metadata of a heap profile or heap delta: `inuse_objects/count` and
+/// `inuse_space/bytes` per stack, bytes shown by default.
+pub(crate) fn heap_meta(
+    period: i64,
+    started_at: SystemTime,
+    duration: Duration,
+    title: String,
+    comments: Vec<String>,
+    symbolize: bool,
+) -> ProfileMeta {
+    ProfileMeta {
         sample_types: vec![
             ValueType::new("inuse_objects", "count"),
             ValueType::new("inuse_space", "bytes"),
@@ -477,11 +480,28 @@ fn heap_profile(dump: &dump::HeapDump, taken_at: SystemTime, symbolize: bool) ->
         default_value: 1,
         flame_value: 1,
         period_type: ValueType::new("space", "bytes"),
-        period: i64::try_from(dump.sample_interval).unwrap_or(i64::MAX),
-        started_at: taken_at,
-        duration: Duration::ZERO,
-        title: format!("Heap profile of {exe} (pid {})", std::process::id()),
-        comments: vec![
+        period,
+        started_at,
+        duration,
+        title,
+        comments,
+        symbolize,
+    }
+}
+
+fn heap_profile(dump: &dump::HeapDump, taken_at: SystemTime, symbolize: bool) -> Profile {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "process".to_owned());
+    let total_bytes: f64 = dump.stacks.iter().map(|s| s.bytes).sum();
+    let total_objects: f64 = dump.stacks.iter().map(|s| s.objects).sum();
+    let meta = heap_meta(
+        i64::try_from(dump.sample_interval).unwrap_or(i64::MAX),
+        taken_at,
+        Duration::ZERO,
+        format!("Heap profile of {exe} (pid {})", std::process::id()),
+        vec![
             format!(
                 "live heap at {}: {:.1} MiB in {:.0} objects, {} stacks (estimated)",
                 crate::profile::rfc3339(taken_at),
@@ -495,7 +515,7 @@ fn heap_profile(dump: &dump::HeapDump, taken_at: SystemTime, symbolize: bool) ->
             ),
         ],
         symbolize,
-    };
+    );
     let stacks = dump.stacks.iter().map(|stack| RawStack {
         thread: None,
         addresses: &stack.addresses,

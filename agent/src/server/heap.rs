@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::error::{ApiError, PprofError};
-use super::pprof::file_response;
+use super::pprof::{file_response, parse_format, parse_symbolize};
 use super::AppState;
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::heap::{DiffTarget, HeapProfiler};
@@ -41,26 +41,8 @@ impl HeapParams {
                 continue;
             }
             match key.as_ref() {
-                "format" => {
-                    params.format = Format::parse(value).ok_or_else(|| {
-                        ApiError::bad_request(
-                            format!("unknown format {value:?}"),
-                            "format is one of pprof, svg, folded, text, json",
-                        )
-                    })?
-                }
-                "symbolize" => {
-                    params.symbolize = match value {
-                        "1" | "true" | "yes" => true,
-                        "0" | "false" | "no" => false,
-                        _ => {
-                            return Err(ApiError::bad_request(
-                                format!("symbolize={value} is not a boolean"),
-                                "symbolize is true or false",
-                            ))
-                        }
-                    }
-                }
+                "format" => params.format = parse_format(value)?,
+                "symbolize" => params.symbolize = parse_symbolize(value)?,
                 "limit" => {
                     params.limit = match value.parse::<usize>() {
                         Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,

@@ -479,6 +479,18 @@ mod tests {
         let html = String::from_utf8_lossy(&body);
         assert!(html.contains("href=\"profile?seconds=30\""));
         assert!(html.contains("flamegraph"));
+        for link in [
+            "href=\"heap\"",
+            "href=\"allocs\"",
+            "../heap/snapshots",
+            "../use",
+            "../red",
+        ] {
+            assert!(html.contains(link), "{link} missing from the index");
+        }
+        // The unit-test binary does not allocate through jemalloc: the
+        // heap row says why instead of a state.
+        assert!(html.contains("global allocator"), "{html}");
     }
 
     #[tokio::test]

@@ -71,30 +71,38 @@ impl ProfileParams {
                 }
                 "format" if !seen.2 && !value.is_empty() => {
                     seen.2 = true;
-                    params.format = Format::parse(value).ok_or_else(|| {
-                        ApiError::bad_request(
-                            format!("unknown format {value:?}"),
-                            "format is one of pprof, svg, folded, text, json",
-                        )
-                    })?;
+                    params.format = parse_format(value)?;
                 }
                 "symbolize" if !seen.3 && !value.is_empty() => {
                     seen.3 = true;
-                    params.symbolize = match value {
-                        "1" | "true" | "yes" => true,
-                        "0" | "false" | "no" => false,
-                        _ => {
-                            return Err(ApiError::bad_request(
-                                format!("symbolize={value} is not a boolean"),
-                                "symbolize is true or false (default true)",
-                            ))
-                        }
-                    };
+                    params.symbolize = parse_symbolize(value)?;
                 }
                 _ => {}
             }
         }
         Ok(params)
+    }
+}
+
+/// The `format` query parameter.
+pub(crate) fn parse_format(value: &str) -> Result<Format, ApiError> {
+    Format::parse(value).ok_or_else(|| {
+        ApiError::bad_request(
+            format!("unknown format {value:?}"),
+            "format is one of pprof, svg, folded, text, json",
+        )
+    })
+}
+
+/// The `symbolize` query parameter.
+pub(crate) fn parse_symbolize(value: &str) -> Result<bool, ApiError> {
+    match value {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(ApiError::bad_request(
+            format!("symbolize={value} is not a boolean"),
+            "symbolize is true or false (default true)",
+        )),
     }
 }
 
@@ -261,6 +269,15 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
         None => "idle".to_owned(),
     };
     let max = state.config.max_profile_seconds;
+    let heap = match state.heap.state() {
+        Ok(heap) => format!(
+            "{}, one sample per {} KiB on average, stacks by {}",
+            if heap.active { "sampling" } else { "paused" },
+            heap.sample_interval_bytes / 1024,
+            heap.backtraces.unwinder
+        ),
+        Err(error) => html_escape(&error.to_string()),
+    };
     Html(format!(
         r#"<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>/debug/pprof/</title>
@@ -282,15 +299,44 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
 Requests at the same hz share one sampler; another hz gets 409 while it runs.</td></tr>
 <tr><td><a href="flamegraph?seconds=10">flamegraph</a></td><td>svg</td>
 <td>The same CPU profile as an interactive flame graph (default {DEFAULT_FLAMEGRAPH_SECONDS} s).</td></tr>
+<tr><td><a href="heap">heap</a></td>
+<td><a href="heap?format=svg">svg</a> ·
+<a href="heap?format=text">text</a> ·
+<a href="heap?format=folded">folded</a> ·
+<a href="heap?format=json">json</a></td>
+<td>Live heap sampled by jemalloc (<code>inuse_space</code>, <code>inuse_objects</code>), estimated from samples.
+Heap profiling: {heap}.</td></tr>
+<tr><td><a href="allocs">allocs</a></td><td>as heap</td>
+<td>The same profile under Go's other name.</td></tr>
 <tr><td><a href="symbol">symbol</a></td><td>text</td>
 <td>Go's symbol lookup: <code>POST</code> addresses as <code>0x…+0x…</code>, get <code>0x… function</code> lines.</td></tr>
 </table>
 <p>From a shell: <code>go tool pprof http://HOST:PORT/debug/pprof/profile?seconds=30</code></p>
+<h2>Leaks and memory</h2>
+<ul>
+<li><a href="../heap/stats">/debug/heap/stats</a>: jemalloc's allocated, active, resident, mapped, retained and metadata bytes, and fragmentation.</li>
+<li><a href="../heap/profiling">/debug/heap/profiling</a>: whether allocations are sampled; <code>PUT {{"active": false}}</code> pauses.</li>
+<li><a href="../heap/snapshots">/debug/heap/snapshots</a>: <code>POST</code> takes a snapshot; list, <code>GET</code>/<code>DELETE</code> one by id.</li>
+<li><code>/debug/heap/diff?base=ID&amp;target=ID|now&amp;format=text|json|svg|pprof</code>: which stacks grew between two snapshots.</li>
+</ul>
+<h2>Service health</h2>
+<ul>
+<li><a href="../use">/debug/use</a>: utilization, saturation and errors of CPU, memory, executor, network, disks and the service's own resources.</li>
+<li><a href="../red">/debug/red</a>: rate, errors and duration of requests per route.</li>
+<li><a href="../../metrics">/metrics</a>: all of it for Prometheus.</li>
+</ul>
 </body></html>
 "#,
         version = env!("CARGO_PKG_VERSION"),
         pid = std::process::id(),
     ))
+}
+
+/// Escapes text for HTML element content.
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

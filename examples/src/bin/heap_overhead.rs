@@ -359,6 +359,37 @@ fn option(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Loads `service` on `path` while its agent takes a CPU profile; returns
+/// the share of samples in a stack unwinder (libgcc's `_Unwind_Backtrace`
+/// or the agent's heap hook) and in jemalloc's `prof_*` functions.
+fn unwinding_share(service: &Service, path: &'static str, clients: usize, secs: u64) -> (f64, f64) {
+    let loaded = std::thread::scope(|scope| {
+        let load = scope.spawn(|| load(service, path, clients, secs + 1));
+        std::thread::sleep(Duration::from_millis(300));
+        let folded = get_body(
+            service.agent,
+            &format!("/debug/pprof/profile?seconds={secs}&hz=499&format=folded"),
+        );
+        let _ = load.join();
+        folded
+    });
+    let (mut total, mut unwinding, mut profiling) = (0.0, 0.0, 0.0);
+    for line in loaded.lines() {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let count: f64 = count.parse().unwrap_or(0.0);
+        total += count;
+        if stack.contains("_Unwind_Backtrace") || stack.contains("backtrace_hook") {
+            unwinding += count;
+        }
+        if stack.contains(";prof_") || stack.contains("je_prof_") {
+            profiling += count;
+        }
+    }
+    (unwinding / total.max(1.0), profiling / total.max(1.0))
+}
+
 /// One GET on a fresh connection; its body.
 fn get_body(addr: SocketAddr, path: &str) -> String {
     TcpStream::connect(addr)
@@ -444,6 +475,19 @@ fn parent(args: &[String]) {
                 median(&mut cpus[index]),
                 cpu_ratios[index].first().copied().unwrap_or(0.0),
                 cpu_ratios[index].last().copied().unwrap_or(0.0),
+            );
+        }
+        // Where the active variants' CPU goes: the share of the service's
+        // CPU samples inside the unwinders and inside jemalloc's profiling
+        // code, from the agent's own CPU profile at 499 Hz under the same
+        // load (a ratio within one process, immune to the host's noise).
+        for index in [n - 2, n - 1] {
+            let shares = unwinding_share(&services[index], path, clients, secs);
+            println!(
+                "{:<32} CPU samples: {:.2} % unwinding, {:.2} % in jemalloc's prof_* code (incl. unwinding)",
+                VARIANTS[index].label,
+                shares.0 * 100.0,
+                shares.1 * 100.0
             );
         }
         println!();
