@@ -97,12 +97,11 @@ pub(crate) enum ThreadState {
     Unknown,
 }
 
-/// Classifies a symbolized stack by tokio's own frames.
+/// Classifies a symbolized stack by tokio's own frames. Worker threads
+/// are started through the blocking pool too, so the scheduler's frames
+/// decide first.
 pub(crate) fn classify(frames: &[String]) -> ThreadState {
     let has = |pattern: &str| frames.iter().any(|f| f.contains(pattern));
-    if has("tokio::runtime::blocking::pool") {
-        return ThreadState::Blocking;
-    }
     let parked = frames.iter().any(|f| {
         (f.starts_with("tokio::runtime::scheduler::")
             && f.contains("::park")
@@ -111,8 +110,12 @@ pub(crate) fn classify(frames: &[String]) -> ThreadState {
     });
     if parked {
         ThreadState::Parked
-    } else if has("tokio::runtime::task::") || has("run_task") {
+    } else if has("tokio::runtime::scheduler::")
+        && (has("tokio::runtime::task::") || has("run_task"))
+    {
         ThreadState::Polling
+    } else if has("tokio::runtime::blocking::pool") {
+        ThreadState::Blocking
     } else {
         ThreadState::Unknown
     }
@@ -397,11 +400,16 @@ mod tests {
                 "demo::blocking_handler::{{closure}}",
                 "tokio::runtime::task::raw::poll",
                 "tokio::runtime::scheduler::multi_thread::worker::Context::run_task",
+                "tokio::runtime::blocking::pool::Inner::run",
             ])),
             ThreadState::Polling
         );
         assert_eq!(
-            classify(&names(&["tokio::runtime::blocking::pool::Inner::run"])),
+            classify(&names(&[
+                "std::fs::read",
+                "tokio::runtime::task::raw::poll",
+                "tokio::runtime::blocking::pool::Inner::run",
+            ])),
             ThreadState::Blocking
         );
         assert_eq!(classify(&names(&["0x1234"])), ThreadState::Unknown);
