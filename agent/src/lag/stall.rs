@@ -189,6 +189,18 @@ impl StallHistory {
         id
     }
 
+    /// Records a stall the watchdog only learned about once it was over
+    /// (tokio's busy time told its length); it has no stack.
+    pub(crate) fn record_missed(&self, worker: usize, started_at: SystemTime, duration: Duration) {
+        let id = self.start(worker, started_at, duration);
+        self.update(id, |stall| {
+            stall.note = Some(
+                "over before the watchdog looked again (it looks less often while every worker is parked); no stack".into(),
+            );
+        });
+        self.finish(id, duration);
+    }
+
     /// Updates the time so far of an ongoing stall.
     pub(crate) fn extend(&self, id: u64, stuck_for: Duration) {
         if let Some(stall) = self.lock().stalls.iter_mut().find(|s| s.id == id) {

@@ -17,6 +17,18 @@ use super::workers::{WorkerCounters, WorkerEvent, WorkerTrack};
 use super::{Inner, WorkerView};
 use crate::config::STALL_CAPTURE_KEEP;
 
+/// With a worker parked, a probe runs every this many resolutions.
+const IDLE_PROBE_FACTOR: u32 = 10;
+
+/// Time between looks while every worker is parked: ten resolutions, but
+/// at most half the stall threshold so a stall cannot begin and end
+/// between two looks.
+fn idle_interval(resolution: Duration, threshold: Duration) -> Duration {
+    (resolution * IDLE_PROBE_FACTOR)
+        .min(threshold / 2)
+        .max(resolution)
+}
+
 /// Most candidate threads signalled for one stall.
 const MAX_CANDIDATES: usize = 64;
 
@@ -39,6 +51,8 @@ struct Watchdog {
     capture: Option<StackCapture>,
     last_capture: Instant,
     stall_jobs: Option<mpsc::Sender<StallJob>>,
+    /// When the last probe was spawned (since the epoch).
+    last_probe: Duration,
 }
 
 pub(super) fn spawn(inner: Arc<Inner>) -> std::io::Result<()> {
@@ -54,6 +68,7 @@ pub(super) fn spawn(inner: Arc<Inner>) -> std::io::Result<()> {
                 capture: None,
                 last_capture: Instant::now(),
                 stall_jobs: None,
+                last_probe: Duration::ZERO,
             };
             watchdog.run();
         })
@@ -62,47 +77,37 @@ pub(super) fn spawn(inner: Arc<Inner>) -> std::io::Result<()> {
 
 impl Watchdog {
     fn run(&mut self) {
-        let resolution = self.inner.resolution;
         let mut next = Instant::now();
         loop {
             if self.inner.wait_for_stop(next) {
                 tracing::debug!("executor-lag watchdog stopped");
                 return;
             }
-            if !self.tick() {
+            let Some(wait) = self.tick() else {
                 return;
-            }
-            next += resolution;
+            };
+            next += wait;
             let now = Instant::now();
             if next < now {
                 // Fell behind (a capture, a descheduled thread): do not
                 // burst to catch up.
-                next = now + resolution;
+                next = now + wait;
             }
         }
     }
 
-    /// One look at the runtime; false once it has shut down.
-    fn tick(&mut self) -> bool {
+    /// One look at the runtime. Returns the time until the next look, or
+    /// `None` once the runtime has shut down.
+    ///
+    /// Every thread wake-up costs CPU (10-20 µs on a small VM), so the
+    /// watchdog backs off while the runtime is idle: with every worker
+    /// parked it looks every [`idle_interval`] (half the stall threshold,
+    /// so no stall can pass between two looks), and a probe only wakes a
+    /// parked worker every [`IDLE_PROBE_FACTOR`] resolutions — with a
+    /// worker parked, new work waits only for that worker's wake-up.
+    fn tick(&mut self) -> Option<Duration> {
         let inner = Arc::clone(&self.inner);
         let now = inner.epoch.elapsed();
-        match inner.probe.state() {
-            ProbeState::Done(result) => {
-                inner.record_lag(now, Duration::from_nanos(result.delay_ns));
-                self.learn_thread(result.tid, result.unparked);
-                inner.probe.reset();
-                inner.probe.spawn(&inner.handle);
-            }
-            ProbeState::Idle => inner.probe.spawn(&inner.handle),
-            ProbeState::Pending { .. } => {}
-            ProbeState::Dropped => {
-                inner.set_shut_down();
-                tracing::info!(
-                    "the host tokio runtime has shut down; executor-lag watchdog stopped"
-                );
-                return false;
-            }
-        }
         let metrics = inner.handle.metrics();
         let workers = metrics.num_workers();
         if self.tracks.len() != workers {
@@ -119,6 +124,14 @@ impl Watchdog {
                 WorkerEvent::StreakEnded { duration, stalled } => {
                     if duration >= inner.resolution {
                         inner.record_lag(now, duration);
+                    }
+                    if !stalled && duration >= inner.threshold {
+                        // It began and ended between two looks of an idle
+                        // watchdog: counted, without a stack.
+                        let started_at = SystemTime::now()
+                            .checked_sub(duration)
+                            .unwrap_or(SystemTime::UNIX_EPOCH);
+                        inner.stalls.record_missed(worker, started_at, duration);
                     }
                     if let Some(id) = self.open_stalls.remove(&worker).filter(|_| stalled) {
                         if let Some(stall) = inner.stalls.finish(id, duration) {
@@ -157,6 +170,37 @@ impl Watchdog {
             });
         }
         inner.publish_workers(views);
+        let any_parked = self.tracks.iter().any(|t| t.counters().parked());
+        let all_parked =
+            !self.tracks.is_empty() && self.tracks.iter().all(|t| t.counters().parked());
+
+        match inner.probe.state() {
+            ProbeState::Done(result) => {
+                inner.record_lag(now, Duration::from_nanos(result.delay_ns));
+                self.learn_thread(result.tid, result.unparked);
+                inner.probe.reset();
+            }
+            ProbeState::Pending { .. } | ProbeState::Idle => {}
+            ProbeState::Dropped => {
+                inner.set_shut_down();
+                tracing::info!(
+                    "the host tokio runtime has shut down; executor-lag watchdog stopped"
+                );
+                return None;
+            }
+        }
+        let probe_every = if any_parked {
+            inner.resolution * IDLE_PROBE_FACTOR
+        } else {
+            inner.resolution
+        };
+        if inner.probe.state() == ProbeState::Idle
+            && now.saturating_sub(self.last_probe) + inner.resolution / 2 >= probe_every
+        {
+            inner.probe.spawn(&inner.handle);
+            self.last_probe = now;
+        }
+
         if self.open_stalls.is_empty()
             && self.capture.is_some()
             && self.last_capture.elapsed() > STALL_CAPTURE_KEEP
@@ -164,7 +208,13 @@ impl Watchdog {
             self.capture = None;
             tracing::debug!("released the stack-capture unwind tables");
         }
-        true
+        // A probe just spawned is collected at the next look either way.
+        let quiet = all_parked && self.open_stalls.is_empty();
+        Some(if quiet {
+            idle_interval(inner.resolution, inner.threshold)
+        } else {
+            inner.resolution
+        })
     }
 
     /// Remembers the thread a probe ran on; when it was the only worker

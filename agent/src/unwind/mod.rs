@@ -118,6 +118,7 @@ impl Unwinding {
     }
 
     /// No modules and no contexts: every claim fails. Allocates nothing.
+    #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
     pub(crate) fn empty() -> Self {
         Unwinding {
             unwinder: NativeUnwinder::new(),
