@@ -16,10 +16,10 @@
 
 use std::cell::UnsafeCell;
 use std::fmt;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::unwind::{cpu_count, Unwinding, MAX_DEPTH};
+use crate::unwind::{cpu_count, SignalGate, Unwinding, MAX_DEPTH};
 use crate::Error;
 
 use crate::unwind::CAPTURE_SIGNAL_OFFSET as SIGNAL_OFFSET;
@@ -53,8 +53,7 @@ struct CaptureState {
 // (release/acquire) or after the state is retracted from every handler.
 unsafe impl Sync for CaptureState {}
 
-static ACTIVE: AtomicPtr<CaptureState> = AtomicPtr::new(std::ptr::null_mut());
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static GATE: SignalGate<CaptureState> = SignalGate::new();
 
 /// Why a capture did not happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +157,7 @@ impl StackCapture {
         let signal = capture_signal();
         install(signal)?;
         let raw: *mut CaptureState = &mut *self.state;
-        ACTIVE.store(raw, Ordering::SeqCst);
+        GATE.publish(raw);
         let mut out = Vec::with_capacity(tids.len());
         for batch in tids.chunks(self.state.slots.len().max(1)) {
             out.extend(self.capture_batch(signal, batch));
@@ -166,18 +165,10 @@ impl StackCapture {
         // Ignoring the signal discards any still pending, so no handler can
         // start after this; then wait for handlers already running.
         ignore(signal);
-        ACTIVE.store(std::ptr::null_mut(), Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
-            if Instant::now() > deadline {
-                // Freeing memory a handler still reads would crash the host.
-                tracing::warn!(
-                    "a stack-capture handler did not finish within 1 s; leaking its state"
-                );
-                self.poisoned = true;
-                break;
-            }
-            std::thread::yield_now();
+        if !GATE.retract(raw) {
+            // Freeing memory a handler still reads would crash the host.
+            tracing::warn!("a stack-capture handler did not finish within 1 s; leaking its state");
+            self.poisoned = true;
         }
         Ok(out)
     }
@@ -311,21 +302,7 @@ extern "C" fn on_capture_signal(
     _info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
-    // SAFETY: reading and restoring this thread's errno, which the
-    // syscalls below may change under the interrupted code's feet.
-    let saved_errno = unsafe { *libc::__errno_location() };
-    // Increment before loading ACTIVE: `capture` clears ACTIVE first and
-    // then waits for IN_FLIGHT to drain.
-    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-    let state = ACTIVE.load(Ordering::SeqCst);
-    if !state.is_null() && !context.is_null() {
-        // SAFETY: non-null ACTIVE points to a live CaptureState (see
-        // `capture`); the kernel passes a valid ucontext_t with SA_SIGINFO.
-        unsafe { (*state).record(&*context.cast::<libc::ucontext_t>()) };
-    }
-    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
-    // SAFETY: see above.
-    unsafe { *libc::__errno_location() = saved_errno };
+    GATE.enter(context, CaptureState::record);
 }
 
 impl CaptureState {

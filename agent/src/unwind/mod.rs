@@ -12,7 +12,10 @@
 //! libgcc.
 #![allow(unsafe_code)]
 
+mod gate;
 mod memory;
+
+pub(crate) use gate::SignalGate;
 
 use std::cell::UnsafeCell;
 use std::io;

@@ -3,14 +3,13 @@
 //! memory only through a copy that cannot fault.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::clock;
 use super::ring::{SampleRing, THREAD_NAME_LEN};
-use crate::unwind::Unwinding;
+use crate::unwind::{SignalGate, Unwinding};
 
-/// Everything a handler needs, published through [`ACTIVE`].
+/// Everything a handler needs, published through `GATE`.
 pub(crate) struct HandlerState {
     pub(crate) unwinding: Unwinding,
     pub(crate) ring: SampleRing,
@@ -22,14 +21,13 @@ pub(crate) struct HandlerState {
     pub(crate) handler_ns: AtomicU64,
 }
 
-static ACTIVE: AtomicPtr<HandlerState> = AtomicPtr::new(std::ptr::null_mut());
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static GATE: SignalGate<HandlerState> = SignalGate::new();
 
 /// Makes `state` visible to the handler. Returns the pointer to hand back
 /// to [`retract`].
 pub(crate) fn publish(state: Box<HandlerState>) -> *mut HandlerState {
     let raw = Box::into_raw(state);
-    ACTIVE.store(raw, Ordering::SeqCst);
+    GATE.publish(raw);
     raw
 }
 
@@ -38,23 +36,12 @@ pub(crate) fn publish(state: Box<HandlerState>) -> *mut HandlerState {
 /// it is leaked instead, because freeing memory a handler still reads would
 /// crash the host.
 pub(crate) fn retract(raw: *mut HandlerState) -> Option<Box<HandlerState>> {
-    let _ = ACTIVE.compare_exchange(
-        raw,
-        std::ptr::null_mut(),
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
-        if Instant::now() > deadline {
-            tracing::warn!("a SIGPROF handler did not finish within 1 s; leaking its state");
-            return None;
-        }
-        std::thread::yield_now();
+    if !GATE.retract(raw) {
+        tracing::warn!("a SIGPROF handler did not finish within 1 s; leaking its state");
+        return None;
     }
     // SAFETY: `raw` came from `publish` (Box::into_raw); no handler can
-    // reach it any more: ACTIVE no longer points to it and every handler
-    // that loaded it has decremented IN_FLIGHT.
+    // reach it any more (see `SignalGate::retract`).
     Some(unsafe { Box::from_raw(raw) })
 }
 
@@ -64,22 +51,7 @@ pub(crate) extern "C" fn on_sigprof(
     _info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
-    // SAFETY: reading and restoring this thread's errno, which the
-    // syscalls below may change under the interrupted code's feet.
-    let saved_errno = unsafe { *libc::__errno_location() };
-    // Increment before loading ACTIVE: `retract` clears ACTIVE first and then
-    // waits for IN_FLIGHT to drain, so a handler either sees null or is
-    // waited for.
-    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-    let state = ACTIVE.load(Ordering::SeqCst);
-    if !state.is_null() && !context.is_null() {
-        // SAFETY: non-null ACTIVE points to a live HandlerState (see
-        // `retract`); the kernel passes a valid ucontext_t with SA_SIGINFO.
-        unsafe { (*state).record(&*context.cast::<libc::ucontext_t>()) };
-    }
-    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
-    // SAFETY: see above.
-    unsafe { *libc::__errno_location() = saved_errno };
+    GATE.enter(context, HandlerState::record);
 }
 
 impl HandlerState {
