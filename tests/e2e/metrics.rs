@@ -83,7 +83,6 @@ fn promtool_accepts_the_exposition_and_formats_are_negotiated() {
         "stethoscope_executor_lag_seconds_bucket{le=\"0.001\"}",
         "stethoscope_executor_lag_seconds_count",
         "stethoscope_tokio_stalls_total",
-        "stethoscope_tokio_worker_busy_ratio{worker=\"0\"}",
         "stethoscope_jemalloc_allocated_bytes",
         "stethoscope_jemalloc_active_bytes",
         "stethoscope_jemalloc_resident_bytes",
