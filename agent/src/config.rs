@@ -70,6 +70,23 @@ pub const MIN_USE_WINDOW: Duration = Duration::from_millis(200);
 /// second or so rather than the time since the previous request.
 pub const DEFAULT_USE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the executor-lag probe runs and the stuck-worker watchdog
+/// looks at the runtime's workers (Node's `monitorEventLoopDelay` default).
+pub const DEFAULT_LAG_RESOLUTION: Duration = Duration::from_millis(10);
+
+/// Shortest and longest lag resolution the builder accepts.
+pub const LAG_RESOLUTION_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(1));
+
+/// A worker that stays inside one poll longer than this is reported as a
+/// stall, with the stack it is stuck in.
+pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(100);
+
+/// How long the watchdog keeps the unwind tables it copied for a stack
+/// capture after the last stall (~2 MiB), so a burst of stalls copies them
+/// once.
+pub const STALL_CAPTURE_KEEP: Duration = Duration::from_secs(60);
+
 /// Environment variable with the listen address (`host:port`).
 pub const ENV_ADDR: &str = "STETHOSCOPE_ADDR";
 /// Environment variable with the bearer token clients must send.
@@ -138,6 +155,8 @@ pub(crate) struct Config {
     pub(crate) header_read_timeout: Duration,
     pub(crate) heap_snapshots: usize,
     pub(crate) fast_heap_backtraces: bool,
+    pub(crate) lag_resolution: Duration,
+    pub(crate) stall_threshold: Duration,
 }
 
 impl Default for Config {
@@ -152,6 +171,8 @@ impl Default for Config {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             heap_snapshots: DEFAULT_HEAP_SNAPSHOTS,
             fast_heap_backtraces: true,
+            lag_resolution: DEFAULT_LAG_RESOLUTION,
+            stall_threshold: DEFAULT_STALL_THRESHOLD,
         }
     }
 }

@@ -81,6 +81,10 @@ pub mod config;
 pub mod cpu;
 mod error;
 pub mod heap;
+pub mod histogram;
+#[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
+pub mod lag;
 
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
@@ -93,6 +97,12 @@ pub mod red;
 #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
 pub mod resources;
 mod server;
+#[cfg(all(
+    any(feature = "cpu", feature = "runtime"),
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod unwind;
 
 pub use agent::{Agent, AgentBuilder};
 pub use error::Error;

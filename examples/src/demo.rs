@@ -106,20 +106,52 @@ pub struct LeakQuery {
     pub mb: Option<usize>,
 }
 
+/// Longest block one `/block` request may ask for.
+pub const MAX_BLOCK_MS: u64 = 10_000;
+
+/// Query of `/block`.
+#[derive(Debug, Deserialize)]
+pub struct BlockQuery {
+    /// Milliseconds to block the worker (default 300, at most [`MAX_BLOCK_MS`]).
+    pub ms: Option<u64>,
+}
+
+/// Most tasks one `/spawn` request may ask for.
+pub const MAX_SPAWN_TASKS: usize = 100_000;
+
+/// Query of `/spawn`.
+#[derive(Debug, Deserialize)]
+pub struct SpawnQuery {
+    /// Tasks to spawn (default 1,000, at most [`MAX_SPAWN_TASKS`]).
+    pub n: Option<usize>,
+    /// Microseconds of CPU each task spends before yielding once and
+    /// finishing (default 50, at most 1,000).
+    pub us: Option<u64>,
+}
+
 /// What the demo's handlers share.
 #[derive(Debug, Clone)]
 struct DemoState {
     pool: DemoPool,
     /// Calls of `/flaky` on this router.
     flaky_calls: Arc<AtomicU64>,
+    /// Instruments the tasks `/spawn` starts.
+    spawned: tokio_metrics::TaskMonitor,
 }
 
 /// The demo's routes. Add the agent's RED layer on top:
 /// `router(pool).layer(agent.red_layer())`.
 pub fn router(pool: DemoPool) -> Router {
+    router_with_monitor(pool, tokio_metrics::TaskMonitor::new())
+}
+
+/// [`router`] whose `/spawn` tasks are instrumented with `spawned`, e.g.
+/// `agent.task_monitor("demo_spawned")`, so they show in `/debug/runtime`.
+pub fn router_with_monitor(pool: DemoPool, spawned: tokio_metrics::TaskMonitor) -> Router {
     let state = DemoState {
         pool,
         flaky_calls: Arc::new(AtomicU64::new(0)),
+        spawned,
     };
     Router::new()
         .route("/", get(index))
@@ -130,6 +162,8 @@ pub fn router(pool: DemoPool) -> Router {
         .route("/orders", get(orders))
         .route("/items/{id}", get(item))
         .route("/flaky", get(flaky))
+        .route("/block", get(blocking_handler))
+        .route("/spawn", get(spawn_many))
         .with_state(state)
 }
 
@@ -142,7 +176,10 @@ async fn index() -> &'static str {
      GET /churn?mb=N   allocate and free N MiB (workload::churn), which never shows as growth\n\
      GET /orders?n=N   build a JSON list of N orders: ordinary allocation-heavy request work\n\
      GET /items/ID     a 20 ms query on one of 4 pooled connections (503 after 200 ms waiting)\n\
-     GET /flaky        5 ms, and every 10th request fails with 500\n"
+     GET /flaky        5 ms, and every 10th request fails with 500\n\
+     GET /block?ms=N   block the request's tokio worker for N ms in std::thread::sleep\n\
+     \x20                 (demo::blocking_handler): a stall in /debug/runtime, a spike in /debug/lag\n\
+     GET /spawn?n=N    spawn N short tasks (50 us of CPU, one yield each) and wait for them\n"
 }
 
 /// Holds one of the pool's connections for 20 ms.
@@ -214,4 +251,38 @@ pub struct OrdersQuery {
 
 async fn orders(Query(query): Query<OrdersQuery>) -> String {
     workload::render_orders(query.n.unwrap_or(100).min(10_000))
+}
+
+/// Deliberately blocks its tokio worker: a synchronous sleep inside an
+/// async handler, the classic mistake `spawn_blocking` exists for. The
+/// agent's watchdog reports it as a stall whose stack names this function.
+async fn blocking_handler(Query(query): Query<BlockQuery>) -> String {
+    let ms = query.ms.unwrap_or(300).min(MAX_BLOCK_MS);
+    std::thread::sleep(Duration::from_millis(ms));
+    format!("blocked this worker for {ms} ms\n")
+}
+
+/// Many short tasks: healthy, yielding executor load.
+async fn spawn_many(State(state): State<DemoState>, Query(query): Query<SpawnQuery>) -> String {
+    let n = query.n.unwrap_or(1000).min(MAX_SPAWN_TASKS);
+    let work = Duration::from_micros(query.us.unwrap_or(50).min(1000));
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(state.spawned.instrument(async move {
+                workload::spin(work);
+                tokio::task::yield_now().await;
+            }))
+        })
+        .collect();
+    let mut finished = 0;
+    for task in tasks {
+        if task.await.is_ok() {
+            finished += 1;
+        }
+    }
+    format!(
+        "{finished} of {n} tasks finished in {:.1} ms\n",
+        started.elapsed().as_secs_f64() * 1e3
+    )
 }

@@ -259,6 +259,20 @@ pub fn walk_call_tree(seed: u64, work: u32) -> u64 {
     descend(TREE_DEPTH, path, work)
 }
 
+/// Spins on the CPU for `wall` of wall-clock time (short bursts of task
+/// work: `/spawn`, the mixed-load tests).
+#[inline(never)]
+pub fn spin(wall: Duration) -> u64 {
+    let started = std::time::Instant::now();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    while started.elapsed() < wall {
+        for _ in 0..64 {
+            x = black_box(x.rotate_left(7).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
+    }
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ stethoscope::heap_profiling!("prof:true,prof_active:true,lg_prof_sample:16");
 mod access;
 mod cpu;
 mod heap;
+mod lag;
 
 mod metrics;
 mod support;

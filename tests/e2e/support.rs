@@ -335,3 +335,21 @@ fn reply_of(mut response: ureq::http::Response<ureq::Body>) -> Reply {
         body,
     }
 }
+
+/// Asserts that `h` has every field of the histogram summary shape of
+/// DESIGN §5.1 (used by RED latency and executor lag).
+pub(crate) fn assert_histogram_shape(h: &serde_json::Value, what: &str) {
+    for field in [
+        "count",
+        "min_ms",
+        "max_ms",
+        "mean_ms",
+        "stddev_ms",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "p999_ms",
+    ] {
+        assert!(h[field].is_number(), "{what}.{field} missing: {h}");
+    }
+}

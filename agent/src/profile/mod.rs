@@ -17,7 +17,10 @@ mod top;
 #[cfg(all(
     target_os = "linux",
     any(
-        all(feature = "cpu", any(target_arch = "x86_64", target_arch = "aarch64")),
+        all(
+            any(feature = "cpu", feature = "runtime"),
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        ),
         all(feature = "heap", target_arch = "x86_64")
     )
 ))]

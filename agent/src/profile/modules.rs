@@ -20,7 +20,10 @@ pub(crate) struct Segment {
 
 /// `.eh_frame_hdr` and `.eh_frame` copied out of a module's memory.
 #[derive(Debug, Clone, Default)]
-#[cfg_attr(not(any(feature = "cpu", feature = "heap")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "cpu", feature = "heap", feature = "runtime")),
+    allow(dead_code)
+)]
 pub(crate) struct UnwindSections {
     pub(crate) eh_frame_hdr_svma: Range<u64>,
     pub(crate) eh_frame_hdr: Vec<u8>,
@@ -41,7 +44,10 @@ pub(crate) struct LoadedModule {
     /// Whether this is the main executable.
     pub(crate) main: bool,
     /// Present when requested and the image has an `.eh_frame_hdr`.
-    #[cfg_attr(not(any(feature = "cpu", feature = "heap")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "cpu", feature = "heap", feature = "runtime")),
+        allow(dead_code)
+    )]
     pub(crate) unwind: Option<UnwindSections>,
 }
 

@@ -1,7 +1,8 @@
-//! framehop unwind tables of every loaded module, shared by the CPU sampler
-//! (which unwinds other threads from a signal handler) and the heap
+//! framehop unwind tables of every loaded module, shared by the signal-safe
+//! unwinding of [`crate::unwind`] (the CPU sampler and the stuck-worker
+//! capture, which unwind a thread from a signal handler) and the heap
 //! profiler's backtrace hook (which unwinds its own thread inside `malloc`).
-//! Both must not allocate while unwinding.
+//! None of them may allocate while unwinding.
 
 use framehop::{ExplicitModuleSectionInfo, MustNotAllocateDuringUnwind, Unwinder, UnwinderNative};
 

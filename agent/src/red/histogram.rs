@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use crate::histogram::HistogramSummary;
+
 /// Upper bounds, in seconds, of the `http.server.request.duration`
 /// histogram buckets that OpenTelemetry's HTTP semantic conventions
 /// recommend (stable since v1.23); the `+Inf` bucket follows them.
@@ -179,37 +181,6 @@ impl LatencyHistogram {
             p999: quantile(0.999),
         }
     }
-}
-
-/// Summary of a latency distribution. Percentiles are read from
-/// log-linear buckets and are within 6.25 % of the true value; count, min,
-/// max and mean are exact.
-///
-/// ```
-/// let summary = stethoscope::red::HistogramSummary::default();
-/// assert_eq!(summary.count, 0);
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct HistogramSummary {
-    /// Observations.
-    pub count: u64,
-    /// Smallest observation.
-    pub min: Duration,
-    /// Largest observation.
-    pub max: Duration,
-    /// Arithmetic mean.
-    pub mean: Duration,
-    /// Standard deviation (from the buckets).
-    pub stddev: Duration,
-    /// Median.
-    pub p50: Duration,
-    /// 90th percentile.
-    pub p90: Duration,
-    /// 99th percentile.
-    pub p99: Duration,
-    /// 99.9th percentile.
-    pub p999: Duration,
 }
 
 /// Seconds of history the rate window keeps.

@@ -290,6 +290,7 @@ impl ResourceMonitor {
     /// sampler keeps one fresh), else a new one; with the newest earlier
     /// sample at least `MIN_USE_WINDOW` older. Scrapes use this so that
     /// they cost formatting only.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn recent(
         &self,
         max_age: std::time::Duration,

@@ -9,6 +9,8 @@ mod heap;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod pprof;
+#[cfg(feature = "runtime")]
+mod runtime;
 mod usage;
 
 use std::net::SocketAddr;
@@ -48,6 +50,9 @@ pub(crate) struct AppState {
     /// Collectors of `/metrics`.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::metrics::MetricsRegistry,
+    /// Executor lag, runtime health and stalls of the host runtime.
+    #[cfg(feature = "runtime")]
+    pub(crate) executor: crate::lag::ExecutorMonitor,
 }
 
 impl AppState {
@@ -108,6 +113,8 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/debug/use", use_route())
         .route("/debug/red", red_route())
+        .route("/debug/lag", lag_route())
+        .route("/debug/runtime", runtime_route())
         .route("/metrics", metrics_route())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -131,6 +138,20 @@ fn red_route() -> axum::routing::MethodRouter<AppState> {
     return get(usage::red);
     #[cfg(not(feature = "red"))]
     return get(|| usage::not_built("red"));
+}
+
+fn lag_route() -> axum::routing::MethodRouter<AppState> {
+    #[cfg(feature = "runtime")]
+    return get(runtime::lag);
+    #[cfg(not(feature = "runtime"))]
+    return get(|| usage::not_built("runtime"));
+}
+
+fn runtime_route() -> axum::routing::MethodRouter<AppState> {
+    #[cfg(feature = "runtime")]
+    return get(runtime::runtime);
+    #[cfg(not(feature = "runtime"))]
+    return get(|| usage::not_built("runtime"));
 }
 
 fn metrics_route() -> axum::routing::MethodRouter<AppState> {
@@ -337,6 +358,14 @@ mod tests {
             red: crate::red::RedMetrics::new(),
             #[cfg(feature = "metrics")]
             metrics: crate::metrics::MetricsRegistry::default(),
+            #[cfg(feature = "runtime")]
+            executor: crate::lag::ExecutorMonitor::start(
+                None,
+                Duration::from_millis(10),
+                Duration::from_millis(100),
+            )
+            .unwrap()
+            .0,
         }
     }
 

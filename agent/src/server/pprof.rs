@@ -321,6 +321,8 @@ Heap profiling: {heap}.</td></tr>
 </ul>
 <h2>Service health</h2>
 <ul>
+<li><a href="../lag">/debug/lag</a> (<a href="../lag?format=svg">svg</a>): executor lag — how late the async runtime runs ready tasks — and stalls, with the stuck worker's stack.</li>
+<li><a href="../runtime">/debug/runtime</a>: tokio workers, queues, busy ratios and task monitors.</li>
 <li><a href="../use">/debug/use</a>: utilization, saturation and errors of CPU, memory, executor, network, disks and the service's own resources.</li>
 <li><a href="../red">/debug/red</a>: rate, errors and duration of requests per route.</li>
 <li><a href="../../metrics">/metrics</a>: all of it for Prometheus.</li>

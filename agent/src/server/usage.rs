@@ -54,7 +54,7 @@ pub(crate) fn text_response(body: String) -> Response {
     response
 }
 
-fn json_response(value: serde_json::Value) -> Response {
+pub(crate) fn json_response(value: serde_json::Value) -> Response {
     let mut response = Json(value).into_response();
     response
         .headers_mut()
@@ -62,7 +62,7 @@ fn json_response(value: serde_json::Value) -> Response {
     response
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -154,7 +154,7 @@ pub(crate) async fn red(
                     "rate_per_s": r.rate_per_s,
                     "error_rate_per_s": r.error_rate_per_s,
                     "statuses": r.statuses,
-                    "latency": histogram_json(&r.latency),
+                    "latency": r.latency.to_json(),
                 })).collect::<Vec<_>>(),
             });
             if !installed {
@@ -163,22 +163,6 @@ pub(crate) async fn red(
             json_response(body)
         }
         TableFormat::Text => text_response(red_text(&report, installed)),
-    })
-}
-
-/// The histogram summary shape shared with the executor-lag endpoint.
-#[cfg(feature = "red")]
-pub(crate) fn histogram_json(h: &crate::red::HistogramSummary) -> serde_json::Value {
-    serde_json::json!({
-        "count": h.count,
-        "min_ms": ms(h.min),
-        "max_ms": ms(h.max),
-        "mean_ms": ms(h.mean),
-        "stddev_ms": ms(h.stddev),
-        "p50_ms": ms(h.p50),
-        "p90_ms": ms(h.p90),
-        "p99_ms": ms(h.p99),
-        "p999_ms": ms(h.p999),
     })
 }
 
@@ -218,7 +202,12 @@ fn red_text(report: &crate::red::RedReport, installed: bool) -> String {
 }
 
 /// Answer of an endpoint whose capability was compiled out.
-#[cfg(not(all(feature = "system", feature = "red", feature = "metrics")))]
+#[cfg(not(all(
+    feature = "system",
+    feature = "red",
+    feature = "metrics",
+    feature = "runtime"
+)))]
 pub(crate) async fn not_built(feature: &'static str) -> ApiError {
     ApiError::NotImplemented {
         message: format!("this endpoint is not part of this build (feature {feature:?} is off)"),

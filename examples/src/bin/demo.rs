@@ -43,9 +43,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("  for i in $(seq 50); do curl -s -o /dev/null 'http://{service}/items/'$i & curl -s -o /dev/null 'http://{service}/flaky'; done; wait");
     println!("  curl 'http://{debug}/debug/red?format=text'; curl 'http://{debug}/debug/use?format=text'");
+    println!(
+        "  curl 'http://{service}/block?ms=300'; curl 'http://{debug}/debug/runtime?format=text'"
+    );
+    println!("  curl 'http://{service}/spawn?n=20000'; curl 'http://{debug}/debug/lag?format=text'; curl -o lag.svg 'http://{debug}/debug/lag?format=svg'");
     println!("  curl 'http://{debug}/metrics'");
 
-    let app = stethoscope_examples::demo::router(pool).layer(agent.red_layer());
+    // /spawn's tasks are instrumented: they show in /debug/runtime as `demo_spawned`.
+    let spawned = agent.task_monitor("demo_spawned");
+    let app =
+        stethoscope_examples::demo::router_with_monitor(pool, spawned).layer(agent.red_layer());
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

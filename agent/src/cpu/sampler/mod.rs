@@ -4,17 +4,14 @@
 #![allow(unsafe_code)]
 
 mod handler;
-mod memory;
 mod ring;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::profile::modules::loaded_modules;
-use crate::profile::unwind::{build_unwinder, unwind_table_bytes};
+use crate::unwind::{cpu_count, Unwinding};
 use crate::Error;
-use handler::{HandlerState, UnwindContext};
-use memory::{CopyMethod, StackCopy};
+use handler::HandlerState;
 
 pub(crate) use ring::RawSample;
 
@@ -79,28 +76,11 @@ impl Sampler {
     /// Prepares unwind tables and starts sampling at `hz` per CPU-second.
     pub(crate) fn start(hz: u32) -> Result<Self, Error> {
         check_no_foreign_profiler()?;
-        let copy_method = CopyMethod::probe();
-        let modules = loaded_modules(true);
-        let unwinder = build_unwinder(&modules);
-        let contexts = (0..MAX_CONCURRENT_UNWINDS.min(cpu_count().max(2)))
-            .map(|_| StackCopy::new(copy_method).map(UnwindContext::new))
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(|source| Error::Os {
-                call: "pipe2",
-                source,
-            })?
-            .into_boxed_slice();
-        let unwind_bytes = unwind_table_bytes(&modules);
+        let unwinding = Unwinding::prepare(MAX_CONCURRENT_UNWINDS.min(cpu_count().max(2)))?;
         let ring = ring::SampleRing::new(RING_SLOTS);
-        let footprint_bytes = unwind_bytes
-            + ring.footprint_bytes()
-            + contexts
-                .iter()
-                .map(UnwindContext::footprint_bytes)
-                .sum::<usize>();
+        let footprint_bytes = unwinding.footprint_bytes() + ring.footprint_bytes();
         let state = handler::publish(Box::new(HandlerState {
-            unwinder,
-            contexts,
+            unwinding,
             ring,
             recorded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -112,13 +92,7 @@ impl Sampler {
         };
         install_handler()?;
         set_timer(hz)?;
-        tracing::debug!(
-            hz,
-            modules = modules.len(),
-            copy_method = ?copy_method,
-            footprint_bytes,
-            "CPU sampler armed"
-        );
+        tracing::debug!(hz, footprint_bytes, "CPU sampler armed");
         Ok(sampler)
     }
 
@@ -158,10 +132,6 @@ impl Drop for Sampler {
         drop(handler::retract(self.state));
         tracing::debug!("CPU sampler stopped; SIGPROF ignored");
     }
-}
-
-fn cpu_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn os_error(call: &'static str) -> Error {
@@ -204,12 +174,16 @@ fn check_no_foreign_profiler() -> Result<(), Error> {
 fn install_handler() -> Result<(), Error> {
     // SAFETY: installing an SA_SIGINFO handler whose body is async-signal-
     // safe (see handler.rs); SA_RESTART keeps interrupted syscalls of the
-    // host transparent where the kernel allows it.
+    // host transparent where the kernel allows it; the mask only names
+    // valid signals.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = handler::on_sigprof as *const () as usize;
         action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
+        // The runtime watchdog's stack capture waits until this handler
+        // returns instead of unwinding from inside it.
+        libc::sigaddset(&mut action.sa_mask, crate::unwind::capture_signal());
         if libc::sigaction(libc::SIGPROF, &action, std::ptr::null_mut()) != 0 {
             return Err(os_error("sigaction"));
         }

@@ -9,8 +9,7 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Deepest stack recorded; deeper stacks keep their innermost frames.
-pub(crate) const MAX_DEPTH: usize = 128;
+use crate::unwind::MAX_DEPTH;
 
 /// Length of a kernel thread name (`comm`), including the terminating NUL.
 pub(crate) const THREAD_NAME_LEN: usize = 16;

@@ -1,0 +1,419 @@
+//! Captures the current stack of chosen threads of this process — also of
+//! threads blocked off-CPU in `nanosleep`, a futex or a `read`, which CPU
+//! sampling never sees. Each thread is sent a real-time signal with
+//! `tgkill`; its handler unwinds its own interrupted context with the CPU
+//! sampler's signal-safe machinery ([`Unwinding`]) into a pre-allocated
+//! slot: no locks, no allocation, no libgcc, no faults.
+//!
+//! The signal is `SIGRTMIN + 7` ([`capture_signal`]). Its handler is
+//! installed only for the duration of one capture and the signal is left
+//! ignored afterwards — never at `SIG_DFL`, whose action would kill the
+//! process if a late signal arrived. If another handler owns the signal the
+//! capture is refused and the stall is reported without frames. The CPU
+//! sampler's SIGPROF is blocked while the handler runs, and the sampler
+//! blocks this signal during its own handler, so the two never nest.
+#![allow(unsafe_code)]
+
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::unwind::{cpu_count, SignalGate, Unwinding, MAX_DEPTH};
+use crate::Error;
+
+use crate::unwind::CAPTURE_SIGNAL_OFFSET as SIGNAL_OFFSET;
+
+/// How long one batch of signalled threads has to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_millis(100);
+
+pub(crate) use crate::unwind::capture_signal;
+
+const EMPTY: u8 = 0;
+const REQUESTED: u8 = 1;
+const WRITING: u8 = 2;
+const DONE: u8 = 3;
+const FAILED: u8 = 4;
+
+/// Where one thread's handler writes its stack.
+struct Slot {
+    tid: AtomicU32,
+    state: AtomicU8,
+    depth: AtomicUsize,
+    frames: UnsafeCell<[u64; MAX_DEPTH]>,
+}
+
+struct CaptureState {
+    unwinding: Unwinding,
+    slots: Box<[Slot]>,
+}
+
+// SAFETY: a slot's frames are written only by the handler that moved its
+// state from REQUESTED to WRITING, and read by the owner only after DONE
+// (release/acquire) or after the state is retracted from every handler.
+unsafe impl Sync for CaptureState {}
+
+static GATE: SignalGate<CaptureState> = SignalGate::new();
+
+/// Why a capture did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CaptureError {
+    /// Another library has a handler for the capture signal.
+    SignalTaken(libc::c_int),
+    /// A system call failed.
+    Os(&'static str, String),
+    /// The unwind tables could not be prepared.
+    Prepare(String),
+}
+
+impl fmt::Display for CaptureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CaptureError::SignalTaken(signal) => write!(
+                f,
+                "signal {signal} (SIGRTMIN+{SIGNAL_OFFSET}) has another handler in this process; \
+                 stacks are not captured"
+            ),
+            CaptureError::Os(call, error) => write!(f, "{call} failed: {error}"),
+            CaptureError::Prepare(error) => write!(f, "cannot prepare unwind tables: {error}"),
+        }
+    }
+}
+
+/// One thread's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Captured {
+    /// Lookup addresses, innermost first.
+    Frames(Vec<u64>),
+    /// The thread exited before it was signalled.
+    Gone,
+    /// The thread did not run its handler in time (blocked in an
+    /// uninterruptible sleep, or the signal is blocked on it).
+    NoAnswer,
+}
+
+/// Unwind tables and slots, kept between captures while stalls happen.
+pub(crate) struct StackCapture {
+    state: Box<CaptureState>,
+    /// A handler did not finish in time: the state may still be read and
+    /// is leaked instead of freed.
+    poisoned: bool,
+}
+
+/// One capture at a time in the process: the handler finds its state
+/// through one global pointer (several agents may run in one process).
+static CAPTURE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl fmt::Debug for StackCapture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackCapture")
+            .field("footprint_bytes", &self.footprint_bytes())
+            .finish()
+    }
+}
+
+impl StackCapture {
+    /// Copies the unwind tables of every loaded module (tens of
+    /// milliseconds, ~2 MiB) and allocates one slot per concurrent unwind.
+    pub(crate) fn prepare() -> Result<Self, CaptureError> {
+        let batch = cpu_count().clamp(2, 8);
+        let unwinding =
+            Unwinding::prepare(batch).map_err(|e: Error| CaptureError::Prepare(e.to_string()))?;
+        let slots = (0..batch)
+            .map(|_| Slot {
+                tid: AtomicU32::new(0),
+                state: AtomicU8::new(EMPTY),
+                depth: AtomicUsize::new(0),
+                frames: UnsafeCell::new([0; MAX_DEPTH]),
+            })
+            .collect();
+        Ok(StackCapture {
+            state: Box::new(CaptureState { unwinding, slots }),
+            poisoned: false,
+        })
+    }
+
+    /// Whether this capture can no longer be used (a handler overran).
+    pub(crate) fn poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Memory held, in bytes.
+    pub(crate) fn footprint_bytes(&self) -> usize {
+        self.state.unwinding.footprint_bytes()
+            + self.state.slots.len() * std::mem::size_of::<Slot>()
+    }
+
+    /// Captures the stacks of `tids` (threads of this process), in batches
+    /// of as many threads as there are unwind contexts. Blocks for at most
+    /// [`ANSWER_TIMEOUT`] per batch.
+    pub(crate) fn capture(&mut self, tids: &[u32]) -> Result<Vec<Captured>, CaptureError> {
+        if self.poisoned {
+            return Err(CaptureError::Prepare("a previous capture overran".into()));
+        }
+        let _one_at_a_time = CAPTURE_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let signal = capture_signal();
+        install(signal)?;
+        let raw: *mut CaptureState = &mut *self.state;
+        GATE.publish(raw);
+        let mut out = Vec::with_capacity(tids.len());
+        for batch in tids.chunks(self.state.slots.len().max(1)) {
+            out.extend(self.capture_batch(signal, batch));
+        }
+        // Ignoring the signal discards any still pending, so no handler can
+        // start after this; then wait for handlers already running.
+        ignore(signal);
+        if !GATE.retract(raw) {
+            // Freeing memory a handler still reads would crash the host.
+            tracing::warn!("a stack-capture handler did not finish within 1 s; leaking its state");
+            self.poisoned = true;
+        }
+        Ok(out)
+    }
+
+    fn capture_batch(&self, signal: libc::c_int, tids: &[u32]) -> Vec<Captured> {
+        let slots = &self.state.slots;
+        let mut answers = vec![Captured::NoAnswer; tids.len()];
+        let pid = std::process::id() as libc::pid_t;
+        for (slot, (&tid, answer)) in slots.iter().zip(tids.iter().zip(answers.iter_mut())) {
+            slot.depth.store(0, Ordering::Relaxed);
+            slot.tid.store(tid, Ordering::Relaxed);
+            slot.state.store(REQUESTED, Ordering::Release);
+            // SAFETY: tgkill to a thread of our own process with a signal
+            // whose handler we just installed.
+            let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid as libc::pid_t, signal) };
+            if sent != 0 {
+                slot.state.store(EMPTY, Ordering::Release);
+                *answer = Captured::Gone;
+            }
+        }
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            let waiting = slots
+                .iter()
+                .take(tids.len())
+                .any(|s| matches!(s.state.load(Ordering::Acquire), REQUESTED | WRITING));
+            if !waiting || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        for (slot, answer) in slots.iter().zip(answers.iter_mut()) {
+            // Withdraw the request: a handler that has not started yet finds
+            // no slot; one that is writing finishes into memory we still own.
+            match slot
+                .state
+                .compare_exchange(REQUESTED, EMPTY, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {}
+                Err(DONE) => {
+                    let depth = slot.depth.load(Ordering::Relaxed).min(MAX_DEPTH);
+                    // SAFETY: DONE was stored with release after the frames
+                    // were written; no handler writes a DONE slot.
+                    let frames: &[u64; MAX_DEPTH] = unsafe { &*slot.frames.get() };
+                    *answer = Captured::Frames(frames[..depth].to_vec());
+                }
+                Err(_) => {}
+            }
+        }
+        // A handler still WRITING when we gave up: wait for it (it cannot
+        // block) before the slot is reused.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while slots
+            .iter()
+            .any(|s| s.state.load(Ordering::Acquire) == WRITING)
+            && Instant::now() < deadline
+        {
+            std::thread::yield_now();
+        }
+        for slot in slots.iter() {
+            slot.state.store(EMPTY, Ordering::Release);
+            slot.tid.store(0, Ordering::Relaxed);
+        }
+        answers
+    }
+}
+
+impl Drop for StackCapture {
+    fn drop(&mut self) {
+        if self.poisoned {
+            let state = std::mem::replace(
+                &mut self.state,
+                Box::new(CaptureState {
+                    unwinding: Unwinding::empty(),
+                    slots: Box::new([]),
+                }),
+            );
+            std::mem::forget(state);
+        }
+    }
+}
+
+fn os_error(call: &'static str) -> CaptureError {
+    CaptureError::Os(call, std::io::Error::last_os_error().to_string())
+}
+
+/// Installs the handler unless another one owns the signal.
+fn install(signal: libc::c_int) -> Result<(), CaptureError> {
+    // SAFETY: a zeroed sigaction is a valid out-parameter.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: querying the disposition only.
+    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } != 0 {
+        return Err(os_error("sigaction"));
+    }
+    let ours = on_capture_signal as *const () as usize;
+    let handler = current.sa_sigaction;
+    if handler != libc::SIG_DFL && handler != libc::SIG_IGN && handler != ours {
+        return Err(CaptureError::SignalTaken(signal));
+    }
+    // SAFETY: installing an SA_SIGINFO handler whose body is
+    // async-signal-safe (see `on_capture_signal`); SIGPROF is blocked while
+    // it runs so the CPU sampler's handler never nests inside it.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ours;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaddset(&mut action.sa_mask, libc::SIGPROF);
+        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+            return Err(os_error("sigaction"));
+        }
+    }
+    Ok(())
+}
+
+/// Leaves the signal ignored: `SIG_DFL` would terminate the process on a
+/// late signal, and the handler must not outlive the capture state.
+fn ignore(signal: libc::c_int) {
+    // SAFETY: setting a disposition to SIG_IGN has no preconditions.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_IGN;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(signal, &action, std::ptr::null_mut());
+    }
+}
+
+/// The capture signal's handler, installed with `SA_SIGINFO`.
+extern "C" fn on_capture_signal(
+    _signal: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
+    GATE.enter(context, CaptureState::record);
+}
+
+impl CaptureState {
+    fn record(&self, context: &libc::ucontext_t) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+        let Some(slot) = self.slots.iter().find(|s| {
+            s.tid.load(Ordering::Relaxed) == tid
+                && s.state
+                    .compare_exchange(REQUESTED, WRITING, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+        }) else {
+            return;
+        };
+        let Some(mut claimed) = self.unwinding.claim() else {
+            slot.state.store(FAILED, Ordering::Release);
+            return;
+        };
+        // SAFETY: this handler moved the slot to WRITING; nobody else
+        // touches its frames until it stores DONE.
+        let frames = unsafe { &mut *slot.frames.get() };
+        let depth = claimed.walk(context, frames);
+        drop(claimed);
+        slot.depth.store(depth, Ordering::Relaxed);
+        slot.state.store(DONE, Ordering::Release);
+    }
+}
+
+/// Whether the capture signal is currently ignored (kernel view).
+#[cfg(test)]
+pub(crate) fn signal_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let signal = capture_signal();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1u64 << (signal - 1)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    #[inline(never)]
+    fn sleep_in_a_named_function(stop: &AtomicBool, tid: &AtomicU32) {
+        // SAFETY: gettid has no preconditions.
+        tid.store(
+            unsafe { libc::syscall(libc::SYS_gettid) } as u32,
+            Ordering::SeqCst,
+        );
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn captures_a_sleeping_thread_and_leaves_the_signal_ignored() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tid = Arc::new(AtomicU32::new(0));
+        let sleeper = {
+            let (stop, tid) = (Arc::clone(&stop), Arc::clone(&tid));
+            std::thread::spawn(move || sleep_in_a_named_function(&stop, &tid))
+        };
+        while tid.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut capture = StackCapture::prepare().unwrap();
+        let answers = capture
+            .capture(&[tid.load(Ordering::SeqCst), u32::MAX - 1])
+            .unwrap();
+        stop.store(true, Ordering::SeqCst);
+        sleeper.join().unwrap();
+        let Captured::Frames(frames) = &answers[0] else {
+            panic!("no frames: {answers:?}");
+        };
+        assert_eq!(answers[1], Captured::Gone);
+        let names = crate::profile::function_names(frames);
+        assert!(
+            names
+                .iter()
+                .any(|(_, n)| n.contains("sleep_in_a_named_function")),
+            "{names:?}"
+        );
+        assert!(
+            signal_ignored(),
+            "the signal is left ignored, never SIG_DFL"
+        );
+    }
+
+    #[test]
+    fn a_foreign_handler_is_respected() {
+        extern "C" fn foreign(_: libc::c_int) {}
+        // Another real-time signal than the capture's, so the other test
+        // in this binary is unaffected.
+        let signal = capture_signal() + 1;
+        // SAFETY: installing a trivial handler on an unused RT signal.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = foreign as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+        assert_eq!(
+            install(signal).err(),
+            Some(CaptureError::SignalTaken(signal))
+        );
+        ignore(signal);
+    }
+}

@@ -1,0 +1,519 @@
+//! Executor lag, tokio runtime health, task monitors, and the stuck-worker
+//! watchdog that captures the culprit stack.
+//!
+//! When the agent starts inside a tokio runtime (or is given one with
+//! [`AgentBuilder::runtime`](crate::AgentBuilder::runtime)), a thread of
+//! its own, outside that runtime, looks at it every
+//! [`DEFAULT_LAG_RESOLUTION`](crate::config::DEFAULT_LAG_RESOLUTION):
+//!
+//! - **Executor lag.** It spawns a tiny probe task onto the runtime and
+//!   measures how long the task waits for its first poll — the delay any
+//!   newly woken task experiences. Because tokio's work stealing lets a
+//!   free worker pick the probe up while another is blocked, each worker is
+//!   also watched on its own: tokio publishes a worker's counters every
+//!   time it returns to the scheduler, and a worker whose counters stop
+//!   moving while it is not parked is inside one poll. When it comes back,
+//!   the time it was away (tokio's own busy time) is one more lag sample:
+//!   what a task queued behind it waited. A blocked worker cannot hide.
+//!   Samples go into HDR histograms since start and over rolling 10 s,
+//!   1 min and 5 min windows ([`LagReport`]).
+//! - **Stalls.** A worker away from the scheduler longer than the stall
+//!   threshold ([`DEFAULT_STALL_THRESHOLD`](crate::config::DEFAULT_STALL_THRESHOLD))
+//!   is stuck in one poll: the watchdog sends the worker's thread a
+//!   real-time signal whose handler unwinds that thread's stack — also when
+//!   it is blocked off-CPU in `sleep`, a mutex or synchronous I/O — and
+//!   keeps the symbolized stack in a bounded history ([`Stall`]).
+//! - **Runtime health.** Workers, alive tasks, queue depth, per-worker busy
+//!   ratio and parks ([`RuntimeReport`]), and the metrics of every
+//!   [`TaskMonitor`](tokio_metrics::TaskMonitor) the service asked for with
+//!   [`Agent::task_monitor`](crate::Agent::task_monitor).
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), stethoscope::Error> {
+//! let agent = stethoscope::Agent::builder().listen("127.0.0.1:0").start()?;
+//! let monitor = agent.task_monitor("checkout");
+//! tokio::spawn(monitor.instrument(async { /* the service's work */ }));
+//! tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+//! let lag = agent.executor().lag()?;
+//! println!("lag p99 over 10 s: {:?}", lag.ten_seconds.p99);
+//! let runtime = agent.executor().report()?;
+//! assert_eq!(runtime.workers, 2);
+//! # agent.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod capture;
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+#[path = "capture_unsupported.rs"]
+mod capture;
+mod probe;
+mod render;
+mod stall;
+mod tasks;
+mod watchdog;
+mod window;
+mod workers;
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::histogram::HistogramSummary;
+use crate::Error;
+use probe::ProbeSlot;
+use stall::StallHistory;
+use tasks::TaskMonitors;
+use window::LagWindows;
+pub(crate) use window::TimelinePoint;
+use workers::WorkerCounters;
+
+pub use stall::{Attribution, Stall, StallThread, STALL_HISTORY};
+pub use tasks::{TaskMonitorReport, MAX_TASK_MONITORS};
+pub use window::LAG_BUCKETS;
+
+const NO_RUNTIME: &str =
+    "no tokio runtime: start the agent inside one or pass AgentBuilder::runtime";
+const SHUT_DOWN: &str = "the tokio runtime the agent watched has shut down";
+
+/// Executor lag over every window.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LagReport {
+    /// How often the probe runs and workers are looked at.
+    pub resolution: Duration,
+    /// Every sample since the agent started.
+    pub all: HistogramSummary,
+    /// The last 10 s (up to 11 s: whole 1 s slices).
+    pub ten_seconds: HistogramSummary,
+    /// The last minute (up to 70 s: whole 10 s slices).
+    pub one_minute: HistogramSummary,
+    /// The last 5 minutes (up to 6 min: whole 1 min slices).
+    pub five_minutes: HistogramSummary,
+    /// How long the probe now in flight has waited, if it has waited
+    /// longer than one resolution tick (the runtime is busy or blocked
+    /// right now).
+    pub probe_waiting: Option<Duration>,
+}
+
+/// One worker of the runtime.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// Worker index.
+    pub worker: usize,
+    /// Share of the last second this worker was busy, 0..1 (`None` in the
+    /// agent's first second). Not divided by the number of workers.
+    pub busy_ratio: Option<f64>,
+    /// Times the worker parked (ran out of work) since the runtime started.
+    pub parks: u64,
+    /// Busy time since the runtime started, as last published by the worker.
+    pub busy_total: Duration,
+    /// Whether the worker is parked now.
+    pub parked: bool,
+    /// How long the worker has been away from the scheduler, if it is
+    /// inside a poll that has lasted at least one resolution tick.
+    pub away_for: Option<Duration>,
+    /// The worker's kernel thread id, once a probe identified it.
+    pub thread_id: Option<u32>,
+    /// Extra counters of `--cfg tokio_unstable` builds.
+    pub unstable: Option<UnstableWorkerMetrics>,
+}
+
+/// Per-worker counters tokio exposes only with `--cfg tokio_unstable`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct UnstableWorkerMetrics {
+    /// Tasks polled.
+    pub polls: u64,
+    /// Tasks stolen from other workers.
+    pub steals: u64,
+    /// Steal operations.
+    pub steal_operations: u64,
+    /// Tasks this worker scheduled on its own queue.
+    pub local_schedules: u64,
+    /// Times the local queue overflowed into the global queue.
+    pub overflows: u64,
+    /// Exponentially weighted mean poll time.
+    pub mean_poll: Duration,
+    /// Tasks in the worker's local queue now.
+    pub local_queue_depth: usize,
+}
+
+/// Runtime-wide counters tokio exposes only with `--cfg tokio_unstable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UnstableRuntimeMetrics {
+    /// Threads in the blocking pool.
+    pub blocking_threads: usize,
+    /// Idle threads in the blocking pool.
+    pub idle_blocking_threads: usize,
+    /// Tasks waiting for a blocking-pool thread.
+    pub blocking_queue_depth: usize,
+    /// Tasks spawned since the runtime started.
+    pub spawned_tasks: u64,
+    /// Tasks scheduled from outside the runtime.
+    pub remote_schedules: u64,
+    /// Times a task was forced to yield by the coop budget.
+    pub budget_forced_yields: u64,
+}
+
+/// Health of the host's tokio runtime.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RuntimeReport {
+    /// `multi_thread`, `current_thread` or `other`.
+    pub flavor: &'static str,
+    /// Worker threads.
+    pub workers: usize,
+    /// Tasks alive (spawned, not yet finished).
+    pub alive_tasks: usize,
+    /// Tasks waiting in the global (injection) queue.
+    pub global_queue_depth: usize,
+    /// One row per worker.
+    pub per_worker: Vec<WorkerReport>,
+    /// The latest stalls, oldest first (at most [`STALL_HISTORY`]).
+    pub stalls: Vec<Stall>,
+    /// Stalls since the agent started.
+    pub stalls_total: u64,
+    /// Time lost in finished stalls since the agent started.
+    pub stalled_total: Duration,
+    /// A poll longer than this is a stall.
+    pub stall_threshold: Duration,
+    /// The named task monitors handed out by `Agent::task_monitor`.
+    pub task_monitors: Vec<TaskMonitorReport>,
+    /// Extra counters of `--cfg tokio_unstable` builds.
+    pub unstable: Option<UnstableRuntimeMetrics>,
+}
+
+/// The watchdog's latest view of one worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WorkerView {
+    counters: WorkerCounters,
+    busy_ratio: Option<f64>,
+    away_for: Option<Duration>,
+    tid: Option<u32>,
+}
+
+/// State shared by the watchdog thread and readers.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    handle: tokio::runtime::Handle,
+    resolution: Duration,
+    threshold: Duration,
+    epoch: Instant,
+    probe: Arc<ProbeSlot>,
+    windows: Mutex<LagWindows>,
+    workers: Mutex<Vec<WorkerView>>,
+    stalls: StallHistory,
+    /// (stop requested, runtime shut down)
+    stop: Mutex<(bool, bool)>,
+    wake: Condvar,
+}
+
+impl Inner {
+    fn record_lag(&self, now: Duration, lag: Duration) {
+        self.windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(now, lag);
+    }
+
+    fn publish_workers(&self, views: Vec<WorkerView>) {
+        *self.workers.lock().unwrap_or_else(PoisonError::into_inner) = views;
+    }
+
+    /// Sleeps until `deadline` or a stop request; true if stopped.
+    fn wait_for_stop(&self, deadline: Instant) -> bool {
+        let mut stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if stop.0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            stop = self
+                .wake
+                .wait_timeout(stop, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn set_shut_down(&self) {
+        self.stop.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+    }
+
+    fn shut_down(&self) -> bool {
+        self.stop.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+}
+
+/// Executor lag, runtime health and stalls of the host's tokio runtime,
+/// and the task monitors handed out. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ExecutorMonitor {
+    runtime: Option<Arc<Inner>>,
+    tasks: TaskMonitors,
+}
+
+/// Stops the watchdog when the agent goes away.
+#[derive(Debug)]
+pub(crate) struct WatchdogGuard(Arc<Inner>);
+
+impl Drop for WatchdogGuard {
+    fn drop(&mut self) {
+        self.0.stop.lock().unwrap_or_else(PoisonError::into_inner).0 = true;
+        self.0.wake.notify_all();
+    }
+}
+
+impl ExecutorMonitor {
+    /// Watches `runtime` (none: every report is unavailable) from a thread
+    /// of its own, every `resolution`; a poll longer than `threshold` is a
+    /// stall.
+    pub(crate) fn start(
+        runtime: Option<tokio::runtime::Handle>,
+        resolution: Duration,
+        threshold: Duration,
+    ) -> Result<(Self, Option<WatchdogGuard>), Error> {
+        let tasks = TaskMonitors::default();
+        let Some(handle) = runtime else {
+            return Ok((
+                ExecutorMonitor {
+                    runtime: None,
+                    tasks,
+                },
+                None,
+            ));
+        };
+        let epoch = Instant::now();
+        let windows = LagWindows::new(SystemTime::now()).map_err(|_| Error::InvalidSetting {
+            setting: "lag_resolution",
+            reason: "cannot create the lag histograms",
+        })?;
+        let inner = Arc::new(Inner {
+            handle,
+            resolution,
+            threshold,
+            epoch,
+            probe: Arc::new(ProbeSlot::new(epoch)),
+            windows: Mutex::new(windows),
+            workers: Mutex::new(Vec::new()),
+            stalls: StallHistory::default(),
+            stop: Mutex::new((false, false)),
+            wake: Condvar::new(),
+        });
+        watchdog::spawn(Arc::clone(&inner)).map_err(|source| Error::Os {
+            call: "spawning the executor-lag watchdog thread",
+            source,
+        })?;
+        Ok((
+            ExecutorMonitor {
+                runtime: Some(Arc::clone(&inner)),
+                tasks,
+            },
+            Some(WatchdogGuard(inner)),
+        ))
+    }
+
+    fn inner(&self) -> Result<&Inner, Error> {
+        match &self.runtime {
+            None => Err(Error::Unsupported {
+                what: "runtime health",
+                reason: NO_RUNTIME,
+            }),
+            Some(inner) if inner.shut_down() => Err(Error::Unsupported {
+                what: "runtime health",
+                reason: SHUT_DOWN,
+            }),
+            Some(inner) => Ok(inner),
+        }
+    }
+
+    /// Whether a runtime is watched; if not, why.
+    pub fn unavailable_reason(&self) -> Option<&'static str> {
+        match &self.runtime {
+            None => Some(NO_RUNTIME),
+            Some(inner) if inner.shut_down() => Some(SHUT_DOWN),
+            Some(_) => None,
+        }
+    }
+
+    /// The named task monitor, created on first use: instrument the
+    /// service's tasks with it and their poll, schedule and idle times
+    /// appear in `/debug/runtime` and `/metrics` under that name. Works
+    /// without a watched runtime too.
+    pub fn task_monitor(&self, name: &str) -> tokio_metrics::TaskMonitor {
+        self.tasks.get(name)
+    }
+
+    /// Executor lag over every window.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] without a runtime, or once it has shut down.
+    pub fn lag(&self) -> Result<LagReport, Error> {
+        let inner = self.inner()?;
+        let now = inner.epoch.elapsed();
+        let summaries = inner
+            .windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .summaries(now);
+        let probe_waiting = match inner.probe.state() {
+            probe::ProbeState::Pending { spawned_ns } => {
+                let waited = now.saturating_sub(Duration::from_nanos(spawned_ns));
+                (waited > inner.resolution).then_some(waited)
+            }
+            _ => None,
+        };
+        Ok(LagReport {
+            resolution: inner.resolution,
+            all: summaries.all,
+            ten_seconds: summaries.ten_seconds,
+            one_minute: summaries.one_minute,
+            five_minutes: summaries.five_minutes,
+            probe_waiting,
+        })
+    }
+
+    /// Per-second lag points of the last five minutes, oldest first.
+    pub(crate) fn timeline(&self) -> Result<Vec<TimelinePoint>, Error> {
+        let inner = self.inner()?;
+        let now = inner.epoch.elapsed();
+        Ok(inner
+            .windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .timeline(now))
+    }
+
+    /// Cumulative lag counts per [`LAG_BUCKETS`] bucket (non-cumulative
+    /// per bucket, `+Inf` last) and the sum in seconds, for `/metrics`.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn lag_buckets(&self) -> Option<([u64; LAG_BUCKETS.len() + 1], f64)> {
+        let inner = self.runtime.as_ref()?;
+        Some(
+            inner
+                .windows
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .buckets(),
+        )
+    }
+
+    /// Runtime health now: counters, per-worker state, stalls, task monitors.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] without a runtime, or once it has shut down.
+    pub fn report(&self) -> Result<RuntimeReport, Error> {
+        let inner = self.inner()?;
+        let metrics = inner.handle.metrics();
+        let views = inner
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let workers = metrics.num_workers();
+        let per_worker = (0..workers)
+            .map(|worker| {
+                let view = views.get(worker).copied().unwrap_or_default();
+                WorkerReport {
+                    worker,
+                    busy_ratio: view.busy_ratio,
+                    parks: view.counters.parks,
+                    busy_total: Duration::from_nanos(view.counters.busy_ns),
+                    parked: view.counters.parked(),
+                    away_for: view.away_for,
+                    thread_id: view.tid,
+                    unstable: unstable_worker(&metrics, worker),
+                }
+            })
+            .collect();
+        let (stalls_total, stalled_total) = inner.stalls.totals();
+        Ok(RuntimeReport {
+            flavor: match inner.handle.runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => "multi_thread",
+                tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+                _ => "other",
+            },
+            workers,
+            alive_tasks: metrics.num_alive_tasks(),
+            global_queue_depth: metrics.global_queue_depth(),
+            per_worker,
+            stalls: inner.stalls.list(),
+            stalls_total,
+            stalled_total,
+            stall_threshold: inner.threshold,
+            task_monitors: self.tasks.reports(),
+            unstable: unstable_runtime(&metrics),
+        })
+    }
+
+    /// The task monitors' metrics (also without a watched runtime).
+    pub fn task_monitors(&self) -> Vec<TaskMonitorReport> {
+        self.tasks.reports()
+    }
+
+    /// The latest lag windows as text, the latest per-second points as SVG.
+    pub(crate) fn render_svg(&self, title: &str) -> Result<String, Error> {
+        let lag = self.lag()?;
+        let threshold = self.inner()?.threshold;
+        Ok(render::svg(title, &lag, &self.timeline()?, threshold))
+    }
+
+    /// The `/debug/lag?format=text` table.
+    pub(crate) fn render_text(&self) -> Result<String, Error> {
+        Ok(render::text(&self.lag()?))
+    }
+}
+
+#[cfg(tokio_unstable)]
+fn unstable_worker(
+    metrics: &tokio::runtime::RuntimeMetrics,
+    worker: usize,
+) -> Option<UnstableWorkerMetrics> {
+    Some(UnstableWorkerMetrics {
+        polls: metrics.worker_poll_count(worker),
+        steals: metrics.worker_steal_count(worker),
+        steal_operations: metrics.worker_steal_operations(worker),
+        local_schedules: metrics.worker_local_schedule_count(worker),
+        overflows: metrics.worker_overflow_count(worker),
+        mean_poll: metrics.worker_mean_poll_time(worker),
+        local_queue_depth: metrics.worker_local_queue_depth(worker),
+    })
+}
+
+#[cfg(not(tokio_unstable))]
+fn unstable_worker(
+    _metrics: &tokio::runtime::RuntimeMetrics,
+    _worker: usize,
+) -> Option<UnstableWorkerMetrics> {
+    None
+}
+
+#[cfg(tokio_unstable)]
+fn unstable_runtime(metrics: &tokio::runtime::RuntimeMetrics) -> Option<UnstableRuntimeMetrics> {
+    Some(UnstableRuntimeMetrics {
+        blocking_threads: metrics.num_blocking_threads(),
+        idle_blocking_threads: metrics.num_idle_blocking_threads(),
+        blocking_queue_depth: metrics.blocking_queue_depth(),
+        spawned_tasks: metrics.spawned_tasks_count(),
+        remote_schedules: metrics.remote_schedule_count(),
+        budget_forced_yields: metrics.budget_forced_yield_count(),
+    })
+}
+
+#[cfg(not(tokio_unstable))]
+fn unstable_runtime(_metrics: &tokio::runtime::RuntimeMetrics) -> Option<UnstableRuntimeMetrics> {
+    None
+}

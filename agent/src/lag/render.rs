@@ -1,0 +1,278 @@
+//! `/debug/lag` as a text table and as an SVG plot a person reads at a
+//! glance: per-second p50, p99 and max lag over the last five minutes on a
+//! logarithmic axis, with the stall threshold drawn across.
+
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use super::{LagReport, TimelinePoint};
+use crate::histogram::HistogramSummary;
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The windows as a fixed-width table.
+pub(crate) fn text(lag: &LagReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "executor lag (resolution {:.0} ms), milliseconds\n",
+        ms(lag.resolution)
+    );
+    let _ = writeln!(
+        out,
+        "{:<7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "WINDOW", "COUNT", "MIN", "P50", "P90", "P99", "P99.9", "MAX", "MEAN", "STDDEV"
+    );
+    for (name, h) in [
+        ("10s", &lag.ten_seconds),
+        ("1m", &lag.one_minute),
+        ("5m", &lag.five_minutes),
+        ("all", &lag.all),
+    ] {
+        let _ = writeln!(
+            out,
+            "{:<7} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            name,
+            h.count,
+            ms(h.min),
+            ms(h.p50),
+            ms(h.p90),
+            ms(h.p99),
+            ms(h.p999),
+            ms(h.max),
+            ms(h.mean),
+            ms(h.stddev)
+        );
+    }
+    if let Some(waiting) = lag.probe_waiting {
+        let _ = writeln!(
+            out,
+            "\nthe probe in flight has waited {:.1} ms: the runtime is busy or blocked now",
+            ms(waiting)
+        );
+    }
+    out
+}
+
+const WIDTH: f64 = 960.0;
+const HEIGHT: f64 = 420.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const TOP: f64 = 56.0;
+const BOTTOM: f64 = 110.0;
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The plot. Time runs left to right over the points' span (at most five
+/// minutes); lag is on a log scale from 10 µs up to the largest decade
+/// needed.
+pub(crate) fn svg(
+    title: &str,
+    lag: &LagReport,
+    points: &[TimelinePoint],
+    threshold: Duration,
+) -> String {
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let now = SystemTime::now();
+    let span_s = points
+        .first()
+        .and_then(|p| now.duration_since(p.at).ok())
+        .map_or(60.0, |d| d.as_secs_f64().clamp(60.0, 300.0));
+    let peak_ms = points
+        .iter()
+        .map(|p| ms(p.max))
+        .fold(ms(threshold), f64::max)
+        .max(1.0);
+    let low_decade = -2.0; // 10 µs
+    let high_decade = peak_ms.log10().ceil().max(1.0);
+    let x = |at: SystemTime| {
+        let ago = now.duration_since(at).map_or(0.0, |d| d.as_secs_f64());
+        LEFT + plot_w * (1.0 - (ago / span_s).min(1.0))
+    };
+    let y = |value_ms: f64| {
+        let decade = value_ms.max(1e-2).log10();
+        TOP + plot_h * (1.0 - (decade - low_decade) / (high_decade - low_decade))
+    };
+    let mut out = String::with_capacity(16 * 1024);
+    let _ = write!(
+        out,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">
+<title>{title}</title>
+<rect width="100%" height="100%" fill="#ffffff"/>
+<text x="{LEFT}" y="22" font-size="16" font-weight="bold">{title}</text>
+<text x="{LEFT}" y="42" fill="#444">per-second lag over the last {span:.0} s (log scale); resolution {res:.0} ms; dashed: stall threshold {thr:.0} ms</text>
+"##,
+        title = escape(title),
+        span = span_s,
+        res = ms(lag.resolution),
+        thr = ms(threshold),
+    );
+    // Horizontal grid: one line per decade.
+    let mut decade = low_decade as i32;
+    while f64::from(decade) <= high_decade {
+        let value = 10f64.powi(decade);
+        let gy = y(value);
+        let label = if value >= 1.0 {
+            format!("{value:.0} ms")
+        } else {
+            format!("{value} ms")
+        };
+        let _ = writeln!(
+            out,
+            r##"<line x1="{LEFT}" y1="{gy:.1}" x2="{x2:.1}" y2="{gy:.1}" stroke="#e0e0e0"/><text x="{lx:.1}" y="{ty:.1}" text-anchor="end" fill="#666">{label}</text>"##,
+            x2 = LEFT + plot_w,
+            lx = LEFT - 6.0,
+            ty = gy + 4.0,
+        );
+        decade += 1;
+    }
+    // Vertical grid: one line per minute back from now.
+    let mut minute = 0.0;
+    while minute * 60.0 <= span_s + 0.5 {
+        let gx = LEFT + plot_w * (1.0 - minute * 60.0 / span_s);
+        let label = if minute == 0.0 {
+            "now".to_owned()
+        } else {
+            format!("-{minute:.0} min")
+        };
+        let _ = writeln!(
+            out,
+            r##"<line x1="{gx:.1}" y1="{TOP}" x2="{gx:.1}" y2="{by:.1}" stroke="#f0f0f0"/><text x="{gx:.1}" y="{ty:.1}" text-anchor="middle" fill="#666">{label}</text>"##,
+            by = TOP + plot_h,
+            ty = TOP + plot_h + 16.0,
+        );
+        minute += 1.0;
+    }
+    let ty = y(ms(threshold));
+    let _ = writeln!(
+        out,
+        r##"<line x1="{LEFT}" y1="{ty:.1}" x2="{x2:.1}" y2="{ty:.1}" stroke="#b00020" stroke-dasharray="6 4"/>"##,
+        x2 = LEFT + plot_w
+    );
+    for (name, color, value) in [
+        (
+            "p50",
+            "#2e7d32",
+            (|p: &TimelinePoint| p.p50) as fn(&TimelinePoint) -> Duration,
+        ),
+        ("p99", "#ef6c00", |p: &TimelinePoint| p.p99),
+        ("max", "#c62828", |p: &TimelinePoint| p.max),
+    ] {
+        let mut path = String::new();
+        let mut previous: Option<SystemTime> = None;
+        for p in points.iter().filter(|p| p.count > 0) {
+            // A gap of more than two seconds (no samples: the runtime was
+            // blocked or the agent idle) breaks the line.
+            let joined = previous.is_some_and(|prev| {
+                p.at.duration_since(prev)
+                    .is_ok_and(|d| d <= Duration::from_secs(2))
+            });
+            let _ = write!(
+                path,
+                "{}{:.1},{:.1} ",
+                if joined { "L" } else { "M" },
+                x(p.at),
+                y(ms(value(p)))
+            );
+            previous = Some(p.at);
+        }
+        if !path.is_empty() {
+            let _ = writeln!(
+                out,
+                r##"<path class="{name}" d="{path}" fill="none" stroke="{color}" stroke-width="1.5"><title>{name}</title></path>"##
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w:.1}" height="{plot_h:.1}" fill="none" stroke="#999"/>"##
+    );
+    // Legend and window table.
+    let ly = TOP + plot_h + 40.0;
+    for (i, (name, color)) in [("p50", "#2e7d32"), ("p99", "#ef6c00"), ("max", "#c62828")]
+        .iter()
+        .enumerate()
+    {
+        let lx = LEFT + 90.0 * i as f64;
+        let _ = writeln!(
+            out,
+            r##"<line x1="{lx:.1}" y1="{ly:.1}" x2="{x2:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/><text x="{tx:.1}" y="{ty:.1}">{name} per second</text>"##,
+            x2 = lx + 18.0,
+            tx = lx + 24.0,
+            ty = ly + 4.0,
+        );
+    }
+    let row = |label: &str, h: &HistogramSummary| {
+        format!(
+            "{label}: p50 {:.2} ms · p99 {:.2} ms · max {:.2} ms · {} samples",
+            ms(h.p50),
+            ms(h.p99),
+            ms(h.max),
+            h.count
+        )
+    };
+    for (i, line) in [
+        row("last 10 s", &lag.ten_seconds),
+        row("last 1 min", &lag.one_minute),
+        row("last 5 min", &lag.five_minutes),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let _ = writeln!(
+            out,
+            r##"<text x="{lx:.1}" y="{ty:.1}" fill="#222">{}</text>"##,
+            escape(line),
+            lx = LEFT + 300.0,
+            ty = ly + 4.0 + 16.0 * i as f64,
+        );
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn svg_has_a_line_per_percentile_and_escapes_the_title() {
+        let now = SystemTime::now();
+        let points: Vec<TimelinePoint> = (0..30u64)
+            .map(|i| TimelinePoint {
+                at: now - Duration::from_secs(30 - i),
+                count: 100,
+                p50: Duration::from_micros(80),
+                p99: Duration::from_millis(1),
+                max: Duration::from_millis(if i == 20 { 250 } else { 2 }),
+            })
+            .collect();
+        let lag = LagReport {
+            resolution: Duration::from_millis(10),
+            all: HistogramSummary::default(),
+            ten_seconds: HistogramSummary::default(),
+            one_minute: HistogramSummary::default(),
+            five_minutes: HistogramSummary::default(),
+            probe_waiting: None,
+        };
+        let svg = svg("lag of <demo>", &lag, &points, Duration::from_millis(100));
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.contains("lag of &lt;demo&gt;"));
+        for class in ["p50", "p99", "max"] {
+            assert!(svg.contains(&format!("class=\"{class}\"")), "{class}");
+        }
+        assert!(
+            svg.contains("1000 ms"),
+            "axis reaches the 250 ms peak's decade"
+        );
+        assert!(text(&lag).contains("WINDOW"));
+    }
+}
