@@ -91,8 +91,8 @@ fn an_idle_runtime_has_sub_2ms_lag_and_the_shapes_of_the_contract() {
         assert_histogram_shape(&lag["windows"][window], window);
     }
     let ten = &lag["windows"]["10s"];
-    // With every worker parked the runtime is probed ten times a second.
-    assert!(ten["count"].as_u64().unwrap() >= 20, "{lag}");
+    // With every worker parked the runtime is probed twice a second.
+    assert!(ten["count"].as_u64().unwrap() >= 4, "{lag}");
     assert!(ms(&ten["p99_ms"]) <= 2.0, "idle p99 above 2 ms: {lag}");
 
     let runtime = get(addr, "/debug/runtime", None).json();

@@ -20,6 +20,11 @@ use crate::config::STALL_CAPTURE_KEEP;
 /// With a worker parked, a probe runs every this many resolutions.
 const IDLE_PROBE_FACTOR: u32 = 10;
 
+/// With every worker parked, a probe runs every this many resolutions
+/// (500 ms at the default): each one wakes a worker from an idle CPU only
+/// to measure that wake-up, the same few tens of µs every time.
+const PARKED_PROBE_FACTOR: u32 = 50;
+
 /// Time between looks while every worker is parked: ten resolutions, but
 /// at most half the stall threshold so a stall cannot begin and end
 /// between two looks.
@@ -27,6 +32,28 @@ fn idle_interval(resolution: Duration, threshold: Duration) -> Duration {
     (resolution * IDLE_PROBE_FACTOR)
         .min(threshold / 2)
         .max(resolution)
+}
+
+/// Time between looks while some workers run and at least one is parked:
+/// a quarter of the stall threshold (25 ms at the default), at least one
+/// resolution. A stall is still seen within a quarter threshold of crossing
+/// it; what is lost is per-worker streaks shorter than this interval that
+/// begin and end between two looks — and with a worker parked, the runtime
+/// had a free worker to steal the stuck one's tasks.
+fn partly_idle_interval(resolution: Duration, threshold: Duration) -> Duration {
+    (threshold / 4).max(resolution)
+}
+
+/// Time between probes: every resolution while no worker is parked (the
+/// probe then wakes nobody), less often while a probe must wake a worker.
+fn probe_interval(resolution: Duration, any_parked: bool, all_parked: bool) -> Duration {
+    if all_parked {
+        resolution * PARKED_PROBE_FACTOR
+    } else if any_parked {
+        resolution * IDLE_PROBE_FACTOR
+    } else {
+        resolution
+    }
 }
 
 /// Most candidate threads signalled for one stall.
@@ -100,11 +127,14 @@ impl Watchdog {
     /// `None` once the runtime has shut down.
     ///
     /// Every thread wake-up costs CPU (10-20 µs on a small VM), so the
-    /// watchdog backs off while the runtime is idle: with every worker
-    /// parked it looks every [`idle_interval`] (half the stall threshold,
-    /// so no stall can pass between two looks), and a probe only wakes a
-    /// parked worker every [`IDLE_PROBE_FACTOR`] resolutions — with a
-    /// worker parked, new work waits only for that worker's wake-up.
+    /// watchdog backs off while the runtime has idle workers: with every
+    /// worker parked it looks every [`idle_interval`] (half the stall
+    /// threshold, so no stall can pass between two looks), with some parked
+    /// every [`partly_idle_interval`], and a probe only wakes a parked
+    /// worker every [`IDLE_PROBE_FACTOR`] resolutions ([`PARKED_PROBE_FACTOR`]
+    /// when all are parked) — with a worker parked, new work waits only for
+    /// that worker's wake-up. It looks
+    /// every resolution while no worker is parked or a stall is open.
     fn tick(&mut self) -> Option<Duration> {
         let inner = Arc::clone(&self.inner);
         let now = inner.epoch.elapsed();
@@ -189,11 +219,7 @@ impl Watchdog {
                 return None;
             }
         }
-        let probe_every = if any_parked {
-            inner.resolution * IDLE_PROBE_FACTOR
-        } else {
-            inner.resolution
-        };
+        let probe_every = probe_interval(inner.resolution, any_parked, all_parked);
         if inner.probe.state() == ProbeState::Idle
             && now.saturating_sub(self.last_probe) + inner.resolution / 2 >= probe_every
         {
@@ -209,11 +235,12 @@ impl Watchdog {
             tracing::debug!("released the stack-capture unwind tables");
         }
         // A probe just spawned is collected at the next look either way.
-        let quiet = all_parked && self.open_stalls.is_empty();
-        Some(if quiet {
+        Some(if !self.open_stalls.is_empty() || !any_parked {
+            inner.resolution
+        } else if all_parked {
             idle_interval(inner.resolution, inner.threshold)
         } else {
-            inner.resolution
+            partly_idle_interval(inner.resolution, inner.threshold)
         })
     }
 
@@ -362,5 +389,30 @@ fn read(metrics: &tokio::runtime::RuntimeMetrics, worker: usize) -> WorkerCounte
             .unwrap_or(u64::MAX),
         parks: metrics.worker_park_count(worker),
         park_unparks: metrics.worker_park_unpark_count(worker),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_back_off_with_idle_workers_but_never_miss_a_stall() {
+        let ms = Duration::from_millis;
+        // Defaults: 10 ms resolution, 100 ms threshold.
+        assert_eq!(idle_interval(ms(10), ms(100)), ms(50));
+        assert_eq!(partly_idle_interval(ms(10), ms(100)), ms(25));
+        // Never coarser than the threshold allows, never finer than the resolution.
+        assert_eq!(idle_interval(ms(10), ms(20)), ms(10));
+        assert_eq!(partly_idle_interval(ms(10), ms(20)), ms(10));
+        assert_eq!(partly_idle_interval(ms(1), ms(1000)), ms(250));
+    }
+
+    #[test]
+    fn probes_wake_parked_workers_rarely() {
+        let ms = Duration::from_millis;
+        assert_eq!(probe_interval(ms(10), false, false), ms(10));
+        assert_eq!(probe_interval(ms(10), true, false), ms(100));
+        assert_eq!(probe_interval(ms(10), true, true), ms(500));
     }
 }
