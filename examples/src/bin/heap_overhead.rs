@@ -18,10 +18,13 @@
 //!    the service's CPU time per request, medians and per-round ratios.
 //! 2. **First heap profile**: time and RSS of the service's first and later
 //!    `GET /debug/pprof/heap` (symbolization included).
-//! 3. **Allocation-only microbenchmark**: a loop of 64-byte allocations and
+//! 3. **Where the CPU goes**: the share of the service's CPU samples in
+//!    the unwinder and in jemalloc's `prof_*` code, from the agent's own
+//!    CPU profile at 499 Hz under the same load, libgcc vs framehop.
+//! 4. **Allocation-only microbenchmark**: a loop of 64-byte allocations and
 //!    frees — the worst case for the per-allocation checks — in the same
 //!    four configurations.
-//! 4. **Cost of one sample**: 64-byte allocations 40 frames deep, sampled
+//! 5. **Cost of one sample**: 64-byte allocations 40 frames deep, sampled
 //!    every 16 KiB so that unwinding dominates: time per sampled allocation
 //!    beyond the inactive cost, libgcc vs framehop.
 
@@ -477,19 +480,6 @@ fn parent(args: &[String]) {
                 cpu_ratios[index].last().copied().unwrap_or(0.0),
             );
         }
-        // Where the active variants' CPU goes: the share of the service's
-        // CPU samples inside the unwinders and inside jemalloc's profiling
-        // code, from the agent's own CPU profile at 499 Hz under the same
-        // load (a ratio within one process, immune to the host's noise).
-        for index in [n - 2, n - 1] {
-            let shares = unwinding_share(&services[index], path, clients, secs);
-            println!(
-                "{:<32} CPU samples: {:.2} % unwinding, {:.2} % in jemalloc's prof_* code (incl. unwinding)",
-                VARIANTS[index].label,
-                shares.0 * 100.0,
-                shares.1 * 100.0
-            );
-        }
         println!();
     }
     let on = &services[n - 1];
@@ -516,9 +506,27 @@ fn parent(args: &[String]) {
         "state: {}",
         get_body(on.agent, "/debug/heap/profiling").trim()
     );
+
+    // 3. Where the active variants' CPU goes: the share of the service's
+    //    CPU samples inside the unwinders and inside jemalloc's profiling
+    //    code, from the agent's own CPU profile at 499 Hz under the same
+    //    load (a ratio within one process, immune to the host's noise).
+    //    After the heap profile above: a CPU profile loads debug info.
+    println!("\n## Share of the service's CPU samples (CPU profile at 499 Hz under the same load)");
+    for (path, _) in PATHS {
+        for index in [n - 2, n - 1] {
+            let (unwinding, profiling) = unwinding_share(&services[index], path, clients, secs);
+            println!(
+                "{path:<14} {:<32} {:.2} % unwinding, {:.2} % in jemalloc's prof_* code (incl. unwinding)",
+                VARIANTS[index].label,
+                unwinding * 100.0,
+                profiling * 100.0
+            );
+        }
+    }
     drop(services);
 
-    // 3. Allocation-only microbenchmark, interleaved.
+    // 4. Allocation-only microbenchmark, interleaved.
     let mut micro = vec![Vec::new(); n];
     for round in 0..rounds {
         for k in 0..n {
@@ -540,7 +548,7 @@ fn parent(args: &[String]) {
         );
     }
 
-    // 4. Cost of one sample, SAMPLED_DEPTH frames deep.
+    // 5. Cost of one sample, SAMPLED_DEPTH frames deep.
     let sampled = [
         ("inactive", SAMPLED_INACTIVE, false),
         ("libgcc", SAMPLED_ON, false),

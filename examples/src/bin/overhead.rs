@@ -288,7 +288,7 @@ fn report_generation(options: &Options, rss: &RssLog) {
     }
     let stats = symbolizer_stats();
     println!(
-        "symbolizer: {} addresses cached, {:.1} KiB in the address cache, {:.0} ms spent resolving (mostly during the window)",
+        "symbolizer: {} addresses cached, {:.1} KiB in the address cache and DWARF unit index, {:.0} ms spent resolving (mostly during the window)",
         stats.cached_addresses,
         stats.cache_bytes as f64 / 1024.0,
         stats.resolve_time.as_secs_f64() * 1e3,
