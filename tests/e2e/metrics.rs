@@ -123,6 +123,29 @@ fn promtool_accepts_the_exposition_and_formats_are_negotiated() {
     let bad = get(addr, "/metrics?format=json", None);
     assert_eq!(bad.status, 400);
     assert!(bad.json()["hint"].is_string());
+
+    // Prometheus asks for gzip; the exposition shrinks severalfold.
+    let compressed = get_with(addr, "/metrics", &[("Accept-Encoding", "gzip")]);
+    assert_eq!(compressed.status, 200);
+    assert_eq!(compressed.header("content-encoding"), Some("gzip"));
+    assert_eq!(compressed.header("vary"), Some("Accept-Encoding"));
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(compressed.body.as_slice()),
+        &mut unzipped,
+    )
+    .expect("a gzip stream");
+    assert!(
+        unzipped.contains("\nprocess_resident_memory_bytes "),
+        "{unzipped}"
+    );
+    assert!(
+        compressed.body.len() * 3 < unzipped.len(),
+        "{} bytes compressed to {}",
+        unzipped.len(),
+        compressed.body.len()
+    );
+    assert_eq!(text.header("content-encoding"), None);
     demo.stop();
 }
 

@@ -2,7 +2,8 @@
 //! RED layer and pool, ~100 RED series, and every core burning CPU in
 //! alternate rounds. Reports the time to encode the exposition in-process
 //! and the HTTP round trip of `GET /metrics` over loopback (what a scraper
-//! sees), as p50 / p99 / max per condition.
+//! sees) — uncompressed, and gzip-compressed as Prometheus asks for it
+//! (`Accept-Encoding: gzip`) — as p50 / p99 / max per condition.
 //!
 //! ```text
 //! cargo run --release -p stethoscope-examples --bin scrape_cost -- [--rounds 6] [--scrapes 100]
@@ -19,12 +20,18 @@ use stethoscope_examples::bench::arg;
 use stethoscope_examples::demo::{DemoPool, POOL_SIZE};
 use stethoscope_examples::workload::walk_call_tree;
 
-/// One `GET /metrics` over a fresh connection; returns (duration, bytes).
-fn scrape(addr: SocketAddr) -> (Duration, usize) {
+/// One `GET /metrics` over a fresh connection, asking for gzip or not;
+/// returns (duration, bytes received).
+fn scrape(addr: SocketAddr, gzip: bool) -> (Duration, usize) {
     let started = Instant::now();
     let mut stream = TcpStream::connect(addr).expect("connect");
+    let encoding = if gzip {
+        "Accept-Encoding: gzip\r\n"
+    } else {
+        ""
+    };
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nAccept: application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n")
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: bench\r\nAccept: application/openmetrics-text;version=1.0.0\r\n{encoding}Connection: close\r\n\r\n").as_bytes())
         .expect("write");
     let mut body = Vec::new();
     stream.read_to_end(&mut body).expect("read");
@@ -73,9 +80,9 @@ fn main() {
     }
     let addr = agent.local_addr();
     let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
-    let (mut encode_idle, mut encode_busy, mut http_idle, mut http_busy) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut size = 0;
+    // [encode, GET, GET with gzip] x [idle, busy]
+    let mut samples: [[Vec<Duration>; 2]; 3] = Default::default();
+    let (mut size, mut gzipped) = (0, 0);
     for round in 0..rounds {
         let busy = round % 2 == 1;
         let stop = Arc::new(AtomicBool::new(false));
@@ -96,16 +103,17 @@ fn main() {
             let started = Instant::now();
             let text = agent.metrics().encode(ExpositionFormat::OpenMetrics);
             let encoded = started.elapsed();
-            let (http, bytes) = scrape(addr);
-            size = bytes.max(text.len());
-            if busy {
-                encode_busy.push(encoded);
-                http_busy.push(http);
-            } else {
-                encode_idle.push(encoded);
-                http_idle.push(http);
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            size = text.len();
+            let load = usize::from(busy);
+            samples[0][load].push(encoded);
+            std::thread::sleep(Duration::from_millis(5));
+            let (http, _) = scrape(addr, false);
+            samples[1][load].push(http);
+            std::thread::sleep(Duration::from_millis(5));
+            let (http, bytes) = scrape(addr, true);
+            gzipped = bytes;
+            samples[2][load].push(http);
+            std::thread::sleep(Duration::from_millis(5));
         }
         stop.store(true, Ordering::Relaxed);
         for burner in burners {
@@ -114,17 +122,18 @@ fn main() {
     }
     println!(
         "{rounds} rounds (idle / {threads} threads burning CPU, alternating) x {scrapes} scrapes; \
-         {} RED series, exposition {size} bytes",
+         {} RED series, exposition {size} bytes ({gzipped} bytes as gzip, headers included)",
         agent.red().series_count()
     );
-    for (name, samples) in [
-        ("encode, idle host", &mut encode_idle),
-        ("encode, busy host", &mut encode_busy),
-        ("GET /metrics, idle host", &mut http_idle),
-        ("GET /metrics, busy host", &mut http_busy),
-    ] {
-        let (p50, p99, max) = percentiles(samples);
-        println!("  {name:<24} p50 {p50:6.2} ms   p99 {p99:6.2} ms   max {max:6.2} ms");
+    for (what, by_load) in ["encode", "GET /metrics", "GET /metrics gzip"]
+        .iter()
+        .zip(samples.iter_mut())
+    {
+        for (load, samples) in ["idle host", "busy host"].iter().zip(by_load.iter_mut()) {
+            let (p50, p99, max) = percentiles(samples);
+            let name = format!("{what}, {load}");
+            println!("  {name:<30} p50 {p50:6.2} ms   p99 {p99:6.2} ms   max {max:6.2} ms");
+        }
     }
     runtime.block_on(agent.shutdown());
 }
