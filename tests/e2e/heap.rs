@@ -166,6 +166,11 @@ fn allocated_while_paused() -> Vec<Vec<u8>> {
     retain_chunks(32 << 20)
 }
 
+#[inline(never)]
+fn allocated_before_the_pause() -> Vec<Vec<u8>> {
+    retain_chunks(32 << 20)
+}
+
 #[test]
 fn stats_toggle_and_snapshot_lifecycle() {
     let _heap = heap_lock();
@@ -204,6 +209,7 @@ fn stats_toggle_and_snapshot_lifecycle() {
     assert_eq!(state["sample_interval_bytes"], 65536);
 
     // Paused: new allocations are not sampled; resuming keeps old samples.
+    let seen = allocated_before_the_pause();
     let paused = send(
         addr,
         "PUT",
@@ -221,7 +227,12 @@ fn stats_toggle_and_snapshot_lifecycle() {
     assert_eq!(resumed.json()["active"], true);
     let profile = get(addr, "/debug/pprof/heap?format=json", None).json();
     assert_eq!(bytes_through(&profile, "allocated_while_paused"), 0.0);
-    drop(unseen);
+    let kept = bytes_through(&profile, "allocated_before_the_pause") / MIB;
+    assert!(
+        (32.0 * 0.8..=32.0 * 1.2).contains(&kept),
+        "samples from before the pause: {kept:.1} MiB, want 32 ±20 %"
+    );
+    drop((seen, unseen));
     for bad in [
         "",
         "{}",
@@ -349,4 +360,92 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
     );
     assert!(heap_answered >= 3, "{heap_answered} heap requests");
     assert_eq!(get(addr, "/health", None).status, 200);
+}
+
+/// With jemalloc started `prof:false`, every heap endpoint answers 501 with
+/// the fix, and the rest of the agent works. Runs in a child process:
+/// jemalloc reads its options once, at start.
+#[test]
+fn prof_false_gives_501_with_the_fix_on_every_heap_endpoint() {
+    if !is_child() {
+        let _heap = heap_lock();
+        in_child(
+            "heap::prof_false_gives_501_with_the_fix_on_every_heap_endpoint",
+            &[("_RJEM_MALLOC_CONF", "prof:false".as_ref())],
+        );
+        return;
+    }
+    let agent = start_agent();
+    let addr = agent.local_addr();
+    for (method, path, body) in [
+        ("GET", "/debug/pprof/heap", None),
+        ("GET", "/debug/pprof/allocs", None),
+        ("GET", "/debug/heap/profiling", None),
+        ("PUT", "/debug/heap/profiling", Some(r#"{"active":true}"#)),
+        ("POST", "/debug/heap/snapshots", None),
+        ("GET", "/debug/heap/snapshots", None),
+        ("GET", "/debug/heap/snapshots/1", None),
+        ("DELETE", "/debug/heap/snapshots/1", None),
+        ("GET", "/debug/heap/diff?base=1", None),
+    ] {
+        let reply = send(addr, method, path, body);
+        let text = reply.text();
+        assert_eq!(reply.status, 501, "{method} {path}: {text}");
+        if path.starts_with("/debug/pprof/") {
+            // Go-style plain-text errors on the pprof paths.
+            assert!(
+                text.contains("prof:false") && text.contains("prof:true"),
+                "{path}: {text}"
+            );
+        } else {
+            let doc = reply.json();
+            assert!(
+                doc["error"].as_str().unwrap().contains("prof:false"),
+                "{doc}"
+            );
+            assert!(
+                doc["hint"].as_str().unwrap().contains("heap_profiling!"),
+                "{doc}"
+            );
+        }
+    }
+    // jemalloc is still the allocator: its statistics work without profiling.
+    assert_eq!(get(addr, "/debug/heap/stats", None).status, 200);
+    for path in ["/health", "/debug/use", "/debug/pprof/profile?seconds=1"] {
+        assert_eq!(get(addr, path, None).status, 200, "{path}");
+    }
+}
+
+/// Heap dumps go to a private directory under `TMPDIR` that is gone once
+/// the request is answered. Runs in a child process with its own `TMPDIR`.
+#[test]
+fn heap_dumps_leave_nothing_in_the_temp_directory() {
+    if !is_child() {
+        let _heap = heap_lock();
+        let scratch = std::env::temp_dir().join(format!("stethoscope-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).unwrap();
+        in_child(
+            "heap::heap_dumps_leave_nothing_in_the_temp_directory",
+            &[("TMPDIR", scratch.as_os_str())],
+        );
+        let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().flatten().collect();
+        let _ = std::fs::remove_dir_all(&scratch);
+        assert!(left.is_empty(), "left behind: {left:?}");
+        return;
+    }
+    assert!(std::env::temp_dir().ends_with(format!("stethoscope-e2e-{}", parent_pid())));
+    let agent = start_agent();
+    let addr = agent.local_addr();
+    for path in ["/debug/pprof/heap", "/debug/pprof/heap?format=text"] {
+        assert_eq!(get(addr, path, None).status, 200, "{path}");
+    }
+    let snapshot = send(addr, "POST", "/debug/heap/snapshots", None);
+    assert_eq!(snapshot.status, 201, "{}", snapshot.text());
+    let diff = get(addr, "/debug/heap/diff?base=1&target=now", None);
+    assert_eq!(diff.status, 200, "{}", diff.text());
+}
+
+/// The process id of the parent (the test binary that started this child).
+fn parent_pid() -> u32 {
+    std::os::unix::process::parent_id()
 }

@@ -27,6 +27,34 @@ pub(crate) fn heap_lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Set in a copy of this test binary that runs one test alone
+/// ([`in_child`]).
+const CHILD: &str = "STETHOSCOPE_E2E_CHILD";
+
+/// Whether this process is the child [`in_child`] started.
+pub(crate) fn is_child() -> bool {
+    std::env::var_os(CHILD).is_some()
+}
+
+/// Runs the test `name` (its full path, e.g. `heap::x`) again in a child
+/// process of this test binary, alone, with `env` set, and asserts that it
+/// passed. The test calls this when [`is_child`] is false and does its
+/// work when it is true.
+pub(crate) fn in_child(name: &str, env: &[(&str, &std::ffi::OsStr)]) {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("re-run the test binary");
+    let log = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "child failed:\n{log}");
+    assert!(log.contains("1 passed"), "the child ran no test:\n{log}");
+}
+
 /// Sends `method path` with an optional body; any status is returned.
 pub(crate) fn send(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Reply {
     let agent = client();

@@ -71,31 +71,14 @@ fn use_table_has_every_resource_with_values_or_reasons() {
     runtime.block_on(agent.shutdown());
 }
 
-/// Set when this test binary runs as the child of
-/// `fd_and_rss_follow_known_changes`, alone in its process.
-const CHILD: &str = "STETHOSCOPE_E2E_QUIET_CHILD";
-
 /// Lowers `RLIMIT_NOFILE`, opens a known number of files and grows RSS by a
 /// known amount, then checks `/debug/use`. Runs in a child process with no
 /// other test, so nothing else opens files or allocates meanwhile.
 #[test]
 fn fd_and_rss_follow_known_changes() {
-    if std::env::var_os(CHILD).is_none() {
+    if !is_child() {
         let _quiet = profiler_lock();
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "use_red::fd_and_rss_follow_known_changes",
-                "--exact",
-                "--test-threads=1",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .expect("re-run the test binary");
-        let log = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "child failed:\n{log}");
-        assert!(log.contains("1 passed"), "the child ran no test:\n{log}");
+        in_child("use_red::fd_and_rss_follow_known_changes", &[]);
         return;
     }
     const LIMIT: u64 = 512;

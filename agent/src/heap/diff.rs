@@ -349,6 +349,66 @@ impl SnapshotDiff {
 mod tests {
     use super::*;
 
+    fn snapshot(id: u64, dump: &str) -> Arc<HeapSnapshot> {
+        let dump = super::super::dump::parse(dump).unwrap();
+        let profile = super::super::heap_profile(&dump, std::time::SystemTime::now(), false);
+        Arc::new(super::super::snapshot_of(id, profile))
+    }
+
+    #[test]
+    fn growth_ranks_first_and_shrinkage_is_negative_in_every_format() {
+        // 64 KiB objects at a 64 KiB interval; 0x1001 grows 1 → 9 objects,
+        // 0x2001 shrinks 4 → 1, 0x3001 is freed entirely, 0x4001 is new.
+        let base = snapshot(
+            1,
+            "heap_v2/65536\n  t*: 9: 589824 [0: 0]\n\
+             @ 0x1001\n  t*: 1: 65536 [0: 0]\n\
+             @ 0x2001\n  t*: 4: 262144 [0: 0]\n\
+             @ 0x3001\n  t*: 4: 262144 [0: 0]\n",
+        );
+        let target = snapshot(
+            2,
+            "heap_v2/65536\n  t*: 12: 786432 [0: 0]\n\
+             @ 0x1001\n  t*: 9: 589824 [0: 0]\n\
+             @ 0x2001\n  t*: 1: 65536 [0: 0]\n\
+             @ 0x4001\n  t*: 2: 131072 [0: 0]\n",
+        );
+        let diff = SnapshotDiff::between(&base, &target);
+        let deltas: Vec<(u64, i64)> = diff
+            .entries
+            .iter()
+            .map(|e| (e.addresses[0], e.delta_objects))
+            .collect();
+        // Growth first, by bytes; what shrank or was freed last, negative.
+        assert_eq!(deltas.len(), 4, "{deltas:?}");
+        assert_eq!(deltas[0].0, 0x1000, "{deltas:?}");
+        assert!(deltas[0].1 > 0 && deltas[1].1 > 0, "{deltas:?}");
+        assert!(deltas[2].1 < 0 && deltas[3].1 < 0, "{deltas:?}");
+        assert!(diff.entries[3].delta_bytes < 0 && diff.entries[3].target_bytes == 0);
+
+        let delta = diff.delta_profile();
+        assert_eq!(delta.samples.len(), 4);
+        let negative = delta.samples.iter().filter(|s| s.values[1] < 0).count();
+        assert_eq!(
+            negative, 2,
+            "negative values survive into the delta profile"
+        );
+        let total: i64 = delta.samples.iter().map(|s| s.values[1]).sum();
+        assert_eq!(total, diff.growth_bytes);
+        let pprof = diff.render(Format::Pprof, 10).unwrap();
+        assert_eq!(&pprof[..2], &[0x1f, 0x8b], "gzip");
+        let json: serde_json::Value =
+            serde_json::from_slice(&diff.render(Format::Json, 10).unwrap()).unwrap();
+        let json_deltas: Vec<i64> = json["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["delta_bytes"].as_i64().unwrap())
+            .collect();
+        assert_eq!(json_deltas.len(), 4, "{json}");
+        assert!(json_deltas[0] > 0 && json_deltas[3] < 0, "{json}");
+    }
+
     #[test]
     fn stacks_are_described_by_their_first_application_frame() {
         let frames: Vec<Arc<str>> = [

@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use tikv_jemalloc_ctl::{epoch, raw, stats};
@@ -23,28 +23,22 @@ fn ctl_error(call: &'static str, error: tikv_jemalloc_ctl::Error) -> Error {
     }
 }
 
-/// Whether the process allocates through this jemalloc: allocating 16 MiB
-/// through the global allocator must move jemalloc's `stats.allocated`.
+/// Whether the process allocates through this jemalloc: an allocation
+/// through the global allocator must move jemalloc's count of the bytes
+/// this thread allocated (`thread.allocated`), which no other thread
+/// touches. The global allocator cannot change, so the answer is kept.
 fn is_global_allocator() -> bool {
-    static CONFIRMED: AtomicBool = AtomicBool::new(false);
-    if CONFIRMED.load(Ordering::Relaxed) {
-        return true;
-    }
-    const PROBE: usize = 16 << 20;
-    // Other threads free memory concurrently; a few tries rule that out.
-    for _ in 0..3 {
-        let before = epoch::advance().and_then(|_| stats::allocated::read());
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        const PROBE: usize = 64 << 10;
+        // SAFETY: "thread.allocated" is a uint64_t.
+        let read = || unsafe { raw::read::<u64>(b"thread.allocated\0") };
+        let before = read();
         let probe: Vec<u8> = std::hint::black_box(Vec::with_capacity(PROBE));
-        let after = epoch::advance().and_then(|_| stats::allocated::read());
+        let after = read();
         drop(probe);
-        if let (Ok(before), Ok(after)) = (before, after) {
-            if after >= before + PROBE - (1 << 20) {
-                CONFIRMED.store(true, Ordering::Relaxed);
-                return true;
-            }
-        }
-    }
-    false
+        matches!((before, after), (Ok(before), Ok(after)) if after >= before + PROBE as u64)
+    })
 }
 
 /// Ok when heap profiles can be taken; else why not and what to change.
@@ -175,5 +169,24 @@ impl PrivateDir {
 impl Drop for PrivateDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dump_directories_are_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = PrivateDir::create().unwrap();
+        let path = dir.path.clone();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        std::fs::write(path.join("heap.prof"), "x").unwrap();
+        let other = PrivateDir::create().unwrap();
+        assert_ne!(other.path, path);
+        drop(dir);
+        assert!(!path.exists());
     }
 }

@@ -192,16 +192,17 @@ pub(crate) async fn take_snapshot(State(state): State<AppState>) -> Result<Respo
 }
 
 /// `GET /debug/heap/snapshots`: the snapshots kept, oldest first.
-pub(crate) async fn list_snapshots(State(state): State<AppState>) -> Response {
+pub(crate) async fn list_snapshots(State(state): State<AppState>) -> Result<Response, ApiError> {
     let heap: &HeapProfiler = &state.heap;
+    heap.check()?;
     let infos: Vec<_> = heap.snapshots().iter().map(|s| s.info()).collect();
     let memory: usize = infos.iter().map(|i| i.memory_bytes).sum();
-    Json(serde_json::json!({
+    Ok(Json(serde_json::json!({
         "snapshots": infos,
         "capacity": heap.capacity(),
         "memory_bytes": memory,
     }))
-    .into_response()
+    .into_response())
 }
 
 fn snapshot_id(raw: &str) -> Result<u64, ApiError> {

@@ -580,6 +580,10 @@ mod tests {
             "/debug/pprof/heap",
             "/debug/pprof/allocs",
             "/debug/heap/stats",
+            "/debug/heap/profiling",
+            "/debug/heap/snapshots",
+            "/debug/heap/snapshots/9",
+            "/debug/heap/diff?base=1",
         ] {
             let (status, response) = call(app.clone(), uri, None, "127.0.0.1:1").await;
             assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{uri}");
@@ -587,13 +591,31 @@ mod tests {
             let text = String::from_utf8_lossy(&body);
             assert!(text.contains("heap_profiling!"), "{uri}: {text}");
         }
-        let (status, response) =
-            call(app.clone(), "/debug/heap/snapshots/9", None, "127.0.0.1:1").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-        assert!(json(response).await["hint"]
-            .as_str()
-            .unwrap()
-            .contains("POST /debug/heap/snapshots"));
+        for (method, uri, body) in [
+            ("POST", "/debug/heap/snapshots", ""),
+            ("DELETE", "/debug/heap/snapshots/1", ""),
+            ("PUT", "/debug/heap/profiling", r#"{"active":false}"#),
+        ] {
+            let response = app
+                .clone()
+                .layer(MockConnectInfo(
+                    "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+                ))
+                .oneshot(
+                    HttpRequest::builder()
+                        .method(method)
+                        .uri(uri)
+                        .body(Body::from(body))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::NOT_IMPLEMENTED,
+                "{method} {uri}"
+            );
+        }
         let (status, _) = call(app.clone(), "/debug/heap/snapshots/x", None, "127.0.0.1:1").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _) = call(app, "/debug/heap/diff?target=now", None, "127.0.0.1:1").await;

@@ -8,14 +8,15 @@
 //! With `--busy 1`, one task keeps one worker busy (0.5 ms of CPU, then
 //! a yield, in a loop) while the other worker stays parked: the watchdog
 //! then looks every 25 ms and the probe still wakes the parked worker
-//! every 100 ms.
+//! every 100 ms. With `--busy 2` two such tasks keep both workers busy:
+//! the watchdog looks and probes every resolution.
 //!
 //! The watchdog thread's own CPU time is also read exactly from the
 //! scheduler (`/proc/self/task/*/schedstat`), and compared with a bare
 //! thread that only wakes up as often: on a VM, wake-ups dominate.
 //!
 //! ```text
-//! cargo run --release -p stethoscope-examples --bin lag_overhead -- [--rounds 9] [--secs 5] [--resolution-ms 10] [--busy 0|1]
+//! cargo run --release -p stethoscope-examples --bin lag_overhead -- [--rounds 9] [--secs 5] [--resolution-ms 10] [--busy 0|1|2]
 //! ```
 
 use std::time::{Duration, Instant};
@@ -83,10 +84,10 @@ fn round(
     watch: bool,
     secs: u64,
     resolution: Duration,
-    busy: bool,
+    busy: usize,
 ) -> (f64, f64) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if busy {
+    for _ in 0..busy {
         let stop = std::sync::Arc::clone(&stop);
         runtime.spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -127,7 +128,7 @@ fn main() {
     let rounds = arg("--rounds", 9).max(1);
     let secs = arg("--secs", 5).max(1) as u64;
     let resolution = Duration::from_millis(arg("--resolution-ms", 10).clamp(1, 1000) as u64);
-    let busy = arg("--busy", 0) != 0;
+    let busy = arg("--busy", 0).min(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -159,7 +160,7 @@ fn main() {
     let (a, b, d) = (median(&mut off), median(&mut on), median(&mut diffs));
     println!(
         "{} two-worker runtime, {rounds} rounds x {secs} s, resolution {} ms",
-        if busy { "one worker busy," } else { "idle" },
+        ["idle", "one worker busy,", "both workers busy,"][busy],
         resolution.as_millis()
     );
     println!("  agent without the watchdog: {a:.3} ms of CPU per second (median)");
@@ -173,7 +174,7 @@ fn main() {
         "  watchdog thread alone:      {thread:.3} ms/s = {:.3} % of one core (median; exact, from schedstat)",
         thread / 10.0
     );
-    let looks = if busy { 25 } else { 50 };
+    let looks = [50, 25, 10][busy];
     let bare = bare_thread(Duration::from_millis(looks), secs);
     println!(
         "  bare thread waking every {looks} ms (the watchdog's look interval here): {bare:.3} ms/s = {:.3} % of one core",
