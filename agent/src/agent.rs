@@ -335,7 +335,9 @@ impl AgentBuilder {
     /// How often the executor-lag probe runs and the watchdog looks at the
     /// runtime's workers, 1 ms to 1 s. Default
     /// [`DEFAULT_LAG_RESOLUTION`](config::DEFAULT_LAG_RESOLUTION) (10 ms),
-    /// which costs well under 0.1 % of a core (docs/overhead.md).
+    /// which costs about 0.1 % of a core on a small VM (docs/overhead.md).
+    /// The watchdog looks and probes less often while workers are parked
+    /// (docs/runtime.md).
     pub fn lag_resolution(mut self, resolution: std::time::Duration) -> Self {
         let (low, high) = config::LAG_RESOLUTION_RANGE;
         if resolution < low || resolution > high {

@@ -106,6 +106,24 @@ fn an_idle_runtime_has_sub_2ms_lag_and_the_shapes_of_the_contract() {
         assert!((0.0..=0.2).contains(&busy), "idle worker busy {busy}: {w}");
     }
     assert_eq!(runtime["stalls"], serde_json::json!([]), "{runtime}");
+    // Built with RUSTFLAGS="--cfg tokio_unstable", tokio's extra counters
+    // appear; without it, no empty placeholders.
+    #[cfg(tokio_unstable)]
+    {
+        assert!(
+            runtime["unstable"]["spawned_tasks"].as_u64().unwrap() > 0,
+            "{runtime}"
+        );
+        for w in workers {
+            assert!(w["unstable"]["polls"].is_number(), "{w}");
+            assert!(w["unstable"]["mean_poll_ms"].is_number(), "{w}");
+        }
+    }
+    #[cfg(not(tokio_unstable))]
+    {
+        assert!(runtime.get("unstable").is_none(), "{runtime}");
+        assert!(workers.iter().all(|w| w.get("unstable").is_none()));
+    }
 
     let text = get(addr, "/debug/lag?format=text", None);
     assert_eq!(text.status, 200);
@@ -300,6 +318,23 @@ fn busy_but_yielding_load_raises_no_stall() {
         monitor["polls"].as_u64().unwrap() >= 10_000,
         "two polls per task: {monitor}"
     );
+    // Each task spins 50 µs in its first poll and yields: the mean poll is
+    // about half of that, and every yield is a reschedule.
+    let mean_poll = ms(&monitor["mean_poll_ms"]);
+    assert!((0.01..=1.0).contains(&mean_poll), "{monitor}");
+    assert!(monitor["scheduled"].as_u64().unwrap() >= 5000, "{monitor}");
+    assert!(ms(&monitor["mean_scheduled_ms"]) >= 0.0, "{monitor}");
+    assert!(
+        (0.0..=1.0).contains(&ms(&monitor["slow_poll_ratio"])),
+        "{monitor}"
+    );
+    for field in [
+        "mean_first_poll_delay_ms",
+        "mean_idle_ms",
+        "slow_poll_threshold_ms",
+    ] {
+        assert!(monitor[field].is_number(), "{field}: {monitor}");
+    }
     let busy: f64 = runtime["per_worker"]
         .as_array()
         .unwrap()

@@ -397,6 +397,81 @@ mod tests {
         );
     }
 
+    fn gettid() -> u32 {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+    }
+
+    #[inline(never)]
+    fn wait_for_a_mutex_in_a_named_function(lock: &std::sync::Mutex<u32>, tid: &AtomicU32) -> u32 {
+        tid.store(gettid(), Ordering::SeqCst);
+        *lock.lock().unwrap()
+    }
+
+    #[inline(never)]
+    fn read_a_socket_in_a_named_function(
+        socket: &mut std::os::unix::net::UnixStream,
+        tid: &AtomicU32,
+    ) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        tid.store(gettid(), Ordering::SeqCst);
+        let mut buffer = [0u8; 16];
+        let read = socket.read(&mut buffer)?;
+        Ok(buffer[..read].to_vec())
+    }
+
+    /// Blocked off-CPU in a futex or a blocking read: both are captured,
+    /// and both carry on correctly afterwards (the read is restarted, not
+    /// failed with EINTR).
+    #[test]
+    fn captures_threads_blocked_on_a_mutex_and_in_a_read() {
+        let lock = Arc::new(std::sync::Mutex::new(7u32));
+        let held = lock.lock().unwrap();
+        let (mut ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (mutex_tid, read_tid) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let waiter = {
+            let (lock, tid) = (Arc::clone(&lock), Arc::clone(&mutex_tid));
+            std::thread::spawn(move || wait_for_a_mutex_in_a_named_function(&lock, &tid))
+        };
+        let reader = {
+            let tid = Arc::clone(&read_tid);
+            std::thread::spawn(move || read_a_socket_in_a_named_function(&mut theirs, &tid))
+        };
+        while mutex_tid.load(Ordering::SeqCst) == 0 || read_tid.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Let both threads reach the futex and the read.
+        std::thread::sleep(Duration::from_millis(100));
+        let mut capture = StackCapture::prepare().unwrap();
+        let answers = capture
+            .capture(&[
+                mutex_tid.load(Ordering::SeqCst),
+                read_tid.load(Ordering::SeqCst),
+            ])
+            .unwrap();
+        // After the signals: both calls are still waiting, then complete.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished() && !reader.is_finished());
+        drop(held);
+        std::io::Write::write_all(&mut ours, b"after").unwrap();
+        assert_eq!(waiter.join().unwrap(), 7);
+        assert_eq!(reader.join().unwrap().unwrap(), b"after");
+
+        for (answer, function) in answers.iter().zip([
+            "wait_for_a_mutex_in_a_named_function",
+            "read_a_socket_in_a_named_function",
+        ]) {
+            let Captured::Frames(frames) = answer else {
+                panic!("no frames for {function}: {answers:?}");
+            };
+            let names = crate::profile::function_names(frames);
+            assert!(
+                names.iter().any(|(_, n)| n.contains(function)),
+                "{function} not in {names:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_foreign_handler_is_respected() {
         extern "C" fn foreign(_: libc::c_int) {}

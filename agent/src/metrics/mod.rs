@@ -6,6 +6,12 @@
 //! scrape. No global recorder is installed, so the host's own metrics
 //! libraries are unaffected.
 //!
+//! The exposition is written by a small writer of our own rather than
+//! `prometheus-client`, which writes OpenMetrics only: scrapers that do
+//! not ask for OpenMetrics must get the text format 0.0.4, and one writer
+//! for both keeps names, units and escaping in one place, without a second
+//! registry model beside the agent's own state.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), stethoscope::Error> {
