@@ -199,7 +199,10 @@ impl Symbolizer {
     /// Resolves lookup addresses (an interrupted instruction, or a return
     /// address minus one). Unknown addresses map to an empty frame list.
     /// Debug info is parsed without holding the cache lock.
-    pub(crate) fn resolve(&self, addresses: &[u64]) -> HashMap<u64, Arc<[SymbolizedFrame]>> {
+    pub(crate) fn resolve(
+        &'static self,
+        addresses: &[u64],
+    ) -> HashMap<u64, Arc<[SymbolizedFrame]>> {
         let mut out: HashMap<u64, Arc<[SymbolizedFrame]>> = HashMap::with_capacity(addresses.len());
         let missing: Vec<u64> = {
             let cache = self.lock();
@@ -225,6 +228,9 @@ impl Symbolizer {
             missing.into_iter().zip(frames).collect()
         };
         let elapsed = started.elapsed();
+        // Whoever loaded the debug info (a CPU profile, a heap profile, a
+        // stall, /debug/pprof/symbol), the worker releases it when idle.
+        self.ensure_worker();
         let mut cache = self.lock();
         cache.resolved_total += resolved.len() as u64;
         cache.resolve_time += elapsed;
@@ -248,6 +254,15 @@ impl Symbolizer {
             }
         } else {
             self.spawn_worker(&mut sender, addresses);
+        }
+    }
+
+    /// Starts the background worker if it is not running: it also releases
+    /// the debug info after [`DEBUG_INFO_IDLE_RELEASE`] without use.
+    fn ensure_worker(&'static self) {
+        let mut sender = self.prefetch.lock().unwrap_or_else(PoisonError::into_inner);
+        if sender.is_none() {
+            self.spawn_worker(&mut sender, Vec::new());
         }
     }
 
@@ -280,7 +295,9 @@ impl Symbolizer {
         match spawned {
             Ok(_) => {
                 // The worker owns the receiver; a send can only fail if it died.
-                let _ = tx.send(first);
+                if !first.is_empty() {
+                    let _ = tx.send(first);
+                }
                 *sender = Some(tx);
             }
             Err(error) => tracing::debug!(%error, "no symbolizer thread; resolving on demand"),
