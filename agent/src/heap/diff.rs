@@ -334,7 +334,7 @@ impl SnapshotDiff {
             )],
             true,
         );
-        Profile::build(
+        super::build_profile(
             meta,
             self.entries.iter().map(|e| RawStack {
                 thread: None,

@@ -523,6 +523,15 @@ fn heap_profile(dump: &dump::HeapDump, taken_at: SystemTime, symbolize: bool) ->
         addresses: &stack.addresses,
         values: vec![stack.objects.round() as i64, stack.bytes.round() as i64],
     });
+    build_profile(meta, stacks)
+}
+
+/// Builds a heap profile (or a heap delta) from raw stacks, without the
+/// allocator's own frames at the leaf.
+pub(crate) fn build_profile<'a>(
+    meta: ProfileMeta,
+    stacks: impl IntoIterator<Item = RawStack<'a>>,
+) -> Profile {
     let mut profile = Profile::build(meta, stacks);
     trim_allocator_frames(&mut profile);
     profile
