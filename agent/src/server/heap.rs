@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, PprofError};
 use super::pprof::{file_response, parse_format, parse_symbolize};
-use super::AppState;
+use super::{blocking, text_response, AppState};
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::heap::{DiffTarget, HeapProfiler};
 use crate::profile::Format;
@@ -77,19 +77,6 @@ impl HeapParams {
     }
 }
 
-/// Runs a blocking heap operation off the agent's runtime thread.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|join| {
-            tracing::error!(error = %join, "heap task failed");
-            ApiError::Internal
-        })?
-        .map_err(ApiError::from)
-}
-
 /// `GET /debug/pprof/heap` and `/debug/pprof/allocs`: the live sampled
 /// heap, pprof by default.
 pub(crate) async fn pprof_heap(
@@ -98,11 +85,11 @@ pub(crate) async fn pprof_heap(
 ) -> Result<Response, PprofError> {
     let params = HeapParams::parse(query.as_deref(), Format::Pprof)?;
     let heap = state.heap.clone();
-    let (bytes, taken_at) = blocking(move || {
+    let (bytes, taken_at) = blocking(move || -> Result<_, Error> {
         let profile = heap.profile(params.symbolize)?;
         Ok((profile.render(params.format)?, profile.started_at))
     })
-    .await?;
+    .await??;
     Ok(file_response(bytes, params.format, "heap", taken_at))
 }
 
@@ -113,10 +100,10 @@ pub(crate) async fn stats(
 ) -> Result<Response, ApiError> {
     let params = HeapParams::parse(query.as_deref(), Format::Json)?;
     let heap = state.heap.clone();
-    let stats = blocking(move || heap.stats()).await?;
+    let stats = blocking(move || heap.stats()).await??;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     Ok(match params.format {
-        Format::Text => text(format!(
+        Format::Text => text_response(format!(
             "jemalloc statistics\n\
              allocated  {:>10.1} MiB  live allocations\n\
              active     {:>10.1} MiB  pages holding them\n\
@@ -152,7 +139,7 @@ pub(crate) async fn stats(
 /// `GET /debug/heap/profiling`: whether allocations are being sampled.
 pub(crate) async fn profiling_state(State(state): State<AppState>) -> Result<Response, ApiError> {
     let heap = state.heap.clone();
-    let current = blocking(move || heap.state()).await?;
+    let current = blocking(move || heap.state()).await??;
     Ok(Json(current).into_response())
 }
 
@@ -175,14 +162,14 @@ pub(crate) async fn set_profiling(
         )
     })?;
     let heap = state.heap.clone();
-    let current = blocking(move || heap.set_active(toggle.active)).await?;
+    let current = blocking(move || heap.set_active(toggle.active)).await??;
     Ok(Json(current).into_response())
 }
 
 /// `POST /debug/heap/snapshots`: takes and keeps a snapshot.
 pub(crate) async fn take_snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
     let heap = state.heap.clone();
-    let snapshot = blocking(move || heap.take_snapshot()).await?;
+    let snapshot = blocking(move || heap.take_snapshot()).await??;
     let info = snapshot.info();
     let mut response = (StatusCode::CREATED, Json(&info)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/debug/heap/snapshots/{}", info.id)) {
@@ -224,7 +211,7 @@ pub(crate) async fn get_snapshot(
     let params = HeapParams::parse(query.as_deref(), Format::Json)?;
     let snapshot = state.heap.snapshot(id)?;
     let format = params.format;
-    let bytes = blocking(move || snapshot.profile.render(format)).await?;
+    let bytes = blocking(move || snapshot.profile.render(format)).await??;
     Ok(file_response(
         bytes,
         format,
@@ -239,7 +226,9 @@ pub(crate) async fn delete_snapshot(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = snapshot_id(&id)?;
-    state.heap.delete_snapshot(id)?;
+    let heap = state.heap.clone();
+    // Freeing a snapshot of many stacks is work too: not on this thread.
+    blocking(move || heap.delete_snapshot(id)).await??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -258,7 +247,7 @@ pub(crate) async fn diff(
     let target = params.target.unwrap_or(DiffTarget::Now);
     let heap = state.heap.clone();
     let (format, limit) = (params.format, params.limit);
-    let bytes = blocking(move || heap.diff(base, target)?.render(format, limit)).await?;
+    let bytes = blocking(move || heap.diff(base, target)?.render(format, limit)).await??;
     let target_label = match target {
         DiffTarget::Snapshot(id) => id.to_string(),
         DiffTarget::Now => "now".to_owned(),
@@ -269,15 +258,6 @@ pub(crate) async fn diff(
         &format!("heap-diff-{base}-{target_label}"),
         std::time::SystemTime::now(),
     ))
-}
-
-fn text(body: String) -> Response {
-    let mut response = body.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 #[cfg(test)]

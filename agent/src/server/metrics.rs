@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::AppState;
+use super::{blocking, AppState};
 use crate::metrics::ExpositionFormat;
 
 pub(crate) async fn metrics(
@@ -28,10 +28,15 @@ pub(crate) async fn metrics(
             })?;
         }
     }
-    let body = state.metrics.encode(format);
-    let gzipped = accepts_gzip(&headers)
-        .then(|| gzip(body.as_bytes()))
-        .flatten();
+    let metrics = state.metrics.clone();
+    let compress = accepts_gzip(&headers);
+    // Formatting (and on a cold cache, sampling /proc) off the server thread.
+    let (body, gzipped) = blocking(move || {
+        let body = metrics.encode(format);
+        let gzipped = compress.then(|| gzip(body.as_bytes())).flatten();
+        (body, gzipped)
+    })
+    .await?;
     let mut response = match gzipped {
         Some(compressed) => {
             let mut response = compressed.into_response();

@@ -67,13 +67,42 @@ impl AppState {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    resources.tick();
+                    // About 30 /proc and /sys reads: off the server thread.
+                    let resources = resources.clone();
+                    if blocking(move || resources.tick()).await.is_err() {
+                        return;
+                    }
                 }
             })
         }
         #[cfg(not(feature = "system"))]
         None::<std::future::Ready<()>>
     }
+}
+
+/// Runs blocking work — file reads, symbolization, encoding — on the
+/// agent's blocking pool, so that its single server thread keeps answering.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|join| {
+        tracing::error!(error = %join, "a debug-server task failed");
+        ApiError::Internal
+    })
+}
+
+/// A `text/plain` reply that no cache keeps.
+pub(crate) fn text_response(body: String) -> Response {
+    use axum::http::{header, HeaderValue};
+    use axum::response::IntoResponse;
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The agent's routes. A pure function of the state, so tests can drive it

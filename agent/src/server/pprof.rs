@@ -8,7 +8,7 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::access::Peer;
 use super::error::{ApiError, PprofError};
-use super::AppState;
+use super::{text_response, AppState};
 use crate::config::{
     DEFAULT_FLAMEGRAPH_SECONDS, DEFAULT_PROFILE_HZ, DEFAULT_PROFILE_SECONDS, MAX_PROFILE_HZ,
 };
@@ -148,7 +148,7 @@ async fn cpu(
     let (format, symbolize) = (params.format, params.symbolize);
     // Symbolization and encoding run on the agent's blocking pool, never on
     // the host's runtime.
-    let bytes = tokio::task::spawn_blocking(move || {
+    let bytes = super::blocking(move || {
         let profile = if symbolize {
             raw.to_profile()
         } else {
@@ -156,11 +156,7 @@ async fn cpu(
         };
         profile.render(format)
     })
-    .await
-    .map_err(|join| {
-        tracing::error!(error = %join, "report task failed");
-        ApiError::Internal
-    })??;
+    .await??;
     Ok(file_response(bytes, format, "cpu", started_at))
 }
 
@@ -238,26 +234,12 @@ async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
             }
         }
     }
-    let lines = tokio::task::spawn_blocking(move || crate::profile::function_names(&addresses))
-        .await
-        .map_err(|join| {
-            tracing::error!(error = %join, "symbol task failed");
-            ApiError::Internal
-        })?;
+    let lines = super::blocking(move || crate::profile::function_names(&addresses)).await?;
     let mut body = String::with_capacity(lines.len() * 48);
     for (address, name) in lines {
         body.push_str(&format!("{address:#x} {name}\n"));
     }
     Ok(text_response(body))
-}
-
-fn text_response(body: String) -> Response {
-    let mut response = body.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 /// `GET /debug/pprof/`: an index in the spirit of Go's, listing what this

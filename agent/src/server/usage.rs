@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ApiError;
-use super::AppState;
+pub(crate) use super::text_response;
+use super::{blocking, AppState};
 
 /// `json` (default) or `text`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,17 +44,6 @@ pub(crate) fn table_format(query: Option<&str>) -> Result<TableFormat, ApiError>
     Ok(format)
 }
 
-pub(crate) fn text_response(body: String) -> Response {
-    let mut response = body.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 pub(crate) fn json_response(value: serde_json::Value) -> Response {
     let mut response = Json(value).into_response();
     response
@@ -73,8 +63,9 @@ pub(crate) async fn use_table(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let format = table_format(query.as_deref())?;
-    // A few dozen small /proc and /sys reads on the agent's own thread.
-    let report = state.resources.report();
+    // A few dozen small /proc and /sys reads: off the server thread.
+    let resources = state.resources.clone();
+    let report = blocking(move || resources.report()).await?;
     Ok(match format {
         TableFormat::Json => json_response(serde_json::json!({
             "resources": report.resources.iter().map(|r| serde_json::json!({
