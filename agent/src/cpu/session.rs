@@ -231,14 +231,19 @@ impl Controller {
                     // Only this thread clears the session; stop if it is gone.
                     return false;
                 };
-                let start = WindowStart {
-                    wall: SystemTime::now(),
-                    at_ns: clock::monotonic_ns(),
-                    cpu_ns: clock::process_cpu_ns(),
-                    dropped: counters.dropped,
-                };
-                for pending in session.pending.drain(..) {
-                    windows.push(Window::start(pending, session.hz, start));
+                let now_ns = clock::monotonic_ns();
+                if !session.pending.is_empty() {
+                    // The process CPU clock is a system call: read it only
+                    // when a window opens, not at every drain.
+                    let start = WindowStart {
+                        wall: SystemTime::now(),
+                        at_ns: now_ns,
+                        cpu_ns: clock::process_cpu_ns(),
+                        dropped: counters.dropped,
+                    };
+                    for pending in session.pending.drain(..) {
+                        windows.push(Window::start(pending, session.hz, start));
+                    }
                 }
                 windows.retain(|w| {
                     let gone = w.abandoned();
@@ -251,7 +256,7 @@ impl Controller {
                 session.active_deadline_ns =
                     windows.iter().map(|w| w.deadline_ns).max().unwrap_or(0);
                 session.counters = counters;
-                start.at_ns
+                now_ns
             };
             if windows.is_empty() {
                 return self.stop(sampler, Vec::new());

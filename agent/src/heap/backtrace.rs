@@ -443,6 +443,10 @@ unsafe extern "C" fn backtrace_hook(vec: *mut *mut c_void, len: *mut c_uint, max
             options(nomem, nostack, preserves_flags),
         );
     }
+    // The first capture on a thread reads /proc/self/maps; a failing
+    // open/read must not change the allocating code's errno.
+    // SAFETY: reading this thread's errno, restored below.
+    let saved_errno = unsafe { *libc::__errno_location() };
     // Increment before loading ACTIVE: `retire` runs after ACTIVE no longer
     // points to a state and waits for IN_FLIGHT to drain.
     IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
@@ -458,6 +462,8 @@ unsafe extern "C" fn backtrace_hook(vec: *mut *mut c_void, len: *mut c_uint, max
         }
     };
     IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    // SAFETY: restoring this thread's errno read above.
+    unsafe { *libc::__errno_location() = saved_errno };
     match depth {
         Some(depth) => {
             // SAFETY: `len` is jemalloc's out-parameter, checked non-null.

@@ -122,10 +122,7 @@ impl Future for Probe {
     fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<()> {
         let slot = &self.slot;
         slot.polled_ns.store(slot.now_ns(), Ordering::Relaxed);
-        // SAFETY: gettid has no preconditions and cannot fail.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-        slot.tid
-            .store(u32::try_from(tid).unwrap_or(0), Ordering::Relaxed);
+        slot.tid.store(current_tid(), Ordering::Relaxed);
         slot.unparked
             .store(unparked_workers(&self.metrics), Ordering::Relaxed);
         slot.state.store(DONE, Ordering::Release);
@@ -139,6 +136,23 @@ impl Drop for Probe {
         if !self.ran {
             self.slot.state.store(DROPPED, Ordering::Release);
         }
+    }
+}
+
+/// The calling thread's OS thread id, asked of the kernel once per thread
+/// (the probe runs on host workers); 0 where there is none to signal.
+fn current_tid() -> u32 {
+    #[cfg(target_os = "linux")]
+    {
+        thread_local! {
+            // SAFETY: gettid has no preconditions and cannot fail.
+            static TID: u32 = u32::try_from(unsafe { libc::syscall(libc::SYS_gettid) }).unwrap_or(0);
+        }
+        TID.with(|tid| *tid)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
     }
 }
 

@@ -85,6 +85,8 @@ impl TaskMonitorReport {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TaskMonitors {
     monitors: Arc<Mutex<Vec<(String, TaskMonitor)>>>,
+    /// Whether a name beyond [`MAX_TASK_MONITORS`] was asked for.
+    over_cap: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TaskMonitors {
@@ -97,11 +99,15 @@ impl TaskMonitors {
         let monitor = TaskMonitor::new();
         if monitors.len() < MAX_TASK_MONITORS {
             monitors.push((name.to_owned(), monitor.clone()));
-        } else {
+        } else if !self
+            .over_cap
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            // Once: a service naming monitors per request must not log per request.
             tracing::warn!(
                 name,
                 max = MAX_TASK_MONITORS,
-                "too many task monitors; this one is not reported"
+                "too many task monitors; this one and later new names are not reported"
             );
         }
         monitor
