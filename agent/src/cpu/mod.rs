@@ -280,10 +280,7 @@ impl CpuProfile {
         } else {
             self.samples as f64 / self.cpu_time.as_secs_f64()
         };
-        let exe = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "process".to_owned());
+        let exe = crate::profile::process_name();
         let meta = ProfileMeta {
             sample_types: vec![
                 ValueType::new("samples", "count"),

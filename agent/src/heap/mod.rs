@@ -492,10 +492,7 @@ pub(crate) fn heap_meta(
 }
 
 fn heap_profile(dump: &dump::HeapDump, taken_at: SystemTime, symbolize: bool) -> Profile {
-    let exe = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "process".to_owned());
+    let exe = crate::profile::process_name();
     let total_bytes: f64 = dump.stacks.iter().map(|s| s.bytes).sum();
     let total_objects: f64 = dump.stacks.iter().map(|s| s.objects).sum();
     let meta = heap_meta(

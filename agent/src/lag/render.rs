@@ -63,13 +63,6 @@ const RIGHT: f64 = 20.0;
 const TOP: f64 = 56.0;
 const BOTTOM: f64 = 110.0;
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// The plot. Time runs left to right over the points' span (at most five
 /// minutes); lag is on a log scale from 10 µs up to the largest decade
 /// needed.
@@ -110,7 +103,7 @@ pub(crate) fn svg(
 <text x="{LEFT}" y="22" font-size="16" font-weight="bold">{title}</text>
 <text x="{LEFT}" y="42" fill="#444">per-second lag over the last {span:.0} s (log scale); resolution {res:.0} ms; dashed: stall threshold {thr:.0} ms</text>
 "##,
-        title = escape(title),
+        title = crate::profile::xml_escape(title),
         span = span_s,
         res = ms(lag.resolution),
         thr = ms(threshold),
@@ -230,7 +223,7 @@ pub(crate) fn svg(
         let _ = writeln!(
             out,
             r##"<text x="{lx:.1}" y="{ty:.1}" fill="#222">{}</text>"##,
-            escape(line),
+            crate::profile::xml_escape(line),
             lx = LEFT + 300.0,
             ty = ly + 4.0 + 16.0 * i as f64,
         );

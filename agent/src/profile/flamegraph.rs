@@ -44,13 +44,7 @@ pub(super) fn render(profile: &Profile) -> Result<Vec<u8>, Error> {
 /// Folded lines `stack before after` for two profiles of the same kind
 /// (inferno's differential format), from their flame-graph values.
 pub(super) fn differential_folded(before: &Profile, after: &Profile) -> String {
-    let to_text = |profile: &Profile| {
-        folded::lines(profile)
-            .into_iter()
-            .map(|(stack, count)| format!("{stack} {count}\n"))
-            .collect::<String>()
-    };
-    let (before, after) = (to_text(before), to_text(after));
+    let (before, after) = (folded::render(before), folded::render(after));
     let mut out = Vec::new();
     let options = inferno::differential::Options::default();
     // Reading from memory cannot fail; a failure leaves the output empty.
@@ -87,10 +81,7 @@ pub(super) fn render_differential(
 }
 
 fn empty_svg(title: &str) -> Vec<u8> {
-    let escaped = title
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
+    let escaped = super::xml_escape(title);
     format!(
         "<?xml version=\"1.0\" standalone=\"no\"?>\n\
          <svg version=\"1.1\" width=\"1200\" height=\"60\" xmlns=\"http://www.w3.org/2000/svg\">\

@@ -267,6 +267,22 @@ pub fn release_debug_info() {
     symbolize::Symbolizer::global().release_debug_info();
 }
 
+/// The executable's file name, for report titles.
+pub(crate) fn process_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "process".to_owned())
+}
+
+/// `text` safe inside XML/HTML text and attribute values.
+pub(crate) fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 impl Profile {
     /// Renders the profile in `format`.
     pub fn render(&self, format: Format) -> Result<Vec<u8>, Error> {

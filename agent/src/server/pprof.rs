@@ -258,7 +258,7 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
             heap.sample_interval_bytes / 1024,
             heap.backtraces.unwinder
         ),
-        Err(error) => html_escape(&error.to_string()),
+        Err(error) => crate::profile::xml_escape(&error.to_string()),
     };
     Html(format!(
         r#"<!DOCTYPE html>
@@ -317,12 +317,6 @@ Heap profiling: {heap}.</td></tr>
 }
 
 /// Escapes text for HTML element content.
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

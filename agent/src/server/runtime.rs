@@ -93,7 +93,7 @@ pub(crate) async fn lag(
         LagFormat::Svg => {
             let title = format!(
                 "Executor lag of {} (pid {})",
-                process_name(),
+                crate::profile::process_name(),
                 std::process::id()
             );
             executor
@@ -102,13 +102,6 @@ pub(crate) async fn lag(
         }
     };
     result.map_err(|error| unavailable(&error.to_string()))
-}
-
-fn process_name() -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "process".to_owned())
 }
 
 fn stall_json(stall: &Stall) -> serde_json::Value {
