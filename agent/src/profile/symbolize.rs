@@ -361,11 +361,12 @@ impl Resolver {
         let mut out = vec![Vec::new(); addresses.len()];
         // Group by module so each binary is opened once per batch.
         let mut by_module: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut relisted = false;
         for (index, &address) in addresses.iter().enumerate() {
             if address == 0 {
                 continue;
             }
-            if let Some(module) = self.module_index(address) {
+            if let Some(module) = self.module_index(address, &mut relisted) {
                 by_module.entry(module).or_default().push(index);
             }
         }
@@ -429,11 +430,14 @@ impl Resolver {
     }
 
     /// The index of the module containing `address`, listing modules again
-    /// once if it is not among the known ones (a library loaded since).
-    fn module_index(&mut self, address: u64) -> Option<usize> {
+    /// if it is not among the known ones (a library loaded since) — at most
+    /// once per batch (`relisted`): listing holds the dynamic loader's lock,
+    /// and garbage or JIT addresses are never in any module.
+    fn module_index(&mut self, address: u64, relisted: &mut bool) -> Option<usize> {
         let contains = |m: &LoadedModule| m.code_range().is_some_and(|r| r.contains(&address));
-        if !self.modules.iter().any(contains) {
+        if !*relisted && !self.modules.iter().any(contains) {
             self.modules = loaded_modules(false);
+            *relisted = true;
         }
         self.modules.iter().position(contains)
     }
