@@ -264,20 +264,22 @@ impl RedMetrics {
     #[cfg(any(test, feature = "metrics"))]
     pub(crate) fn for_each_series(&self, mut f: impl FnMut(&str, &str, &str, &[u64], f64)) {
         for shard in &self.inner.shards {
-            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
-            for (route, entry) in map.iter() {
-                for method in &entry.methods {
-                    for series in &method.statuses {
-                        let (counts, sum) = series.buckets.snapshot();
-                        f(
-                            method.method,
-                            route,
-                            &status_label(series.status),
-                            &counts,
-                            sum,
-                        );
+            // Copy under the lock, format after it: a request creating a
+            // series waits for this lock, and requests queue behind it.
+            let mut copied = Vec::new();
+            {
+                let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+                for (route, entry) in map.iter() {
+                    for method in &entry.methods {
+                        for series in &method.statuses {
+                            let (counts, sum) = series.buckets.snapshot();
+                            copied.push((method.method, route.clone(), series.status, counts, sum));
+                        }
                     }
                 }
+            }
+            for (method, route, status, counts, sum) in copied {
+                f(method, &route, &status_label(status), &counts, sum);
             }
         }
     }
