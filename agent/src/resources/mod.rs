@@ -188,6 +188,9 @@ struct Inner {
     runtime: Option<tokio::runtime::Handle>,
     cgroups: Result<cgroup::Cgroups, String>,
     window: Mutex<Window>,
+    /// One reading at a time: two would waste the work, and each would
+    /// count the other's open /proc files among the process's fds.
+    reading: Mutex<()>,
     user: RwLock<Vec<Arc<dyn Resource>>>,
 }
 
@@ -212,6 +215,7 @@ impl ResourceMonitor {
                 runtime,
                 cgroups,
                 window: Mutex::new(Window::default()),
+                reading: Mutex::new(()),
                 user: RwLock::new(Vec::new()),
             }),
         };
@@ -262,7 +266,14 @@ impl ResourceMonitor {
     /// Reads a sample; returns it with the newest earlier sample at least
     /// `MIN_USE_WINDOW` older, for rates.
     pub(crate) fn sample(&self) -> (Option<Arc<Readings>>, Arc<Readings>) {
-        let now = Arc::new(self.read());
+        let now = {
+            let _one = self
+                .inner
+                .reading
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Arc::new(self.read())
+        };
         let mut window = self
             .inner
             .window
