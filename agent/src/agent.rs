@@ -260,39 +260,62 @@ impl AgentBuilder {
         self
     }
 
-    /// Longest profile a request may ask for, in seconds (at least 1).
-    /// Default [`DEFAULT_MAX_PROFILE_SECONDS`](config::DEFAULT_MAX_PROFILE_SECONDS).
+    /// Longest profile a request may ask for, in seconds, from 1 to
+    /// [`MAX_PROFILE_SECONDS_LIMIT`](config::MAX_PROFILE_SECONDS_LIMIT)
+    /// (one hour); other values make [`start`](Self::start) fail. Default
+    /// [`DEFAULT_MAX_PROFILE_SECONDS`](config::DEFAULT_MAX_PROFILE_SECONDS).
     pub fn max_profile_seconds(mut self, seconds: u64) -> Self {
-        if seconds == 0 {
+        if !(1..=config::MAX_PROFILE_SECONDS_LIMIT).contains(&seconds) {
             return self.defer(Error::InvalidSetting {
                 setting: "max_profile_seconds",
-                reason: "must be at least 1",
+                reason: "must be from 1 to 3600 seconds",
             });
         }
         self.config.max_profile_seconds = seconds;
         self
     }
 
-    /// Most connections served at once. Default
+    /// Most connections the debug server keeps open, within
+    /// [`MAX_CONNECTIONS_RANGE`](config::MAX_CONNECTIONS_RANGE). When all
+    /// are taken, a new connection replaces the oldest idle or slow one
+    /// (docs/security.md). Default
     /// [`DEFAULT_MAX_CONNECTIONS`](config::DEFAULT_MAX_CONNECTIONS).
     pub fn max_connections(mut self, connections: usize) -> Self {
-        if connections == 0 {
+        let (low, high) = config::MAX_CONNECTIONS_RANGE;
+        if !(low..=high).contains(&connections) {
             return self.defer(Error::InvalidSetting {
                 setting: "max_connections",
-                reason: "must be at least 1",
+                reason: "must be from 2 to 4096",
             });
         }
         self.config.max_connections = connections;
         self
     }
 
-    /// Heap snapshots kept before the oldest is evicted (at least 1).
+    /// Most CPU profiles served at once; more get 429 with `Retry-After`.
+    /// At least 1 and below [`max_connections`](Self::max_connections)
+    /// (checked at start), so that `/health` and quick requests always find
+    /// a connection while profiles run. Default
+    /// [`DEFAULT_MAX_CONCURRENT_PROFILES`](config::DEFAULT_MAX_CONCURRENT_PROFILES).
+    pub fn max_concurrent_profiles(mut self, profiles: usize) -> Self {
+        if profiles == 0 {
+            return self.defer(Error::InvalidSetting {
+                setting: "max_concurrent_profiles",
+                reason: "must be at least 1",
+            });
+        }
+        self.config.max_concurrent_profiles = profiles;
+        self
+    }
+
+    /// Heap snapshots kept before the oldest is evicted, from 1 to
+    /// [`MAX_HEAP_SNAPSHOTS`](config::MAX_HEAP_SNAPSHOTS).
     /// Default [`DEFAULT_HEAP_SNAPSHOTS`](config::DEFAULT_HEAP_SNAPSHOTS).
     pub fn heap_snapshots(mut self, snapshots: usize) -> Self {
-        if snapshots == 0 {
+        if !(1..=config::MAX_HEAP_SNAPSHOTS).contains(&snapshots) {
             return self.defer(Error::InvalidSetting {
                 setting: "heap_snapshots",
-                reason: "must be at least 1",
+                reason: "must be from 1 to 1024",
             });
         }
         self.config.heap_snapshots = snapshots;
@@ -352,9 +375,16 @@ impl AgentBuilder {
 
     /// A worker inside one poll for longer than this is a stall: its stack
     /// is captured and kept in `/debug/runtime`. At least twice the lag
-    /// resolution (checked at start). Default
+    /// resolution (checked at start) and at most
+    /// [`MAX_STALL_THRESHOLD`](config::MAX_STALL_THRESHOLD). Default
     /// [`DEFAULT_STALL_THRESHOLD`](config::DEFAULT_STALL_THRESHOLD) (100 ms).
     pub fn stall_threshold(mut self, threshold: std::time::Duration) -> Self {
+        if threshold > config::MAX_STALL_THRESHOLD {
+            return self.defer(Error::InvalidSetting {
+                setting: "stall_threshold",
+                reason: "must be at most 60 s",
+            });
+        }
         self.config.stall_threshold = threshold;
         self
     }
@@ -439,6 +469,13 @@ impl AgentBuilder {
                 reason: "must be at least twice the lag resolution",
             });
         }
+        if config.max_concurrent_profiles >= config.max_connections {
+            return Err(Error::InvalidSetting {
+                setting: "max_concurrent_profiles",
+                reason: "must be below max_connections, so that /health and quick requests \
+                         always find a connection while profiles run",
+            });
+        }
         let runtime = self
             .runtime
             .or_else(|| tokio::runtime::Handle::try_current().ok());
@@ -487,6 +524,8 @@ impl AgentBuilder {
             crate::metrics::MetricsRegistry::new(collectors)
         };
         let state = AppState {
+            connections: Arc::new(server::ConnectionTable::new(config.max_connections)),
+            profiles: server::ProfileSlots::new(config.max_concurrent_profiles),
             config: Arc::new(config),
             cpu: cpu.clone(),
             heap: heap.clone(),

@@ -18,6 +18,9 @@ pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:6060";
 /// Longest CPU profile a request may ask for, in seconds. Longer requests get 400.
 pub const DEFAULT_MAX_PROFILE_SECONDS: u64 = 300;
 
+/// Highest value `max_profile_seconds` accepts: one hour.
+pub const MAX_PROFILE_SECONDS_LIMIT: u64 = 3600;
+
 /// Window of `/debug/pprof/profile` when `seconds` is not given (Go's default).
 pub const DEFAULT_PROFILE_SECONDS: u64 = 30;
 
@@ -36,12 +39,27 @@ pub const DEFAULT_PROFILE_HZ: u32 = 99;
 /// (`CONFIG_HZ`, commonly 250), so higher values would not give more samples.
 pub const MAX_PROFILE_HZ: u32 = 1000;
 
-/// Most connections the debug server serves at once; more wait in the kernel's
-/// accept queue.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+/// Most connections the debug server keeps open. When all are taken, a new
+/// connection replaces the oldest idle or slow one; only when every one is
+/// serving a request does it get 503 (docs/security.md).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
-/// Time a client has to send its request headers before the connection is closed.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Range `max_connections` accepts.
+pub const MAX_CONNECTIONS_RANGE: (usize, usize) = (2, 4096);
+
+/// Most CPU profiles the debug server runs at once (each holds its
+/// connection for the whole window); more get 429 with `Retry-After`. It
+/// stays below `max_connections` so quick requests such as `/health`
+/// always find a connection.
+pub const DEFAULT_MAX_CONCURRENT_PROFILES: usize = 16;
+
+/// Time a client has to send its request headers — on a new connection, and
+/// between requests on a kept-alive one — before the connection is closed.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Time a request body may take to arrive after its headers; slower bodies
+/// get 408.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Extra time beyond the requested profile window that a request may take
 /// (symbolization and encoding) before it is cut off.
@@ -49,6 +67,9 @@ pub const DEFAULT_REQUEST_GRACE: Duration = Duration::from_secs(60);
 
 /// Heap snapshots an agent keeps before evicting the oldest.
 pub const DEFAULT_HEAP_SNAPSHOTS: usize = 16;
+
+/// Most heap snapshots an agent may be configured to keep.
+pub const MAX_HEAP_SNAPSHOTS: usize = 1024;
 
 /// Stacks a heap diff or snapshot lists in `text`/`json` unless `limit` says otherwise.
 pub const DEFAULT_LIST_LIMIT: usize = 50;
@@ -81,6 +102,9 @@ pub const LAG_RESOLUTION_RANGE: (Duration, Duration) =
 /// A worker that stays inside one poll longer than this is reported as a
 /// stall, with the stack it is stuck in.
 pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(100);
+
+/// Longest stall threshold the builder accepts.
+pub const MAX_STALL_THRESHOLD: Duration = Duration::from_secs(60);
 
 /// How long the watchdog keeps the unwind tables it copied for a stack
 /// capture after the last stall (~2 MiB), so a burst of stalls copies them
@@ -152,7 +176,9 @@ pub(crate) struct Config {
     pub(crate) allow_insecure_bind: bool,
     pub(crate) max_profile_seconds: u64,
     pub(crate) max_connections: usize,
+    pub(crate) max_concurrent_profiles: usize,
     pub(crate) header_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
     pub(crate) heap_snapshots: usize,
     pub(crate) fast_heap_backtraces: bool,
     pub(crate) lag_resolution: Duration,
@@ -168,7 +194,9 @@ impl Default for Config {
             allow_insecure_bind: false,
             max_profile_seconds: DEFAULT_MAX_PROFILE_SECONDS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_profiles: DEFAULT_MAX_CONCURRENT_PROFILES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             heap_snapshots: DEFAULT_HEAP_SNAPSHOTS,
             fast_heap_backtraces: true,
             lag_resolution: DEFAULT_LAG_RESOLUTION,
@@ -202,22 +230,36 @@ pub(crate) fn parse_cidr(cidr: &str) -> Result<IpNet, Error> {
     }
 }
 
-/// Parses a comma-separated CIDR list, ignoring empty items.
+/// Parses a comma-separated CIDR list, ignoring empty items between
+/// commas. A list without any block is an error, not "allow everyone": an
+/// allowlist variable that is set but empty is a mistake (a template that
+/// did not expand), and silently serving every client would hide it.
 pub(crate) fn parse_cidr_list(list: &str) -> Result<Vec<IpNet>, Error> {
-    list.split(',')
+    let nets = list
+        .split(',')
         .filter(|item| !item.trim().is_empty())
         .map(parse_cidr)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    if nets.is_empty() {
+        return Err(Error::InvalidEnv {
+            var: ENV_ALLOW,
+            value: list.to_owned(),
+            expected:
+                "at least one CIDR block, e.g. 10.0.0.0/8; unset the variable to allow every client",
+        });
+    }
+    Ok(nets)
 }
 
-/// Parses the maximum profile length; it must be a whole number of seconds ≥ 1.
+/// Parses the maximum profile length: a whole number of seconds from 1 to
+/// [`MAX_PROFILE_SECONDS_LIMIT`].
 pub(crate) fn parse_max_profile_seconds(value: &str) -> Result<u64, Error> {
     match value.trim().parse::<u64>() {
-        Ok(seconds) if seconds >= 1 => Ok(seconds),
+        Ok(seconds) if (1..=MAX_PROFILE_SECONDS_LIMIT).contains(&seconds) => Ok(seconds),
         _ => Err(Error::InvalidEnv {
             var: ENV_MAX_PROFILE_SECONDS,
             value: value.to_owned(),
-            expected: "a whole number of seconds, at least 1",
+            expected: "a whole number of seconds from 1 to 3600",
         }),
     }
 }
@@ -242,18 +284,33 @@ mod tests {
     }
 
     #[test]
-    fn cidr_list_skips_empty_items() {
+    fn cidr_list_skips_empty_items_but_not_an_empty_list() {
         let list = parse_cidr_list("10.0.0.0/8, ,192.168.0.0/16,").unwrap();
         assert_eq!(list.len(), 2);
         assert!(parse_cidr_list("10.0.0.0/8,bad").is_err());
+        for empty in ["", ",", " , ,", "\t"] {
+            assert!(
+                matches!(parse_cidr_list(empty), Err(Error::InvalidEnv { .. })),
+                "{empty:?} must not disable the allowlist"
+            );
+        }
     }
 
     #[test]
-    fn max_profile_seconds_must_be_positive() {
+    fn max_profile_seconds_is_range_checked() {
         assert_eq!(parse_max_profile_seconds("60").unwrap(), 60);
-        assert!(parse_max_profile_seconds("0").is_err());
-        assert!(parse_max_profile_seconds("-5").is_err());
-        assert!(parse_max_profile_seconds("1.5").is_err());
+        assert_eq!(parse_max_profile_seconds("3600").unwrap(), 3600);
+        for bad in [
+            "0",
+            "-5",
+            "1.5",
+            "3601",
+            "18446744073709551615",
+            "99999999999999999999999",
+            "",
+        ] {
+            assert!(parse_max_profile_seconds(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,7 +11,17 @@ pub(crate) fn retry_after_secs(d: Duration) -> u64 {
 ///
 /// Variants keep their underlying cause as a [`source`](std::error::Error::source).
 /// The enum is `#[non_exhaustive]`: match with a wildcard arm.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same actionable message as `Display`, followed by its
+/// causes, because that is what a `main` returning
+/// `Result<(), Box<dyn std::error::Error>>` shows when `start()` fails:
+///
+/// ```
+/// let error = stethoscope::Agent::builder().listen("0.0.0.0:0").start().unwrap_err();
+/// let shown = format!("{:?}", Box::<dyn std::error::Error>::from(error));
+/// assert!(shown.contains("allow_insecure_bind(true)"), "{shown}");
+/// ```
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The listen address is not a `host:port` socket address.
@@ -169,6 +179,18 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")?;
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            write!(f, "\n  caused by: {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 impl Error {

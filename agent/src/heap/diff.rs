@@ -86,34 +86,11 @@ fn by_stack(profile: &Profile) -> HashMap<Vec<u64>, (Side, usize)> {
     stacks
 }
 
-/// Whether a function is the standard library's rather than the
-/// application's (`alloc::`, `core::`, `std::`, with or without `<…>`).
-fn is_library_frame(name: &str) -> bool {
-    const LIBRARY: [&str; 5] = ["alloc::", "core::", "std::", "hashbrown::", "__rustc::"];
-    let in_library = |path: &str| LIBRARY.iter().any(|prefix| path.starts_with(prefix));
-    let Some(qualified) = name.strip_prefix('<') else {
-        return in_library(name);
-    };
-    // `<Type as Trait>::method`: library code when the type is the
-    // library's (or a primitive) and so is the trait.
-    let Some((ty, rest)) = qualified.split_once(" as ") else {
-        return in_library(qualified);
-    };
-    let primitive = !ty.contains("::");
-    (in_library(ty) || primitive) && in_library(rest)
-}
+use crate::profile::frames::{is_agent_stack, is_library as is_library_frame};
 
-/// Whether a stack runs through the agent's own code (its symbolizer, its
-/// snapshots): the agent's memory, shown but marked.
-fn is_agent_stack(frames: &[Arc<str>]) -> bool {
-    frames
-        .iter()
-        .any(|f| f.trim_start_matches('<').starts_with("stethoscope::"))
-}
-
-/// One line for a stack: its first three application functions (standard
-/// library frames between them skipped), with the library function that
-/// allocated in brackets.
+/// One line for a stack: its first three application functions (library
+/// frames between them skipped), with the library function that allocated
+/// in brackets.
 fn describe_stack(frames: &[Arc<str>]) -> String {
     let Some(leaf) = frames.first() else {
         return "[unknown]".to_owned();

@@ -9,6 +9,7 @@ pub(crate) mod build;
 mod dwarf;
 mod flamegraph;
 mod folded;
+pub(crate) mod frames;
 mod json;
 pub(crate) mod modules;
 mod pprof;

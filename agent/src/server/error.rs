@@ -11,6 +11,11 @@ use axum::response::{IntoResponse, Response};
 use crate::error::retry_after_secs;
 use crate::Error;
 
+/// Marks a response rendered from an [`ApiError`], so the last-resort
+/// error shaper leaves it alone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rendered;
+
 /// How an error is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ErrorStyle {
@@ -54,6 +59,17 @@ pub(crate) enum ApiError {
     Unavailable { message: String, hint: String },
     /// The request ran past its time limit.
     Timeout,
+    /// The request body did not arrive within the body read timeout.
+    RequestTimeout { timeout: Duration },
+    /// The request body is larger than the endpoint accepts.
+    PayloadTooLarge { limit: usize },
+    /// As many CPU profiles as the server runs at once are running.
+    TooManyProfiles {
+        running: usize,
+        retry_after: Duration,
+    },
+    /// Every connection slot is handling a request (answered at accept).
+    ConnectionsFull { max: usize },
     /// An internal failure; details were logged.
     Internal,
 }
@@ -77,6 +93,10 @@ impl ApiError {
             ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyProfiles { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ConnectionsFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -117,11 +137,64 @@ impl ApiError {
                 "the request took too long".into(),
                 "ask for a shorter profile".into(),
             ),
+            ApiError::RequestTimeout { timeout } => (
+                "the request body did not arrive in time".into(),
+                format!(
+                    "send the whole body within {} s of the headers",
+                    retry_after_secs(*timeout)
+                ),
+            ),
+            ApiError::PayloadTooLarge { limit } => (
+                "the request body is too large".into(),
+                format!("this endpoint accepts at most {limit} bytes"),
+            ),
+            ApiError::TooManyProfiles {
+                running,
+                retry_after,
+            } => (
+                format!("{running} CPU profiles are running, as many as this agent runs at once"),
+                format!(
+                    "retry in {} s, when the first of them ends",
+                    retry_after_secs(*retry_after)
+                ),
+            ),
+            ApiError::ConnectionsFull { max } => (
+                format!("all {max} debug connections are serving requests"),
+                "retry in a second".into(),
+            ),
             ApiError::Internal => (
                 "internal error".into(),
                 "the agent logged the details".into(),
             ),
         }
+    }
+
+    /// The JSON body of the error.
+    fn json_body(&self) -> Vec<u8> {
+        let (message, hint) = self.message_and_hint();
+        serde_json::to_vec(&serde_json::json!({ "error": message, "hint": hint }))
+            .unwrap_or_default()
+    }
+
+    /// A complete HTTP/1.1 response that closes the connection, for
+    /// refusals written at accept time before any request is read.
+    pub(crate) fn raw_response(&self) -> Vec<u8> {
+        let status = self.status();
+        let body = self.json_body();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             cache-control: no-store\r\nconnection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let ApiError::ConnectionsFull { .. } = self {
+            head.push_str("retry-after: 1\r\n");
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
     }
 
     /// Renders the error in `style`.
@@ -131,7 +204,11 @@ impl ApiError {
         let mut response = match style {
             ErrorStyle::Json => (
                 status,
-                axum::Json(serde_json::json!({ "error": message, "hint": hint })),
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                self.json_body(),
             )
                 .into_response(),
             ErrorStyle::GoPprof => {
@@ -156,9 +233,22 @@ impl ApiError {
                     HeaderValue::from(retry_after_secs(*retry_after)),
                 );
             }
+            ApiError::TooManyProfiles { retry_after, .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(*retry_after)),
+                );
+            }
+            ApiError::ConnectionsFull { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            ApiError::RequestTimeout { .. } => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response.extensions_mut().insert(Rendered);
         response
     }
 }

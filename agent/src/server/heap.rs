@@ -2,14 +2,15 @@
 //! Dumping and symbolizing run on the agent's blocking pool.
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 
 use super::error::{ApiError, PprofError};
-use super::pprof::{file_response, parse_format, parse_symbolize};
+use super::limits::is_head;
+use super::pprof::{clip, file_response, parse_format, parse_symbolize};
 use super::{blocking, text_response, AppState};
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::heap::{DiffTarget, HeapProfiler};
@@ -81,9 +82,19 @@ impl HeapParams {
 /// heap, pprof by default.
 pub(crate) async fn pprof_heap(
     State(state): State<AppState>,
+    method: Method,
     RawQuery(query): RawQuery,
 ) -> Result<Response, PprofError> {
     let params = HeapParams::parse(query.as_deref(), Format::Pprof)?;
+    state.heap.check()?;
+    if is_head(&method) {
+        return Ok(file_response(
+            Vec::new(),
+            params.format,
+            "heap",
+            std::time::SystemTime::now(),
+        ));
+    }
     let heap = state.heap.clone();
     let (bytes, taken_at) = blocking(move || -> Result<_, Error> {
         let profile = heap.profile(params.symbolize)?;
@@ -143,10 +154,30 @@ pub(crate) async fn profiling_state(State(state): State<AppState>) -> Result<Res
     Ok(Json(current).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ProfilingToggle {
-    active: bool,
+/// The body of `PUT /debug/heap/profiling`: exactly `{"active": bool}`.
+fn parse_toggle(body: &[u8]) -> Result<bool, ApiError> {
+    let invalid = |what: &str| {
+        ApiError::bad_request(
+            format!("the body {what}; expected {{\"active\": true}} or {{\"active\": false}}"),
+            "send e.g. curl -X PUT -d '{\"active\":false}' …/debug/heap/profiling",
+        )
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| invalid("is not JSON"))?;
+    let serde_json::Value::Object(object) = value else {
+        return Err(invalid("is not a JSON object"));
+    };
+    if let Some(unknown) = object.keys().find(|k| *k != "active") {
+        return Err(invalid(&format!(
+            "has an unknown field {:?}",
+            clip(unknown)
+        )));
+    }
+    match object.get("active") {
+        Some(serde_json::Value::Bool(active)) => Ok(*active),
+        Some(_) => Err(invalid("has an `active` that is not true or false")),
+        None => Err(invalid("has no `active` field")),
+    }
 }
 
 /// `PUT /debug/heap/profiling` with `{"active": bool}`: starts or pauses
@@ -155,14 +186,9 @@ pub(crate) async fn set_profiling(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let toggle: ProfilingToggle = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            format!("the body is not {{\"active\": true|false}}: {e}"),
-            "send e.g. curl -X PUT -d '{\"active\":false}' …/debug/heap/profiling",
-        )
-    })?;
+    let active = parse_toggle(&body)?;
     let heap = state.heap.clone();
-    let current = blocking(move || heap.set_active(toggle.active)).await??;
+    let current = blocking(move || heap.set_active(active)).await??;
     Ok(Json(current).into_response())
 }
 
@@ -192,25 +218,37 @@ pub(crate) async fn list_snapshots(State(state): State<AppState>) -> Result<Resp
     .into_response())
 }
 
-fn snapshot_id(raw: &str) -> Result<u64, ApiError> {
-    raw.parse().map_err(|_| {
-        ApiError::bad_request(
-            format!("{raw:?} is not a snapshot id"),
-            "snapshot ids are whole numbers, see GET /debug/heap/snapshots",
-        )
-    })
+fn snapshot_id(raw: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
+    let hint = "snapshot ids are whole numbers, see GET /debug/heap/snapshots";
+    let Ok(Path(raw)) = raw else {
+        return Err(ApiError::bad_request(
+            "the snapshot id is not valid text",
+            hint,
+        ));
+    };
+    raw.parse()
+        .map_err(|_| ApiError::bad_request(format!("{:?} is not a snapshot id", clip(&raw)), hint))
 }
 
 /// `GET /debug/heap/snapshots/{id}?format=`: one snapshot (JSON by default).
 pub(crate) async fn get_snapshot(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    method: Method,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let id = snapshot_id(&id)?;
+    let id = snapshot_id(id)?;
     let params = HeapParams::parse(query.as_deref(), Format::Json)?;
     let snapshot = state.heap.snapshot(id)?;
     let format = params.format;
+    if is_head(&method) {
+        return Ok(file_response(
+            Vec::new(),
+            format,
+            &format!("heap-snapshot-{id}"),
+            std::time::SystemTime::now(),
+        ));
+    }
     let bytes = blocking(move || snapshot.profile.render(format)).await??;
     Ok(file_response(
         bytes,
@@ -223,9 +261,9 @@ pub(crate) async fn get_snapshot(
 /// `DELETE /debug/heap/snapshots/{id}`.
 pub(crate) async fn delete_snapshot(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = snapshot_id(&id)?;
+    let id = snapshot_id(id)?;
     let heap = state.heap.clone();
     // Freeing a snapshot of many stacks is work too: not on this thread.
     blocking(move || heap.delete_snapshot(id)).await??;
@@ -235,6 +273,7 @@ pub(crate) async fn delete_snapshot(
 /// `GET /debug/heap/diff?base=ID&target=ID|now&format=text|json|svg|pprof|folded&limit=N`.
 pub(crate) async fn diff(
     State(state): State<AppState>,
+    method: Method,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = HeapParams::parse(query.as_deref(), Format::Text)?;
@@ -245,13 +284,25 @@ pub(crate) async fn diff(
         )
     })?;
     let target = params.target.unwrap_or(DiffTarget::Now);
-    let heap = state.heap.clone();
-    let (format, limit) = (params.format, params.limit);
-    let bytes = blocking(move || heap.diff(base, target)?.render(format, limit)).await??;
     let target_label = match target {
         DiffTarget::Snapshot(id) => id.to_string(),
         DiffTarget::Now => "now".to_owned(),
     };
+    let heap = state.heap.clone();
+    let (format, limit) = (params.format, params.limit);
+    if is_head(&method) {
+        heap.snapshot(base)?;
+        if let DiffTarget::Snapshot(id) = target {
+            heap.snapshot(id)?;
+        }
+        return Ok(file_response(
+            Vec::new(),
+            format,
+            &format!("heap-diff-{base}-{target_label}"),
+            std::time::SystemTime::now(),
+        ));
+    }
+    let bytes = blocking(move || heap.diff(base, target)?.render(format, limit)).await??;
     Ok(file_response(
         bytes,
         format,

@@ -3,8 +3,11 @@
 //! thin axum router over the capability modules.
 
 mod access;
+mod compress;
+mod connections;
 mod error;
 mod heap;
+mod limits;
 
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -18,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{Redirect, Response};
 use axum::routing::{get, put};
@@ -30,7 +32,10 @@ use tower::ServiceExt;
 use crate::config::{Config, DEFAULT_REQUEST_GRACE};
 use crate::cpu::CpuProfiler;
 use crate::Error;
+pub(crate) use connections::ConnectionTable;
 use error::{ApiError, ErrorStyle};
+pub(crate) use limits::ProfileSlots;
+use limits::{ConnectionPhase, PhaseBody};
 
 /// What handlers share.
 #[derive(Debug, Clone)]
@@ -41,6 +46,10 @@ pub(crate) struct AppState {
     pub(crate) started: Instant,
     /// Whether a host tokio runtime was found or given at start.
     pub(crate) host_runtime: bool,
+    /// The server's open connections.
+    pub(crate) connections: Arc<ConnectionTable>,
+    /// CPU profiles running through this server.
+    pub(crate) profiles: Arc<ProfileSlots>,
     /// USE readings of this process.
     #[cfg(feature = "system")]
     pub(crate) resources: crate::resources::ResourceMonitor,
@@ -108,7 +117,9 @@ pub(crate) fn text_response(body: String) -> Response {
 /// The agent's routes. A pure function of the state, so tests can drive it
 /// with `oneshot` and no socket.
 pub(crate) fn router(state: AppState) -> Router {
-    let time_limit = Duration::from_secs(state.config.max_profile_seconds) + DEFAULT_REQUEST_GRACE;
+    let time_limit =
+        Duration::from_secs(state.config.max_profile_seconds).saturating_add(DEFAULT_REQUEST_GRACE);
+    let body_timeout = state.config.body_read_timeout;
     Router::new()
         .route("/health", get(health))
         .route(
@@ -136,9 +147,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/debug/heap/diff", get(heap::diff))
         .route(
             "/debug/pprof/symbol",
-            get(pprof::symbol_get)
-                .post(pprof::symbol_post)
-                .layer(DefaultBodyLimit::max(pprof::SYMBOL_BODY_LIMIT)),
+            get(pprof::symbol_get).post(pprof::symbol_post),
         )
         .route("/debug/use", use_route())
         .route("/debug/red", red_route())
@@ -148,10 +157,19 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |request: Request, next: Next| {
-            time_limited(time_limit, request, next)
+            limits::time_limited(time_limit, request, next)
+        }))
+        // Bodies are read (bounded in time and size) before any handler, and
+        // only for clients that passed access control.
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            limits::read_body(body_timeout, request, next)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), access::check))
-        .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(middleware::from_fn(compress::gzip_large_responses))
+        .layer(middleware::from_fn(limits::uniform_errors))
+        // `read_body` enforces each endpoint's limit; extractors must not
+        // apply a smaller one of their own.
+        .layer(DefaultBodyLimit::max(limits::SYMBOL_BODY_LIMIT))
         .with_state(state)
 }
 
@@ -209,6 +227,8 @@ async fn health(
             "running_hz": cpu.running_hz,
             "subscribers": cpu.subscribers,
         },
+        "connections": state.connections.stats(),
+        "profiles_running": state.profiles.running(),
     }))
 }
 
@@ -220,18 +240,6 @@ async fn not_found(request: Request) -> Response {
 
 async fn method_not_allowed(request: Request) -> Response {
     ApiError::MethodNotAllowed.render(ErrorStyle::for_path(request.uri().path()))
-}
-
-async fn time_limited(limit: Duration, request: Request, next: Next) -> Response {
-    let style = ErrorStyle::for_path(request.uri().path());
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            let mut response = ApiError::Timeout.render(style);
-            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            response
-        }
-    }
 }
 
 /// The running server thread.
@@ -279,11 +287,13 @@ pub(crate) fn spawn(state: AppState) -> Result<ServerHandle, Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("stethoscope-http")
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .map_err(Error::ServerStart)?;
     let (stop, stop_rx) = watch::channel(false);
     let (stopped_tx, stopped) = oneshot::channel();
     let background = state.background();
+    let serving = state.clone();
     let app = router(state);
     std::thread::Builder::new()
         .name("stethoscope-http".into())
@@ -292,7 +302,7 @@ pub(crate) fn spawn(state: AppState) -> Result<ServerHandle, Error> {
                 if let Some(background) = background {
                     tokio::spawn(background);
                 }
-                serve(listener, app, config, stop_rx).await;
+                serve(listener, app, serving, stop_rx).await;
             });
             // Dropping the runtime cancels in-flight requests; their profile
             // windows are withdrawn and the sampler stops if idle.
@@ -309,10 +319,22 @@ pub(crate) fn spawn(state: AppState) -> Result<ServerHandle, Error> {
     })
 }
 
+/// Threads of the agent's blocking pool (symbolization, encoding, /proc
+/// reads): a flood of expensive requests queues instead of growing the
+/// host's thread count.
+const MAX_BLOCKING_THREADS: usize = 8;
+
+/// Refusals written at accept time that may be in flight at once; past
+/// this, a refused connection is closed without an answer.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+
+/// Time a refused client gets to read its answer before the socket closes.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
 async fn serve(
     listener: std::net::TcpListener,
     app: Router,
-    config: Arc<Config>,
+    state: AppState,
     mut stop: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -322,15 +344,13 @@ async fn serve(
             return;
         }
     };
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let config = Arc::clone(&state.config);
+    let table = Arc::clone(&state.connections);
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = stop.changed() => return,
-        };
+        // Accepting never waits for a free slot: every connection is looked
+        // at as it arrives, so idle sockets and refused peers cannot queue
+        // up in front of a client the agent should serve.
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -343,27 +363,89 @@ async fn serve(
             },
             _ = stop.changed() => return,
         };
+        if !access::allowed(&config.allow, Some(peer)) {
+            table.refused_forbidden();
+            tracing::debug!(%peer, "refused at accept: client address not in the allowlist");
+            refuse(stream, ApiError::Forbidden, &refusals);
+            continue;
+        }
+        let connection = match table.admit(peer.ip()) {
+            Ok(connection) => connection,
+            Err(connections::Refusal::Full) => {
+                tracing::warn!(%peer, "debug server refused a connection: every slot is serving a request");
+                let max = config.max_connections;
+                refuse(stream, ApiError::ConnectionsFull { max }, &refusals);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let phase = Arc::clone(&connection);
         let service = hyper::service::service_fn(
             move |mut request: hyper::Request<hyper::body::Incoming>| {
+                phase.reading();
                 request
                     .extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
-                app.clone().oneshot(request)
+                request
+                    .extensions_mut()
+                    .insert(ConnectionPhase(Arc::clone(&phase)));
+                let phase = Arc::clone(&phase);
+                let response = app.clone().oneshot(request);
+                async move {
+                    let response = response.await?;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| axum::body::Body::new(PhaseBody::new(body, phase))),
+                    )
+                }
             },
         );
-        let connection = hyper::server::conn::http1::Builder::new()
+        let http = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .serve_connection(TokioIo::new(stream), service);
+        let table = Arc::clone(&table);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "debug connection ended with an error");
+            tokio::select! {
+                result = http => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "debug connection ended with an error");
+                    }
+                }
+                _ = connection.evicted() => {}
             }
-            drop(permit);
+            table.release(&connection);
         });
+        // Let the connection just admitted read its request before the next
+        // accept: under a flood, a client that has sent its request leaves
+        // the idle (evictable) state before later arrivals could evict it.
+        tokio::task::yield_now().await;
     }
+}
+
+/// Answers a connection the server will not serve with `error` and closes
+/// it, without reading a request and without taking a connection slot.
+fn refuse(stream: tokio::net::TcpStream, error: ApiError, in_flight: &Arc<Semaphore>) {
+    let Ok(permit) = Arc::clone(in_flight).try_acquire_owned() else {
+        return;
+    };
+    let answer = error.raw_response();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            stream.write_all(&answer).await?;
+            stream.shutdown().await?;
+            // Read what the client sent until it closes, so the kernel ends
+            // the connection with FIN rather than a reset that could discard
+            // the answer before the client reads it.
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        drop(permit);
+    });
 }
 
 #[cfg(test)]
@@ -371,6 +453,7 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use axum::extract::connect_info::MockConnectInfo;
+    use axum::http::StatusCode;
     use axum::http::{header, Request as HttpRequest};
     use http_body_util::BodyExt;
 
@@ -381,6 +464,8 @@ mod tests {
             heap: crate::heap::HeapProfiler::default(),
             started: Instant::now(),
             host_runtime: false,
+            connections: Arc::new(ConnectionTable::new(64)),
+            profiles: ProfileSlots::new(16),
             #[cfg(feature = "system")]
             resources: crate::resources::ResourceMonitor::new(None),
             #[cfg(feature = "red")]
@@ -661,5 +746,145 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    async fn send(app: Router, request: HttpRequest<Body>) -> Response {
+        app.layer(MockConnectInfo(
+            "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+        ))
+        .oneshot(request)
+        .await
+        .unwrap()
+    }
+
+    async fn text(response: Response) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn head_answers_without_running_a_profile() {
+        let app = router(state(Config::default()));
+        for uri in [
+            "/debug/pprof/profile?seconds=30",
+            "/debug/pprof/flamegraph?seconds=30",
+        ] {
+            let started = Instant::now();
+            let response = send(
+                app.clone(),
+                HttpRequest::head(uri).body(Body::empty()).unwrap(),
+            )
+            .await;
+            assert_eq!(response.status(), StatusCode::OK, "{uri}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{uri} ran a profile"
+            );
+            assert!(response.headers().contains_key(header::CONTENT_DISPOSITION));
+        }
+        let bad = send(
+            app,
+            HttpRequest::head("/debug/pprof/profile?seconds=0")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            bad.status(),
+            StatusCode::BAD_REQUEST,
+            "HEAD validates like GET"
+        );
+    }
+
+    #[tokio::test]
+    async fn rejections_use_the_agents_error_shape() {
+        let app = router(state(Config::default()));
+        // A path segment that is not UTF-8.
+        let response = send(
+            app.clone(),
+            HttpRequest::get("/debug/heap/snapshots/%FF")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body = json(response).await;
+        assert!(body["hint"].is_string(), "{body}");
+        // A body over the limit, announced or not.
+        for announced in [true, false] {
+            let big = vec![b'0'; 10 << 20];
+            let mut request = HttpRequest::put("/debug/heap/profiling");
+            if !announced {
+                request = request.header(header::TRANSFER_ENCODING, "chunked");
+            }
+            let response = send(app.clone(), request.body(Body::from(big)).unwrap()).await;
+            assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            let body = json(response).await;
+            assert!(body["hint"].as_str().unwrap().contains("65536"), "{body}");
+        }
+        // A symbol request body that is not UTF-8: Go-style text.
+        let response = send(
+            app.clone(),
+            HttpRequest::post("/debug/pprof/symbol")
+                .body(Body::from(vec![0xff, 0xfe, 0x30]))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()["x-go-pprof"], "1");
+        assert!(text(response).await.contains("hint:"));
+    }
+
+    #[tokio::test]
+    async fn the_profiling_toggle_takes_exactly_one_object() {
+        let app = router(state(Config::default()));
+        for body in [
+            "[true]",
+            "null",
+            "true",
+            "\"active\"",
+            r#"{"active":"yes"}"#,
+            r#"{"active":true,"extra":1}"#,
+            "{}",
+            "{",
+        ] {
+            let response = send(
+                app.clone(),
+                HttpRequest::put("/debug/heap/profiling")
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+            let text = text(response).await;
+            assert!(
+                !text.contains("ProfilingToggle") && !text.contains("struct"),
+                "{text}"
+            );
+            assert!(text.contains("hint"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn profiles_beyond_the_cap_get_429_with_retry_after() {
+        let state = state(Config::default());
+        let held: Vec<_> = (0..16)
+            .map(|_| state.profiles.acquire(Duration::from_secs(20)).unwrap())
+            .collect();
+        let response = send(
+            router(state),
+            HttpRequest::get("/debug/pprof/profile?seconds=1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = response.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((15..=20).contains(&retry), "{retry}");
+        drop(held);
     }
 }

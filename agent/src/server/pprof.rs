@@ -2,12 +2,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, Method};
 use axum::response::{Html, IntoResponse, Response};
 
 use super::access::Peer;
 use super::error::{ApiError, PprofError};
+use super::limits::is_head;
 use super::{text_response, AppState};
 use crate::config::{
     DEFAULT_FLAMEGRAPH_SECONDS, DEFAULT_PROFILE_HZ, DEFAULT_PROFILE_SECONDS, MAX_PROFILE_HZ,
@@ -109,23 +111,42 @@ pub(crate) fn parse_symbolize(value: &str) -> Result<bool, ApiError> {
 /// `GET /debug/pprof/profile`: CPU profile, pprof by default.
 pub(crate) async fn profile(
     state: State<AppState>,
+    method: Method,
     peer: Peer,
     RawQuery(query): RawQuery,
 ) -> Result<Response, PprofError> {
-    cpu(state, peer, query, DEFAULT_PROFILE_SECONDS, Format::Pprof).await
+    cpu(
+        state,
+        method,
+        peer,
+        query,
+        DEFAULT_PROFILE_SECONDS,
+        Format::Pprof,
+    )
+    .await
 }
 
 /// `GET /debug/pprof/flamegraph`: CPU profile, SVG by default.
 pub(crate) async fn flamegraph(
     state: State<AppState>,
+    method: Method,
     peer: Peer,
     RawQuery(query): RawQuery,
 ) -> Result<Response, PprofError> {
-    cpu(state, peer, query, DEFAULT_FLAMEGRAPH_SECONDS, Format::Svg).await
+    cpu(
+        state,
+        method,
+        peer,
+        query,
+        DEFAULT_FLAMEGRAPH_SECONDS,
+        Format::Svg,
+    )
+    .await
 }
 
 async fn cpu(
     State(state): State<AppState>,
+    method: Method,
     peer: Peer,
     query: Option<String>,
     default_seconds: u64,
@@ -137,6 +158,18 @@ async fn cpu(
         default_format,
         state.config.max_profile_seconds,
     )?;
+    if is_head(&method) {
+        // The headers a GET would send, without running a profile.
+        return Ok(file_response(
+            Vec::new(),
+            params.format,
+            "cpu",
+            SystemTime::now(),
+        ));
+    }
+    let _slot = state
+        .profiles
+        .acquire(Duration::from_secs(params.seconds))?;
     let mut request = ProfileRequest::new(Duration::from_secs(params.seconds))
         .hz(params.hz)
         .symbolize(params.symbolize);
@@ -193,9 +226,6 @@ pub(crate) fn file_response(
     response
 }
 
-/// Largest request body `/debug/pprof/symbol` accepts (≈ 50,000 addresses).
-pub(crate) const SYMBOL_BODY_LIMIT: usize = 1 << 20;
-
 /// `GET /debug/pprof/symbol`: tells pprof clients that symbol lookup is
 /// available, or (Go's legacy form) resolves the `+`-separated addresses in
 /// the query string.
@@ -211,8 +241,14 @@ pub(crate) async fn symbol_get(RawQuery(query): RawQuery) -> Result<Response, Pp
 /// address that resolves (the function containing it, as Go's handler
 /// does). `go tool pprof` calls it for profiles taken with
 /// `symbolize=false`.
-pub(crate) async fn symbol_post(body: String) -> Result<Response, PprofError> {
-    symbolize_addresses(body).await
+pub(crate) async fn symbol_post(body: Bytes) -> Result<Response, PprofError> {
+    let list = String::from_utf8(body.to_vec()).map_err(|_| {
+        ApiError::bad_request(
+            "the body is not UTF-8 text",
+            "send addresses as 0x1234+0x5678",
+        )
+    })?;
+    symbolize_addresses(list).await
 }
 
 async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
@@ -227,7 +263,7 @@ async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
             Some(address) => addresses.push(address),
             None => {
                 return Err(ApiError::bad_request(
-                    format!("{word:?} is not a hexadecimal address"),
+                    format!("{:?} is not a hexadecimal address", clip(word)),
                     "send addresses as 0x1234+0x5678",
                 )
                 .into())
@@ -240,6 +276,13 @@ async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
         body.push_str(&format!("{address:#x} {name}\n"));
     }
     Ok(text_response(body))
+}
+
+/// At most the first 40 characters of client input, for error messages.
+pub(crate) fn clip(text: &str) -> &str {
+    text.char_indices()
+        .nth(40)
+        .map_or(text, |(end, _)| &text[..end])
 }
 
 /// `GET /debug/pprof/`: an index in the spirit of Go's, listing what this
