@@ -93,3 +93,44 @@ fn unknown_paths_and_index_over_the_wire() {
         .text()
         .contains("<a href=\"profile?seconds=30\">profile</a>"));
 }
+
+/// Each configuration trap makes `start()` fail with a message that names
+/// the setting and what is expected — never a panic, never a silently open
+/// agent — and the documented `main` (returning `Box<dyn Error>`) shows that
+/// message. Runs in child processes: the traps are environment variables.
+#[test]
+fn configuration_traps_fail_start_with_a_message() {
+    const TRAP: &str = "STETHOSCOPE_E2E_TRAP";
+    if !is_child() {
+        for (var, value) in [
+            ("STETHOSCOPE_MAX_PROFILE_SECONDS", "18446744073709551615"),
+            ("STETHOSCOPE_MAX_PROFILE_SECONDS", "0"),
+            ("STETHOSCOPE_ALLOW", ""),
+            ("STETHOSCOPE_ALLOW", ","),
+            ("STETHOSCOPE_ALLOW", "10.0.0.0/33"),
+            ("STETHOSCOPE_ADDR", "0.0.0.0:0"),
+            ("STETHOSCOPE_TOKEN", " "),
+        ] {
+            in_child(
+                "access::configuration_traps_fail_start_with_a_message",
+                &[(var, value.as_ref()), (TRAP, var.as_ref())],
+            );
+        }
+        return;
+    }
+    let var = std::env::var(TRAP).unwrap();
+    let started = Agent::builder()
+        .listen("127.0.0.1:0")
+        .with_default_env()
+        .start();
+    let error = started.expect_err("the trap must fail start()");
+    // What `main() -> Result<(), Box<dyn Error>>` prints after `Error: `.
+    let shown = format!("{:?}", Box::<dyn std::error::Error>::from(error));
+    eprintln!("{var}: {shown}");
+    let named = shown.contains(&var) || (var == "STETHOSCOPE_ADDR" && shown.contains("token"));
+    assert!(named, "the message names the setting: {shown}");
+    assert!(
+        !shown.contains("InvalidEnv") && !shown.contains("InsecureBind {"),
+        "a message, not a type dump: {shown}"
+    );
+}

@@ -14,7 +14,23 @@ use tracing_subscriber::EnvFilter;
 stethoscope::heap_profiling!();
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The message first: it says what to change.
+            eprintln!("demo: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -29,7 +45,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let debug = agent.local_addr();
 
     let demo_addr = std::env::var("DEMO_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
-    let listener = tokio::net::TcpListener::bind(&demo_addr).await?;
+    let listener = tokio::net::TcpListener::bind(&demo_addr)
+        .await
+        .map_err(|error| format!("cannot bind the demo service to {demo_addr} ({error}); set DEMO_ADDR to another address"))?;
     let service = listener.local_addr()?;
 
     println!("demo service:     http://{service}/");
