@@ -449,3 +449,72 @@ fn heap_dumps_leave_nothing_in_the_temp_directory() {
 fn parent_pid() -> u32 {
     std::os::unix::process::parent_id()
 }
+
+/// A leak in a handler that runs under the RED layer is the application's;
+/// the agent's own debug-info tables (loaded by the first symbolized
+/// snapshot) are the agent's. Runs in a child process so the symbolizer
+/// starts cold.
+#[test]
+fn leaks_are_attributed_to_whoever_allocated() {
+    if !is_child() {
+        let _heap = heap_lock();
+        in_child("heap::leaks_are_attributed_to_whoever_allocated", &[]);
+        return;
+    }
+    let runtime = service_runtime();
+    let agent = runtime.block_on(async { start_agent() });
+    let addr = agent.local_addr();
+    let app = stethoscope_examples::demo::router(stethoscope_examples::demo::DemoPool::new(4))
+        .layer(agent.red_layer());
+    let service = runtime.block_on(serve(app));
+    let first = send(addr, "POST", "/debug/heap/snapshots", None);
+    assert_eq!(first.status, 201, "{}", first.text());
+    let leaked = get(service, "/leak?mb=48", None);
+    assert_eq!(leaked.status, 200, "{}", leaked.text());
+    let second = send(addr, "POST", "/debug/heap/snapshots", None);
+    assert_eq!(second.status, 201, "{}", second.text());
+    let diff = get(
+        addr,
+        "/debug/heap/diff?base=1&target=2&format=json&limit=200",
+        None,
+    )
+    .json();
+    let stacks = diff["stacks"].as_array().expect("stacks");
+    let through = |s: &serde_json::Value, name: &str| {
+        s["frames"].as_array().is_some_and(|f| {
+            f.iter()
+                .any(|f| f.as_str().is_some_and(|f| f.contains(name)))
+        })
+    };
+    let leak: Vec<_> = stacks
+        .iter()
+        .filter(|s| through(s, "leak_chunks"))
+        .collect();
+    assert!(!leak.is_empty(), "no leak stack in {diff}");
+    assert!(
+        leak.iter().all(|s| through(s, "stethoscope::red::")),
+        "the leak runs under the RED layer"
+    );
+    assert!(
+        leak.iter().all(|s| s["agent"] == false),
+        "the application's leak is marked as the agent's: {leak:?}"
+    );
+    let tables: Vec<_> = stacks
+        .iter()
+        .filter(|s| through(s, "::dwarf::") && s["delta_bytes"].as_i64() > Some(0))
+        .collect();
+    assert!(
+        !tables.is_empty(),
+        "the symbolizer's tables did not grow: {diff}"
+    );
+    assert!(
+        tables.iter().all(|s| s["agent"] == true),
+        "the agent's debug-info tables are not marked: {tables:?}"
+    );
+    let text = get(addr, "/debug/heap/diff?base=1&target=2&format=text", None).text();
+    let leak_line = text
+        .lines()
+        .find(|l| l.contains("leak_chunks"))
+        .expect("leak line");
+    assert!(!leak_line.contains("stethoscope agent"), "{leak_line}");
+}
