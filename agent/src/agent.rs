@@ -39,6 +39,9 @@ pub struct Agent {
     /// Stops the executor-lag watchdog when the agent goes away.
     #[cfg(feature = "runtime")]
     _watchdog: Option<crate::lag::WatchdogGuard>,
+    /// Stops the once-a-second USE sampling thread.
+    #[cfg(feature = "system")]
+    _use_sampler: crate::periodic::StopOnDrop,
 }
 
 impl Agent {
@@ -480,11 +483,14 @@ impl AgentBuilder {
             .runtime
             .or_else(|| tokio::runtime::Handle::try_current().ok());
         let host_runtime = runtime.is_some();
+        // Work arriving through the RED layer wakes a dormant watchdog.
+        let alarm = Arc::new(crate::periodic::Alarm::default());
         #[cfg(feature = "runtime")]
         let (executor, watchdog) = crate::lag::ExecutorMonitor::start(
             runtime.clone(),
             config.lag_resolution,
             config.stall_threshold,
+            Arc::clone(&alarm),
         )?;
         let cpu = CpuProfiler::global();
         let mut heap = HeapProfiler::with_capacity(config.heap_snapshots);
@@ -508,6 +514,9 @@ impl AgentBuilder {
         drop(runtime);
         #[cfg(feature = "red")]
         let red = crate::red::RedMetrics::new();
+        #[cfg(feature = "red")]
+        red.ring_on_request(Arc::clone(&alarm));
+        drop(alarm);
         #[cfg(feature = "metrics")]
         let metrics = {
             // Each capability contributes its own families; a new one adds
@@ -540,6 +549,8 @@ impl AgentBuilder {
             #[cfg(feature = "runtime")]
             executor: executor.clone(),
         };
+        #[cfg(feature = "system")]
+        let use_sampler = resources.sample_every(config::DEFAULT_USE_SAMPLE_INTERVAL)?;
         let server = server::spawn(state)?;
         Ok(Agent {
             server,
@@ -555,6 +566,8 @@ impl AgentBuilder {
             executor,
             #[cfg(feature = "runtime")]
             _watchdog: watchdog,
+            #[cfg(feature = "system")]
+            _use_sampler: use_sampler,
         })
     }
 }

@@ -91,6 +91,13 @@ pub const MIN_USE_WINDOW: Duration = Duration::from_millis(200);
 /// second or so rather than the time since the previous request.
 pub const DEFAULT_USE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often the agent's sampling thread also reads the values whose rates
+/// need no one-second resolution (network, disk and I/O counters, open
+/// descriptors, run-queue delay, PSI — itself a ten-second average —, the
+/// memory and pids cgroups, limits): every tenth sample. An on-demand
+/// `/debug/use` reads everything.
+pub const USE_SLOW_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How often the executor-lag probe runs and the stuck-worker watchdog
 /// looks at the runtime's workers (Node's `monitorEventLoopDelay` default).
 pub const DEFAULT_LAG_RESOLUTION: Duration = Duration::from_millis(10);

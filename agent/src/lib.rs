@@ -89,6 +89,8 @@ pub mod lag;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
+#[cfg_attr(not(feature = "system"), allow(dead_code))]
+mod periodic;
 pub mod profile;
 #[cfg(feature = "red")]
 #[cfg_attr(docsrs, doc(cfg(feature = "red")))]

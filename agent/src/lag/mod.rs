@@ -63,10 +63,12 @@ mod watchdog;
 mod window;
 mod workers;
 
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::histogram::HistogramSummary;
+use crate::periodic::Alarm;
 use crate::Error;
 use probe::ProbeSlot;
 use stall::StallHistory;
@@ -213,9 +215,12 @@ pub(crate) struct Inner {
     windows: Mutex<LagWindows>,
     workers: Mutex<Vec<WorkerView>>,
     stalls: StallHistory,
-    /// (stop requested, runtime shut down)
-    stop: Mutex<(bool, bool)>,
-    wake: Condvar,
+    /// Wakes the watchdog: from its dormant sleep when work arrives, and to
+    /// stop it.
+    alarm: Arc<Alarm>,
+    stop: AtomicBool,
+    /// The host runtime has shut down.
+    shut_down: AtomicBool,
 }
 
 impl Inner {
@@ -230,31 +235,17 @@ impl Inner {
         *self.workers.lock().unwrap_or_else(PoisonError::into_inner) = views;
     }
 
-    /// Sleeps until `deadline` or a stop request; true if stopped.
-    fn wait_for_stop(&self, deadline: Instant) -> bool {
-        let mut stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if stop.0 {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            stop = self
-                .wake
-                .wait_timeout(stop, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+    /// Sleeps until `deadline`, a stop request or — `dormant` — the alarm.
+    fn sleep_until(&self, deadline: Instant, dormant: bool) -> crate::periodic::Wake {
+        self.alarm.sleep_until(deadline, dormant, &self.stop)
     }
 
     fn set_shut_down(&self) {
-        self.stop.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.shut_down.store(true, Ordering::Release);
     }
 
     fn shut_down(&self) -> bool {
-        self.stop.lock().unwrap_or_else(PoisonError::into_inner).1
+        self.shut_down.load(Ordering::Acquire)
     }
 }
 
@@ -272,19 +263,21 @@ pub(crate) struct WatchdogGuard(Arc<Inner>);
 
 impl Drop for WatchdogGuard {
     fn drop(&mut self) {
-        self.0.stop.lock().unwrap_or_else(PoisonError::into_inner).0 = true;
-        self.0.wake.notify_all();
+        self.0.stop.store(true, Ordering::Release);
+        self.0.alarm.unpark();
     }
 }
 
 impl ExecutorMonitor {
     /// Watches `runtime` (none: every report is unavailable) from a thread
     /// of its own, every `resolution`; a poll longer than `threshold` is a
-    /// stall.
+    /// stall. `alarm` wakes the watchdog from its dormant sleep (a quiet
+    /// runtime) when work arrives.
     pub(crate) fn start(
         runtime: Option<tokio::runtime::Handle>,
         resolution: Duration,
         threshold: Duration,
+        alarm: Arc<Alarm>,
     ) -> Result<(Self, Option<WatchdogGuard>), Error> {
         let tasks = TaskMonitors::default();
         let Some(handle) = runtime else {
@@ -310,8 +303,9 @@ impl ExecutorMonitor {
             windows: Mutex::new(windows),
             workers: Mutex::new(Vec::new()),
             stalls: StallHistory::default(),
-            stop: Mutex::new((false, false)),
-            wake: Condvar::new(),
+            alarm,
+            stop: AtomicBool::new(false),
+            shut_down: AtomicBool::new(false),
         });
         watchdog::spawn(Arc::clone(&inner)).map_err(|source| Error::Os {
             call: "spawning the executor-lag watchdog thread",

@@ -201,6 +201,15 @@ impl StallHistory {
         self.finish(id, duration);
     }
 
+    /// Forgets a stall that turned out shorter than the threshold.
+    pub(crate) fn retract(&self, id: u64) {
+        let mut inner = self.lock();
+        if let Some(index) = inner.stalls.iter().position(|s| s.id == id) {
+            inner.stalls.remove(index);
+            inner.total = inner.total.saturating_sub(1);
+        }
+    }
+
     /// Updates the time so far of an ongoing stall.
     pub(crate) fn extend(&self, id: u64, stuck_for: Duration) {
         if let Some(stall) = self.lock().stalls.iter_mut().find(|s| s.id == id) {

@@ -16,6 +16,7 @@ use super::stall::{self, RawCandidate, StallJob};
 use super::workers::{WorkerCounters, WorkerEvent, WorkerTrack};
 use super::{Inner, WorkerView};
 use crate::config::STALL_CAPTURE_KEEP;
+use crate::periodic::Wake;
 
 /// With a worker parked, a probe runs every this many resolutions.
 const IDLE_PROBE_FACTOR: u32 = 10;
@@ -24,6 +25,22 @@ const IDLE_PROBE_FACTOR: u32 = 10;
 /// (500 ms at the default): each one wakes a worker from an idle CPU only
 /// to measure that wake-up, the same few tens of µs every time.
 const PARKED_PROBE_FACTOR: u32 = 50;
+
+/// Time between looks while the runtime is quiet (every worker parked, and
+/// less than [`QUIET_BUSY`] of work done since the last look): the watchdog
+/// sleeps dormant and is woken early by the agent's alarm when a request
+/// arrives through the RED layer. Work that arrives otherwise is seen
+/// within this time.
+pub(crate) const DORMANT_LOOK: Duration = Duration::from_millis(200);
+
+/// Work done by all workers between two looks below which the runtime
+/// still counts as quiet (a probe, a timer firing).
+const QUIET_BUSY: Duration = Duration::from_millis(1);
+
+/// While the runtime is quiet, a probe runs every this many resolutions
+/// (two seconds at the default): enough to show the lag of an idle runtime,
+/// few enough wake-ups of the host's workers.
+const DORMANT_PROBE_FACTOR: u32 = 200;
 
 /// Time between looks while every worker is parked: ten resolutions, but
 /// at most half the stall threshold so a stall cannot begin and end
@@ -45,9 +62,17 @@ fn partly_idle_interval(resolution: Duration, threshold: Duration) -> Duration {
 }
 
 /// Time between probes: every resolution while no worker is parked (the
-/// probe then wakes nobody), less often while a probe must wake a worker.
-fn probe_interval(resolution: Duration, any_parked: bool, all_parked: bool) -> Duration {
-    if all_parked {
+/// probe then wakes nobody), less often while a probe must wake a worker,
+/// least often while the runtime is quiet.
+fn probe_interval(
+    resolution: Duration,
+    any_parked: bool,
+    all_parked: bool,
+    quiet: bool,
+) -> Duration {
+    if quiet {
+        resolution * DORMANT_PROBE_FACTOR
+    } else if all_parked {
         resolution * PARKED_PROBE_FACTOR
     } else if any_parked {
         resolution * IDLE_PROBE_FACTOR
@@ -66,6 +91,13 @@ const MAX_KNOWN_THREADS: usize = 1024;
 /// (`comm` keeps 15 bytes).
 const TOKIO_DEFAULT_COMM: &str = "tokio-runtime-w";
 
+/// When the watchdog looks next, and whether it sleeps dormant until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Look {
+    wait: Duration,
+    dormant: bool,
+}
+
 struct Watchdog {
     inner: Arc<Inner>,
     tracks: Vec<WorkerTrack>,
@@ -80,6 +112,11 @@ struct Watchdog {
     stall_jobs: Option<mpsc::Sender<StallJob>>,
     /// When the last probe was spawned (since the epoch).
     last_probe: Duration,
+    /// All workers' published busy time at the previous look, to tell a
+    /// quiet runtime.
+    previous_busy_ns: u64,
+    /// When the watchdog went to sleep dormant, until its next look.
+    dormant_since: Option<Duration>,
 }
 
 pub(super) fn spawn(inner: Arc<Inner>) -> std::io::Result<()> {
@@ -96,7 +133,13 @@ pub(super) fn spawn(inner: Arc<Inner>) -> std::io::Result<()> {
                 last_capture: Instant::now(),
                 stall_jobs: None,
                 last_probe: Duration::ZERO,
+                previous_busy_ns: 0,
+                dormant_since: None,
             };
+            watchdog.inner.alarm.attach_current_thread();
+            // Dormant looks need no precision; active ones a fraction of
+            // the resolution.
+            crate::periodic::relax_timer_slack(watchdog.inner.resolution / 20);
             watchdog.run();
         })
         .map(drop)
@@ -105,26 +148,35 @@ pub(super) fn spawn(inner: Arc<Inner>) -> std::io::Result<()> {
 impl Watchdog {
     fn run(&mut self) {
         let mut next = Instant::now();
+        let mut dormant = false;
         loop {
-            if self.inner.wait_for_stop(next) {
-                tracing::debug!("executor-lag watchdog stopped");
-                return;
+            match self.inner.sleep_until(next, dormant) {
+                Wake::Stopped => {
+                    tracing::debug!("executor-lag watchdog stopped");
+                    return;
+                }
+                // Work arrived just now: whatever a worker is doing began
+                // after the alarm, not at the previous look.
+                Wake::Rung => self.dormant_since = None,
+                Wake::Deadline => {}
             }
-            let Some(wait) = self.tick() else {
+            let Some(look) = self.tick() else {
                 return;
             };
-            next += wait;
+            dormant = look.dormant;
             let now = Instant::now();
+            // After an early wake-up (the alarm) the schedule restarts now.
+            next = if next > now { now } else { next } + look.wait;
             if next < now {
                 // Fell behind (a capture, a descheduled thread): do not
                 // burst to catch up.
-                next = now + wait;
+                next = now + look.wait;
             }
         }
     }
 
-    /// One look at the runtime. Returns the time until the next look, or
-    /// `None` once the runtime has shut down.
+    /// One look at the runtime. Returns when to look next, or `None` once
+    /// the runtime has shut down.
     ///
     /// Every thread wake-up costs CPU (10-20 µs on a small VM), so the
     /// watchdog backs off while the runtime has idle workers: with every
@@ -134,8 +186,11 @@ impl Watchdog {
     /// worker every [`IDLE_PROBE_FACTOR`] resolutions ([`PARKED_PROBE_FACTOR`]
     /// when all are parked) — with a worker parked, new work waits only for
     /// that worker's wake-up. It looks
-    /// every resolution while no worker is parked or a stall is open.
-    fn tick(&mut self) -> Option<Duration> {
+    /// every resolution while no worker is parked or a stall is open. When
+    /// the runtime is quiet (every worker parked, nothing published since
+    /// the last look) it sleeps dormant for [`DORMANT_LOOK`] without probes,
+    /// unless the alarm rings first.
+    fn tick(&mut self) -> Option<Look> {
         let inner = Arc::clone(&self.inner);
         let now = inner.epoch.elapsed();
         let metrics = inner.handle.metrics();
@@ -147,10 +202,23 @@ impl Watchdog {
             self.worker_tids = vec![None; workers];
         }
         let mut views = Vec::with_capacity(workers);
+        let unseen_since = self.dormant_since.take();
         for worker in 0..workers {
             let counters = read(&metrics, worker);
-            let event = self.tracks[worker].observe(now, counters, inner.threshold);
+            let event = self.tracks[worker].observe(now, counters, inner.threshold, unseen_since);
             match event {
+                WorkerEvent::StreakEnded { duration, stalled }
+                    if stalled && duration < inner.threshold =>
+                {
+                    // Reported on the bound a dormant sleep left; tokio's
+                    // exact busy time says it was shorter: not a stall.
+                    if let Some(id) = self.open_stalls.remove(&worker) {
+                        inner.stalls.retract(id);
+                    }
+                    if duration >= inner.resolution {
+                        inner.record_lag(now, duration);
+                    }
+                }
                 WorkerEvent::StreakEnded { duration, stalled } => {
                     if duration >= inner.resolution {
                         inner.record_lag(now, duration);
@@ -203,6 +271,14 @@ impl Watchdog {
         let any_parked = self.tracks.iter().any(|t| t.counters().parked());
         let all_parked =
             !self.tracks.is_empty() && self.tracks.iter().all(|t| t.counters().parked());
+        let busy_ns = self
+            .tracks
+            .iter()
+            .map(|t| t.counters().busy_ns)
+            .fold(0u64, u64::saturating_add);
+        let worked = Duration::from_nanos(busy_ns.saturating_sub(self.previous_busy_ns));
+        let quiet = all_parked && worked < QUIET_BUSY;
+        self.previous_busy_ns = busy_ns;
 
         match inner.probe.state() {
             ProbeState::Done(result) => {
@@ -219,7 +295,7 @@ impl Watchdog {
                 return None;
             }
         }
-        let probe_every = probe_interval(inner.resolution, any_parked, all_parked);
+        let probe_every = probe_interval(inner.resolution, any_parked, all_parked, quiet);
         if inner.probe.state() == ProbeState::Idle
             && now.saturating_sub(self.last_probe) + inner.resolution / 2 >= probe_every
         {
@@ -235,12 +311,21 @@ impl Watchdog {
             tracing::debug!("released the stack-capture unwind tables");
         }
         // A probe just spawned is collected at the next look either way.
-        Some(if !self.open_stalls.is_empty() || !any_parked {
-            inner.resolution
-        } else if all_parked {
-            idle_interval(inner.resolution, inner.threshold)
-        } else {
-            partly_idle_interval(inner.resolution, inner.threshold)
+        let dormant = quiet && self.open_stalls.is_empty();
+        if dormant {
+            self.dormant_since = Some(now);
+        }
+        Some(Look {
+            wait: if dormant {
+                DORMANT_LOOK.max(idle_interval(inner.resolution, inner.threshold))
+            } else if !self.open_stalls.is_empty() || !any_parked {
+                inner.resolution
+            } else if all_parked {
+                idle_interval(inner.resolution, inner.threshold)
+            } else {
+                partly_idle_interval(inner.resolution, inner.threshold)
+            },
+            dormant,
         })
     }
 
@@ -411,8 +496,9 @@ mod tests {
     #[test]
     fn probes_wake_parked_workers_rarely() {
         let ms = Duration::from_millis;
-        assert_eq!(probe_interval(ms(10), false, false), ms(10));
-        assert_eq!(probe_interval(ms(10), true, false), ms(100));
-        assert_eq!(probe_interval(ms(10), true, true), ms(500));
+        assert_eq!(probe_interval(ms(10), false, false, false), ms(10));
+        assert_eq!(probe_interval(ms(10), true, false, false), ms(100));
+        assert_eq!(probe_interval(ms(10), true, true, false), ms(500));
+        assert_eq!(probe_interval(ms(10), true, true, true), ms(2000));
     }
 }

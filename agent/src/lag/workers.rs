@@ -54,6 +54,10 @@ pub(crate) struct WorkerTrack {
     /// Whether a look found the counters unchanged while not parked.
     frozen_seen: bool,
     stalled: bool,
+    /// When the current streak began at the earliest: the previous look,
+    /// when the watchdog slept dormant since and found the worker away
+    /// from the scheduler on waking.
+    start_bound: Option<Duration>,
     /// Busy-ratio baseline: (time, estimated busy ns).
     ratio_base: Option<(Duration, u64)>,
     busy_ratio: Option<f64>,
@@ -71,12 +75,21 @@ impl WorkerTrack {
         }
     }
 
-    /// Folds in a reading taken at `now`.
+    /// Folds in a reading taken at `now`. `unseen_since` is the previous
+    /// look's time when the watchdog slept dormant since: a worker found
+    /// away from the scheduler may have been so since then.
+    ///
+    /// A stall is reported once the worker has been seen away for the
+    /// threshold — or, right after a dormant sleep, once it may have been
+    /// away for the threshold and has been seen away for a quarter of it;
+    /// the streak's exact length (tokio's busy time, when it ends) then
+    /// tells whether it really was a stall.
     pub(crate) fn observe(
         &mut self,
         now: Duration,
         counters: WorkerCounters,
         threshold: Duration,
+        unseen_since: Option<Duration>,
     ) -> WorkerEvent {
         let event = if counters != self.last {
             let event = if self.frozen_seen {
@@ -96,13 +109,19 @@ impl WorkerTrack {
             self.changed_at = now;
             self.frozen_seen = false;
             self.stalled = false;
+            self.start_bound = unseen_since.filter(|_| !counters.parked());
             event
         } else if counters.parked() {
             self.frozen_seen = false;
+            self.start_bound = None;
             WorkerEvent::Quiet
         } else {
             self.frozen_seen = true;
-            let stuck_for = now.saturating_sub(self.changed_at);
+            let seen = now.saturating_sub(self.changed_at);
+            let stuck_for = match self.start_bound {
+                Some(bound) if seen >= threshold / 4 => now.saturating_sub(bound),
+                _ => seen,
+            };
             if !self.stalled && stuck_for >= threshold {
                 self.stalled = true;
                 WorkerEvent::StallStarted { stuck_for }
@@ -179,11 +198,11 @@ mod tests {
     fn a_long_poll_is_a_stall_measured_by_published_busy_time() {
         let mut w = WorkerTrack::new(ms(0), c(10, 5, 10));
         // Unparked at 2 ms (published right after unpark), then stuck.
-        assert_eq!(w.observe(ms(10), c(10, 5, 10), T), WorkerEvent::Quiet);
+        assert_eq!(w.observe(ms(10), c(10, 5, 10), T, None), WorkerEvent::Quiet);
         let mut started = None;
         for tick in 2..=30u64 {
             if let WorkerEvent::StallStarted { stuck_for } =
-                w.observe(ms(tick * 10), c(10, 5, 10), T)
+                w.observe(ms(tick * 10), c(10, 5, 10), T, None)
             {
                 started = Some((tick, stuck_for));
             }
@@ -199,6 +218,7 @@ mod tests {
                 park_unparks: 11,
             },
             T,
+            None,
         );
         assert_eq!(
             end,
@@ -215,7 +235,7 @@ mod tests {
         let mut w = WorkerTrack::new(ms(0), c(0, 1, 1));
         for tick in 1..100u64 {
             assert_eq!(
-                w.observe(ms(tick * 10), c(0, 1, 1), T),
+                w.observe(ms(tick * 10), c(0, 1, 1), T, None),
                 WorkerEvent::Quiet,
                 "parked"
             );
@@ -223,7 +243,7 @@ mod tests {
         // Busy but publishing every look: never frozen.
         for tick in 100..200u64 {
             assert_eq!(
-                w.observe(ms(tick * 10), c(tick, 1, 2), T),
+                w.observe(ms(tick * 10), c(tick, 1, 2), T, None),
                 WorkerEvent::Quiet
             );
         }
@@ -234,9 +254,9 @@ mod tests {
     #[test]
     fn a_short_frozen_streak_ends_without_a_stall() {
         let mut w = WorkerTrack::new(ms(0), c(0, 0, 0));
-        assert_eq!(w.observe(ms(10), c(0, 0, 0), T), WorkerEvent::Quiet);
+        assert_eq!(w.observe(ms(10), c(0, 0, 0), T, None), WorkerEvent::Quiet);
         assert_eq!(
-            w.observe(ms(20), c(15, 0, 0), T),
+            w.observe(ms(20), c(15, 0, 0), T, None),
             WorkerEvent::StreakEnded {
                 duration: ms(15),
                 stalled: false
@@ -248,8 +268,45 @@ mod tests {
     fn a_stuck_worker_counts_as_busy() {
         let mut w = WorkerTrack::new(ms(0), c(0, 0, 0));
         for tick in 1..=250u64 {
-            w.observe(ms(tick * 10), c(0, 0, 0), Duration::from_secs(10));
+            w.observe(ms(tick * 10), c(0, 0, 0), Duration::from_secs(10), None);
         }
         assert!(w.busy_ratio().unwrap() > 0.95);
+    }
+
+    #[test]
+    fn after_a_dormant_sleep_a_long_poll_counts_from_the_previous_look() {
+        // Parked at 0; the watchdog sleeps 200 ms; on waking the worker is
+        // away (unparked at some unknown time since).
+        let mut w = WorkerTrack::new(ms(0), c(10, 5, 9));
+        let woke = ms(200);
+        assert_eq!(
+            w.observe(woke, c(10, 5, 10), T, Some(ms(0))),
+            WorkerEvent::Quiet
+        );
+        // Seen away for less than a quarter threshold: not yet.
+        assert_eq!(
+            w.observe(ms(220), c(10, 5, 10), T, None),
+            WorkerEvent::Quiet
+        );
+        // 25 ms seen, up to 225 ms in all: a stall (confirmed or retracted
+        // by its exact length at the end).
+        assert_eq!(
+            w.observe(ms(225), c(10, 5, 10), T, None),
+            WorkerEvent::StallStarted { stuck_for: ms(225) }
+        );
+        // Without a dormant sleep, the same readings wait for the threshold.
+        let mut w = WorkerTrack::new(ms(0), c(10, 5, 9));
+        assert_eq!(w.observe(woke, c(10, 5, 10), T, None), WorkerEvent::Quiet);
+        assert_eq!(
+            w.observe(ms(225), c(10, 5, 10), T, None),
+            WorkerEvent::Quiet
+        );
+        // A worker that is parked on waking gets no bound.
+        let mut w = WorkerTrack::new(ms(0), c(10, 5, 9));
+        assert_eq!(
+            w.observe(woke, c(11, 6, 11), T, Some(ms(0))),
+            WorkerEvent::Quiet
+        );
+        assert_eq!(w.start_bound, None);
     }
 }

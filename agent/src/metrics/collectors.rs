@@ -288,7 +288,7 @@ mod system {
             "Virtual memory size in bytes.",
         ))
         .count(&[], p.virtual_bytes);
-        if let Ok(open) = p.open_fds {
+        if let Ok(open) = now.slow.open_fds {
             out.family(Desc::gauge(
                 "process_open_fds",
                 None,
@@ -296,7 +296,7 @@ mod system {
             ))
             .count(&[], open);
         }
-        if let Ok(Some(max)) = p.max_fds {
+        if let Ok(Some(max)) = now.slow.max_fds {
             out.family(Desc::gauge(
                 "process_max_fds",
                 None,
@@ -318,7 +318,7 @@ mod system {
             ))
             .value(&[], start);
         }
-        if let Ok(delay) = p.run_delay_seconds {
+        if let Ok(delay) = now.slow.run_delay_seconds {
             out.family(Desc::counter(
                 "stethoscope_process_run_queue_delay_seconds",
                 Some("seconds"),
@@ -326,7 +326,7 @@ mod system {
             ))
             .value(&[], delay);
         }
-        if let Ok((read, written)) = p.io_bytes {
+        if let Ok((read, written)) = now.slow.io_bytes {
             out.family(Desc::counter(
                 "stethoscope_process_io_read_bytes",
                 Some("bytes"),
@@ -371,7 +371,7 @@ mod system {
             ))
             .value(&[], cg.throttled_seconds);
         }
-        if let Ok(cg) = &now.memory_cgroup {
+        if let Ok(cg) = &now.slow.memory_cgroup {
             if let Some(limit) = cg.limit_bytes {
                 out.family(Desc::gauge(
                     "stethoscope_container_memory_limit_bytes",
@@ -409,7 +409,7 @@ mod system {
                 .count(&[], hits);
             }
         }
-        if let Ok(cg) = &now.pids_cgroup {
+        if let Ok(cg) = &now.slow.pids_cgroup {
             out.family(Desc::gauge(
                 "stethoscope_container_tasks",
                 None,
@@ -430,21 +430,21 @@ mod system {
     fn pressure(out: &mut MetricWriter, now: &Readings) {
         let all = [
             (
-                &now.psi_cpu,
+                &now.slow.psi_cpu,
                 "stethoscope_pressure_cpu_waiting_seconds",
                 "stethoscope_pressure_cpu_stalled_seconds",
                 "Time at least one task waited for a CPU (PSI cpu some total; the cgroup's own on cgroup v2).",
                 "Time all non-idle tasks waited for a CPU (PSI cpu full total).",
             ),
             (
-                &now.psi_memory,
+                &now.slow.psi_memory,
                 "stethoscope_pressure_memory_waiting_seconds",
                 "stethoscope_pressure_memory_stalled_seconds",
                 "Time at least one task stalled on memory (PSI memory some total).",
                 "Time all non-idle tasks stalled on memory (PSI memory full total).",
             ),
             (
-                &now.psi_io,
+                &now.slow.psi_io,
                 "stethoscope_pressure_io_waiting_seconds",
                 "stethoscope_pressure_io_stalled_seconds",
                 "Time at least one task stalled on I/O (PSI io some total).",
@@ -463,7 +463,7 @@ mod system {
     }
 
     fn network(out: &mut MetricWriter, now: &Readings) {
-        let Ok(n) = &now.net else { return };
+        let Ok(n) = &now.slow.net else { return };
         out.family(Desc::counter(
             "stethoscope_network_tcp_retransmitted_segments",
             None,

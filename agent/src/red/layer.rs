@@ -85,6 +85,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        self.metrics.request_started();
         let pending = Pending {
             metrics: self.metrics.clone(),
             method: method_label(request.method().as_str()),

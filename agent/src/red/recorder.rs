@@ -52,6 +52,9 @@ struct Inner {
     max_series: usize,
     /// Whether a layer was ever made, to tell "no traffic" from "not installed".
     layer_made: AtomicBool,
+    /// Rung at the start of every request: wakes the agent's dormant
+    /// stall watchdog when work arrives after a quiet spell.
+    alarm: std::sync::OnceLock<Arc<crate::periodic::Alarm>>,
 }
 
 #[derive(Debug, Default)]
@@ -100,7 +103,21 @@ impl RedMetrics {
                 series: AtomicUsize::new(0),
                 max_series: max_series.max(1),
                 layer_made: AtomicBool::new(false),
+                alarm: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Rings `alarm` at the start of every request from now on.
+    pub(crate) fn ring_on_request(&self, alarm: Arc<crate::periodic::Alarm>) {
+        let _ = self.inner.alarm.set(alarm);
+    }
+
+    /// A request starts.
+    #[inline]
+    pub(crate) fn request_started(&self) {
+        if let Some(alarm) = self.inner.alarm.get() {
+            alarm.ring();
         }
     }
 

@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::files::ProcFiles;
+
 /// Above this a v1 limit means "no limit" (the kernel reports
 /// `PAGE_COUNTER_MAX` pages, 9223372036854771712 bytes on 4 KiB pages).
 const V1_UNLIMITED: u64 = 1 << 62;
@@ -38,9 +40,11 @@ pub(crate) struct ControllerDir {
 }
 
 impl ControllerDir {
-    fn read(&self, file: &str) -> Result<String, String> {
+    fn read(&self, files: &mut ProcFiles, file: &str) -> Result<String, String> {
         let path = self.dir.join(file);
-        std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        files
+            .read(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
     }
 
     /// This directory and its ancestors up to the mount point, innermost first.
@@ -206,10 +210,11 @@ pub(crate) fn flat_keyed(text: &str, key: &str) -> Option<u64> {
 }
 
 /// The smallest numeric value of `file` in the cgroup and its ancestors
-/// (`max` and missing files mean no limit at that level).
-fn tightest_limit(dir: &ControllerDir, file: &str) -> Option<u64> {
+/// (`max` and missing files mean no limit at that level). Limits change
+/// rarely: they are re-read every few seconds, not at every sample.
+fn tightest_limit(dir: &ControllerDir, files: &mut ProcFiles, file: &str) -> Option<u64> {
     dir.lineage()
-        .filter_map(|level| std::fs::read_to_string(level.join(file)).ok())
+        .filter_map(|level| files.read_slow(&level.join(file)).ok())
         .filter_map(|text| text.trim().parse::<u64>().ok())
         .min()
 }
@@ -235,17 +240,18 @@ pub(crate) struct CpuCgroup {
     pub(crate) source: String,
 }
 
-pub(crate) fn read_cpu(dir: &ControllerDir) -> Result<CpuCgroup, String> {
-    let stat = dir.read("cpu.stat")?;
+pub(crate) fn read_cpu(dir: &ControllerDir, files: &mut ProcFiles) -> Result<CpuCgroup, String> {
+    let stat = dir.read(files, "cpu.stat")?;
     let mut quota_cores: Option<f64> = None;
     for level in dir.lineage() {
         let level_quota = match dir.version {
-            Version::V2 => std::fs::read_to_string(level.join("cpu.max"))
+            Version::V2 => files
+                .read_slow(&level.join("cpu.max"))
                 .ok()
                 .and_then(|text| parse_cpu_max(&text)),
             Version::V1 => {
-                let quota = std::fs::read_to_string(level.join("cpu.cfs_quota_us")).ok();
-                let period = std::fs::read_to_string(level.join("cpu.cfs_period_us")).ok();
+                let quota = files.read_slow(&level.join("cpu.cfs_quota_us")).ok();
+                let period = files.read_slow(&level.join("cpu.cfs_period_us")).ok();
                 match (quota, period) {
                     (Some(q), Some(p)) => parse_cfs_quota(&q, &p),
                     _ => None,
@@ -307,13 +313,16 @@ pub(crate) struct MemoryCgroup {
     pub(crate) source: String,
 }
 
-pub(crate) fn read_memory(dir: &ControllerDir) -> Result<MemoryCgroup, String> {
-    let stat = dir.read("memory.stat").unwrap_or_default();
+pub(crate) fn read_memory(
+    dir: &ControllerDir,
+    files: &mut ProcFiles,
+) -> Result<MemoryCgroup, String> {
+    let stat = dir.read(files, "memory.stat").unwrap_or_default();
     match dir.version {
         Version::V2 => {
-            let usage_bytes = parse_u64(&dir.read("memory.current")?, "memory.current")?;
-            let limit = tightest_limit(dir, "memory.max");
-            let events = dir.read("memory.events").unwrap_or_default();
+            let usage_bytes = parse_u64(&dir.read(files, "memory.current")?, "memory.current")?;
+            let limit = tightest_limit(dir, files, "memory.max");
+            let events = dir.read(files, "memory.events").unwrap_or_default();
             let inactive = flat_keyed(&stat, "inactive_file").unwrap_or(0);
             Ok(MemoryCgroup {
                 usage_bytes,
@@ -326,11 +335,14 @@ pub(crate) fn read_memory(dir: &ControllerDir) -> Result<MemoryCgroup, String> {
             })
         }
         Version::V1 => {
-            let usage_bytes =
-                parse_u64(&dir.read("memory.usage_in_bytes")?, "memory.usage_in_bytes")?;
+            let usage_bytes = parse_u64(
+                &dir.read(files, "memory.usage_in_bytes")?,
+                "memory.usage_in_bytes",
+            )?;
             let limit = flat_keyed(&stat, "hierarchical_memory_limit")
                 .or_else(|| {
-                    dir.read("memory.limit_in_bytes")
+                    files
+                        .read_slow(&dir.dir.join("memory.limit_in_bytes"))
                         .ok()
                         .and_then(|t| t.trim().parse().ok())
                 })
@@ -338,14 +350,14 @@ pub(crate) fn read_memory(dir: &ControllerDir) -> Result<MemoryCgroup, String> {
             let inactive = flat_keyed(&stat, "total_inactive_file")
                 .or_else(|| flat_keyed(&stat, "inactive_file"))
                 .unwrap_or(0);
-            let oom_control = dir.read("memory.oom_control").unwrap_or_default();
+            let oom_control = dir.read(files, "memory.oom_control").unwrap_or_default();
             Ok(MemoryCgroup {
                 usage_bytes,
                 working_set_bytes: usage_bytes.saturating_sub(inactive),
                 limit_bytes: limit,
                 oom_kills: flat_keyed(&oom_control, "oom_kill"),
                 limit_hits: dir
-                    .read("memory.failcnt")
+                    .read(files, "memory.failcnt")
                     .ok()
                     .and_then(|t| t.trim().parse().ok()),
                 high_events: None,
@@ -367,10 +379,10 @@ pub(crate) struct PidsCgroup {
     pub(crate) source: String,
 }
 
-pub(crate) fn read_pids(dir: &ControllerDir) -> Result<PidsCgroup, String> {
-    let current = parse_u64(&dir.read("pids.current")?, "pids.current")?;
-    let limit = tightest_limit(dir, "pids.max");
-    let events = dir.read("pids.events").unwrap_or_default();
+pub(crate) fn read_pids(dir: &ControllerDir, files: &mut ProcFiles) -> Result<PidsCgroup, String> {
+    let current = parse_u64(&dir.read(files, "pids.current")?, "pids.current")?;
+    let limit = tightest_limit(dir, files, "pids.max");
+    let events = dir.read(files, "pids.events").unwrap_or_default();
     Ok(PidsCgroup {
         current,
         limit,
@@ -442,18 +454,19 @@ pub(crate) mod tests {
         let cpu_dir = cgroups.cpu.as_ref().unwrap();
         assert_eq!(cpu_dir.version, Version::V2);
         assert_eq!(cpu_dir.dir, root.join("sys/fs/cgroup/"));
-        let cpu = read_cpu(cpu_dir).unwrap();
+        let cpu = read_cpu(cpu_dir, &mut ProcFiles::default()).unwrap();
         assert_eq!(cpu.quota_cores, Some(1.5));
         assert_eq!((cpu.periods, cpu.throttled_periods), (1200, 300));
         assert!((cpu.throttled_seconds - 4.5).abs() < 1e-9);
-        let memory = read_memory(cgroups.memory.as_ref().unwrap()).unwrap();
+        let memory =
+            read_memory(cgroups.memory.as_ref().unwrap(), &mut ProcFiles::default()).unwrap();
         assert_eq!(memory.usage_bytes, 256 << 20);
         assert_eq!(memory.working_set_bytes, 240 << 20);
         assert_eq!(memory.limit_bytes, Some(512 << 20));
         assert_eq!(memory.oom_kills, Some(1));
         assert_eq!(memory.limit_hits, Some(42));
         assert_eq!(memory.high_events, Some(7));
-        let pids = read_pids(cgroups.pids.as_ref().unwrap()).unwrap();
+        let pids = read_pids(cgroups.pids.as_ref().unwrap(), &mut ProcFiles::default()).unwrap();
         assert_eq!(
             (pids.current, pids.limit, pids.refused),
             (37, Some(1024), Some(3))
@@ -483,9 +496,10 @@ pub(crate) mod tests {
             ],
         );
         let cgroups = discover("0::/kubepods.slice/pod1\n", V2_MOUNTINFO, &root);
-        let cpu = read_cpu(cgroups.cpu.as_ref().unwrap()).unwrap();
+        let cpu = read_cpu(cgroups.cpu.as_ref().unwrap(), &mut ProcFiles::default()).unwrap();
         assert_eq!(cpu.quota_cores, Some(0.5));
-        let memory = read_memory(cgroups.memory.as_ref().unwrap()).unwrap();
+        let memory =
+            read_memory(cgroups.memory.as_ref().unwrap(), &mut ProcFiles::default()).unwrap();
         assert_eq!(memory.limit_bytes, Some(1 << 30));
         assert_eq!(
             memory.oom_kills, None,
@@ -537,16 +551,17 @@ pub(crate) mod tests {
         let cpu_dir = cgroups.cpu.as_ref().unwrap();
         assert_eq!(cpu_dir.version, Version::V1);
         assert_eq!(cpu_dir.dir, root.join("sys/fs/cgroup/cpu,cpuacct/"));
-        let cpu = read_cpu(cpu_dir).unwrap();
+        let cpu = read_cpu(cpu_dir, &mut ProcFiles::default()).unwrap();
         assert_eq!(cpu.quota_cores, Some(2.0));
         assert_eq!((cpu.periods, cpu.throttled_periods), (500, 25));
         assert!((cpu.throttled_seconds - 1.5).abs() < 1e-9);
-        let memory = read_memory(cgroups.memory.as_ref().unwrap()).unwrap();
+        let memory =
+            read_memory(cgroups.memory.as_ref().unwrap(), &mut ProcFiles::default()).unwrap();
         assert_eq!(memory.usage_bytes, 100 << 20);
         assert_eq!(memory.working_set_bytes, 100_000_000);
         assert_eq!(memory.limit_bytes, Some(200 << 20));
         assert_eq!((memory.oom_kills, memory.limit_hits), (Some(2), Some(9)));
-        let pids = read_pids(cgroups.pids.as_ref().unwrap()).unwrap();
+        let pids = read_pids(cgroups.pids.as_ref().unwrap(), &mut ProcFiles::default()).unwrap();
         assert_eq!((pids.current, pids.limit), (12, None));
         assert!(
             cgroups.unified.is_none(),
@@ -584,13 +599,14 @@ pub(crate) mod tests {
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
         let cgroups = discover(proc_cgroup, mountinfo, &root);
-        let cpu = read_cpu(cgroups.cpu.as_ref().unwrap()).unwrap();
+        let cpu = read_cpu(cgroups.cpu.as_ref().unwrap(), &mut ProcFiles::default()).unwrap();
         assert_eq!(cpu.quota_cores, None);
-        let memory = read_memory(cgroups.memory.as_ref().unwrap()).unwrap();
+        let memory =
+            read_memory(cgroups.memory.as_ref().unwrap(), &mut ProcFiles::default()).unwrap();
         assert_eq!(memory.limit_bytes, None, "PAGE_COUNTER_MAX means no limit");
         assert_eq!(memory.oom_kills, Some(0));
         assert!(
-            read_pids(cgroups.pids.as_ref().unwrap()).is_err(),
+            read_pids(cgroups.pids.as_ref().unwrap(), &mut ProcFiles::default()).is_err(),
             "missing files are a reason, not a panic"
         );
         assert_eq!(

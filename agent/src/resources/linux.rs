@@ -1,160 +1,346 @@
-//! Linux readers: `/proc` through the `procfs` crate, cgroups and the
-//! cgroup's pressure files by hand, `/proc/net/netstat` by hand (procfs
-//! does not parse it).
+//! Linux readers: `/proc` files parsed with the `procfs` crate's parsers
+//! (read through kept-open [`ProcFiles`]), cgroups and the cgroup's
+//! pressure files by hand, `/proc/net/netstat` by hand (procfs does not
+//! parse it). What cannot change while the process runs (boot time, the
+//! host's memory, `threads-max`) is read once.
 
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use procfs::process::{LimitValue, Process};
+use procfs::process::{Io, LimitValue, Limits, Stat, Status};
 use procfs::{Current, FromRead};
 
 use super::cgroup::{self, Cgroups};
-use super::readings::{DiskReadings, NetReadings, Pressure, ProcessReadings, Reading, Readings};
+use super::files::{ProcFiles, SLOW_REFRESH};
+use super::readings::{
+    DiskReadings, NetReadings, Pressure, ProcessReadings, Reading, Readings, SlowReadings,
+};
+use crate::config::{MIN_USE_WINDOW, USE_SLOW_SAMPLE_INTERVAL};
 
 /// Threads whose `schedstat` is summed at most; beyond it the run delay is
 /// reported unavailable rather than making every scrape slow.
 const MAX_TASKS_READ: usize = 1024;
 
-/// Reads one sample. `cgroups` was discovered once at start.
-pub(crate) fn read(cgroups: &Reading<Cgroups>) -> Readings {
-    let at = Instant::now();
-    let myself = Process::myself().map_err(|e| format!("cannot open /proc/self: {e}"));
-    let process = myself.as_ref().map_err(Clone::clone).and_then(read_process);
-    let cpus_allowed = myself
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|p| {
-            p.status()
-                .map_err(|e| format!("cannot read /proc/self/status: {e}"))
-        })
-        .and_then(|status| {
-            status
-                .cpus_allowed_list
-                .map(|ranges| {
-                    ranges
-                        .iter()
-                        .map(|(lo, hi)| f64::from(hi.saturating_sub(*lo) + 1))
-                        .sum()
-                })
-                .ok_or_else(|| "Cpus_allowed_list missing from /proc/self/status".to_owned())
-        });
-    let (cpu_cgroup, memory_cgroup, pids_cgroup) = match cgroups {
-        Ok(c) => (
-            c.cpu
+/// What one process's samples share: open files, and values read once.
+#[derive(Debug)]
+pub(crate) struct LinuxReader {
+    files: ProcFiles,
+    boot_time_secs: Reading<u64>,
+    host_memory_bytes: Reading<u64>,
+    threads_max: Reading<u64>,
+    /// Whole disks (entries of `/sys/block`), refreshed every
+    /// [`SLOW_REFRESH`].
+    disks: (Instant, Vec<String>),
+    /// The latest slow readings, and the ones before them.
+    slow: Option<Arc<SlowReadings>>,
+    slow_before: Option<Arc<SlowReadings>>,
+}
+
+impl LinuxReader {
+    pub(crate) fn new() -> Self {
+        LinuxReader {
+            files: ProcFiles::default(),
+            boot_time_secs: procfs::boot_time_secs()
+                .map_err(|e| format!("cannot read the boot time from /proc/stat: {e}")),
+            host_memory_bytes: procfs::Meminfo::current()
+                .map(|m| m.mem_total)
+                .map_err(|e| format!("cannot read /proc/meminfo: {e}")),
+            threads_max: procfs::sys::kernel::threads_max()
+                .map(u64::from)
+                .map_err(|e| format!("cannot read /proc/sys/kernel/threads-max: {e}")),
+            disks: (Instant::now(), whole_disks()),
+            slow: None,
+            slow_before: None,
+        }
+    }
+
+    fn read_file(&mut self, path: &str) -> Reading<String> {
+        self.files
+            .read(Path::new(path))
+            .map_err(|e| format!("cannot read {path}: {e}"))
+    }
+
+    /// Reads one sample. `cgroups` was discovered once at start. The slow
+    /// values are read when `full` is asked for or when their last read is
+    /// [`USE_SLOW_SAMPLE_INTERVAL`] old.
+    pub(crate) fn read(&mut self, cgroups: &Reading<Cgroups>, full: bool) -> Readings {
+        let at = Instant::now();
+        let process = self.read_process();
+        let files = &mut self.files;
+        let cpu_cgroup = match cgroups {
+            Ok(c) => c
+                .cpu
                 .as_ref()
                 .ok_or_else(|| "no cpu cgroup controller is mounted".to_owned())
-                .and_then(cgroup::read_cpu),
-            c.memory
-                .as_ref()
-                .ok_or_else(|| "no memory cgroup controller is mounted".to_owned())
-                .and_then(cgroup::read_memory),
-            c.pids
-                .as_ref()
-                .ok_or_else(|| "no pids cgroup controller is mounted".to_owned())
-                .and_then(cgroup::read_pids),
-        ),
-        Err(reason) => (
-            Err(reason.clone()),
-            Err(reason.clone()),
-            Err(reason.clone()),
-        ),
-    };
-    let unified = cgroups.as_ref().ok().and_then(|c| c.unified.as_ref());
-    let pressure = |name: &str| {
-        read_pressure(
-            unified.map(|u| (u.dir.as_path(), u.dir == u.mount_point)),
-            name,
-        )
-    };
-    Readings {
-        at,
-        process,
-        cpu_cgroup,
-        memory_cgroup,
-        pids_cgroup,
-        psi_cpu: pressure("cpu"),
-        psi_memory: pressure("memory"),
-        psi_io: pressure("io"),
-        cpus_allowed,
-        host_memory_bytes: procfs::Meminfo::current()
-            .map(|m| m.mem_total)
-            .map_err(|e| format!("cannot read /proc/meminfo: {e}")),
-        threads_max: procfs::sys::kernel::threads_max()
-            .map(u64::from)
-            .map_err(|e| format!("cannot read /proc/sys/kernel/threads-max: {e}")),
-        net: read_net(),
-        disk: read_disk(),
-        executor: Err(String::new()),
-    }
-}
-
-fn read_process(process: &Process) -> Reading<ProcessReadings> {
-    let stat = process
-        .stat()
-        .map_err(|e| format!("cannot read /proc/self/stat: {e}"))?;
-    let ticks = procfs::ticks_per_second().max(1) as f64;
-    let start_time_seconds = procfs::boot_time_secs()
-        .map(|boot| boot as f64 + stat.starttime as f64 / ticks)
-        .map_err(|e| format!("cannot read the boot time from /proc/stat: {e}"));
-    let open_fds = process
-        .fd_count()
-        .map(|n| n as u64)
-        .map_err(|e| format!("cannot list /proc/self/fd: {e}"));
-    let max_fds = process
-        .limits()
-        .map(|l| match l.max_open_files.soft_limit {
-            LimitValue::Unlimited => None,
-            LimitValue::Value(v) => Some(v),
-        })
-        .map_err(|e| format!("cannot read /proc/self/limits: {e}"));
-    let io_bytes = process
-        .io()
-        .map(|io| (io.read_bytes, io.write_bytes))
-        .map_err(|e| format!("cannot read /proc/self/io: {e}"));
-    Ok(ProcessReadings {
-        cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
-        resident_bytes: stat.rss.saturating_mul(procfs::page_size()),
-        virtual_bytes: stat.vsize,
-        threads: u64::try_from(stat.num_threads).unwrap_or(0),
-        start_time_seconds,
-        open_fds,
-        max_fds,
-        run_delay_seconds: read_run_delay(),
-        io_bytes,
-    })
-}
-
-/// Sum of run-queue delay over this process's threads. `/proc/self/schedstat`
-/// covers only the main thread, so every task is read.
-fn read_run_delay() -> Reading<f64> {
-    let dir = std::fs::read_dir("/proc/self/task")
-        .map_err(|e| format!("cannot list /proc/self/task: {e}"))?;
-    let mut total_ns: u64 = 0;
-    for (count, entry) in dir.flatten().enumerate() {
-        if count >= MAX_TASKS_READ {
-            return Err(format!(
-                "more than {MAX_TASKS_READ} threads: run-queue delay not summed"
-            ));
-        }
-        let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else {
-            continue; // the thread exited meanwhile
+                .and_then(|dir| cgroup::read_cpu(dir, files)),
+            Err(reason) => Err(reason.clone()),
         };
-        if let Some(delay) = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|d| d.parse::<u64>().ok())
-        {
-            total_ns = total_ns.saturating_add(delay);
+        let stale = self
+            .slow
+            .as_ref()
+            .is_none_or(|slow| at.saturating_duration_since(slow.at) >= USE_SLOW_SAMPLE_INTERVAL);
+        if full || stale {
+            let slow = Arc::new(self.read_slow(cgroups));
+            if let Some(last) = self.slow.take() {
+                if slow.at.saturating_duration_since(last.at) >= MIN_USE_WINDOW {
+                    self.slow_before = Some(last);
+                } else {
+                    // Too close to the last one for a rate: keep its
+                    // predecessor as the base.
+                    self.slow_before = self.slow_before.take().or(Some(last));
+                }
+            }
+            self.slow = Some(slow);
+        }
+        let slow = match &self.slow {
+            Some(slow) => Arc::clone(slow),
+            None => Arc::new(self.read_slow(cgroups)),
+        };
+        Readings {
+            at,
+            process,
+            cpu_cgroup,
+            host_memory_bytes: self.host_memory_bytes.clone(),
+            threads_max: self.threads_max.clone(),
+            executor: Err(String::new()),
+            slow,
+            slow_before: self.slow_before.clone(),
         }
     }
-    Ok(total_ns as f64 / 1e9)
+
+    fn read_slow(&mut self, cgroups: &Reading<Cgroups>) -> SlowReadings {
+        let at = Instant::now();
+        // Descriptors first, while no file but the kept ones is open.
+        let open_fds = count_fds();
+        let cpus_allowed = self
+            .files
+            .read_slow(Path::new("/proc/self/status"))
+            .map_err(|e| format!("cannot read /proc/self/status: {e}"))
+            .and_then(|text| {
+                Status::from_read(text.as_bytes())
+                    .map_err(|e| format!("cannot parse /proc/self/status: {e}"))
+            })
+            .and_then(|status| {
+                status
+                    .cpus_allowed_list
+                    .map(|ranges| {
+                        ranges
+                            .iter()
+                            .map(|(lo, hi)| f64::from(hi.saturating_sub(*lo) + 1))
+                            .sum()
+                    })
+                    .ok_or_else(|| "Cpus_allowed_list missing from /proc/self/status".to_owned())
+            });
+        let files = &mut self.files;
+        let (memory_cgroup, pids_cgroup) = match cgroups {
+            Ok(c) => (
+                c.memory
+                    .as_ref()
+                    .ok_or_else(|| "no memory cgroup controller is mounted".to_owned())
+                    .and_then(|dir| cgroup::read_memory(dir, files)),
+                c.pids
+                    .as_ref()
+                    .ok_or_else(|| "no pids cgroup controller is mounted".to_owned())
+                    .and_then(|dir| cgroup::read_pids(dir, files)),
+            ),
+            Err(reason) => (Err(reason.clone()), Err(reason.clone())),
+        };
+        let unified = cgroups.as_ref().ok().and_then(|c| c.unified.as_ref());
+        let mut pressure = |name: &str| {
+            read_pressure(
+                files,
+                unified.map(|u| (u.dir.as_path(), u.dir == u.mount_point)),
+                name,
+            )
+        };
+        let (psi_cpu, psi_memory, psi_io) = (pressure("cpu"), pressure("memory"), pressure("io"));
+        let max_fds = self
+            .files
+            .read_slow(Path::new("/proc/self/limits"))
+            .map_err(|e| format!("cannot read /proc/self/limits: {e}"))
+            .and_then(|text| {
+                Limits::from_read(text.as_bytes())
+                    .map_err(|e| format!("cannot parse /proc/self/limits: {e}"))
+            })
+            .map(|l| match l.max_open_files.soft_limit {
+                LimitValue::Unlimited => None,
+                LimitValue::Value(v) => Some(v),
+            });
+        let io_bytes = self.read_file("/proc/self/io").and_then(|text| {
+            Io::from_read(text.as_bytes())
+                .map(|io| (io.read_bytes, io.write_bytes))
+                .map_err(|e| format!("cannot parse /proc/self/io: {e}"))
+        });
+        SlowReadings {
+            at,
+            psi_cpu,
+            psi_memory,
+            psi_io,
+            memory_cgroup,
+            pids_cgroup,
+            cpus_allowed,
+            net: self.read_net(),
+            disk: self.read_disk(),
+            open_fds,
+            max_fds,
+            run_delay_seconds: self.read_run_delay(),
+            io_bytes,
+        }
+    }
+
+    fn read_process(&mut self) -> Reading<ProcessReadings> {
+        let stat = self.read_file("/proc/self/stat").and_then(|text| {
+            Stat::from_read(text.as_bytes())
+                .map_err(|e| format!("cannot parse /proc/self/stat: {e}"))
+        })?;
+        let ticks = procfs::ticks_per_second().max(1) as f64;
+        let start_time_seconds = self
+            .boot_time_secs
+            .clone()
+            .map(|boot| boot as f64 + stat.starttime as f64 / ticks);
+        Ok(ProcessReadings {
+            cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
+            resident_bytes: stat.rss.saturating_mul(procfs::page_size()),
+            virtual_bytes: stat.vsize,
+            threads: u64::try_from(stat.num_threads).unwrap_or(0),
+            start_time_seconds,
+        })
+    }
+
+    /// Sum of run-queue delay over this process's threads.
+    /// `/proc/self/schedstat` covers only the main thread, so every task is
+    /// read. These files are opened for each read and not kept: threads come
+    /// and go, and a varying number of kept descriptors would make the
+    /// process's descriptor count move with them.
+    fn read_run_delay(&mut self) -> Reading<f64> {
+        let dir = std::fs::read_dir("/proc/self/task")
+            .map_err(|e| format!("cannot list /proc/self/task: {e}"))?;
+        let mut total_ns: u64 = 0;
+        let mut buffer = [0u8; 128];
+        for (count, entry) in dir.flatten().enumerate() {
+            if count >= MAX_TASKS_READ {
+                return Err(format!(
+                    "more than {MAX_TASKS_READ} threads: run-queue delay not summed"
+                ));
+            }
+            let Ok(file) = File::open(entry.path().join("schedstat")) else {
+                continue; // the thread exited meanwhile
+            };
+            let Ok(read) = read_at_start(&file, &mut buffer) else {
+                continue;
+            };
+            if let Some(delay) = std::str::from_utf8(&buffer[..read])
+                .ok()
+                .and_then(|text| text.split_whitespace().nth(1))
+                .and_then(|d| d.parse::<u64>().ok())
+            {
+                total_ns = total_ns.saturating_add(delay);
+            }
+        }
+        Ok(total_ns as f64 / 1e9)
+    }
+
+    fn read_net(&mut self) -> Reading<NetReadings> {
+        // Only the TCP segment counters of /proc/net/snmp are used: read
+        // them by name rather than parse every section.
+        let snmp = self.read_file("/proc/net/snmp")?;
+        let tcp = |field| {
+            netstat_value(&snmp, "Tcp", field)
+                .ok_or_else(|| format!("no Tcp {field} in /proc/net/snmp"))
+        };
+        let (tcp_out_segs, tcp_retrans_segs) = (tcp("OutSegs")?, tcp("RetransSegs")?);
+        // Listen drops are error counts, not rates, and /proc/net/netstat
+        // is the largest file of a sample: it is read every few seconds.
+        let netstat = self
+            .files
+            .read_slow(Path::new("/proc/net/netstat"))
+            .unwrap_or_default();
+        let devices = self.read_file("/proc/net/dev").and_then(|text| {
+            procfs::net::InterfaceDeviceStatus::from_read(text.as_bytes())
+                .map_err(|e| format!("cannot parse /proc/net/dev: {e}"))
+        })?;
+        let mut net = NetReadings {
+            tcp_out_segs,
+            tcp_retrans_segs,
+            listen_overflows: netstat_value(&netstat, "TcpExt", "ListenOverflows"),
+            listen_drops: netstat_value(&netstat, "TcpExt", "ListenDrops"),
+            interface_errors: 0,
+            interface_drops: 0,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        };
+        for (name, dev) in devices.0.iter() {
+            if name == "lo" {
+                continue;
+            }
+            net.interface_errors += dev.recv_errs + dev.sent_errs;
+            net.interface_drops += dev.recv_drop + dev.sent_drop;
+            net.rx_bytes += dev.recv_bytes;
+            net.tx_bytes += dev.sent_bytes;
+        }
+        Ok(net)
+    }
+
+    fn read_disk(&mut self) -> Reading<DiskReadings> {
+        let stats = self.read_file("/proc/diskstats").and_then(|text| {
+            procfs::DiskStats::from_read(text.as_bytes())
+                .map_err(|e| format!("cannot parse /proc/diskstats: {e}"))
+        })?;
+        if self.disks.0.elapsed() >= SLOW_REFRESH {
+            self.disks = (Instant::now(), whole_disks());
+        }
+        let disks = &self.disks.1;
+        // Whole disks only (the entries of /sys/block): partitions would
+        // double-count their disk's time.
+        let busy_ms = stats
+            .0
+            .into_iter()
+            .filter(|d| !d.name.starts_with("loop") && !d.name.starts_with("ram"))
+            .filter(|d| disks.contains(&d.name))
+            .map(|d| (d.name, d.time_in_progress))
+            .collect();
+        Ok(DiskReadings { busy_ms })
+    }
+}
+
+/// Entries of `/sys/block`: the whole disks.
+fn whole_disks() -> Vec<String> {
+    std::fs::read_dir("/sys/block")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Descriptors open in this process.
+fn count_fds() -> Reading<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            // The listing's own descriptor is not the process's.
+            (dir.count() as u64).saturating_sub(1)
+        })
+        .map_err(|e| format!("cannot list /proc/self/fd: {e}"))
+}
+
+/// Reads the start of a small file into `buffer`; returns the bytes read.
+fn read_at_start(file: &File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    file.read_at(buffer, 0)
 }
 
 /// The cgroup's own pressure file when the unified hierarchy has one,
 /// else the host-wide `/proc/pressure/<name>`.
 /// `unified` is the cgroup's v2 directory and whether it is the root
 /// cgroup (whose pressure is the whole host's).
-fn read_pressure(unified: Option<(&Path, bool)>, name: &str) -> Reading<Pressure> {
+fn read_pressure(
+    files: &mut ProcFiles,
+    unified: Option<(&Path, bool)>,
+    name: &str,
+) -> Reading<Pressure> {
     if let Some((dir, is_root)) = unified {
         let path = dir.join(format!("{name}.pressure"));
         let scope = if is_root {
@@ -162,18 +348,21 @@ fn read_pressure(unified: Option<(&Path, bool)>, name: &str) -> Reading<Pressure
         } else {
             "the process's cgroup"
         };
-        if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(text) = files.read(&path) {
             if let Some(p) = parse_pressure(&text, format!("PSI {} ({scope})", path.display())) {
                 return Ok(p);
             }
         }
     }
-    let path = format!("/proc/pressure/{name}");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        format!("PSI unavailable ({path}: {e}); the kernel needs CONFIG_PSI=y and psi=1")
+    let path = PathBuf::from(format!("/proc/pressure/{name}"));
+    let text = files.read(&path).map_err(|e| {
+        format!(
+            "PSI unavailable ({}: {e}); the kernel needs CONFIG_PSI=y and psi=1",
+            path.display()
+        )
     })?;
-    parse_pressure(&text, format!("PSI {path} (host-wide)"))
-        .ok_or_else(|| format!("unexpected content in {path}"))
+    parse_pressure(&text, format!("PSI {} (host-wide)", path.display()))
+        .ok_or_else(|| format!("unexpected content in {}", path.display()))
 }
 
 /// Parses a PSI file (`some avg10=… total=…` / `full …`) with procfs.
@@ -203,35 +392,9 @@ pub(crate) fn parse_pressure(text: &str, source: String) -> Option<Pressure> {
     }
 }
 
-fn read_net() -> Reading<NetReadings> {
-    let snmp = procfs::net::snmp().map_err(|e| format!("cannot read /proc/net/snmp: {e}"))?;
-    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
-    let devices =
-        procfs::net::dev_status().map_err(|e| format!("cannot read /proc/net/dev: {e}"))?;
-    let mut net = NetReadings {
-        tcp_out_segs: snmp.tcp_out_segs,
-        tcp_retrans_segs: snmp.tcp_retrans_segs,
-        listen_overflows: netstat_value(&netstat, "TcpExt", "ListenOverflows"),
-        listen_drops: netstat_value(&netstat, "TcpExt", "ListenDrops"),
-        interface_errors: 0,
-        interface_drops: 0,
-        rx_bytes: 0,
-        tx_bytes: 0,
-    };
-    for (name, dev) in devices.iter() {
-        if name == "lo" {
-            continue;
-        }
-        net.interface_errors += dev.recv_errs + dev.sent_errs;
-        net.interface_drops += dev.recv_drop + dev.sent_drop;
-        net.rx_bytes += dev.recv_bytes;
-        net.tx_bytes += dev.sent_bytes;
-    }
-    Ok(net)
-}
-
-/// A value of `/proc/net/netstat`, whose sections are pairs of lines: a
-/// header `TcpExt: Name1 Name2 …` and the values `TcpExt: 1 2 …`.
+/// A value of `/proc/net/netstat` or `/proc/net/snmp`, whose sections are
+/// pairs of lines: a header `TcpExt: Name1 Name2 …` and the values
+/// `TcpExt: 1 2 …`.
 pub(crate) fn netstat_value(text: &str, section: &str, field: &str) -> Option<u64> {
     let prefix = format!("{section}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
@@ -242,22 +405,6 @@ pub(crate) fn netstat_value(text: &str, section: &str, field: &str) -> Option<u6
         }
     }
     None
-}
-
-fn read_disk() -> Reading<DiskReadings> {
-    let stats = procfs::diskstats().map_err(|e| format!("cannot read /proc/diskstats: {e}"))?;
-    // Whole disks only (the entries of /sys/block): partitions would
-    // double-count their disk's time.
-    let disks: Vec<std::ffi::OsString> = std::fs::read_dir("/sys/block")
-        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    let busy_ms = stats
-        .into_iter()
-        .filter(|d| !d.name.starts_with("loop") && !d.name.starts_with("ram"))
-        .filter(|d| disks.iter().any(|n| n.as_os_str() == d.name.as_str()))
-        .map(|d| (d.name, d.time_in_progress))
-        .collect();
-    Ok(DiskReadings { busy_ms })
 }
 
 #[cfg(test)]
@@ -295,13 +442,20 @@ IpExt: 5 99
     #[test]
     fn live_readings_of_this_process() {
         let cgroups = cgroup::discover_live();
-        let r = read(&cgroups);
+        let mut reader = LinuxReader::new();
+        let _first = reader.read(&cgroups, true);
+        // The second read goes through the kept files.
+        let r = reader.read(&cgroups, true);
+        assert!(r.slow_before.is_some() || r.slow.at.elapsed() < MIN_USE_WINDOW);
         let process = r.process.unwrap();
         assert!(process.resident_bytes > 1 << 20);
         assert!(process.threads >= 1);
-        assert!(process.open_fds.unwrap() >= 3);
-        assert!(r.cpus_allowed.unwrap() >= 1.0);
+        assert!(*r.slow.open_fds.as_ref().unwrap() >= 3);
+        assert!(r.slow.cpus_allowed.as_ref().unwrap() >= &1.0);
         assert!(r.host_memory_bytes.unwrap() > 1 << 28);
-        assert!(r.net.is_ok());
+        assert!(r.slow.net.is_ok());
+        // A periodic read reuses fresh slow readings.
+        let periodic = reader.read(&cgroups, false);
+        assert!(Arc::ptr_eq(&periodic.slow, &r.slow));
     }
 }

@@ -33,6 +33,7 @@
 //! async code on a latency-sensitive runtime, call it in `spawn_blocking`.
 
 mod cgroup;
+mod files;
 #[cfg(target_os = "linux")]
 mod linux;
 mod readings;
@@ -47,6 +48,21 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use crate::config::MIN_USE_WINDOW;
 use crate::Error;
 pub(crate) use readings::Readings;
+
+#[cfg(target_os = "linux")]
+use linux::LinuxReader as Reader;
+
+/// Elsewhere nothing is read, so nothing is kept.
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug, Default)]
+struct Reader;
+
+#[cfg(not(target_os = "linux"))]
+impl Reader {
+    fn new() -> Self {
+        Reader
+    }
+}
 
 /// Names of the built-in rows; user resources may not reuse them.
 pub const BUILTIN_RESOURCES: [&str; 8] = [
@@ -188,9 +204,10 @@ struct Inner {
     runtime: Option<tokio::runtime::Handle>,
     cgroups: Result<cgroup::Cgroups, String>,
     window: Mutex<Window>,
-    /// One reading at a time: two would waste the work, and each would
-    /// count the other's open /proc files among the process's fds.
-    reading: Mutex<()>,
+    /// One reading at a time, with the files it keeps open: two would waste
+    /// the work, and each would count the other's open /proc files among
+    /// the process's fds.
+    reading: Mutex<Reader>,
     user: RwLock<Vec<Arc<dyn Resource>>>,
 }
 
@@ -215,7 +232,7 @@ impl ResourceMonitor {
                 runtime,
                 cgroups,
                 window: Mutex::new(Window::default()),
-                reading: Mutex::new(()),
+                reading: Mutex::new(Reader::new()),
                 user: RwLock::new(Vec::new()),
             }),
         };
@@ -258,21 +275,37 @@ impl ResourceMonitor {
         Ok(())
     }
 
-    /// Takes a sample so the next report has a recent baseline.
-    pub(crate) fn tick(&self) {
-        let _ = self.sample();
+    /// Samples every `interval` on a thread of its own (`stethoscope-use`),
+    /// so reports describe the last interval; stops when the guard drops.
+    pub(crate) fn sample_every(
+        &self,
+        interval: std::time::Duration,
+    ) -> Result<crate::periodic::StopOnDrop, Error> {
+        let monitor = self.clone();
+        crate::periodic::spawn_every("stethoscope-use", interval, move || monitor.tick()).map_err(
+            |source| Error::Os {
+                call: "spawning the USE sampling thread",
+                source,
+            },
+        )
     }
 
-    /// Reads a sample; returns it with the newest earlier sample at least
-    /// `MIN_USE_WINDOW` older, for rates.
-    pub(crate) fn sample(&self) -> (Option<Arc<Readings>>, Arc<Readings>) {
+    /// Takes a periodic sample (slow values only when due) so the next
+    /// report has a recent baseline.
+    pub(crate) fn tick(&self) {
+        let _ = self.sample(false);
+    }
+
+    /// Reads a sample (with every slow value if `full`); returns it with
+    /// the newest earlier sample at least `MIN_USE_WINDOW` older, for rates.
+    pub(crate) fn sample(&self, full: bool) -> (Option<Arc<Readings>>, Arc<Readings>) {
         let now = {
-            let _one = self
+            let mut reader = self
                 .inner
                 .reading
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            Arc::new(self.read())
+            Arc::new(self.read(&mut reader, full))
         };
         let mut window = self
             .inner
@@ -323,21 +356,24 @@ impl ResourceMonitor {
                 }
             }
         }
-        self.sample()
+        self.sample(true)
     }
 
-    fn read(&self) -> Readings {
+    fn read(&self, reader: &mut Reader, full: bool) -> Readings {
         #[cfg(target_os = "linux")]
-        let mut readings = linux::read(&self.inner.cgroups);
+        let mut readings = reader.read(&self.inner.cgroups, full);
         #[cfg(not(target_os = "linux"))]
-        let mut readings = Readings::unavailable(UNSUPPORTED);
+        let mut readings = {
+            let _ = (reader, full);
+            Readings::unavailable(UNSUPPORTED)
+        };
         readings.executor = runtime::read(self.inner.runtime.as_ref());
         readings
     }
 
     /// The USE table now.
     pub fn report(&self) -> UseReport {
-        let (base, now) = self.sample();
+        let (base, now) = self.sample(true);
         self.table(base.as_deref(), &now)
     }
 
@@ -347,8 +383,8 @@ impl ResourceMonitor {
             table::memory(now),
             table::file_descriptors(now),
             table::threads(now),
-            table::network(base, now),
-            table::disk(base, now),
+            table::network(now),
+            table::disk(now),
             table::executor(base, now),
             table::heap(crate::heap::jemalloc_stats()),
         ];
@@ -449,7 +485,7 @@ mod tests {
     #[test]
     fn rates_need_a_window_of_at_least_200_ms() {
         let monitor = ResourceMonitor::new(None);
-        let (base, _) = monitor.sample();
+        let (base, _) = monitor.sample(true);
         assert!(base.is_none(), "the first samples are too close together");
         std::thread::sleep(MIN_USE_WINDOW + std::time::Duration::from_millis(20));
         let report = monitor.report();

@@ -2,6 +2,7 @@
 //! each with the reason it could not be read. USE rows are derived from
 //! two of these (see `table.rs`); `/metrics` exports them directly.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(crate) use super::cgroup::{CpuCgroup, MemoryCgroup, PidsCgroup};
@@ -9,26 +10,77 @@ pub(crate) use super::cgroup::{CpuCgroup, MemoryCgroup, PidsCgroup};
 /// A value, or why it is unavailable on this host.
 pub(crate) type Reading<T> = Result<T, String>;
 
-/// Everything one sample reads.
+/// Everything one sample reads. The periodic sampler reads the values in
+/// this struct every second and those of [`SlowReadings`] every few
+/// seconds; an on-demand report reads both.
 #[derive(Debug, Clone)]
 pub(crate) struct Readings {
     pub(crate) at: Instant,
     pub(crate) process: Reading<ProcessReadings>,
     pub(crate) cpu_cgroup: Reading<CpuCgroup>,
-    pub(crate) memory_cgroup: Reading<MemoryCgroup>,
-    pub(crate) pids_cgroup: Reading<PidsCgroup>,
-    pub(crate) psi_cpu: Reading<Pressure>,
-    pub(crate) psi_memory: Reading<Pressure>,
-    pub(crate) psi_io: Reading<Pressure>,
-    /// CPUs this process may run on (affinity), as a number of cores.
-    pub(crate) cpus_allowed: Reading<f64>,
     /// `MemTotal` of the host, bytes.
     pub(crate) host_memory_bytes: Reading<u64>,
     /// `/proc/sys/kernel/threads-max`.
     pub(crate) threads_max: Reading<u64>,
+    pub(crate) executor: Reading<ExecutorReadings>,
+    /// The values read every few seconds, as of their last read.
+    pub(crate) slow: Arc<SlowReadings>,
+    /// The slow values read before `slow` (at least `MIN_USE_WINDOW`
+    /// earlier), for their rates.
+    pub(crate) slow_before: Option<Arc<SlowReadings>>,
+}
+
+/// Values that change slowly or whose rates need no one-second
+/// resolution: read every few seconds by the periodic sampler.
+#[derive(Debug, Clone)]
+pub(crate) struct SlowReadings {
+    pub(crate) at: Instant,
+    /// Pressure stall information; its `avg10` is itself a ten-second
+    /// average.
+    pub(crate) psi_cpu: Reading<Pressure>,
+    pub(crate) psi_memory: Reading<Pressure>,
+    pub(crate) psi_io: Reading<Pressure>,
+    pub(crate) memory_cgroup: Reading<MemoryCgroup>,
+    pub(crate) pids_cgroup: Reading<PidsCgroup>,
+    /// CPUs this process may run on (affinity), as a number of cores.
+    pub(crate) cpus_allowed: Reading<f64>,
     pub(crate) net: Reading<NetReadings>,
     pub(crate) disk: Reading<DiskReadings>,
-    pub(crate) executor: Reading<ExecutorReadings>,
+    /// Descriptors open (listing `/proc/self/fd` is the costliest read of
+    /// a sample when its code is cold, hence here).
+    pub(crate) open_fds: Reading<u64>,
+    /// Soft `RLIMIT_NOFILE`; `None` if unlimited.
+    pub(crate) max_fds: Reading<Option<u64>>,
+    /// Time this process's threads spent runnable but waiting for a CPU
+    /// (sum of `/proc/self/task/*/schedstat` run delays), seconds.
+    pub(crate) run_delay_seconds: Reading<f64>,
+    /// Bytes read from and written to storage (`/proc/self/io`).
+    pub(crate) io_bytes: Reading<(u64, u64)>,
+}
+
+impl SlowReadings {
+    /// Slow readings where nothing could be read, for `reason`.
+    #[cfg(any(test, not(target_os = "linux")))]
+    pub(crate) fn unavailable(reason: &str) -> Self {
+        fn r<T>(reason: &str) -> Reading<T> {
+            Err(reason.to_owned())
+        }
+        SlowReadings {
+            at: Instant::now(),
+            psi_cpu: r(reason),
+            psi_memory: r(reason),
+            psi_io: r(reason),
+            memory_cgroup: r(reason),
+            pids_cgroup: r(reason),
+            cpus_allowed: r(reason),
+            net: r(reason),
+            disk: r(reason),
+            open_fds: r(reason),
+            max_fds: r(reason),
+            run_delay_seconds: r(reason),
+            io_bytes: r(reason),
+        }
+    }
 }
 
 impl Readings {
@@ -42,18 +94,24 @@ impl Readings {
             at: Instant::now(),
             process: r(reason),
             cpu_cgroup: r(reason),
-            memory_cgroup: r(reason),
-            pids_cgroup: r(reason),
-            psi_cpu: r(reason),
-            psi_memory: r(reason),
-            psi_io: r(reason),
-            cpus_allowed: r(reason),
             host_memory_bytes: r(reason),
             threads_max: r(reason),
-            net: r(reason),
-            disk: r(reason),
             executor: r(reason),
+            slow: Arc::new(SlowReadings::unavailable(reason)),
+            slow_before: None,
         }
+    }
+
+    /// The two latest slow readings and the seconds between them, for
+    /// rates of slow values.
+    pub(crate) fn slow_window(&self) -> Option<(&SlowReadings, &SlowReadings, f64)> {
+        let before = self.slow_before.as_deref()?;
+        let secs = self
+            .slow
+            .at
+            .saturating_duration_since(before.at)
+            .as_secs_f64();
+        (secs > 0.0).then_some((before, &self.slow, secs))
     }
 }
 
@@ -67,14 +125,6 @@ pub(crate) struct ProcessReadings {
     pub(crate) threads: u64,
     /// Start time since the Unix epoch, seconds.
     pub(crate) start_time_seconds: Reading<f64>,
-    pub(crate) open_fds: Reading<u64>,
-    /// Soft `RLIMIT_NOFILE`; `None` if unlimited.
-    pub(crate) max_fds: Reading<Option<u64>>,
-    /// Time this process's threads spent runnable but waiting for a CPU
-    /// (sum of `/proc/self/task/*/schedstat` run delays), seconds.
-    pub(crate) run_delay_seconds: Reading<f64>,
-    /// Bytes read from and written to storage (`/proc/self/io`).
-    pub(crate) io_bytes: Reading<(u64, u64)>,
 }
 
 /// One PSI resource: `some` is the share of time at least one task waited.

@@ -57,7 +57,7 @@ pub(crate) fn cpu(base: Option<&Readings>, now: &Readings) -> ResourceUsage {
     let mut r = row("cpu", "cores");
     let mut src = Sources::default();
     let secs = window(base, now);
-    match (&now.cpu_cgroup, &now.cpus_allowed) {
+    match (&now.cpu_cgroup, &now.slow.cpus_allowed) {
         (Ok(cg), allowed) if cg.quota_cores.is_some() => {
             let quota = cg.quota_cores.unwrap_or_default();
             let limit = allowed.as_ref().map_or(quota, |a| quota.min(*a));
@@ -89,24 +89,28 @@ pub(crate) fn cpu(base: Option<&Readings>, now: &Readings) -> ResourceUsage {
                 "used",
                 format!("/proc/self/stat utime+stime over {secs:.2} s"),
             );
-            if let (Ok(now_delay), Ok(base_delay)) = (&p.run_delay_seconds, &b.run_delay_seconds) {
-                r.details.insert(
-                    "run_queue_delay_ratio".into(),
-                    delta(*base_delay, *now_delay) / secs,
-                );
-            }
         }
         (Err(reason), _, _) => src.add("used", reason),
         _ => src.add("used", NO_WINDOW),
     }
-    if let Ok(p) = &now.process {
-        r.details.insert("cpu_seconds_total".into(), p.cpu_seconds);
-        if let Ok(delay) = p.run_delay_seconds {
-            r.details
-                .insert("run_queue_delay_seconds_total".into(), delay);
+    if let Some((before, slow, secs)) = now.slow_window() {
+        if let (Ok(now_delay), Ok(base_delay)) =
+            (&slow.run_delay_seconds, &before.run_delay_seconds)
+        {
+            r.details.insert(
+                "run_queue_delay_ratio".into(),
+                delta(*base_delay, *now_delay) / secs,
+            );
         }
     }
-    if let Ok(psi) = &now.psi_cpu {
+    if let Ok(p) = &now.process {
+        r.details.insert("cpu_seconds_total".into(), p.cpu_seconds);
+    }
+    if let Ok(delay) = now.slow.run_delay_seconds {
+        r.details
+            .insert("run_queue_delay_seconds_total".into(), delay);
+    }
+    if let Ok(psi) = &now.slow.psi_cpu {
         r.details
             .insert("psi_some_avg10_ratio".into(), psi.some_avg10 / 100.0);
     }
@@ -129,7 +133,7 @@ pub(crate) fn cpu(base: Option<&Readings>, now: &Readings) -> ResourceUsage {
             .insert("throttled_seconds_total".into(), cg.throttled_seconds);
         r.details.insert("periods_total".into(), cg.periods as f64);
     }
-    match (throttling, &now.psi_cpu) {
+    match (throttling, &now.slow.psi_cpu) {
         (Some((share, source)), _) => {
             r.saturation = Some(share);
             src.add(
@@ -152,6 +156,7 @@ pub(crate) fn memory(now: &Readings) -> ResourceUsage {
     let mut r = row("memory", "bytes");
     let mut src = Sources::default();
     let cgroup_limit = now
+        .slow
         .memory_cgroup
         .as_ref()
         .ok()
@@ -175,7 +180,7 @@ pub(crate) fn memory(now: &Readings) -> ResourceUsage {
         match &now.host_memory_bytes {
             Ok(total) => {
                 r.limit = Some(*total as f64);
-                let why = match &now.memory_cgroup {
+                let why = match &now.slow.memory_cgroup {
                     Ok(cg) => format!("no limit in {}", cg.source),
                     Err(reason) => reason.clone(),
                 };
@@ -193,14 +198,14 @@ pub(crate) fn memory(now: &Readings) -> ResourceUsage {
         r.details
             .insert("virtual_bytes".into(), p.virtual_bytes as f64);
     }
-    match &now.psi_memory {
+    match &now.slow.psi_memory {
         Ok(psi) => {
             r.saturation = Some(psi.some_avg10 / 100.0);
             src.add("saturation", format!("{} some avg10", psi.source));
         }
         Err(reason) => src.add("saturation", reason),
     }
-    match &now.memory_cgroup {
+    match &now.slow.memory_cgroup {
         Ok(cg) => {
             r.details
                 .insert("cgroup_usage_bytes".into(), cg.usage_bytes as f64);
@@ -231,25 +236,20 @@ pub(crate) fn memory(now: &Readings) -> ResourceUsage {
 pub(crate) fn file_descriptors(now: &Readings) -> ResourceUsage {
     let mut r = row("file_descriptors", "fds");
     let mut src = Sources::default();
-    match &now.process {
-        Ok(p) => {
-            match &p.open_fds {
-                Ok(open) => {
-                    r.used = Some(*open as f64);
-                    src.add("used", "/proc/self/fd");
-                }
-                Err(reason) => src.add("used", reason),
-            }
-            match &p.max_fds {
-                Ok(Some(max)) => {
-                    r.limit = Some(*max as f64);
-                    src.add("limit", "soft RLIMIT_NOFILE, /proc/self/limits");
-                }
-                Ok(None) => src.add("limit", "RLIMIT_NOFILE is unlimited"),
-                Err(reason) => src.add("limit", reason),
-            }
+    match &now.slow.open_fds {
+        Ok(open) => {
+            r.used = Some(*open as f64);
+            src.add("used", "/proc/self/fd");
         }
         Err(reason) => src.add("used", reason),
+    }
+    match &now.slow.max_fds {
+        Ok(Some(max)) => {
+            r.limit = Some(*max as f64);
+            src.add("limit", "soft RLIMIT_NOFILE, /proc/self/limits");
+        }
+        Ok(None) => src.add("limit", "RLIMIT_NOFILE is unlimited"),
+        Err(reason) => src.add("limit", reason),
     }
     if let (Some(used), Some(limit)) = (r.used, r.limit) {
         r.utilization = ratio(used, limit);
@@ -273,6 +273,7 @@ pub(crate) fn threads(now: &Readings) -> ResourceUsage {
         r.details.insert("process_threads".into(), p.threads as f64);
     }
     let pids_limit = now
+        .slow
         .pids_cgroup
         .as_ref()
         .ok()
@@ -305,7 +306,7 @@ pub(crate) fn threads(now: &Readings) -> ResourceUsage {
         r.utilization = ratio(used, limit);
     }
     src.add("saturation", "none: thread creation fails at the limit");
-    match &now.pids_cgroup {
+    match &now.slow.pids_cgroup {
         Ok(cg) => match cg.refused {
             Some(refused) => {
                 r.errors = Some(refused);
@@ -322,11 +323,16 @@ pub(crate) fn threads(now: &Readings) -> ResourceUsage {
     r
 }
 
-pub(crate) fn network(base: Option<&Readings>, now: &Readings) -> ResourceUsage {
+pub(crate) fn network(now: &Readings) -> ResourceUsage {
     let mut r = row("network", "bytes/s");
     let mut src = Sources::default();
-    let secs = window(base, now);
-    match (&now.net, base.map(|b| &b.net), secs) {
+    let window = now.slow_window();
+    let secs = window.map(|(_, _, secs)| secs);
+    match (
+        &now.slow.net,
+        window.map(|(before, _, _)| &before.net),
+        secs,
+    ) {
         (Ok(n), Some(Ok(b)), Some(secs)) => {
             let bytes = delta(b.rx_bytes as f64, n.rx_bytes as f64)
                 + delta(b.tx_bytes as f64, n.tx_bytes as f64);
@@ -353,7 +359,7 @@ pub(crate) fn network(base: Option<&Readings>, now: &Readings) -> ResourceUsage 
         "utilization",
         "link capacity is not visible from inside the process",
     );
-    if let Ok(n) = &now.net {
+    if let Ok(n) = &now.slow.net {
         let listen_drops = n.listen_drops.unwrap_or(0);
         r.errors = Some(n.interface_errors + n.interface_drops + listen_drops);
         src.add(
@@ -381,12 +387,13 @@ pub(crate) fn network(base: Option<&Readings>, now: &Readings) -> ResourceUsage 
     r
 }
 
-pub(crate) fn disk(base: Option<&Readings>, now: &Readings) -> ResourceUsage {
+pub(crate) fn disk(now: &Readings) -> ResourceUsage {
     let mut r = row("disk", "bytes/s");
     let mut src = Sources::default();
-    let secs = window(base, now);
-    match (&now.process, base.map(|b| &b.process), secs) {
-        (Ok(p), Some(Ok(b)), Some(secs)) => match (&p.io_bytes, &b.io_bytes) {
+    let window = now.slow_window();
+    let secs = window.map(|(_, _, secs)| secs);
+    match (&now.slow, window.map(|(before, _, _)| before), secs) {
+        (p, Some(b), Some(secs)) => match (&p.io_bytes, &b.io_bytes) {
             (Ok((read, written)), Ok((base_read, base_written))) => {
                 let bytes = delta(*base_read as f64, *read as f64)
                     + delta(*base_written as f64, *written as f64);
@@ -398,10 +405,13 @@ pub(crate) fn disk(base: Option<&Readings>, now: &Readings) -> ResourceUsage {
             }
             (Err(reason), _) | (_, Err(reason)) => src.add("used", reason),
         },
-        (Err(reason), _, _) => src.add("used", reason),
         _ => src.add("used", NO_WINDOW),
     }
-    match (&now.disk, base.map(|b| &b.disk), secs) {
+    match (
+        &now.slow.disk,
+        window.map(|(before, _, _)| &before.disk),
+        secs,
+    ) {
         (Ok(d), Some(Ok(b)), Some(secs)) => {
             let busiest = d
                 .busy_ms
@@ -427,7 +437,7 @@ pub(crate) fn disk(base: Option<&Readings>, now: &Readings) -> ResourceUsage {
         (Err(reason), _, _) => src.add("utilization", reason),
         _ => src.add("utilization", NO_WINDOW),
     }
-    match &now.psi_io {
+    match &now.slow.psi_io {
         Ok(psi) => {
             r.saturation = Some(psi.some_avg10 / 100.0);
             src.add("saturation", format!("{} some avg10", psi.source));
@@ -554,10 +564,6 @@ mod tests {
             virtual_bytes: rss * 4,
             threads: 10,
             start_time_seconds: Ok(1.0),
-            open_fds: Ok(50),
-            max_fds: Ok(Some(200)),
-            run_delay_seconds: Ok(cpu / 10.0),
-            io_bytes: Ok((0, 0)),
         }
     }
 
@@ -565,7 +571,13 @@ mod tests {
         let mut r = Readings::unavailable("not in this test");
         r.at = at;
         r.process = Ok(process(cpu, 100 << 20));
-        r.cpus_allowed = Ok(4.0);
+        let mut slow = SlowReadings::unavailable("not in this test");
+        slow.at = at;
+        slow.cpus_allowed = Ok(4.0);
+        slow.max_fds = Ok(Some(200));
+        slow.open_fds = Ok(50);
+        slow.run_delay_seconds = Ok(cpu / 10.0);
+        slow.io_bytes = Ok((0, 0));
         r.cpu_cgroup = Ok(CpuCgroup {
             quota_cores: Some(2.0),
             periods,
@@ -573,7 +585,7 @@ mod tests {
             throttled_seconds: 0.0,
             source: "cgroup v2 /sys/fs/cgroup".into(),
         });
-        r.memory_cgroup = Ok(MemoryCgroup {
+        slow.memory_cgroup = Ok(MemoryCgroup {
             usage_bytes: 300 << 20,
             working_set_bytes: 256 << 20,
             limit_bytes: Some(1 << 30),
@@ -582,6 +594,7 @@ mod tests {
             high_events: None,
             source: "cgroup v2 /sys/fs/cgroup".into(),
         });
+        r.slow = std::sync::Arc::new(slow);
         r
     }
 
@@ -620,8 +633,8 @@ mod tests {
             memory(&now),
             file_descriptors(&now),
             threads(&now),
-            network(None, &now),
-            disk(None, &now),
+            network(&now),
+            disk(&now),
             executor(None, &now),
         ] {
             assert!(row.utilization.is_none() && row.used.is_none(), "{row:?}");

@@ -64,31 +64,6 @@ pub(crate) struct AppState {
     pub(crate) executor: crate::lag::ExecutorMonitor,
 }
 
-impl AppState {
-    /// Work the server thread does besides serving: sampling the counters
-    /// behind USE rates once a second.
-    fn background(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
-        #[cfg(feature = "system")]
-        {
-            let resources = self.resources.clone();
-            Some(async move {
-                let mut tick = tokio::time::interval(crate::config::DEFAULT_USE_SAMPLE_INTERVAL);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    // About 30 /proc and /sys reads: off the server thread.
-                    let resources = resources.clone();
-                    if blocking(move || resources.tick()).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        }
-        #[cfg(not(feature = "system"))]
-        None::<std::future::Ready<()>>
-    }
-}
-
 /// Runs blocking work — file reads, symbolization, encoding — on the
 /// agent's blocking pool, so that its single server thread keeps answering.
 pub(crate) async fn blocking<T: Send + 'static>(
@@ -292,18 +267,12 @@ pub(crate) fn spawn(state: AppState) -> Result<ServerHandle, Error> {
         .map_err(Error::ServerStart)?;
     let (stop, stop_rx) = watch::channel(false);
     let (stopped_tx, stopped) = oneshot::channel();
-    let background = state.background();
     let serving = state.clone();
     let app = router(state);
     std::thread::Builder::new()
         .name("stethoscope-http".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                if let Some(background) = background {
-                    tokio::spawn(background);
-                }
-                serve(listener, app, serving, stop_rx).await;
-            });
+            runtime.block_on(serve(listener, app, serving, stop_rx));
             // Dropping the runtime cancels in-flight requests; their profile
             // windows are withdrawn and the sampler stops if idle.
             drop(runtime);
@@ -477,6 +446,7 @@ mod tests {
                 None,
                 Duration::from_millis(10),
                 Duration::from_millis(100),
+                Arc::default(),
             )
             .unwrap()
             .0,

@@ -1,9 +1,10 @@
-//! Cost of the executor-lag probe and stuck-worker watchdog: the CPU time
-//! the whole process burns while a two-worker tokio runtime sits idle —
-//! the worst case, where every probe wakes a parked worker — with an agent
-//! that watches the runtime and with one that does not (same HTTP thread,
-//! same USE sampling), interleaved over rounds in alternating order. The
-//! difference of the medians is the watchdog's cost.
+//! Cost of the agent at rest, and of the executor-lag probe and
+//! stuck-worker watchdog in it: the CPU time the whole process burns while
+//! a two-worker tokio runtime sits idle — the worst case, where every probe
+//! wakes a parked worker — without an agent, with an agent that does not
+//! watch the runtime (HTTP thread, USE sampling), and with one that does,
+//! interleaved over rounds in rotating order. The differences of the
+//! medians are the agent's and the watchdog's costs.
 //!
 //! With `--busy 1`, one task keeps one worker busy (0.5 ms of CPU, then
 //! a yield, in a loop) while the other worker stays parked: the watchdog
@@ -76,16 +77,34 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// CPU milliseconds the process burns per second over `secs`, with an
-/// agent that watches `runtime` (or not), and those of the watchdog thread
-/// alone.
+/// Which agent a round runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    /// No agent at all: the runtime's own cost.
+    None,
+    /// An agent that does not watch the runtime (server, USE sampling).
+    Unwatched,
+    /// An agent watching the runtime (probe and watchdog too).
+    Watching,
+}
+
+/// What one round measured, in CPU milliseconds per second.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    process: f64,
+    watchdog: f64,
+    use_sampler: f64,
+}
+
+/// CPU milliseconds the process burns per second over `secs` with `setup`,
+/// and those of the watchdog and USE sampling threads alone.
 fn round(
     runtime: &tokio::runtime::Runtime,
-    watch: bool,
+    setup: Setup,
     secs: u64,
     resolution: Duration,
     busy: usize,
-) -> (f64, f64) {
+) -> Measured {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for _ in 0..busy {
         let stop = std::sync::Arc::clone(&stop);
@@ -100,28 +119,36 @@ fn round(
         .listen("127.0.0.1:0")
         .lag_resolution(resolution)
         .stall_threshold(Duration::from_millis(100).max(2 * resolution));
-    if watch {
+    if setup == Setup::Watching {
         builder = builder.runtime(runtime.handle().clone());
     }
-    let agent = builder.start().expect("agent starts");
+    let agent = (setup != Setup::None).then(|| builder.start().expect("agent starts"));
     // Let start-up work (first USE sample, thread creation) pass.
     std::thread::sleep(Duration::from_millis(500));
     let cpu = process_cpu_time();
     let watchdog = thread_cpu_ns("stethoscope-lag");
+    let use_sampler = thread_cpu_ns("stethoscope-use");
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let used = process_cpu_time() - cpu;
     let watchdog = thread_cpu_ns("stethoscope-lag").saturating_sub(watchdog);
+    let use_sampler = thread_cpu_ns("stethoscope-use").saturating_sub(use_sampler);
     let elapsed = started.elapsed().as_secs_f64();
-    let per_second = used.as_secs_f64() * 1e3 / elapsed;
-    let watchdog_per_second = watchdog as f64 / 1e6 / elapsed;
-    if watch {
-        let lag = agent.executor().lag().expect("lag");
-        assert!(lag.ten_seconds.count > 0, "the probe ran");
+    if let Some(agent) = agent {
+        if setup == Setup::Watching {
+            let lag = agent.executor().lag().expect("lag");
+            if busy > 0 {
+                assert!(lag.ten_seconds.count > 0, "the probe ran");
+            }
+        }
+        runtime.block_on(agent.shutdown());
     }
-    runtime.block_on(agent.shutdown());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    (per_second, watchdog_per_second)
+    Measured {
+        process: used.as_secs_f64() * 1e3 / elapsed,
+        watchdog: watchdog as f64 / 1e6 / elapsed,
+        use_sampler: use_sampler as f64 / 1e6 / elapsed,
+    }
 }
 
 fn main() {
@@ -135,44 +162,77 @@ fn main() {
         .build()
         .expect("runtime");
     // Warm-up: fault in code, start the runtime's threads.
-    round(&runtime, true, 1, resolution, busy);
-    round(&runtime, false, 1, resolution, busy);
+    for setup in [Setup::None, Setup::Unwatched, Setup::Watching] {
+        round(&runtime, setup, 1, resolution, busy);
+    }
 
-    let (mut off, mut on, mut diffs, mut threads) =
+    let (mut none, mut unwatched, mut watching) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut agent_total, mut watchdog_cost, mut threads, mut sampler) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
-        let ((a, _), (b, thread)) = if r % 2 == 0 {
-            let a = round(&runtime, false, secs, resolution, busy);
-            (a, round(&runtime, true, secs, resolution, busy))
-        } else {
-            let b = round(&runtime, true, secs, resolution, busy);
-            (round(&runtime, false, secs, resolution, busy), b)
+        // A different order every round: drift on the machine spreads
+        // evenly over the three setups.
+        let mut order = [Setup::None, Setup::Unwatched, Setup::Watching];
+        order.rotate_left(r % 3);
+        let mut measured = [None; 3];
+        for setup in order {
+            measured[setup as usize] = Some(round(&runtime, setup, secs, resolution, busy));
+        }
+        let [Some(a), Some(b), Some(c)] = measured else {
+            unreachable!("every setup ran");
         };
-        threads.push(thread);
         println!(
-            "round {r}: without watchdog {a:.3} ms CPU/s, with {b:.3} ms CPU/s, difference {:.3} ms/s",
-            b - a
+            "round {r}: no agent {:.3} ms CPU/s, agent {:.3}, agent watching the runtime {:.3}; \
+             agent at rest {:.3} ms/s",
+            a.process,
+            b.process,
+            c.process,
+            c.process - a.process
         );
-        off.push(a);
-        on.push(b);
-        diffs.push(b - a);
+        none.push(a.process);
+        unwatched.push(b.process);
+        watching.push(c.process);
+        agent_total.push(c.process - a.process);
+        watchdog_cost.push(c.process - b.process);
+        threads.push(c.watchdog);
+        sampler.push(c.use_sampler);
     }
-    let (a, b, d) = (median(&mut off), median(&mut on), median(&mut diffs));
+    let total = median(&mut agent_total);
     println!(
         "{} two-worker runtime, {rounds} rounds x {secs} s, resolution {} ms",
         ["idle", "one worker busy,", "both workers busy,"][busy],
         resolution.as_millis()
     );
-    println!("  agent without the watchdog: {a:.3} ms of CPU per second (median)");
-    println!("  agent watching the runtime: {b:.3} ms of CPU per second (median)");
     println!(
-        "  watchdog + probe:           {d:.3} ms/s = {:.3} % of one core (median of per-round differences)",
+        "  no agent:                    {:.3} ms of CPU per second (median)",
+        median(&mut none)
+    );
+    println!(
+        "  agent, runtime not watched:  {:.3} ms/s (median)",
+        median(&mut unwatched)
+    );
+    println!(
+        "  agent watching the runtime:  {:.3} ms/s (median)",
+        median(&mut watching)
+    );
+    println!(
+        "  the agent at rest, in all:   {total:.3} ms/s = {:.3} % of one core (median of per-round differences)",
+        total / 10.0
+    );
+    let d = median(&mut watchdog_cost);
+    println!(
+        "  of which watchdog + probe:   {d:.3} ms/s = {:.3} % of one core",
         d / 10.0
     );
     let thread = median(&mut threads);
     println!(
-        "  watchdog thread alone:      {thread:.3} ms/s = {:.3} % of one core (median; exact, from schedstat)",
+        "  watchdog thread alone:       {thread:.3} ms/s = {:.3} % of one core (exact, from schedstat)",
         thread / 10.0
+    );
+    let use_thread = median(&mut sampler);
+    println!(
+        "  USE sampling thread alone:   {use_thread:.3} ms/s = {:.3} % of one core (exact, from schedstat)",
+        use_thread / 10.0
     );
     let looks = [50, 25, 10][busy];
     let bare = bare_thread(Duration::from_millis(looks), secs);
