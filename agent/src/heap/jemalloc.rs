@@ -27,7 +27,7 @@ fn ctl_error(call: &'static str, error: tikv_jemalloc_ctl::Error) -> Error {
 /// through the global allocator must move jemalloc's count of the bytes
 /// this thread allocated (`thread.allocated`), which no other thread
 /// touches. The global allocator cannot change, so the answer is kept.
-fn is_global_allocator() -> bool {
+pub(crate) fn is_global_allocator() -> bool {
     static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ANSWER.get_or_init(|| {
         const PROBE: usize = 64 << 10;

@@ -41,6 +41,8 @@ mod jemalloc;
 #[path = "unsupported.rs"]
 mod jemalloc;
 
+pub(crate) use jemalloc::is_global_allocator as jemalloc_is_global_allocator;
+
 /// Stand-in where the fast heap backtraces are not built: jemalloc keeps
 /// its own unwinder.
 #[cfg(not(all(feature = "heap", target_os = "linux", target_arch = "x86_64")))]

@@ -1,17 +1,24 @@
 //! Interactive SVG flame graphs, drawn by inferno from folded stacks.
 
+use std::io::{self, Write};
+
 use inferno::flamegraph::{self, Options};
 
 use super::{folded, Profile};
 use crate::Error;
 
-/// Renders the profile's flame-graph value as an inferno SVG. Thread names
+/// Writes the profile's flame-graph value as an inferno SVG. Thread names
 /// are the roots; the title and subtitle carry the profile's description.
-pub(super) fn render(profile: &Profile) -> Result<Vec<u8>, Error> {
-    let stacks = folded::lines(profile);
-    let lines: Vec<String> = stacks
-        .iter()
-        .map(|(stack, count)| format!("{stack} {count}"))
+pub(super) fn render(profile: &Profile, out: &mut impl Write) -> io::Result<()> {
+    // Each stack's text becomes its line in place: the folded text of a
+    // long profile is several MB, and it is held once, not twice.
+    let lines: Vec<String> = folded::lines(profile)
+        .into_iter()
+        .map(|(mut stack, count)| {
+            stack.push(' ');
+            stack.push_str(&count.to_string());
+            stack
+        })
         .collect();
     let mut options = Options::default();
     options.title = profile.title.clone();
@@ -22,23 +29,12 @@ pub(super) fn render(profile: &Profile) -> Result<Vec<u8>, Error> {
         .map_or_else(|| "samples".to_owned(), |vt| vt.kind.clone());
     options.name_type = "Function:".to_owned();
     options.hash = true;
-    let mut svg = Vec::with_capacity(lines.len() * 256 + 16 * 1024);
-    let lines = if lines.is_empty() {
+    if lines.is_empty() {
         // inferno refuses empty input; an idle process still deserves a
         // readable answer rather than an error.
-        vec!["no samples in this window 0".to_owned()]
-    } else {
-        lines
-    };
-    let result = flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg);
-    match result {
-        Ok(()) => Ok(svg),
-        Err(_) if stacks.is_empty() => Ok(empty_svg(&profile.title)),
-        Err(source) => Err(Error::Encode {
-            format: "svg",
-            source,
-        }),
+        return out.write_all(&empty_svg(&profile.title));
     }
+    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
 }
 
 /// Folded lines `stack before after` for two profiles of the same kind
@@ -99,7 +95,9 @@ mod tests {
     #[test]
     fn svg_names_functions_and_carries_the_title() {
         let profile = sample_profile();
-        let svg = String::from_utf8(render(&profile).unwrap()).unwrap();
+        let mut svg = Vec::new();
+        render(&profile, &mut svg).unwrap();
+        let svg = String::from_utf8(svg).unwrap();
         assert!(svg.starts_with("<?xml"));
         assert!(svg.contains("CPU profile of tests"));
         assert!(svg.contains("leaf_for_tests"));
@@ -128,7 +126,9 @@ mod tests {
     fn an_empty_profile_still_renders() {
         let mut profile = sample_profile();
         profile.samples.clear();
-        let svg = String::from_utf8(render(&profile).unwrap()).unwrap();
+        let mut svg = Vec::new();
+        render(&profile, &mut svg).unwrap();
+        let svg = String::from_utf8(svg).unwrap();
         assert!(svg.contains("<svg"));
     }
 }

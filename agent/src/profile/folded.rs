@@ -2,19 +2,24 @@
 //! format of inferno and Brendan Gregg's FlameGraph.
 
 use std::collections::BTreeMap;
+use std::io::{self, Write};
 
 use super::Profile;
 
 /// Renders one line per distinct stack, sorted, with the flame-graph value.
 pub(super) fn render(profile: &Profile) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
+    // Writing to memory cannot fail.
+    let _ = write(profile, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes one line per distinct stack, sorted, with the flame-graph value.
+pub(super) fn write(profile: &Profile, out: &mut impl Write) -> io::Result<()> {
     for (stack, count) in lines(profile) {
-        out.push_str(&stack);
-        out.push(' ');
-        out.push_str(&count.to_string());
-        out.push('\n');
+        writeln!(out, "{stack} {count}")?;
     }
-    out
+    Ok(())
 }
 
 /// Distinct stacks with their summed flame-graph values, sorted by stack.

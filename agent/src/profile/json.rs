@@ -3,7 +3,6 @@
 use serde::Serialize;
 
 use super::Profile;
-use crate::Error;
 
 #[derive(Serialize)]
 struct JsonProfile<'a> {
@@ -32,9 +31,9 @@ struct JsonStack<'a> {
     values: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Renders the profile as JSON with stacks sorted by the default value,
+/// Writes the profile as JSON with stacks sorted by the default value,
 /// heaviest first.
-pub(super) fn render(profile: &Profile) -> Result<Vec<u8>, Error> {
+pub(super) fn render(profile: &Profile, out: &mut impl std::io::Write) -> std::io::Result<()> {
     let values_of = |values: &[i64]| {
         profile
             .sample_types
@@ -92,10 +91,7 @@ pub(super) fn render(profile: &Profile) -> Result<Vec<u8>, Error> {
         totals: values_of(&totals),
         stacks,
     };
-    serde_json::to_vec_pretty(&document).map_err(|e| Error::Encode {
-        format: "json",
-        source: e.into(),
-    })
+    serde_json::to_writer_pretty(out, &document).map_err(std::io::Error::from)
 }
 
 /// Formats a time as RFC 3339 UTC with millisecond precision.
@@ -111,7 +107,8 @@ mod tests {
 
     #[test]
     fn stacks_are_leaf_first_with_named_values() {
-        let bytes = render(&sample_profile()).unwrap();
+        let mut bytes = Vec::new();
+        render(&sample_profile(), &mut bytes).unwrap();
         let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(doc["totals"]["samples"], 4);
         assert_eq!(doc["totals"]["cpu"], 40_000_000);

@@ -12,6 +12,7 @@ mod folded;
 pub(crate) mod frames;
 mod json;
 pub(crate) mod modules;
+pub(crate) mod output;
 mod pprof;
 pub(crate) mod symbolize;
 mod top;
@@ -287,13 +288,31 @@ pub(crate) fn xml_escape(text: &str) -> String {
 impl Profile {
     /// Renders the profile in `format`.
     pub fn render(&self, format: Format) -> Result<Vec<u8>, Error> {
-        match format {
-            Format::Pprof => pprof::encode(self),
-            Format::Svg => flamegraph::render(self),
-            Format::Folded => Ok(folded::render(self).into_bytes()),
-            Format::Text => Ok(top::render(self, top::DEFAULT_ROWS).into_bytes()),
-            Format::Json => json::render(self),
-        }
+        self.render_into(format).map(output::ReportBuffer::into_vec)
+    }
+
+    /// Renders the profile in `format` as bytes whose pages go back to the
+    /// OS when dropped (what the server sends).
+    pub(crate) fn render_bytes(&self, format: Format) -> Result<axum::body::Bytes, Error> {
+        self.render_into(format)
+            .map(output::ReportBuffer::into_bytes)
+    }
+
+    fn render_into(&self, format: Format) -> Result<output::ReportBuffer, Error> {
+        use std::io::Write;
+        let mut out = output::ReportBuffer::default();
+        let written = match format {
+            Format::Pprof => out.write_all(&pprof::encode(self)?),
+            Format::Svg => flamegraph::render(self, &mut out),
+            Format::Folded => folded::write(self, &mut out),
+            Format::Text => out.write_all(top::render(self, top::DEFAULT_ROWS).as_bytes()),
+            Format::Json => json::render(self, &mut out),
+        };
+        written.map_err(|source| Error::Encode {
+            format: format.name(),
+            source,
+        })?;
+        Ok(out)
     }
 
     /// Memory this profile holds, estimated (frames shared with the symbol

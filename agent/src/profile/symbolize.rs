@@ -311,7 +311,9 @@ impl Symbolizer {
         if !resolver.sources.is_empty() || !resolver.indexes.is_empty() {
             resolver.sources.clear();
             resolver.indexes.clear();
+            drop(resolver);
             tracing::debug!("symbolizer released its debug info");
+            crate::memory::give_back_freed();
         }
     }
 

@@ -37,6 +37,10 @@ pub(crate) async fn gzip_large_responses(request: Request, next: Next) -> Respon
     if bytes.len() < MIN_COMPRESSED_BYTES {
         return Response::from_parts(parts, Body::from(bytes));
     }
+    if bytes.len() as u64 >= crate::memory::LARGE_RESPONSE_BYTES {
+        // Sent small, but made large: the connection trims after it.
+        parts.extensions.insert(super::limits::LargeReport);
+    }
     let original = bytes.clone();
     match super::blocking(move || gzip(&bytes)).await {
         Ok(Some(compressed)) => {

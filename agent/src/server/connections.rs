@@ -47,6 +47,8 @@ pub(crate) struct Connection {
     /// When the current phase began, in µs since `epoch`.
     since_us: AtomicU64,
     evicted: Notify,
+    /// A response of this connection was a large report.
+    served_large: std::sync::atomic::AtomicBool,
 }
 
 impl Connection {
@@ -77,6 +79,16 @@ impl Connection {
     /// The response is written; the connection waits for the next request.
     pub(crate) fn idle(&self) {
         self.enter(IDLE);
+    }
+
+    /// Notes that a large report went out on this connection.
+    pub(crate) fn served_large(&self) {
+        self.served_large.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a large report went out on this connection.
+    pub(crate) fn has_served_large(&self) -> bool {
+        self.served_large.load(Ordering::Relaxed)
     }
 
     /// Resolves once the table has evicted this connection.
@@ -171,6 +183,7 @@ impl ConnectionTable {
             phase: AtomicU8::new(IDLE),
             since_us: AtomicU64::new(0),
             evicted: Notify::new(),
+            served_large: std::sync::atomic::AtomicBool::new(false),
         });
         connection.idle();
         open.push(Arc::clone(&connection));

@@ -98,7 +98,7 @@ pub(crate) async fn pprof_heap(
     let heap = state.heap.clone();
     let (bytes, taken_at) = blocking(move || -> Result<_, Error> {
         let profile = heap.profile(params.symbolize)?;
-        Ok((profile.render(params.format)?, profile.started_at))
+        Ok((profile.render_bytes(params.format)?, profile.started_at))
     })
     .await??;
     Ok(file_response(bytes, params.format, "heap", taken_at))
@@ -249,7 +249,7 @@ pub(crate) async fn get_snapshot(
             std::time::SystemTime::now(),
         ));
     }
-    let bytes = blocking(move || snapshot.profile.render(format)).await??;
+    let bytes = blocking(move || snapshot.profile.render_bytes(format)).await??;
     Ok(file_response(
         bytes,
         format,

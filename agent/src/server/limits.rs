@@ -141,17 +141,39 @@ pub(crate) async fn uniform_errors(request: Request, next: Next) -> Response {
 }
 
 /// A response body that tells its connection when it has been written
-/// completely (hyper drops it then), so the connection becomes idle again.
+/// completely (hyper drops it then), so the connection becomes idle again;
+/// a large one also has the connection hand the memory the agent freed
+/// back to the OS when it ends ([`crate::memory`]).
 #[derive(Debug)]
 pub(crate) struct PhaseBody {
     inner: Body,
     connection: Arc<Connection>,
+    large: bool,
 }
 
+/// Marks a response whose report was large before compression.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LargeReport;
+
 impl PhaseBody {
-    pub(crate) fn new(inner: Body, connection: Arc<Connection>) -> Self {
+    /// Wraps `response`'s body.
+    pub(crate) fn wrap(response: Response, connection: Arc<Connection>) -> Response {
+        let made_large = response.extensions().get::<LargeReport>().is_some();
+        response.map(|body| Body::new(PhaseBody::new(body, connection, made_large)))
+    }
+
+    fn new(inner: Body, connection: Arc<Connection>, made_large: bool) -> Self {
         connection.sending();
-        PhaseBody { inner, connection }
+        let large = made_large
+            || inner
+                .size_hint()
+                .exact()
+                .is_some_and(|bytes| bytes >= crate::memory::LARGE_RESPONSE_BYTES);
+        PhaseBody {
+            inner,
+            connection,
+            large,
+        }
     }
 }
 
@@ -178,6 +200,11 @@ impl HttpBody for PhaseBody {
 impl Drop for PhaseBody {
     fn drop(&mut self) {
         self.connection.idle();
+        if self.large {
+            // hyper may still hold the last chunk: the memory is handed
+            // back when the connection ends.
+            self.connection.served_large();
+        }
     }
 }
 

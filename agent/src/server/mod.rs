@@ -363,9 +363,7 @@ async fn serve(
                 let response = app.clone().oneshot(request);
                 async move {
                     let response = response.await?;
-                    Ok::<_, std::convert::Infallible>(
-                        response.map(|body| axum::body::Body::new(PhaseBody::new(body, phase))),
-                    )
+                    Ok::<_, std::convert::Infallible>(PhaseBody::wrap(response, phase))
                 }
             },
         );
@@ -384,6 +382,10 @@ async fn serve(
                 _ = connection.evicted() => {}
             }
             table.release(&connection);
+            if connection.has_served_large() {
+                // Its buffers are all freed now.
+                crate::memory::give_back_freed_later();
+            }
         });
         // Let the connection just admitted read its request before the next
         // accept: under a flood, a client that has sent its request leaves

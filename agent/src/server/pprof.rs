@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, Method};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, Response};
 
 use super::access::Peer;
 use super::error::{ApiError, PprofError};
@@ -187,7 +187,7 @@ async fn cpu(
         } else {
             raw.to_unsymbolized_profile()
         };
-        profile.render(format)
+        profile.render_bytes(format)
     })
     .await??;
     Ok(file_response(bytes, format, "cpu", started_at))
@@ -196,7 +196,7 @@ async fn cpu(
 /// A profile as a download with a `Content-Disposition` filename such as
 /// `cpu-1763800000.pb.gz`, so that `curl -OJ` keeps it.
 pub(crate) fn file_response(
-    bytes: Vec<u8>,
+    bytes: impl Into<axum::body::Body>,
     format: Format,
     kind: &str,
     taken_at: SystemTime,
@@ -213,7 +213,7 @@ pub(crate) fn file_response(
         "{disposition}; filename=\"{kind}-{ts}.{}\"",
         format.extension()
     );
-    let mut response = bytes.into_response();
+    let mut response = Response::new(bytes.into());
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

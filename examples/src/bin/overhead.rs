@@ -243,6 +243,7 @@ fn report_generation(options: &Options, rss: &RssLog) {
             }
         })
     };
+    served_reports_memory(options, rss);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -315,6 +316,72 @@ fn report_generation(options: &Options, rss: &RssLog) {
         mib(after_release),
         stethoscope::profile::DEBUG_INFO_IDLE_RELEASE.as_secs(),
         mib(rss_bytes()),
+    );
+}
+
+/// What serving one profile window in all five formats leaves behind: five
+/// concurrent requests of the same window (they share the sampler) through
+/// the agent's HTTP server, each read completely, as an operator (or a
+/// dashboard) would fetch them.
+fn served_reports_memory(options: &Options, rss: &RssLog) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = Arc::clone(&stop);
+        let threads = options.threads;
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = run_workload(threads, 1);
+            }
+        })
+    };
+    let agent = start_agent();
+    let addr = agent.local_addr();
+    let before = rss_bytes();
+    let requests: Vec<_> = ["svg", "pprof", "text", "folded", "json"]
+        .into_iter()
+        .map(|format| {
+            let path = format!(
+                "/debug/pprof/profile?seconds={}&hz=99&format={format}",
+                options.report_secs
+            );
+            std::thread::spawn(move || (format, http_get(addr, &path)))
+        })
+        .collect();
+    let mut peak = before;
+    while !requests.iter().all(|r| r.is_finished()) {
+        peak = peak.max(rss_bytes());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for request in requests {
+        if let Ok((format, Ok((status, bytes)))) = request.join() {
+            println!("served {format}: {status}, {bytes} bytes");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
+    // The trim after each large response runs on the agent's blocking pool.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_bytes();
+    let index = symbolizer_stats().cache_bytes;
+    drop(agent);
+    // What the symbolizer loaded for these stacks stays until it has been
+    // idle for a minute; then only what the reports left behind remains.
+    release_debug_info();
+    let released = rss_bytes();
+    println!(
+        "served the {} s window in five formats over HTTP: RSS {:.1} MiB after the first profile, \
+         {:.1} MiB before the requests, {:.1} MiB at the peak, {:.1} MiB after ({:+.1} MiB over the \
+         post-first-profile baseline, with {:.1} MiB of symbolizer cache and index); \
+         {:.1} MiB once the symbolizer has released its debug info ({:+.1} MiB)",
+        options.report_secs,
+        mib(rss.after_first_profile),
+        mib(before),
+        mib(peak),
+        mib(after),
+        mib(after) - mib(rss.after_first_profile),
+        index as f64 / (1024.0 * 1024.0),
+        mib(released),
+        mib(released) - mib(rss.after_first_profile),
     );
 }
 
