@@ -342,4 +342,47 @@ mod tests {
             Err(Error::InvalidListenAddr { .. })
         ));
     }
+
+    mod properties {
+        use super::*;
+        use crate::testing::{bounded, input_of};
+        use proptest::prelude::*;
+
+        const SETTINGS: &[&str] = &[
+            "127.0.0.1",
+            ":",
+            "6060",
+            "[::1]",
+            "/",
+            "32",
+            "10.0.0.0",
+            ",",
+            " ",
+            "0.0.0.0",
+            "300",
+            "18446744073709551615",
+            "-",
+            "\n",
+            "::ffff:",
+            "%eth0",
+        ];
+
+        proptest! {
+            #[test]
+            fn settings_never_panic(value in input_of(SETTINGS)) {
+                bounded("listen", &value, || { let _ = parse_listen(&value); });
+                bounded("allowlist", &value, || {
+                    if let Ok(nets) = parse_cidr_list(&value) {
+                        assert!(!nets.is_empty(), "an allowlist that allows everyone");
+                    }
+                });
+                bounded("max profile seconds", &value, || {
+                    if let Ok(seconds) = parse_max_profile_seconds(&value) {
+                        assert!((1..=MAX_PROFILE_SECONDS_LIMIT).contains(&seconds));
+                    }
+                });
+                bounded("token", &value, || { let _ = BearerToken::new(&value); });
+            }
+        }
+    }
 }

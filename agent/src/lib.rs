@@ -100,6 +100,8 @@ pub mod red;
 #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
 pub mod resources;
 mod server;
+#[cfg(test)]
+mod testing;
 #[cfg(all(
     any(feature = "cpu", feature = "runtime"),
     target_os = "linux",

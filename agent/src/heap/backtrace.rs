@@ -507,6 +507,29 @@ mod tests {
         assert_eq!(parser.found, None);
     }
 
+    mod properties {
+        use super::*;
+        use crate::testing::{bounded, input_of};
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn maps_text_never_panics(
+                maps in input_of(&["-", " ", "rw-p", "r-xp", "\n", "7ffd0000a000", "ffffffffffffffffff", "0", "[stack]"]),
+                address in any::<u64>(),
+                split in 1usize..64,
+            ) {
+                bounded("maps", &maps, || {
+                    let mut parser = MapsParser::new(address);
+                    let found = maps.as_bytes().chunks(split).any(|chunk| parser.feed(chunk));
+                    if found {
+                        assert!(parser.found.as_ref().is_some_and(|r| r.contains(&address)));
+                    }
+                });
+            }
+        }
+    }
+
     #[test]
     fn return_addresses_must_follow_calls_into_known_code() {
         let state = HookState {

@@ -171,4 +171,51 @@ MAPPED_LIBRARIES:
             assert!(matches!(parse(bad), Err(Error::HeapDump { .. })), "{bad:?}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use crate::testing::{bounded, input_of};
+        use proptest::prelude::*;
+
+        const DUMP: &[&str] = &[
+            "heap_v2/",
+            "524288",
+            "0",
+            "\n",
+            "@ ",
+            "0x",
+            "1f",
+            " ",
+            "  t*: ",
+            ": ",
+            "[0: 0]",
+            "  t0: ",
+            "MAPPED_LIBRARIES:",
+            "NaN",
+            "inf",
+            "-",
+            "e308",
+            "ffffffffffffffffff",
+        ];
+
+        proptest! {
+            #[test]
+            fn dumps_never_panic(dump in input_of(DUMP)) {
+                bounded("heap dump", &dump, || {
+                    if let Ok(parsed) = parse(&dump) {
+                        // Whatever the counts, the estimates are usable numbers.
+                        for stack in &parsed.stacks {
+                            assert!(!stack.bytes.is_sign_negative());
+                        }
+                    }
+                });
+            }
+
+            #[test]
+            fn a_valid_header_with_arbitrary_records_never_panics(body in input_of(DUMP)) {
+                let dump = format!("heap_v2/524288\n  t*: 1: 1 [0: 0]\n{body}");
+                bounded("heap dump", &dump, || { let _ = parse(&dump); });
+            }
+        }
+    }
 }

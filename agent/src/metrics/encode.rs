@@ -481,4 +481,20 @@ mod tests {
             ExpositionFormat::OpenMetrics
         );
     }
+
+    mod properties {
+        use super::*;
+        use crate::testing::{bounded, input_of};
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn accept_headers_and_formats_never_panic(value in input_of(&["application/openmetrics-text", "text/plain", ";", "version=", "1.0.0", "0.0.4", "q=", ",", "*/*", "prometheus", "openmetrics"])) {
+                bounded("exposition negotiation", &value, || {
+                    let _ = ExpositionFormat::negotiate(Some(&value));
+                    let _ = ExpositionFormat::parse(&value);
+                });
+            }
+        }
+    }
 }

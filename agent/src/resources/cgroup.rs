@@ -628,4 +628,51 @@ pub(crate) mod tests {
         assert_eq!(unescape_octal("/a\\040b"), "/a b");
         assert_eq!(unescape_octal("tail\\"), "tail\\");
     }
+
+    mod properties {
+        use super::*;
+        use crate::testing::{bounded, input_of};
+        use proptest::prelude::*;
+
+        const CGROUP: &[&str] = &[
+            "0::/",
+            "\n",
+            ":",
+            "cpu,cpuacct",
+            "memory",
+            "pids",
+            "/docker/",
+            " - ",
+            "cgroup2 ",
+            "cgroup ",
+            "rw,",
+            "/sys/fs/cgroup",
+            "\\040",
+            "\\",
+            " ",
+            "max",
+            "100000",
+            "-1",
+        ];
+
+        proptest! {
+            #[test]
+            fn cgroup_files_never_panic(
+                proc_cgroup in input_of(CGROUP),
+                mountinfo in input_of(CGROUP),
+                value in input_of(CGROUP),
+            ) {
+                let root = std::env::temp_dir().join("stethoscope-cgroup-fuzz-none");
+                bounded("cgroup discovery", &proc_cgroup, || {
+                    let _ = discover(&proc_cgroup, &mountinfo, &root);
+                });
+                bounded("cgroup values", &value, || {
+                    let _ = parse_cpu_max(&value);
+                    let _ = parse_cfs_quota(&value, &proc_cgroup);
+                    let _ = flat_keyed(&value, "nr_throttled");
+                    let _ = unescape_octal(&value);
+                });
+            }
+        }
+    }
 }

@@ -458,4 +458,38 @@ IpExt: 5 99
         let periodic = reader.read(&cgroups, false);
         assert!(Arc::ptr_eq(&periodic.slow, &r.slow));
     }
+
+    mod properties {
+        use super::*;
+        use crate::testing::{bounded, input_of};
+        use proptest::prelude::*;
+
+        const PROC: &[&str] = &[
+            "some avg10=",
+            "full avg10=",
+            " avg60=",
+            " avg300=",
+            " total=",
+            "\n",
+            "TcpExt:",
+            "Tcp:",
+            " OutSegs",
+            " RetransSegs",
+            " ListenDrops",
+            " ",
+            "-1",
+            "1.5",
+        ];
+
+        proptest! {
+            #[test]
+            fn proc_files_never_panic(text in input_of(PROC)) {
+                bounded("pressure", &text, || { let _ = parse_pressure(&text, String::new()); });
+                bounded("netstat", &text, || {
+                    let _ = netstat_value(&text, "TcpExt", "ListenDrops");
+                    let _ = netstat_value(&text, "Tcp", "OutSegs");
+                });
+            }
+        }
+    }
 }

@@ -166,4 +166,23 @@ mod tests {
             .unwrap();
         assert_eq!(back, text);
     }
+
+    mod properties {
+        use super::*;
+        use crate::testing::{bounded, input_of};
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn accept_encodings_never_panic(value in input_of(&["gzip", "br", ";", "q=", "0", "1.0", ",", "*", " ", "x-gzip"])) {
+                bounded("accept-encoding", &value, || {
+                    if let Ok(header) = HeaderValue::from_str(&value) {
+                        let mut headers = HeaderMap::new();
+                        headers.insert(header::ACCEPT_ENCODING, header);
+                        let _ = accepts_gzip(&headers);
+                    }
+                });
+            }
+        }
+    }
 }

@@ -346,4 +346,30 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use super::*;
+        use crate::testing::{bounded, input_of};
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn heap_queries_never_panic(query in input_of(&["format", "limit", "base", "target", "now", "symbolize", "=", "&", "%ff", "0", "10001"])) {
+                bounded("heap query", &query, || {
+                    if let Ok(p) = HeapParams::parse(Some(&query), Format::Text) {
+                        assert!((1..=MAX_LIST_LIMIT).contains(&p.limit));
+                    }
+                });
+            }
+
+            #[test]
+            fn toggle_bodies_never_panic(body in input_of(&["{", "}", "\"active\"", ":", "true", "false", "null", "[", "]", ",", "\"x\""])) {
+                bounded("profiling toggle", &body, || {
+                    if let Err(ApiError::BadRequest { message, .. }) = parse_toggle(body.as_bytes()) {
+                        assert!(!message.contains("Toggle"), "{message}");
+                    }
+                });
+            }
+        }
+    }
 }

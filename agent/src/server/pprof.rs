@@ -251,25 +251,28 @@ pub(crate) async fn symbol_post(body: Bytes) -> Result<Response, PprofError> {
     symbolize_addresses(list).await
 }
 
-async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
-    let mut addresses = Vec::new();
-    for word in list
-        .split(['+', '\n', ' '])
+/// The addresses of a symbol request: `0x…` separated by `+`, spaces or
+/// newlines.
+fn parse_addresses(list: &str) -> Result<Vec<u64>, ApiError> {
+    list.split(['+', '\n', ' '])
         .map(str::trim)
         .filter(|w| !w.is_empty())
-    {
-        let digits = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X"));
-        match digits.and_then(|d| u64::from_str_radix(d, 16).ok()) {
-            Some(address) => addresses.push(address),
-            None => {
-                return Err(ApiError::bad_request(
-                    format!("{:?} is not a hexadecimal address", clip(word)),
-                    "send addresses as 0x1234+0x5678",
-                )
-                .into())
-            }
-        }
-    }
+        .map(|word| {
+            let digits = word.strip_prefix("0x").or_else(|| word.strip_prefix("0X"));
+            digits
+                .and_then(|d| u64::from_str_radix(d, 16).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        format!("{:?} is not a hexadecimal address", clip(word)),
+                        "send addresses as 0x1234+0x5678",
+                    )
+                })
+        })
+        .collect()
+}
+
+async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
+    let addresses = parse_addresses(&list)?;
     let lines = super::blocking(move || crate::profile::function_names(&addresses)).await?;
     let mut body = String::with_capacity(lines.len() * 48);
     for (address, name) in lines {
@@ -428,6 +431,51 @@ mod tests {
                 query.push_str(pieces[(seed % pieces.len() as u64) as usize]);
             }
             let _ = parse(&query);
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use crate::testing::{bounded, input_of};
+        use proptest::prelude::*;
+
+        const QUERY: &[&str] = &[
+            "seconds",
+            "hz",
+            "format",
+            "symbolize",
+            "=",
+            "&",
+            "%",
+            "%zz",
+            "%ff",
+            "%00",
+            "+",
+            "svg",
+            "pprof",
+            "json",
+            "text",
+            "true",
+            "-1",
+            "99999999999999999999",
+            " ",
+        ];
+
+        proptest! {
+            #[test]
+            fn profile_queries_never_panic(query in input_of(QUERY)) {
+                bounded("profile query", &query, || {
+                    if let Ok(p) = parse(&query) {
+                        assert!((1..=300).contains(&p.seconds));
+                        assert!((1..=MAX_PROFILE_HZ).contains(&p.hz));
+                    }
+                });
+            }
+
+            #[test]
+            fn symbol_bodies_never_panic(body in input_of(&["0x", "0X", "+", "\n", " ", "f", "ffffffffffffffffff", "g"])) {
+                bounded("symbol body", &body, || { let _ = parse_addresses(&body); });
+            }
         }
     }
 }

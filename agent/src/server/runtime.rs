@@ -294,3 +294,17 @@ pub(crate) async fn runtime(
         super::usage::TableFormat::Text => text_response(runtime_text(&report)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{bounded, input_of};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn lag_formats_never_panic(query in input_of(&["format", "=", "&", "json", "text", "svg", "txt", "%ff", "%", " "])) {
+            bounded("lag format", &query, || { let _ = lag_format(Some(&query)); });
+        }
+    }
+}

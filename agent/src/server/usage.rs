@@ -205,3 +205,17 @@ pub(crate) async fn not_built(feature: &'static str) -> ApiError {
         hint: format!("build stethoscope with the {feature:?} feature (on by default)"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{bounded, input_of};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn table_formats_never_panic(query in input_of(&["format", "=", "&", "json", "text", "%ff", "%", " "])) {
+            bounded("table format", &query, || { let _ = table_format(Some(&query)); });
+        }
+    }
+}
