@@ -301,19 +301,35 @@ fn stats_toggle_and_snapshot_lifecycle() {
 }
 
 /// CPU profiling at 999 Hz and heap dumps, back to back and at the same
-/// time, while four threads allocate hard: no crash, no hang, every
-/// request answered. `STETHOSCOPE_SOAK_SECS` makes it longer (default 120).
+/// time, while four threads allocate hard and a flood of idle sockets and
+/// slow bodies hits the agent: no crash, no hang, every request answered;
+/// afterwards the process's threads and RSS return to where they were.
+/// `STETHOSCOPE_SOAK_SECS` makes it longer (default 120). Runs in a child
+/// process, so other tests' threads and memory do not blur the baseline.
 #[test]
 fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
-    let _cpu = profiler_lock();
-    let _heap = heap_lock();
+    if !is_child() {
+        let _cpu = profiler_lock();
+        let _heap = heap_lock();
+        let secs = std::env::var("STETHOSCOPE_SOAK_SECS").unwrap_or_else(|_| "120".into());
+        in_child(
+            "heap::cpu_and_heap_profiling_soak_together_under_allocation_load",
+            &[("STETHOSCOPE_SOAK_SECS", secs.as_ref())],
+        );
+        return;
+    }
     let secs: u64 = std::env::var("STETHOSCOPE_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
-    let deadline = Instant::now() + Duration::from_secs(secs);
     let agent = start_agent();
     let addr = agent.local_addr();
+    // Warm up (debug info, the blocking pool), then take the baseline.
+    assert_eq!(get(addr, "/debug/pprof/profile?seconds=1", None).status, 200);
+    assert_eq!(get(addr, "/debug/pprof/heap", None).status, 200);
+    std::thread::sleep(Duration::from_secs(11));
+    let (threads_before, rss_before) = (process_threads(), process_rss());
+    let deadline = Instant::now() + Duration::from_secs(secs);
     let allocators = Burners::start(4, "allocator", Duration::from_secs(secs + 30), || {
         let held = retain_chunks(2 << 20);
         churn(8 << 20);
@@ -346,11 +362,37 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
         }
         answered
     });
+    // Waves of 150 idle sockets and 20 slow bodies, held for two seconds.
+    let flood = std::thread::spawn(move || {
+        let mut waves = 0u32;
+        while Instant::now() < deadline {
+            let idle: Vec<_> = (0..150)
+                .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+                .collect();
+            let slow: Vec<_> = (0..20)
+                .filter_map(|_| {
+                    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+                    std::io::Write::write_all(
+                        &mut stream,
+                        b"POST /debug/pprof/symbol HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0x1",
+                    )
+                    .ok()?;
+                    Some(stream)
+                })
+                .collect();
+            std::thread::sleep(Duration::from_secs(2));
+            drop((idle, slow));
+            waves += 1;
+        }
+        waves
+    });
     let cpu_answered = cpu.join().expect("CPU profiles kept being answered");
     let heap_answered = heap.join().expect("heap requests kept being answered");
+    let waves = flood.join().expect("flood");
     allocators.stop();
     eprintln!(
-        "soak {secs} s: {cpu_answered} CPU profiles and {heap_answered} heap requests answered"
+        "soak {secs} s: {cpu_answered} CPU profiles and {heap_answered} heap requests answered \
+         through {waves} flood waves"
     );
     // 2 s windows back to back, each followed by its report: in a debug
     // build under this load a report takes a few seconds.
@@ -360,6 +402,39 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
     );
     assert!(heap_answered >= 3, "{heap_answered} heap requests");
     assert_eq!(get(addr, "/health", None).status, 200);
+    // Idle blocking threads exit after 10 s; jemalloc returns dirty pages
+    // after 10 s of decay.
+    let settled = wait_until(Duration::from_secs(40), || {
+        process_threads() <= threads_before + 1 && process_rss() <= rss_before + (48 << 20)
+    });
+    let connections = get(addr, "/health", None).json()["connections"].clone();
+    assert!(
+        settled,
+        "threads {threads_before} → {}, RSS {:.1} → {:.1} MiB; {connections}",
+        process_threads(),
+        rss_before as f64 / 1048576.0,
+        process_rss() as f64 / 1048576.0
+    );
+    assert!(connections["open"].as_u64().unwrap() <= 2, "{connections}");
+}
+
+/// Threads of this process.
+fn process_threads() -> u64 {
+    status_value("Threads:")
+}
+
+/// Resident set of this process, bytes.
+fn process_rss() -> u64 {
+    status_value("VmRSS:") * 1024
+}
+
+fn status_value(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// With jemalloc started `prof:false`, every heap endpoint answers 501 with
