@@ -325,7 +325,10 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
     let agent = start_agent();
     let addr = agent.local_addr();
     // Warm up (debug info, the blocking pool), then take the baseline.
-    assert_eq!(get(addr, "/debug/pprof/profile?seconds=1", None).status, 200);
+    assert_eq!(
+        get(addr, "/debug/pprof/profile?seconds=1", None).status,
+        200
+    );
     assert_eq!(get(addr, "/debug/pprof/heap", None).status, 200);
     std::thread::sleep(Duration::from_secs(11));
     let (threads_before, rss_before) = (process_threads(), process_rss());
