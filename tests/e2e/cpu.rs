@@ -332,14 +332,26 @@ fn go_pprof_raw_shows_addresses_mapping_build_id_and_inline_chains() {
         .skip(1)
         .take_while(|l| !l.starts_with("Mappings"))
         .collect();
-    let burn_hot = locations
+    // A location is a header line with its address, then one line per
+    // inlined caller; burn_hot may be either, depending on the samples.
+    let mut blocks: Vec<Vec<&str>> = Vec::new();
+    for line in &locations {
+        if line.contains(": 0x") || blocks.is_empty() {
+            blocks.push(vec![line]);
+        } else if let Some(block) = blocks.last_mut() {
+            block.push(line);
+        }
+    }
+    let burn_hot = blocks
         .iter()
-        .find(|l| l.contains("workload::burn_hot"))
+        .find(|b| b.iter().any(|l| l.contains("workload::burn_hot")))
         .unwrap_or_else(|| panic!("burn_hot not among locations:\n{stdout}"));
-    assert!(burn_hot.contains(": 0x"), "real address: {burn_hot}");
+    assert!(burn_hot[0].contains(": 0x"), "real address: {burn_hot:?}");
     assert!(
-        burn_hot.contains("workload.rs:"),
-        "file and line: {burn_hot}"
+        burn_hot
+            .iter()
+            .any(|l| l.contains("workload::burn_hot") && l.contains("workload.rs:")),
+        "file and line: {burn_hot:?}"
     );
     let samples_header = stdout
         .lines()

@@ -33,7 +33,7 @@ pub(crate) async fn gzip_large_responses(request: Request, next: Next) -> Respon
     };
     parts
         .headers
-        .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+        .append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     if bytes.len() < MIN_COMPRESSED_BYTES {
         return Response::from_parts(parts, Body::from(bytes));
     }
