@@ -1,8 +1,18 @@
 //! The summary of a latency distribution that the RED layer and the
 //! executor-lag probe both report (DESIGN §5.1: `count`, `min_ms`, …,
-//! `p999_ms`).
+//! `p999_ms`), and the lock-free histograms behind RED.
 
 use std::time::Duration;
+
+#[cfg_attr(not(feature = "red"), allow(dead_code))]
+mod buckets;
+#[cfg_attr(not(feature = "red"), allow(dead_code))]
+mod latency;
+
+#[cfg(feature = "red")]
+pub(crate) use buckets::{seconds_to_nanos, BucketCounts};
+#[cfg(feature = "red")]
+pub(crate) use latency::LatencyHistogram;
 
 /// Summary of a latency distribution: exact count, min, max and mean,
 /// percentiles within the precision of the histogram behind it (6.25 % for
