@@ -97,6 +97,9 @@ pub mod red;
 #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
 pub mod resources;
 mod server;
+#[cfg(feature = "spans")]
+#[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+pub mod spans;
 #[cfg(all(
     any(feature = "cpu", feature = "runtime"),
     target_os = "linux",

@@ -1,0 +1,69 @@
+//! `tracing` integration: span timings and the slow-span log.
+//!
+//! The agent plugs into the service's own `tracing-subscriber` stack
+//! instead of replacing it; it never installs a global subscriber. The
+//! host creates the pieces before its subscriber (which `main` installs
+//! first) and hands them to the agent:
+//!
+//! - [`SpanTimings`] and its [`SpanLayer`]: per (target, span name)
+//!   histograms of total and busy time, counts and errors, and the slowest
+//!   recent spans with their fields and parent chain — the slow-query log
+//!   of every instrumented operation. Served at `/debug/spans` and as
+//!   `stethoscope_span_*` in `/metrics`.
+//!
+//! ```
+//! use tracing_subscriber::layer::SubscriberExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let timings = stethoscope::spans::SpanTimings::new();
+//! let subscriber = tracing_subscriber::registry().with(timings.layer());
+//! # let _guard = tracing::subscriber::set_default(subscriber);
+//! # /*
+//! tracing::subscriber::set_global_default(subscriber)?;
+//! # */
+//!
+//! #[tracing::instrument]
+//! async fn load_item(id: u64) { /* query the database */ }
+//! load_item(7).await;
+//!
+//! let report = timings.report();
+//! assert_eq!((report.spans[0].name, report.spans[0].count), ("load_item", 1));
+//! # Ok(())
+//! # }
+//! ```
+
+mod callsites;
+mod fields;
+mod layer;
+mod recorder;
+mod report;
+
+pub use layer::SpanLayer;
+pub use recorder::{SpanSettings, SpanTimings, OVERFLOW_NAME, SPAN_DURATION_BUCKETS};
+pub use report::{SlowSpan, SpanReport, SpanSummary};
+
+/// The name of the span the current thread is in, if any — the hook for
+/// labelling CPU samples by span (DESIGN §10): where the label slot is set
+/// around each poll of an instrumented future, it can take this name as
+/// the `span` label.
+///
+/// It asks the current dispatcher (a thread-local read and the registry's
+/// span stack), so call it when a poll starts, never from a signal handler.
+///
+/// ```
+/// let subscriber = tracing_subscriber::registry();
+/// tracing::subscriber::with_default(subscriber, || {
+///     assert_eq!(stethoscope::spans::current_span_name(), None);
+///     let _query = tracing::info_span!("db_query").entered();
+///     assert_eq!(stethoscope::spans::current_span_name(), Some("db_query"));
+/// });
+/// ```
+pub fn current_span_name() -> Option<&'static str> {
+    tracing::dispatcher::get_default(|dispatch| {
+        dispatch
+            .current_span()
+            .metadata()
+            .map(|metadata| metadata.name())
+    })
+}
