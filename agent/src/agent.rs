@@ -39,6 +39,8 @@ pub struct Agent {
     /// Stops the executor-lag watchdog when the agent goes away.
     #[cfg(feature = "runtime")]
     _watchdog: Option<crate::lag::WatchdogGuard>,
+    #[cfg(feature = "spans")]
+    log_level: Option<crate::spans::LogLevel>,
 }
 
 impl Agent {
@@ -154,6 +156,14 @@ impl Agent {
         self.executor.task_monitor(name)
     }
 
+    /// The log filter control given to
+    /// [`AgentBuilder::log_level`], behind `/debug/log-level`.
+    #[cfg(feature = "spans")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+    pub fn log_level(&self) -> Option<&crate::spans::LogLevel> {
+        self.log_level.as_ref()
+    }
+
     /// Stops the debug server and waits for its thread to finish. Profiles
     /// in progress are cancelled.
     pub async fn shutdown(self) {
@@ -179,6 +189,8 @@ pub struct AgentBuilder {
     runtime: Option<tokio::runtime::Handle>,
     #[cfg(feature = "system")]
     resources: Vec<Arc<dyn crate::resources::Resource>>,
+    #[cfg(feature = "spans")]
+    log_level: Option<crate::spans::LogLevel>,
     /// The first error of a non-fallible setter, reported by `start()`.
     deferred: Option<Error>,
 }
@@ -319,6 +331,45 @@ impl AgentBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
     pub fn resource(mut self, resource: impl crate::resources::Resource) -> Self {
         self.resources.push(Arc::new(resource));
+        self
+    }
+
+    /// Serves the host's log filter at `GET/PUT /debug/log-level`, so an
+    /// operator can raise one module to `debug` for ten minutes without a
+    /// restart. Create both with [`log_filter`](crate::spans::log_filter)
+    /// and install the filter in the service's subscriber before starting
+    /// the agent. Default: none (`GET` says how to wire it, `PUT` answers
+    /// 501).
+    ///
+    /// ```
+    /// use tracing_subscriber::layer::SubscriberExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (filter, log_level) = stethoscope::spans::log_filter("info")?;
+    /// let subscriber = tracing_subscriber::registry().with(filter);
+    /// # let _guard = tracing::subscriber::set_default(subscriber);
+    /// # /*
+    /// tracing::subscriber::set_global_default(subscriber)?;
+    /// # */
+    /// let agent = stethoscope::Agent::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .log_level(log_level)
+    ///     .start()?;
+    /// # agent.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Security considerations
+    /// Anyone who can reach the debug server can make the service log more
+    /// (debug logs may contain request data, and cost CPU and disk); every
+    /// change is logged with the client's address. Protect the server with
+    /// a [`token`](Self::token) beyond loopback.
+    #[cfg(feature = "spans")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+    pub fn log_level(mut self, level: crate::spans::LogLevel) -> Self {
+        self.log_level = Some(level);
         self
     }
 
@@ -500,6 +551,8 @@ impl AgentBuilder {
             metrics: metrics.clone(),
             #[cfg(feature = "runtime")]
             executor: executor.clone(),
+            #[cfg(feature = "spans")]
+            log_level: self.log_level.clone(),
         };
         let server = server::spawn(state)?;
         Ok(Agent {
@@ -516,6 +569,8 @@ impl AgentBuilder {
             executor,
             #[cfg(feature = "runtime")]
             _watchdog: watchdog,
+            #[cfg(feature = "spans")]
+            log_level: self.log_level,
         })
     }
 }

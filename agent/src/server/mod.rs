@@ -11,6 +11,8 @@ mod metrics;
 mod pprof;
 #[cfg(feature = "runtime")]
 mod runtime;
+#[cfg(feature = "spans")]
+mod spans;
 mod usage;
 
 use std::net::SocketAddr;
@@ -53,6 +55,9 @@ pub(crate) struct AppState {
     /// Executor lag, runtime health and stalls of the host runtime.
     #[cfg(feature = "runtime")]
     pub(crate) executor: crate::lag::ExecutorMonitor,
+    /// The host's reloadable log filter, if it wired one in.
+    #[cfg(feature = "spans")]
+    pub(crate) log_level: Option<crate::spans::LogLevel>,
 }
 
 impl AppState {
@@ -144,6 +149,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/debug/red", red_route())
         .route("/debug/lag", lag_route())
         .route("/debug/runtime", runtime_route())
+        .route("/debug/log-level", log_level_route())
         .route("/metrics", metrics_route())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -181,6 +187,13 @@ fn runtime_route() -> axum::routing::MethodRouter<AppState> {
     return get(runtime::runtime);
     #[cfg(not(feature = "runtime"))]
     return get(|| usage::not_built("runtime"));
+}
+
+fn log_level_route() -> axum::routing::MethodRouter<AppState> {
+    #[cfg(feature = "spans")]
+    return get(spans::log_level).put(spans::set_log_level);
+    #[cfg(not(feature = "spans"))]
+    return get(|| usage::not_built("spans")).put(|| usage::not_built("spans"));
 }
 
 fn metrics_route() -> axum::routing::MethodRouter<AppState> {
@@ -395,6 +408,8 @@ mod tests {
             )
             .unwrap()
             .0,
+            #[cfg(feature = "spans")]
+            log_level: None,
         }
     }
 
@@ -661,5 +676,99 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[cfg(feature = "spans")]
+    async fn put(app: Router, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        let response = app
+            .layer(MockConnectInfo(
+                "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+            ))
+            .oneshot(
+                HttpRequest::put(uri)
+                    .body(Body::from(body.to_owned()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        (response.status(), json(response).await)
+    }
+
+    #[cfg(feature = "spans")]
+    #[tokio::test]
+    async fn log_level_reads_changes_reverts_and_rejects_bad_directives() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let unwired = router(state(Config::default()));
+        let (status, response) =
+            call(unwired.clone(), "/debug/log-level", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::OK);
+        let body = json(response).await;
+        assert_eq!(body["installed"], false);
+        assert!(body["hint"].as_str().unwrap().contains("log_filter"));
+        let (status, _) = put(unwired, "/debug/log-level", "debug").await;
+        assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+
+        let (filter, level) = crate::spans::log_filter("info").unwrap();
+        // Kept alive (not installed): the filter is part of a subscriber.
+        let _subscriber = tracing_subscriber::registry().with(filter);
+        let mut with_level = state(Config::default());
+        with_level.log_level = Some(level.clone());
+        let app = router(with_level);
+        let (_, response) = call(app.clone(), "/debug/log-level", None, "127.0.0.1:1").await;
+        let body = json(response).await;
+        assert_eq!(body["directive"], "info");
+        assert_eq!(body["origin"], "startup");
+        assert_eq!(body["active"], true);
+        assert!(body["set_at"].as_str().unwrap().ends_with('Z'));
+        assert!(body["revert_at"].is_null());
+
+        let (status, body) = put(app.clone(), "/debug/log-level", "info,my_crate=lol").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("my_crate=lol"), "{body}");
+        assert!(
+            body["hint"].as_str().unwrap().contains("RUST_LOG"),
+            "{body}"
+        );
+        assert_eq!(level.status().directive, "info", "unchanged");
+        let (status, _) = put(app.clone(), "/debug/log-level?ttl=3d", "debug").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        let (status, body) = put(
+            app.clone(),
+            "/debug/log-level?ttl=200ms",
+            "info,my_crate=debug",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["directive"], "info,my_crate=debug");
+        assert_eq!(body["origin"], "api");
+        assert_eq!(body["previous"], "info");
+        assert_eq!(body["revert_to"], "info");
+        assert!(body["revert_in_s"].as_f64().unwrap() <= 0.2);
+        let (status, body) = put(
+            app.clone(),
+            "/debug/log-level",
+            r#"{"directive": "warn", "ttl": "1h"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["revert_to"], "info",
+            "the first temporary change's base"
+        );
+        let (_, body) = put(app.clone(), "/debug/log-level?ttl=100ms", "debug").await;
+        assert_eq!(body["revert_to"], "info");
+        for _ in 0..200 {
+            if level.status().directive == "info" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_, response) = call(app, "/debug/log-level", None, "127.0.0.1:1").await;
+        let body = json(response).await;
+        assert_eq!(body["directive"], "info", "{body}");
+        assert_eq!(body["origin"], "startup");
     }
 }

@@ -5,6 +5,9 @@
 //! host creates the pieces before its subscriber (which `main` installs
 //! first) and hands them to the agent:
 //!
+//! - [`log_filter`]: a reloadable `EnvFilter` and its [`LogLevel`] control,
+//!   so `PUT /debug/log-level` can turn on debug logs for one module for
+//!   ten minutes, and they turn themselves off again.
 //! - [`SpanTimings`] and its [`SpanLayer`]: per (target, span name)
 //!   histograms of total and busy time, counts and errors, and the slowest
 //!   recent spans with their fields and parent chain — the slow-query log
@@ -36,10 +39,13 @@
 mod callsites;
 mod fields;
 mod layer;
+mod level;
 mod recorder;
 mod report;
 
 pub use layer::SpanLayer;
+pub(crate) use level::parse_ttl;
+pub use level::{log_filter, LogFilter, LogLevel, LogLevelChange, LogLevelOrigin, LogLevelStatus};
 pub use recorder::{SpanSettings, SpanTimings, OVERFLOW_NAME, SPAN_DURATION_BUCKETS};
 pub use report::{SlowSpan, SpanReport, SpanSummary};
 
