@@ -41,6 +41,8 @@ pub struct Agent {
     _watchdog: Option<crate::lag::WatchdogGuard>,
     #[cfg(feature = "spans")]
     log_level: Option<crate::spans::LogLevel>,
+    #[cfg(feature = "spans")]
+    spans: Option<crate::spans::SpanTimings>,
 }
 
 impl Agent {
@@ -164,6 +166,14 @@ impl Agent {
         self.log_level.as_ref()
     }
 
+    /// The span timings given to [`AgentBuilder::spans`], behind
+    /// `/debug/spans`.
+    #[cfg(feature = "spans")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+    pub fn spans(&self) -> Option<&crate::spans::SpanTimings> {
+        self.spans.as_ref()
+    }
+
     /// Stops the debug server and waits for its thread to finish. Profiles
     /// in progress are cancelled.
     pub async fn shutdown(self) {
@@ -191,6 +201,8 @@ pub struct AgentBuilder {
     resources: Vec<Arc<dyn crate::resources::Resource>>,
     #[cfg(feature = "spans")]
     log_level: Option<crate::spans::LogLevel>,
+    #[cfg(feature = "spans")]
+    spans: Option<crate::spans::SpanTimings>,
     /// The first error of a non-fallible setter, reported by `start()`.
     deferred: Option<Error>,
 }
@@ -373,6 +385,45 @@ impl AgentBuilder {
         self
     }
 
+    /// Serves span timings — per span name histograms of total and busy
+    /// time, errors, and the slowest recent spans with their fields — at
+    /// `/debug/spans` and as `stethoscope_span_*` in `/metrics`. Create
+    /// them with [`SpanTimings::new`](crate::spans::SpanTimings::new) and
+    /// add [`layer`](crate::spans::SpanTimings::layer) to the service's
+    /// subscriber before starting the agent. Default: none (`/debug/spans`
+    /// says how to wire them).
+    ///
+    /// ```
+    /// use tracing_subscriber::layer::SubscriberExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let timings = stethoscope::spans::SpanTimings::new();
+    /// let subscriber = tracing_subscriber::registry().with(timings.layer());
+    /// # let _guard = tracing::subscriber::set_default(subscriber);
+    /// # /*
+    /// tracing::subscriber::set_global_default(subscriber)?;
+    /// # */
+    /// let agent = stethoscope::Agent::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .spans(timings)
+    ///     .start()?;
+    /// # agent.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Security considerations
+    /// The slow-span log shows span fields as recorded (a query's
+    /// parameters, a user id): what the service puts in spans is readable
+    /// by whoever can reach the debug server.
+    #[cfg(feature = "spans")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+    pub fn spans(mut self, timings: crate::spans::SpanTimings) -> Self {
+        self.spans = Some(timings);
+        self
+    }
+
     /// The host's tokio runtime, for the runtime health features: executor
     /// lag (`/debug/lag`), runtime health and stalls (`/debug/runtime`), the
     /// `executor` USE row and the `stethoscope_tokio_*` metrics. Default:
@@ -535,6 +586,10 @@ impl AgentBuilder {
             collectors.push(Arc::new(red.clone()));
             #[cfg(feature = "runtime")]
             collectors.push(Arc::new(executor.clone()));
+            #[cfg(feature = "spans")]
+            if let Some(spans) = &self.spans {
+                collectors.push(Arc::new(spans.clone()));
+            }
             crate::metrics::MetricsRegistry::new(collectors)
         };
         let state = AppState {
@@ -553,6 +608,8 @@ impl AgentBuilder {
             executor: executor.clone(),
             #[cfg(feature = "spans")]
             log_level: self.log_level.clone(),
+            #[cfg(feature = "spans")]
+            spans: self.spans.clone(),
         };
         let server = server::spawn(state)?;
         Ok(Agent {
@@ -571,6 +628,8 @@ impl AgentBuilder {
             _watchdog: watchdog,
             #[cfg(feature = "spans")]
             log_level: self.log_level,
+            #[cfg(feature = "spans")]
+            spans: self.spans,
         })
     }
 }

@@ -49,7 +49,10 @@ pub struct HistogramSummary {
 
 impl HistogramSummary {
     /// The JSON shape of DESIGN §5.1, durations in float milliseconds.
-    #[cfg_attr(not(any(feature = "red", feature = "runtime")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "red", feature = "runtime", feature = "spans")),
+        allow(dead_code)
+    )]
     pub(crate) fn to_json(self) -> serde_json::Value {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         serde_json::json!({

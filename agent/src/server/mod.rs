@@ -58,6 +58,9 @@ pub(crate) struct AppState {
     /// The host's reloadable log filter, if it wired one in.
     #[cfg(feature = "spans")]
     pub(crate) log_level: Option<crate::spans::LogLevel>,
+    /// The span timings of the host's span layer, if it wired them in.
+    #[cfg(feature = "spans")]
+    pub(crate) spans: Option<crate::spans::SpanTimings>,
 }
 
 impl AppState {
@@ -149,6 +152,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/debug/red", red_route())
         .route("/debug/lag", lag_route())
         .route("/debug/runtime", runtime_route())
+        .route("/debug/spans", spans_route())
         .route("/debug/log-level", log_level_route())
         .route("/metrics", metrics_route())
         .fallback(not_found)
@@ -187,6 +191,13 @@ fn runtime_route() -> axum::routing::MethodRouter<AppState> {
     return get(runtime::runtime);
     #[cfg(not(feature = "runtime"))]
     return get(|| usage::not_built("runtime"));
+}
+
+fn spans_route() -> axum::routing::MethodRouter<AppState> {
+    #[cfg(feature = "spans")]
+    return get(spans::spans);
+    #[cfg(not(feature = "spans"))]
+    return get(|| usage::not_built("spans"));
 }
 
 fn log_level_route() -> axum::routing::MethodRouter<AppState> {
@@ -410,6 +421,8 @@ mod tests {
             .0,
             #[cfg(feature = "spans")]
             log_level: None,
+            #[cfg(feature = "spans")]
+            spans: None,
         }
     }
 
@@ -770,5 +783,109 @@ mod tests {
         let body = json(response).await;
         assert_eq!(body["directive"], "info", "{body}");
         assert_eq!(body["origin"], "startup");
+    }
+
+    #[cfg(feature = "spans")]
+    #[tokio::test]
+    async fn spans_report_json_and_an_aligned_text_table() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let unwired = router(state(Config::default()));
+        let (status, response) = call(unwired, "/debug/spans", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::OK);
+        let body = json(response).await;
+        assert_eq!(body["installed"], false);
+        assert!(body["hint"]
+            .as_str()
+            .unwrap()
+            .contains("AgentBuilder::spans"));
+
+        let timings = crate::spans::SpanTimings::with_settings(
+            crate::spans::SpanSettings::default().slow_threshold(Duration::from_millis(5)),
+        );
+        let mut wired = state(Config::default());
+        wired.spans = Some(timings.clone());
+        let app = router(wired);
+        let (_, response) = call(app.clone(), "/debug/spans", None, "127.0.0.1:1").await;
+        assert_eq!(
+            json(response).await["installed"],
+            false,
+            "layer not in a subscriber"
+        );
+
+        let subscriber = tracing_subscriber::registry().with(timings.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let _request = tracing::info_span!("request").entered();
+            for i in 0..3u64 {
+                let _q =
+                    tracing::info_span!("a_rather_long_span_name", i, table = "items").entered();
+                std::thread::sleep(Duration::from_millis(6));
+            }
+            drop(tracing::info_span!("q", error = "boom").entered());
+        });
+        let (status, response) = call(app.clone(), "/debug/spans", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::OK);
+        let body = json(response).await;
+        assert_eq!(body["installed"], true);
+        assert_eq!(body["slow_threshold_ms"], 5.0);
+        let spans = body["spans"].as_array().unwrap();
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans[0]["name"], "request", "most time first: {body}");
+        let long = spans
+            .iter()
+            .find(|s| s["name"] == "a_rather_long_span_name")
+            .unwrap();
+        assert_eq!(long["count"], 3);
+        assert!(long["total"]["p50_ms"].as_f64().unwrap() >= 6.0);
+        assert!(long["busy"]["p99_ms"].is_number());
+        let q = spans.iter().find(|s| s["name"] == "q").unwrap();
+        assert_eq!(
+            (q["errors"].as_u64(), q["error_ratio"].as_f64()),
+            (Some(1), Some(1.0))
+        );
+        let slowest = body["slowest"].as_array().unwrap();
+        let slow = slowest
+            .iter()
+            .find(|s| s["name"] == "a_rather_long_span_name")
+            .unwrap();
+        assert_eq!(slow["fields"]["table"], "items");
+        assert_eq!(slow["parents"][0], "request");
+        assert!(slow["started_at"].as_str().unwrap().ends_with('Z'));
+
+        let (status, response) = call(
+            app.clone(),
+            "/debug/spans?format=text&sort=count",
+            None,
+            "127.0.0.1:1",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(text.to_vec()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("SPAN "), "{text}");
+        assert!(
+            lines[1].starts_with("a_rather_long_span_name "),
+            "sorted by count: {text}"
+        );
+        // Every row of the table puts TARGET in the same column (in
+        // characters: µs is two bytes).
+        let column = |line: &str, what: &str| line[..line.find(what).unwrap()].chars().count();
+        let target = column(lines[0], "TARGET");
+        for row in &lines[1..4] {
+            assert_eq!(column(row, module_path!()), target, "{text}");
+        }
+        assert!(text.contains("table=items"), "{text}");
+        assert!(text.contains("(in request)"), "{text}");
+
+        for bad in [
+            "/debug/spans?format=svg",
+            "/debug/spans?sort=x",
+            "/debug/spans?limit=0",
+        ] {
+            let (status, response) = call(app.clone(), bad, None, "127.0.0.1:1").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(json(response).await["hint"].is_string());
+        }
     }
 }

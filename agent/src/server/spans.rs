@@ -1,6 +1,11 @@
-//! `GET/PUT /debug/log-level`: the tracing filter's directive, changed at
-//! runtime with an optional `ttl`. Without a filter wired in by the host,
-//! GET answers `installed: false` with the how-to and PUT 501.
+//! The tracing integration's endpoints: `GET /debug/spans` (span timings
+//! and the slow-span log, JSON or a text table) and `GET/PUT
+//! /debug/log-level` (the filter's directive, changed at runtime with an
+//! optional `ttl`). Without the pieces wired in by the host, GETs answer
+//! `installed: false` with the how-to and PUT 501.
+
+use std::fmt::Write as _;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -8,12 +13,284 @@ use axum::response::Response;
 
 use super::access::Peer;
 use super::error::ApiError;
-use super::usage::json_response;
+use super::usage::{json_response, ms, text_response};
 use super::{blocking, AppState};
-use crate::config::MAX_LOG_DIRECTIVE_BYTES;
+use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_LOG_DIRECTIVE_BYTES};
 use crate::profile::rfc3339;
-use crate::spans::{parse_ttl, LogLevelStatus};
+use crate::spans::{parse_ttl, LogLevelStatus, SlowSpan, SpanReport, SpanSummary};
 use crate::Error;
+
+const SPANS_HOWTO: &str = "create stethoscope::spans::SpanTimings, add timings.layer() to the \
+     service's subscriber and pass the timings to AgentBuilder::spans (docs/embedding.md)";
+
+/// How `/debug/spans` ranks its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpanSort {
+    /// Sum of total time: where the time goes.
+    Time,
+    /// 99th percentile of total time: the slowest kinds of operation.
+    P99,
+    Count,
+    Errors,
+    Name,
+}
+
+/// Query of `/debug/spans`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpansParams {
+    pub(crate) text: bool,
+    pub(crate) sort: SpanSort,
+    /// Slow spans listed.
+    pub(crate) limit: usize,
+}
+
+pub(crate) fn spans_params(query: Option<&str>) -> Result<SpansParams, ApiError> {
+    let mut params = SpansParams {
+        text: false,
+        sort: SpanSort::Time,
+        limit: DEFAULT_LIST_LIMIT,
+    };
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let value = value.trim();
+        match key.as_ref() {
+            "format" => {
+                params.text = match value {
+                    "" | "json" => false,
+                    "text" | "txt" => true,
+                    other => {
+                        return Err(ApiError::bad_request(
+                            format!("unknown format {other:?}"),
+                            "format is json (default) or text",
+                        ))
+                    }
+                }
+            }
+            "sort" => {
+                params.sort = match value {
+                    "" | "time" | "total" => SpanSort::Time,
+                    "p99" => SpanSort::P99,
+                    "count" => SpanSort::Count,
+                    "errors" => SpanSort::Errors,
+                    "name" => SpanSort::Name,
+                    other => {
+                        return Err(ApiError::bad_request(
+                            format!("unknown sort {other:?}"),
+                            "sort is time (total time spent, default), p99, count, errors or name",
+                        ))
+                    }
+                }
+            }
+            "limit" => {
+                params.limit = match value.parse::<usize>() {
+                    Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            format!("limit={value} is out of range"),
+                            format!("limit (slow spans listed) is a whole number from 1 to {MAX_LIST_LIMIT} (default {DEFAULT_LIST_LIMIT})"),
+                        ))
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(params)
+}
+
+fn sort_spans(spans: &mut [SpanSummary], sort: SpanSort) {
+    let by_name = |a: &SpanSummary, b: &SpanSummary| (a.name, a.target).cmp(&(b.name, b.target));
+    spans.sort_by(|a, b| {
+        match sort {
+            SpanSort::Time => b.total_time.cmp(&a.total_time),
+            SpanSort::P99 => b.total.p99.cmp(&a.total.p99),
+            SpanSort::Count => b.count.cmp(&a.count),
+            SpanSort::Errors => b.errors.cmp(&a.errors),
+            SpanSort::Name => std::cmp::Ordering::Equal,
+        }
+        .then_with(|| by_name(a, b))
+    });
+}
+
+/// `GET /debug/spans?format=json|text&sort=time|p99|count|errors|name&limit=N`.
+pub(crate) async fn spans(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = spans_params(query.as_deref())?;
+    let Some(timings) = state.spans.clone() else {
+        return Ok(not_installed(params, SPANS_HOWTO));
+    };
+    let mut report = blocking(move || timings.report()).await?;
+    if !report.installed {
+        return Ok(not_installed(
+            params,
+            "the span layer is not installed in a subscriber: add timings.layer() to it",
+        ));
+    }
+    sort_spans(&mut report.spans, params.sort);
+    report.slowest.truncate(params.limit);
+    Ok(if params.text {
+        text_response(spans_text(&report))
+    } else {
+        json_response(spans_json(&report))
+    })
+}
+
+fn not_installed(params: SpansParams, hint: &str) -> Response {
+    if params.text {
+        text_response(format!("no span timings: {hint}\n"))
+    } else {
+        json_response(serde_json::json!({
+            "installed": false,
+            "hint": hint,
+            "spans": [],
+            "slowest": [],
+        }))
+    }
+}
+
+fn spans_json(report: &SpanReport) -> serde_json::Value {
+    let settings = &report.settings;
+    serde_json::json!({
+        "installed": true,
+        "slow_threshold_ms": ms(settings.slow_threshold),
+        "slow_window_s": settings.slow_window.as_secs_f64(),
+        "slowest_per_name": settings.slowest_per_name,
+        "max_names": settings.max_names,
+        "spans": report.spans.iter().map(|s| serde_json::json!({
+            "target": s.target,
+            "name": s.name,
+            "count": s.count,
+            "errors": s.errors,
+            "error_ratio": s.error_ratio(),
+            "total": s.total.to_json(),
+            "busy": s.busy.to_json(),
+            "total_time_ms": ms(s.total_time),
+            "busy_time_ms": ms(s.busy_time),
+        })).collect::<Vec<_>>(),
+        "slowest": report.slowest.iter().map(slow_json).collect::<Vec<_>>(),
+    })
+}
+
+fn slow_json(s: &SlowSpan) -> serde_json::Value {
+    let fields: serde_json::Map<String, serde_json::Value> = s
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+        .collect();
+    serde_json::json!({
+        "target": s.target,
+        "name": s.name,
+        "started_at": rfc3339(s.started_at),
+        "total_ms": ms(s.total),
+        "busy_ms": ms(s.busy),
+        "error": s.error,
+        "fields": fields,
+        "fields_truncated": s.fields_truncated,
+        "parents": s.parents,
+    })
+}
+
+/// A duration in the unit that keeps three significant digits.
+pub(crate) fn human(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 1e-3 {
+        format!("{:.0}µs", secs * 1e6)
+    } else if secs < 1e-2 {
+        format!("{:.2}ms", secs * 1e3)
+    } else if secs < 1.0 {
+        format!("{:.1}ms", secs * 1e3)
+    } else if secs < 60.0 {
+        format!("{secs:.2}s")
+    } else if secs < 3600.0 {
+        format!("{:.1}m", secs / 60.0)
+    } else {
+        format!("{:.1}h", secs / 3600.0)
+    }
+}
+
+fn spans_text(report: &SpanReport) -> String {
+    let mut out = String::new();
+    let width = report
+        .spans
+        .iter()
+        .map(|s| s.name.chars().count())
+        .chain(report.slowest.iter().map(|s| s.name.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .clamp(4, 40);
+    let _ = writeln!(
+        out,
+        "{:<width$} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  TARGET",
+        "SPAN", "COUNT", "ERR%", "P50", "P99", "MAX", "BUSY P50", "BUSY P99", "TIME"
+    );
+    for s in &report.spans {
+        let _ = writeln!(
+            out,
+            "{:<width$} {:>8} {:>6.2}% {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  {}",
+            clip(s.name, width),
+            s.count,
+            s.error_ratio() * 100.0,
+            human(s.total.p50),
+            human(s.total.p99),
+            human(s.total.max),
+            human(s.busy.p50),
+            human(s.busy.p99),
+            human(s.total_time),
+            s.target,
+        );
+    }
+    if report.spans.is_empty() {
+        out.push_str("(no span has closed yet)\n");
+    }
+    let settings = &report.settings;
+    let _ = writeln!(
+        out,
+        "\nSLOWEST: at least {} and closed in the last {}, up to {} per span name",
+        human(settings.slow_threshold),
+        human(settings.slow_window),
+        settings.slowest_per_name
+    );
+    let _ = writeln!(
+        out,
+        "{:>9} {:>9} {:<5} {:<24} {:<width$}  FIELDS  (PARENTS)",
+        "TOTAL", "BUSY", "ERROR", "STARTED", "SPAN"
+    );
+    for s in &report.slowest {
+        let mut fields = String::new();
+        for (key, value) in &s.fields {
+            if !fields.is_empty() {
+                fields.push(' ');
+            }
+            let _ = write!(fields, "{key}={value}");
+        }
+        let parents = if s.parents.is_empty() {
+            String::new()
+        } else {
+            format!("  (in {})", s.parents.join(" < "))
+        };
+        let _ = writeln!(
+            out,
+            "{:>9} {:>9} {:<5} {:<24} {:<width$}  {}{}",
+            human(s.total),
+            human(s.busy),
+            if s.error { "yes" } else { "" },
+            rfc3339(s.started_at),
+            clip(s.name, width),
+            fields,
+            parents,
+        );
+    }
+    out
+}
+
+/// `name` cut to `width` characters.
+fn clip(name: &str, width: usize) -> &str {
+    match name.char_indices().nth(width) {
+        Some((end, _)) => &name[..end],
+        None => name,
+    }
+}
 
 const LOG_LEVEL_HOWTO: &str =
     "create the filter with stethoscope::spans::log_filter, install it in \
@@ -170,7 +447,6 @@ pub(crate) async fn set_log_level(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn plain_and_json_bodies_with_ttl_in_either_place() {
@@ -209,5 +485,43 @@ mod tests {
                 "{query:?} {body:?}: {result:?}"
             );
         }
+    }
+
+    #[test]
+    fn spans_parameters_are_checked() {
+        let params = spans_params(Some("format=text&sort=p99&limit=5&other=x")).unwrap();
+        assert_eq!(
+            params,
+            SpansParams {
+                text: true,
+                sort: SpanSort::P99,
+                limit: 5
+            }
+        );
+        assert_eq!(spans_params(None).unwrap().sort, SpanSort::Time);
+        for bad in [
+            "format=svg",
+            "sort=fast",
+            "limit=0",
+            "limit=x",
+            "limit=100000",
+        ] {
+            assert!(
+                matches!(spans_params(Some(bad)), Err(ApiError::BadRequest { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn human_units_keep_three_digits() {
+        assert_eq!(human(Duration::from_nanos(850_400)), "850µs");
+        assert_eq!(human(Duration::from_micros(2_346)), "2.35ms");
+        assert_eq!(human(Duration::from_micros(81_240)), "81.2ms");
+        assert_eq!(human(Duration::from_millis(1_500)), "1.50s");
+        assert_eq!(human(Duration::from_secs(900)), "15.0m");
+        assert_eq!(human(Duration::from_secs(7200)), "2.0h");
+        assert_eq!(clip("abcdef", 3), "abc");
+        assert_eq!(clip("ab", 3), "ab");
     }
 }

@@ -25,13 +25,19 @@
 //! # /*
 //! tracing::subscriber::set_global_default(subscriber)?;
 //! # */
+//! let agent = stethoscope::Agent::builder()
+//!     .listen("127.0.0.1:0")
+//!     .spans(timings)
+//!     .start()?;
 //!
 //! #[tracing::instrument]
 //! async fn load_item(id: u64) { /* query the database */ }
 //! load_item(7).await;
 //!
-//! let report = timings.report();
+//! // Also at http://127.0.0.1:<port>/debug/spans?format=text
+//! let report = agent.spans().expect("given to the builder").report();
 //! assert_eq!((report.spans[0].name, report.spans[0].count), ("load_item", 1));
+//! # agent.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```

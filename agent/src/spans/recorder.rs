@@ -201,6 +201,40 @@ impl SpanTimings {
             settings: inner.settings.clone(),
         }
     }
+
+    /// Every (target, name) that recorded a span, for `/metrics`.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn series(&self) -> Vec<SpanSeries> {
+        self.inner
+            .stats
+            .iter()
+            .filter_map(|slot| slot.get())
+            .filter_map(|stats| {
+                let (buckets, sum_seconds) = stats.buckets.snapshot();
+                (buckets.iter().sum::<u64>() > 0).then(|| SpanSeries {
+                    target: stats.target,
+                    name: stats.name,
+                    buckets,
+                    sum_seconds,
+                    busy_seconds: stats.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                    errors: stats.errors.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One (target, name) as `/metrics` exports it.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+pub(crate) struct SpanSeries {
+    pub(crate) target: &'static str,
+    pub(crate) name: &'static str,
+    /// Duration buckets, non-cumulative, `+Inf` last.
+    pub(crate) buckets: [u64; SPAN_DURATION_BUCKETS.len() + 1],
+    pub(crate) sum_seconds: f64,
+    pub(crate) busy_seconds: f64,
+    pub(crate) errors: u64,
 }
 
 /// The shared state behind [`SpanTimings`] and its layers.
