@@ -13,5 +13,6 @@ mod heap;
 mod lag;
 
 mod metrics;
+mod spans;
 mod support;
 mod use_red;

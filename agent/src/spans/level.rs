@@ -323,10 +323,10 @@ impl LogLevel {
         drop(state);
         let ttl = ttl.map(|ttl| humantime::format_duration(ttl).to_string());
         if tracing::enabled!(tracing::Level::INFO) {
-            tracing::info!(from = %previous.directive, to = %status.directive, ttl = ttl.as_deref(), revert_to = status.revert_to.as_deref(), ?peer, "log filter changed");
+            tracing::info!(from = %previous.directive, to = %status.directive, ttl = ttl.as_deref(), revert_to = status.revert_to.as_deref(), peer = peer.map(tracing::field::display), "log filter changed");
         } else {
             // The new filter hides INFO: the change must still leave a trace.
-            tracing::warn!(from = %previous.directive, to = %status.directive, ttl = ttl.as_deref(), revert_to = status.revert_to.as_deref(), ?peer, "log filter changed");
+            tracing::warn!(from = %previous.directive, to = %status.directive, ttl = ttl.as_deref(), revert_to = status.revert_to.as_deref(), peer = peer.map(tracing::field::display), "log filter changed");
         }
         Ok(LogLevelChange {
             previous: previous.directive,
