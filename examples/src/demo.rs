@@ -215,7 +215,9 @@ async fn item(State(state): State<DemoState>, Path(id): Path<u64>) -> Result<Str
 }
 
 /// A query of 5 to 30 ms (depending on the id), then a call to the
-/// pretend payments service: the two spans `/debug/spans` shows.
+/// pretend payments service: the spans `/debug/spans` shows, inside this
+/// handler's own `checkout` span.
+#[tracing::instrument(name = "checkout", skip(state))]
 async fn checkout(
     State(state): State<DemoState>,
     Path(id): Path<u64>,

@@ -312,10 +312,22 @@ fn the_demo_times_its_queries_and_upstream_calls_and_exports_them() {
     assert_eq!(failed["fields"]["status"], "502");
     assert_eq!(failed["fields"]["error"], "payments answered 502");
 
+    // The handler's span encloses both and is the slowest kind.
+    let checkout = span("checkout");
+    assert_eq!(checkout["count"], 20);
+    assert!(slow
+        .iter()
+        .all(|s| s["parents"] == serde_json::json!(["checkout"])));
     let text = get(demo.agent, "/debug/spans?format=text&sort=p99", None).text();
-    let first = text.lines().nth(1).unwrap_or_default();
-    assert!(first.starts_with("upstream_call "), "{text}");
+    let order: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .take(3)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(order, ["checkout", "upstream_call", "db_query"], "{text}");
     assert!(text.contains("service=payments"), "{text}");
+    assert!(text.contains("(in checkout)"), "{text}");
 
     let metrics = get(demo.agent, "/metrics", None).text();
     for needle in [
