@@ -652,6 +652,7 @@ mod tests {
 
     #[test]
     fn span_families_are_written_per_target_and_name() {
+        let _serial = crate::spans::tracing_test_lock();
         let timings = crate::spans::SpanTimings::new();
         let subscriber = tracing_subscriber::registry().with(timings.layer());
         tracing::subscriber::with_default(subscriber, || {

@@ -709,8 +709,12 @@ mod tests {
 
     #[cfg(feature = "spans")]
     #[tokio::test]
+    // The guard serializes whole tests, each on its own runtime and thread.
+    #[allow(clippy::await_holding_lock)]
     async fn log_level_reads_changes_reverts_and_rejects_bad_directives() {
         use tracing_subscriber::layer::SubscriberExt;
+        // Reloading rebuilds tracing's process-wide interest cache.
+        let _serial = crate::spans::tracing_test_lock();
 
         let unwired = router(state(Config::default()));
         let (status, response) =
@@ -787,8 +791,11 @@ mod tests {
 
     #[cfg(feature = "spans")]
     #[tokio::test]
+    // The guard serializes whole tests, each on its own runtime and thread.
+    #[allow(clippy::await_holding_lock)]
     async fn spans_report_json_and_an_aligned_text_table() {
         use tracing_subscriber::layer::SubscriberExt;
+        let _serial = crate::spans::tracing_test_lock();
 
         let unwired = router(state(Config::default()));
         let (status, response) = call(unwired, "/debug/spans", None, "127.0.0.1:1").await;
@@ -877,6 +884,12 @@ mod tests {
         }
         assert!(text.contains("table=items"), "{text}");
         assert!(text.contains("(in request)"), "{text}");
+
+        let (_, response) = call(app.clone(), "/debug/spans?name=q", None, "127.0.0.1:1").await;
+        let only_q = json(response).await;
+        assert_eq!(only_q["spans"].as_array().unwrap().len(), 1, "{only_q}");
+        assert_eq!(only_q["spans"][0]["name"], "q");
+        assert!(only_q["slowest"].as_array().unwrap().is_empty());
 
         for bad in [
             "/debug/spans?format=svg",

@@ -36,12 +36,14 @@ pub(crate) enum SpanSort {
 }
 
 /// Query of `/debug/spans`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SpansParams {
     pub(crate) text: bool,
     pub(crate) sort: SpanSort,
     /// Slow spans listed.
     pub(crate) limit: usize,
+    /// Only spans of this name.
+    pub(crate) name: Option<String>,
 }
 
 pub(crate) fn spans_params(query: Option<&str>) -> Result<SpansParams, ApiError> {
@@ -49,6 +51,7 @@ pub(crate) fn spans_params(query: Option<&str>) -> Result<SpansParams, ApiError>
         text: false,
         sort: SpanSort::Time,
         limit: DEFAULT_LIST_LIMIT,
+        name: None,
     };
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let value = value.trim();
@@ -91,6 +94,7 @@ pub(crate) fn spans_params(query: Option<&str>) -> Result<SpansParams, ApiError>
                     }
                 }
             }
+            "name" if !value.is_empty() => params.name = Some(value.to_owned()),
             _ => {}
         }
     }
@@ -111,21 +115,25 @@ fn sort_spans(spans: &mut [SpanSummary], sort: SpanSort) {
     });
 }
 
-/// `GET /debug/spans?format=json|text&sort=time|p99|count|errors|name&limit=N`.
+/// `GET /debug/spans?format=json|text&sort=time|p99|count|errors|name&limit=N&name=SPAN`.
 pub(crate) async fn spans(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let params = spans_params(query.as_deref())?;
     let Some(timings) = state.spans.clone() else {
-        return Ok(not_installed(params, SPANS_HOWTO));
+        return Ok(not_installed(&params, SPANS_HOWTO));
     };
     let mut report = blocking(move || timings.report()).await?;
     if !report.installed {
         return Ok(not_installed(
-            params,
+            &params,
             "the span layer is not installed in a subscriber: add timings.layer() to it",
         ));
+    }
+    if let Some(name) = &params.name {
+        report.spans.retain(|s| s.name == name);
+        report.slowest.retain(|s| s.name == name);
     }
     sort_spans(&mut report.spans, params.sort);
     report.slowest.truncate(params.limit);
@@ -136,7 +144,7 @@ pub(crate) async fn spans(
     })
 }
 
-fn not_installed(params: SpansParams, hint: &str) -> Response {
+fn not_installed(params: &SpansParams, hint: &str) -> Response {
     if params.text {
         text_response(format!("no span timings: {hint}\n"))
     } else {
@@ -489,13 +497,14 @@ mod tests {
 
     #[test]
     fn spans_parameters_are_checked() {
-        let params = spans_params(Some("format=text&sort=p99&limit=5&other=x")).unwrap();
+        let params = spans_params(Some("format=text&sort=p99&limit=5&other=x&name=db")).unwrap();
         assert_eq!(
             params,
             SpansParams {
                 text: true,
                 sort: SpanSort::P99,
-                limit: 5
+                limit: 5,
+                name: Some("db".into()),
             }
         );
         assert_eq!(spans_params(None).unwrap().sort, SpanSort::Time);

@@ -190,7 +190,7 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::super::{SpanSettings, SpanTimings};
-    use crate::spans::OVERFLOW_NAME;
+    use crate::spans::{tracing_test_lock, OVERFLOW_NAME};
 
     fn with_timings<T>(timings: &SpanTimings, f: impl FnOnce() -> T) -> T {
         let subscriber = tracing_subscriber::registry().with(timings.layer());
@@ -203,6 +203,7 @@ mod tests {
 
     #[test]
     fn sync_spans_are_busy_for_their_whole_life() {
+        let _serial = tracing_test_lock();
         let timings = SpanTimings::new();
         assert!(!timings.installed());
         with_timings(&timings, || {
@@ -225,6 +226,7 @@ mod tests {
 
     #[test]
     fn async_spans_are_busy_only_while_polled_and_nesting_keeps_busy_within_total() {
+        let _serial = tracing_test_lock();
         let timings = SpanTimings::new();
         with_timings(&timings, || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -270,6 +272,7 @@ mod tests {
 
     #[test]
     fn slow_spans_keep_fields_and_parents_and_fast_ones_stay_out() {
+        let _serial = tracing_test_lock();
         let timings = SpanTimings::with_settings(
             SpanSettings::default()
                 .slow_threshold(Duration::from_millis(20))
@@ -308,6 +311,7 @@ mod tests {
 
     #[test]
     fn errors_come_from_an_error_field_or_an_error_event() {
+        let _serial = tracing_test_lock();
         let timings = SpanTimings::new();
         with_timings(&timings, || {
             drop(tracing::info_span!("call", error = false).entered());
@@ -329,6 +333,7 @@ mod tests {
 
     #[test]
     fn callsites_of_one_name_share_an_entry_and_the_cap_overflows() {
+        let _serial = tracing_test_lock();
         let timings = SpanTimings::with_settings(SpanSettings::default().max_names(2));
         with_timings(&timings, || {
             drop(tracing::info_span!("a").entered());
@@ -356,6 +361,7 @@ mod tests {
 
     #[test]
     fn spans_across_threads_and_reentry_count_busy_once() {
+        let _serial = tracing_test_lock();
         let timings = SpanTimings::new();
         let subscriber = tracing_subscriber::registry().with(timings.layer());
         let dispatch = tracing::Dispatch::new(subscriber);

@@ -556,6 +556,7 @@ mod tests {
 
     #[test]
     fn the_real_filter_changes_what_is_enabled() {
+        let _serial = crate::spans::tracing_test_lock();
         use tracing_subscriber::layer::SubscriberExt;
         let (filter, level) = log_filter("info").unwrap();
         let subscriber = tracing_subscriber::registry().with(filter);

@@ -79,3 +79,14 @@ pub fn current_span_name() -> Option<&'static str> {
             .map(|metadata| metadata.name())
     })
 }
+
+/// Serializes the unit tests that install scoped `tracing` dispatchers or
+/// reload a filter: a reload rebuilds tracing's process-wide interest cache
+/// and maximum level from the dispatchers it can see, which can disable the
+/// callsites of a test running at the same time on another thread.
+#[cfg(test)]
+pub(crate) fn tracing_test_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
