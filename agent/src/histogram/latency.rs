@@ -79,6 +79,12 @@ impl LatencyHistogram {
         }
     }
 
+    /// Sum of the recorded values, in nanoseconds.
+    #[cfg_attr(not(feature = "spans"), allow(dead_code))]
+    pub(crate) fn sum_nanos(&self) -> u64 {
+        self.sum_ns.load(Ordering::Relaxed)
+    }
+
     /// Count, min, max, mean, standard deviation and percentiles.
     pub(crate) fn summary(&self) -> HistogramSummary {
         let counts: Vec<u64> = self
@@ -158,6 +164,7 @@ mod tests {
         assert_eq!(s.min, Duration::from_millis(1));
         assert_eq!(s.max, Duration::from_millis(1000));
         assert_eq!(s.mean, Duration::from_micros(500_500));
+        assert_eq!(h.sum_nanos(), 500_500_000_000);
         for (got, want) in [
             (s.p50, 500.0),
             (s.p90, 900.0),

@@ -216,7 +216,7 @@ impl SpanTimings {
                     name: stats.name,
                     buckets,
                     sum_seconds,
-                    busy_seconds: stats.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                    busy_seconds: stats.busy.sum_nanos() as f64 / 1e9,
                     errors: stats.errors.load(Ordering::Relaxed),
                 })
             })
@@ -364,7 +364,6 @@ pub(crate) struct SpanStats {
     name: &'static str,
     total: LatencyHistogram,
     busy: LatencyHistogram,
-    busy_ns: AtomicU64,
     buckets: SpanBuckets,
     errors: AtomicU64,
     slow: SlowLog,
@@ -377,7 +376,6 @@ impl SpanStats {
             name,
             total: LatencyHistogram::default(),
             busy: LatencyHistogram::default(),
-            busy_ns: AtomicU64::new(0),
             buckets: SpanBuckets::new(&SPAN_BOUNDS_NS),
             errors: AtomicU64::new(0),
             slow: SlowLog::new(slowest),
@@ -388,7 +386,6 @@ impl SpanStats {
     pub(crate) fn record(&self, total_ns: u64, busy_ns: u64, error: bool) {
         self.total.record(total_ns);
         self.busy.record(busy_ns);
-        self.busy_ns.fetch_add(busy_ns, Ordering::Relaxed);
         self.buckets.record(total_ns);
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -407,7 +404,7 @@ impl SpanStats {
             total,
             busy,
             total_time: Duration::from_secs_f64(total_seconds.max(0.0)),
-            busy_time: Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed)),
+            busy_time: Duration::from_nanos(self.busy.sum_nanos()),
         }
     }
 }
