@@ -568,4 +568,20 @@ mod tests {
             assert!(level.status().active);
         });
     }
+
+    #[test]
+    fn works_as_a_per_layer_filter() {
+        use tracing_subscriber::layer::{Layer, SubscriberExt};
+        let _serial = crate::spans::tracing_test_lock();
+        let (filter, level) = log_filter("info").unwrap();
+        let timings = crate::spans::SpanTimings::new();
+        let subscriber = tracing_subscriber::registry().with(timings.layer().with_filter(filter));
+        tracing::subscriber::with_default(subscriber, || {
+            drop(tracing::debug_span!("hidden").entered());
+            level.set("debug", None).unwrap();
+            drop(tracing::debug_span!("shown").entered());
+        });
+        let names: Vec<_> = timings.report().spans.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["shown"]);
+    }
 }
