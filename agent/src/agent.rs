@@ -42,6 +42,10 @@ pub struct Agent {
     /// Stops the once-a-second USE sampling thread.
     #[cfg(feature = "system")]
     _use_sampler: crate::periodic::StopOnDrop,
+    #[cfg(feature = "spans")]
+    log_level: Option<crate::spans::LogLevel>,
+    #[cfg(feature = "spans")]
+    spans: Option<crate::spans::SpanTimings>,
 }
 
 impl Agent {
@@ -157,6 +161,22 @@ impl Agent {
         self.executor.task_monitor(name)
     }
 
+    /// The log filter control given to
+    /// [`AgentBuilder::log_level`], behind `/debug/log-level`.
+    #[cfg(feature = "spans")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+    pub fn log_level(&self) -> Option<&crate::spans::LogLevel> {
+        self.log_level.as_ref()
+    }
+
+    /// The span timings given to [`AgentBuilder::spans`], behind
+    /// `/debug/spans`.
+    #[cfg(feature = "spans")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+    pub fn spans(&self) -> Option<&crate::spans::SpanTimings> {
+        self.spans.as_ref()
+    }
+
     /// Stops the debug server and waits for its thread to finish. Profiles
     /// in progress are cancelled.
     pub async fn shutdown(self) {
@@ -182,6 +202,10 @@ pub struct AgentBuilder {
     runtime: Option<tokio::runtime::Handle>,
     #[cfg(feature = "system")]
     resources: Vec<Arc<dyn crate::resources::Resource>>,
+    #[cfg(feature = "spans")]
+    log_level: Option<crate::spans::LogLevel>,
+    #[cfg(feature = "spans")]
+    spans: Option<crate::spans::SpanTimings>,
     /// The first error of a non-fallible setter, reported by `start()`.
     deferred: Option<Error>,
 }
@@ -345,6 +369,84 @@ impl AgentBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
     pub fn resource(mut self, resource: impl crate::resources::Resource) -> Self {
         self.resources.push(Arc::new(resource));
+        self
+    }
+
+    /// Serves the host's log filter at `GET/PUT /debug/log-level`, so an
+    /// operator can raise one module to `debug` for ten minutes without a
+    /// restart. Create both with [`log_filter`](crate::spans::log_filter)
+    /// and install the filter in the service's subscriber before starting
+    /// the agent. Default: none (`GET` says how to wire it, `PUT` answers
+    /// 501).
+    ///
+    /// ```
+    /// use tracing_subscriber::layer::SubscriberExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (filter, log_level) = stethoscope::spans::log_filter("info")?;
+    /// let subscriber = tracing_subscriber::registry().with(filter);
+    /// # let _guard = tracing::subscriber::set_default(subscriber);
+    /// # /*
+    /// tracing::subscriber::set_global_default(subscriber)?;
+    /// # */
+    /// let agent = stethoscope::Agent::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .log_level(log_level)
+    ///     .start()?;
+    /// # agent.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Security considerations
+    /// Anyone who can reach the debug server can make the service log more
+    /// (debug logs may contain request data, and cost CPU and disk); every
+    /// change is logged with the client's address. Protect the server with
+    /// a [`token`](Self::token) beyond loopback.
+    #[cfg(feature = "spans")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+    pub fn log_level(mut self, level: crate::spans::LogLevel) -> Self {
+        self.log_level = Some(level);
+        self
+    }
+
+    /// Serves span timings — per span name histograms of total and busy
+    /// time, errors, and the slowest recent spans with their fields — at
+    /// `/debug/spans` and as `stethoscope_span_*` in `/metrics`. Create
+    /// them with [`SpanTimings::new`](crate::spans::SpanTimings::new) and
+    /// add [`layer`](crate::spans::SpanTimings::layer) to the service's
+    /// subscriber before starting the agent. Default: none (`/debug/spans`
+    /// says how to wire them).
+    ///
+    /// ```
+    /// use tracing_subscriber::layer::SubscriberExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let timings = stethoscope::spans::SpanTimings::new();
+    /// let subscriber = tracing_subscriber::registry().with(timings.layer());
+    /// # let _guard = tracing::subscriber::set_default(subscriber);
+    /// # /*
+    /// tracing::subscriber::set_global_default(subscriber)?;
+    /// # */
+    /// let agent = stethoscope::Agent::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .spans(timings)
+    ///     .start()?;
+    /// # agent.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Security considerations
+    /// The slow-span log shows span fields as recorded (a query's
+    /// parameters, a user id): what the service puts in spans is readable
+    /// by whoever can reach the debug server.
+    #[cfg(feature = "spans")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+    pub fn spans(mut self, timings: crate::spans::SpanTimings) -> Self {
+        self.spans = Some(timings);
         self
     }
 
@@ -516,6 +618,10 @@ impl AgentBuilder {
         let red = crate::red::RedMetrics::new();
         #[cfg(feature = "red")]
         red.ring_on_request(Arc::clone(&alarm));
+        #[cfg(feature = "spans")]
+        if let Some(spans) = &self.spans {
+            spans.ring_on_enter(Arc::clone(&alarm));
+        }
         drop(alarm);
         #[cfg(feature = "metrics")]
         let metrics = {
@@ -530,6 +636,10 @@ impl AgentBuilder {
             collectors.push(Arc::new(red.clone()));
             #[cfg(feature = "runtime")]
             collectors.push(Arc::new(executor.clone()));
+            #[cfg(feature = "spans")]
+            if let Some(spans) = &self.spans {
+                collectors.push(Arc::new(spans.clone()));
+            }
             crate::metrics::MetricsRegistry::new(collectors)
         };
         let state = AppState {
@@ -548,6 +658,10 @@ impl AgentBuilder {
             metrics: metrics.clone(),
             #[cfg(feature = "runtime")]
             executor: executor.clone(),
+            #[cfg(feature = "spans")]
+            log_level: self.log_level.clone(),
+            #[cfg(feature = "spans")]
+            spans: self.spans.clone(),
         };
         #[cfg(feature = "system")]
         let use_sampler = resources.sample_every(config::DEFAULT_USE_SAMPLE_INTERVAL)?;
@@ -568,6 +682,10 @@ impl AgentBuilder {
             _watchdog: watchdog,
             #[cfg(feature = "system")]
             _use_sampler: use_sampler,
+            #[cfg(feature = "spans")]
+            log_level: self.log_level,
+            #[cfg(feature = "spans")]
+            spans: self.spans,
         })
     }
 }

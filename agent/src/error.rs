@@ -170,6 +170,24 @@ pub enum Error {
     #[error("the CPU sampler stopped before the profile was complete")]
     SamplerStopped,
 
+    /// A log filter directive (`RUST_LOG` syntax) did not parse; the
+    /// source is the parser's message.
+    #[cfg(feature = "spans")]
+    #[error("invalid log filter directive {directive:?}")]
+    InvalidLogDirective {
+        /// The directive as given (whitespace around items removed).
+        directive: String,
+        /// What the parser said.
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+
+    /// The log filter cannot be changed: the subscriber it was installed in
+    /// is gone (or it never was installed).
+    #[cfg(feature = "spans")]
+    #[error("cannot change the log filter")]
+    LogFilter(#[source] tracing_subscriber::reload::Error),
+
     /// Encoding a report failed.
     #[error("cannot encode the {format} report")]
     Encode {

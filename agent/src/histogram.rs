@@ -1,12 +1,24 @@
-//! The summary of a latency distribution that the RED layer and the
-//! executor-lag probe both report (DESIGN §5.1: `count`, `min_ms`, …,
-//! `p999_ms`).
+//! The summary of a latency distribution that the RED layer, the span
+//! timings and the executor-lag probe all report (DESIGN §5.1: `count`,
+//! `min_ms`, …, `p999_ms`), and the lock-free histograms behind RED and
+//! the span timings.
 
 use std::time::Duration;
 
+#[cfg_attr(not(any(feature = "red", feature = "spans")), allow(dead_code))]
+mod buckets;
+#[cfg_attr(not(any(feature = "red", feature = "spans")), allow(dead_code))]
+mod latency;
+
+#[cfg(any(feature = "red", feature = "spans"))]
+pub(crate) use buckets::{seconds_to_nanos, BucketCounts};
+#[cfg(any(feature = "red", feature = "spans"))]
+pub(crate) use latency::LatencyHistogram;
+
 /// Summary of a latency distribution: exact count, min, max and mean,
 /// percentiles within the precision of the histogram behind it (6.25 % for
-/// RED's log-linear buckets, 1 % for the executor-lag HDR histograms).
+/// the log-linear buckets of RED and span timings, 1 % for the
+/// executor-lag HDR histograms).
 ///
 /// ```
 /// let summary = stethoscope::histogram::HistogramSummary::default();
@@ -37,7 +49,10 @@ pub struct HistogramSummary {
 
 impl HistogramSummary {
     /// The JSON shape of DESIGN §5.1, durations in float milliseconds.
-    #[cfg_attr(not(any(feature = "red", feature = "runtime")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "red", feature = "runtime", feature = "spans")),
+        allow(dead_code)
+    )]
     pub(crate) fn to_json(self) -> serde_json::Value {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         serde_json::json!({

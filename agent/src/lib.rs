@@ -100,6 +100,9 @@ pub mod red;
 #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
 pub mod resources;
 mod server;
+#[cfg(feature = "spans")]
+#[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+pub mod spans;
 #[cfg(test)]
 mod testing;
 #[cfg(all(

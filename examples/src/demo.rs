@@ -1,5 +1,11 @@
 //! The demo service: a small axum app whose routes misbehave on purpose so
 //! every stethoscope endpoint has something to show.
+//!
+//! Its database queries and upstream calls are `tracing` spans
+//! (`db_query`, `upstream_call`) with fields, so `/debug/spans` has
+//! something to time, and they log at `debug` level under this module's
+//! target (`stethoscope_examples::demo`), which `PUT /debug/log-level`
+//! can turn on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,19 +58,31 @@ impl DemoPool {
         }
     }
 
-    /// Holds a connection for `hold`, or fails after [`POOL_ACQUIRE_TIMEOUT`].
-    async fn query(&self, hold: Duration) -> Result<(), StatusCode> {
+    /// A pretend query of row `id` of `table`: holds a connection for
+    /// `hold`, or fails after [`POOL_ACQUIRE_TIMEOUT`] waiting for one.
+    #[tracing::instrument(
+        name = "db_query",
+        skip(self, hold),
+        fields(wait_ms = tracing::field::Empty, error = tracing::field::Empty)
+    )]
+    async fn query(&self, table: &'static str, id: u64, hold: Duration) -> Result<(), StatusCode> {
+        let started = std::time::Instant::now();
         self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         let permit =
             tokio::time::timeout(POOL_ACQUIRE_TIMEOUT, self.inner.connections.acquire()).await;
         self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        let wait_ms = started.elapsed().as_millis() as u64;
+        tracing::Span::current().record("wait_ms", wait_ms);
         match permit {
             Ok(Ok(_connection)) => {
                 tokio::time::sleep(hold).await;
+                tracing::debug!(rows = 1, "query finished");
                 Ok(())
             }
             _ => {
                 self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::Span::current().record("error", "pool acquire timeout");
+                tracing::debug!("query gave up waiting for a connection");
                 Err(StatusCode::SERVICE_UNAVAILABLE)
             }
         }
@@ -135,6 +153,8 @@ struct DemoState {
     pool: DemoPool,
     /// Calls of `/flaky` on this router.
     flaky_calls: Arc<AtomicU64>,
+    /// Calls of the pretend payments service.
+    upstream_calls: Arc<AtomicU64>,
     /// Instruments the tasks `/spawn` starts.
     spawned: tokio_metrics::TaskMonitor,
 }
@@ -151,6 +171,7 @@ pub fn router_with_monitor(pool: DemoPool, spawned: tokio_metrics::TaskMonitor) 
     let state = DemoState {
         pool,
         flaky_calls: Arc::new(AtomicU64::new(0)),
+        upstream_calls: Arc::new(AtomicU64::new(0)),
         spawned,
     };
     Router::new()
@@ -161,6 +182,7 @@ pub fn router_with_monitor(pool: DemoPool, spawned: tokio_metrics::TaskMonitor) 
         .route("/churn", get(churn))
         .route("/orders", get(orders))
         .route("/items/{id}", get(item))
+        .route("/checkout/{id}", get(checkout))
         .route("/flaky", get(flaky))
         .route("/block", get(blocking_handler))
         .route("/spawn", get(spawn_many))
@@ -176,6 +198,7 @@ async fn index() -> &'static str {
      GET /churn?mb=N   allocate and free N MiB (workload::churn), which never shows as growth\n\
      GET /orders?n=N   build a JSON list of N orders: ordinary allocation-heavy request work\n\
      GET /items/ID     a 20 ms query on one of 4 pooled connections (503 after 200 ms waiting)\n\
+     GET /checkout/ID  a 5-30 ms query, then a payments call: 20 ms, every 5th 80 ms, every 20th fails\n\
      GET /flaky        5 ms, and every 10th request fails with 500\n\
      GET /block?ms=N   block the request's tokio worker for N ms in std::thread::sleep\n\
      \x20                 (demo::blocking_handler): a stall in /debug/runtime, a spike in /debug/lag\n\
@@ -184,8 +207,47 @@ async fn index() -> &'static str {
 
 /// Holds one of the pool's connections for 20 ms.
 async fn item(State(state): State<DemoState>, Path(id): Path<u64>) -> Result<String, StatusCode> {
-    state.pool.query(Duration::from_millis(20)).await?;
+    state
+        .pool
+        .query("items", id, Duration::from_millis(20))
+        .await?;
     Ok(format!("item {id}\n"))
+}
+
+/// A query of 5 to 30 ms (depending on the id), then a call to the
+/// pretend payments service: the spans `/debug/spans` shows, inside this
+/// handler's own `checkout` span.
+#[tracing::instrument(name = "checkout", skip(state))]
+async fn checkout(
+    State(state): State<DemoState>,
+    Path(id): Path<u64>,
+) -> Result<String, StatusCode> {
+    let hold = Duration::from_millis(5 + (id * 7) % 26);
+    state.pool.query("carts", id, hold).await?;
+    let call = state.upstream_calls.fetch_add(1, Ordering::Relaxed) + 1;
+    payments(id, call).await?;
+    Ok(format!("checked out cart {id}\n"))
+}
+
+/// The payments service: 20 ms, every 5th call 80 ms, every 20th call
+/// fails after its wait.
+#[tracing::instrument(
+    name = "upstream_call",
+    fields(service = "payments", status = tracing::field::Empty, error = tracing::field::Empty)
+)]
+async fn payments(cart: u64, call: u64) -> Result<(), StatusCode> {
+    let latency = if call.is_multiple_of(5) { 80 } else { 20 };
+    tokio::time::sleep(Duration::from_millis(latency)).await;
+    let span = tracing::Span::current();
+    if call.is_multiple_of(20) {
+        span.record("status", 502);
+        span.record("error", "payments answered 502");
+        tracing::debug!(latency, "payments call failed");
+        return Err(StatusCode::BAD_GATEWAY);
+    }
+    span.record("status", 200);
+    tracing::debug!(latency, "payments call finished");
+    Ok(())
 }
 
 /// Every 10th request fails: a known 10 % error ratio for `/debug/red`.

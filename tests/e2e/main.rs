@@ -14,5 +14,6 @@ mod heap;
 mod lag;
 
 mod metrics;
+mod spans;
 mod support;
 mod use_red;

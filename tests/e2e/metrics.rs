@@ -150,7 +150,7 @@ fn promtool_accepts_the_exposition_and_formats_are_negotiated() {
 }
 
 /// Runs `promtool check metrics` on `exposition`.
-fn promtool_check(exposition: &str) -> (bool, String) {
+pub(crate) fn promtool_check(exposition: &str) -> (bool, String) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

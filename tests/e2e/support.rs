@@ -381,3 +381,127 @@ pub(crate) fn assert_histogram_shape(h: &serde_json::Value, what: &str) {
         assert!(h[field].is_number(), "{what}.{field} missing: {h}");
     }
 }
+
+/// The `demo` binary, built once per test process with the profile of
+/// this test binary (a no-op when it is fresh).
+pub(crate) fn demo_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = option_env!("CARGO").unwrap_or("cargo");
+            let mut command = Command::new(cargo);
+            command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+                "build",
+                "--quiet",
+                "-p",
+                "stethoscope-examples",
+                "--bin",
+                "demo",
+                "--message-format=json",
+            ]);
+            if !cfg!(debug_assertions) {
+                command.arg("--release");
+            }
+            let output = command.output().expect("run cargo build for the demo");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "cargo build of the demo failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            stdout
+                .lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|message| message["target"]["name"] == "demo")
+                .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+                .expect("cargo reported the demo executable")
+        })
+        .clone()
+}
+
+/// The demo service as a separate process (`cargo run --bin demo`), both
+/// servers on ephemeral loopback ports, its output (logs included)
+/// collected line by line. Killed on drop.
+pub(crate) struct DemoProcess {
+    child: std::process::Child,
+    /// The demo service.
+    pub(crate) service: SocketAddr,
+    /// Its stethoscope agent.
+    pub(crate) agent: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl DemoProcess {
+    pub(crate) fn start() -> DemoProcess {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = Command::new(demo_binary())
+            .env("DEMO_ADDR", "127.0.0.1:0")
+            .env("STETHOSCOPE_ADDR", "127.0.0.1:0")
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .env_remove("STETHOSCOPE_TOKEN")
+            .env_remove("STETHOSCOPE_ALLOW")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the demo");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let outputs: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for output in outputs {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(output).lines() {
+                    let Ok(line) = line else { return };
+                    lines
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(line);
+                }
+            });
+        }
+        let mut demo = DemoProcess {
+            child,
+            service: SocketAddr::from(([127, 0, 0, 1], 0)),
+            agent: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lines,
+        };
+        let address = |demo: &DemoProcess, prefix: &str| {
+            demo.lines().iter().find_map(|line| {
+                let rest = line.strip_prefix(prefix)?.trim();
+                let rest = rest.strip_prefix("http://")?;
+                rest.split('/').next()?.parse::<SocketAddr>().ok()
+            })
+        };
+        let started = wait_until(Duration::from_secs(60), || {
+            address(&demo, "stethoscope agent:").is_some()
+        });
+        assert!(
+            started,
+            "the demo did not start:\n{}",
+            demo.lines().join("\n")
+        );
+        demo.service = address(&demo, "demo service:").expect("demo service address");
+        demo.agent = address(&demo, "stethoscope agent:").expect("agent address");
+        demo
+    }
+
+    /// Every line the demo wrote so far (stdout and stderr).
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for DemoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

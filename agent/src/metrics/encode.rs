@@ -84,7 +84,10 @@ pub(crate) enum MetricType {
     /// A value that goes up and down.
     Gauge,
     /// Cumulative buckets with `_bucket`, `_sum` and `_count` samples.
-    #[cfg_attr(not(any(feature = "red", feature = "runtime")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "red", feature = "runtime", feature = "spans")),
+        allow(dead_code)
+    )]
     Histogram,
 }
 
@@ -128,7 +131,10 @@ impl Desc {
         Desc::new(MetricType::Gauge, name, unit, help)
     }
 
-    #[cfg_attr(not(any(feature = "red", feature = "runtime")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "red", feature = "runtime", feature = "spans")),
+        allow(dead_code)
+    )]
     pub(crate) const fn histogram(
         name: &'static str,
         unit: Option<&'static str>,
@@ -268,7 +274,10 @@ impl Family<'_> {
     /// A histogram: `bounds` are the finite upper bounds (ascending),
     /// `counts` the non-cumulative count per bucket with the `+Inf` bucket
     /// last (`bounds.len() + 1` entries), `sum` the sum of observations.
-    #[cfg_attr(not(any(feature = "red", feature = "runtime")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "red", feature = "runtime", feature = "spans")),
+        allow(dead_code)
+    )]
     pub(crate) fn histogram(
         &mut self,
         labels: Labels<'_>,

@@ -1,12 +1,12 @@
-//! Lock-free latency histograms: a log-linear one for percentiles and the
-//! fixed OpenTelemetry buckets for Prometheus, plus a per-second rate
-//! window. Recording is a handful of relaxed atomic operations and never
-//! allocates or locks.
+//! RED's histograms: the fixed OpenTelemetry buckets for Prometheus (the
+//! log-linear histogram for percentiles is [`crate::histogram`]'s), plus a
+//! per-second rate window. Recording is a handful of relaxed atomic
+//! operations and never allocates or locks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 pub use crate::histogram::HistogramSummary;
+use crate::histogram::{seconds_to_nanos, BucketCounts};
 
 /// Upper bounds, in seconds, of the `http.server.request.duration`
 /// histogram buckets that OpenTelemetry's HTTP semantic conventions
@@ -15,173 +15,13 @@ pub const OTEL_DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
-const OTEL_BOUNDS_NS: [u64; 14] = [
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    75_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    750_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    7_500_000_000,
-    10_000_000_000,
-];
+/// Counts per OpenTelemetry bucket (`+Inf` last) and the sum of
+/// observations.
+pub(crate) type OtelBuckets = BucketCounts<{ OTEL_DURATION_BUCKETS.len() + 1 }>;
 
-/// Counts per OpenTelemetry bucket (non-cumulative, `+Inf` last) and the
-/// sum of observations.
-#[derive(Debug, Default)]
-pub(crate) struct BucketCounts {
-    counts: [AtomicU64; OTEL_DURATION_BUCKETS.len() + 1],
-    sum_ns: AtomicU64,
-}
-
-impl BucketCounts {
-    pub(crate) fn record(&self, nanos: u64) {
-        let index = OTEL_BOUNDS_NS
-            .iter()
-            .position(|&bound| nanos <= bound)
-            .unwrap_or(OTEL_BOUNDS_NS.len());
-        if let Some(count) = self.counts.get(index) {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_ns.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    /// Non-cumulative counts (`+Inf` last) and the sum in seconds.
-    pub(crate) fn snapshot(&self) -> ([u64; OTEL_DURATION_BUCKETS.len() + 1], f64) {
-        let mut counts = [0u64; OTEL_DURATION_BUCKETS.len() + 1];
-        for (out, count) in counts.iter_mut().zip(&self.counts) {
-            *out = count.load(Ordering::Relaxed);
-        }
-        (counts, self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9)
-    }
-}
-
-/// Sub-buckets per power of two: 8, so a bucket is at most 1/8 of its lower
-/// bound wide and a percentile read at the bucket's middle is within 6.25 %.
-const SUB_BITS: u32 = 3;
-const SUB_COUNT: u64 = 1 << SUB_BITS;
-/// Values up to 2^42 ns (73 minutes) get their own buckets; longer ones
-/// land in the last.
-const MAX_MSB: u32 = 41;
-const BUCKETS: usize = ((MAX_MSB - SUB_BITS + 2) as usize) * SUB_COUNT as usize;
-
-fn bucket_of(nanos: u64) -> usize {
-    if nanos < SUB_COUNT {
-        return nanos as usize;
-    }
-    let msb = 63 - nanos.leading_zeros();
-    if msb > MAX_MSB {
-        return BUCKETS - 1;
-    }
-    let shift = msb - SUB_BITS;
-    (((msb - SUB_BITS + 1) as u64) * SUB_COUNT + ((nanos >> shift) & (SUB_COUNT - 1))) as usize
-}
-
-/// `[lower, upper)` of a bucket, in nanoseconds.
-fn bucket_range(index: usize) -> (u64, u64) {
-    let index = index as u64;
-    if index < SUB_COUNT {
-        return (index, index + 1);
-    }
-    let group = index / SUB_COUNT;
-    let sub = index % SUB_COUNT;
-    let shift = group - 1;
-    let lower = (SUB_COUNT + sub) << shift;
-    (lower, lower + (1 << shift))
-}
-
-/// A log-linear histogram of durations with relative precision 1/8,
-/// from 1 ns to 73 minutes, plus exact count, sum, min and max.
-#[derive(Debug)]
-pub(crate) struct LatencyHistogram {
-    buckets: Box<[AtomicU64]>,
-    sum_ns: AtomicU64,
-    min_ns: AtomicU64,
-    max_ns: AtomicU64,
-}
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        LatencyHistogram {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            sum_ns: AtomicU64::new(0),
-            min_ns: AtomicU64::new(u64::MAX),
-            max_ns: AtomicU64::new(0),
-        }
-    }
-}
-
-impl LatencyHistogram {
-    pub(crate) fn record(&self, nanos: u64) {
-        if let Some(bucket) = self.buckets.get(bucket_of(nanos)) {
-            bucket.fetch_add(1, Ordering::Relaxed);
-        }
-        self.sum_ns.fetch_add(nanos, Ordering::Relaxed);
-        // Read first: the common case changes neither, and a plain load
-        // does not take the cache line exclusively.
-        if nanos < self.min_ns.load(Ordering::Relaxed) {
-            self.min_ns.fetch_min(nanos, Ordering::Relaxed);
-        }
-        if nanos > self.max_ns.load(Ordering::Relaxed) {
-            self.max_ns.fetch_max(nanos, Ordering::Relaxed);
-        }
-    }
-
-    /// Count, min, max, mean, standard deviation and percentiles.
-    pub(crate) fn summary(&self) -> HistogramSummary {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let count: u64 = counts.iter().sum();
-        if count == 0 {
-            return HistogramSummary::default();
-        }
-        let min = self.min_ns.load(Ordering::Relaxed);
-        let max = self.max_ns.load(Ordering::Relaxed).max(min);
-        let mean = self.sum_ns.load(Ordering::Relaxed) as f64 / count as f64;
-        let middle = |index: usize| {
-            let (lower, upper) = bucket_range(index);
-            ((lower + upper) as f64 / 2.0).clamp(min as f64, max as f64)
-        };
-        let variance = counts
-            .iter()
-            .enumerate()
-            .filter(|(_, &n)| n > 0)
-            .map(|(i, &n)| n as f64 * (middle(i) - mean).powi(2))
-            .sum::<f64>()
-            / count as f64;
-        let quantile = |q: f64| -> Duration {
-            let rank = ((q * count as f64).ceil() as u64).clamp(1, count);
-            let mut seen = 0u64;
-            for (i, &n) in counts.iter().enumerate() {
-                seen += n;
-                if seen >= rank {
-                    return Duration::from_nanos(middle(i) as u64);
-                }
-            }
-            Duration::from_nanos(max)
-        };
-        HistogramSummary {
-            count,
-            min: Duration::from_nanos(min),
-            max: Duration::from_nanos(max),
-            mean: Duration::from_nanos(mean as u64),
-            stddev: Duration::from_nanos(variance.sqrt() as u64),
-            p50: quantile(0.50),
-            p90: quantile(0.90),
-            p99: quantile(0.99),
-            p999: quantile(0.999),
-        }
-    }
-}
+/// [`OTEL_DURATION_BUCKETS`] in nanoseconds.
+pub(crate) static OTEL_BOUNDS_NS: [u64; OTEL_DURATION_BUCKETS.len()] =
+    seconds_to_nanos(OTEL_DURATION_BUCKETS);
 
 /// Seconds of history the rate window keeps.
 pub(crate) const RATE_WINDOW_SECS: u32 = 60;
@@ -248,47 +88,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_contiguous_and_contain_their_values() {
-        let mut expected_lower = 0;
-        for index in 0..BUCKETS {
-            let (lower, upper) = bucket_range(index);
-            assert_eq!(lower, expected_lower, "bucket {index}");
-            assert_eq!(bucket_of(lower), index);
-            assert_eq!(bucket_of(upper - 1), index);
-            assert!((upper - lower) * 8 <= lower.max(8), "precision at {index}");
-            expected_lower = upper;
-        }
-        assert_eq!(bucket_of(u64::MAX), BUCKETS - 1);
-    }
-
-    #[test]
-    fn percentiles_are_within_the_bucket_precision() {
-        let h = LatencyHistogram::default();
-        for ms in 1..=1000u64 {
-            h.record(ms * 1_000_000);
-        }
-        let s = h.summary();
-        assert_eq!(s.count, 1000);
-        assert_eq!(s.min, Duration::from_millis(1));
-        assert_eq!(s.max, Duration::from_millis(1000));
-        assert_eq!(s.mean, Duration::from_micros(500_500));
-        for (got, want) in [
-            (s.p50, 500.0),
-            (s.p90, 900.0),
-            (s.p99, 990.0),
-            (s.p999, 999.0),
-        ] {
-            let got = got.as_secs_f64() * 1e3;
-            assert!((got - want).abs() / want < 0.0625, "{got} vs {want}");
-        }
-        let stddev = s.stddev.as_secs_f64() * 1e3;
-        assert!((stddev - 288.7).abs() < 15.0, "{stddev}");
-        assert_eq!(LatencyHistogram::default().summary().count, 0);
-    }
-
-    #[test]
     fn otel_buckets_follow_prometheus_le_semantics() {
-        let b = BucketCounts::default();
+        assert_eq!(OTEL_BOUNDS_NS[0], 5_000_000);
+        assert_eq!(OTEL_BOUNDS_NS[13], 10_000_000_000);
+        let b = OtelBuckets::new(&OTEL_BOUNDS_NS);
         b.record(5_000_000); // exactly 5 ms: in the 0.005 bucket
         b.record(5_000_001);
         b.record(20_000_000_000);

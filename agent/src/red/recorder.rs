@@ -9,9 +9,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use super::histogram::{
-    BucketCounts, HistogramSummary, LatencyHistogram, RateWindow, RATE_WINDOW_SECS,
+    HistogramSummary, OtelBuckets, RateWindow, OTEL_BOUNDS_NS, RATE_WINDOW_SECS,
 };
 use crate::config::DEFAULT_RED_MAX_SERIES;
+use crate::histogram::LatencyHistogram;
 
 /// Route label of requests no route matched.
 pub const UNMATCHED_ROUTE: &str = "<unmatched>";
@@ -75,7 +76,7 @@ struct MethodEntry {
 #[derive(Debug)]
 struct StatusSeries {
     status: u16,
-    buckets: BucketCounts,
+    buckets: OtelBuckets,
 }
 
 impl Default for RedMetrics {
@@ -215,7 +216,7 @@ impl RedMetrics {
         if !method_entry.statuses.iter().any(|s| s.status == status) {
             method_entry.statuses.push(StatusSeries {
                 status,
-                buckets: BucketCounts::default(),
+                buckets: OtelBuckets::new(&OTEL_BOUNDS_NS),
             });
             inner.series.fetch_add(1, Ordering::Relaxed);
         }

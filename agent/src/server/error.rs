@@ -117,7 +117,7 @@ impl ApiError {
             ),
             ApiError::NotFound { path } => (
                 format!("no endpoint at {path}"),
-                "see /debug/pprof/ for the profiles; /debug/use, /debug/red, /debug/lag, /debug/runtime and /metrics for the other signals".into(),
+                "see /debug/pprof/ for the profiles; /debug/use, /debug/red, /debug/lag, /debug/runtime, /debug/spans, /debug/log-level and /metrics for the other signals".into(),
             ),
             ApiError::MethodNotAllowed => (
                 "method not allowed".into(),

@@ -14,6 +14,8 @@ mod metrics;
 mod pprof;
 #[cfg(feature = "runtime")]
 mod runtime;
+#[cfg(feature = "spans")]
+mod spans;
 mod usage;
 
 use std::net::SocketAddr;
@@ -62,6 +64,12 @@ pub(crate) struct AppState {
     /// Executor lag, runtime health and stalls of the host runtime.
     #[cfg(feature = "runtime")]
     pub(crate) executor: crate::lag::ExecutorMonitor,
+    /// The host's reloadable log filter, if it wired one in.
+    #[cfg(feature = "spans")]
+    pub(crate) log_level: Option<crate::spans::LogLevel>,
+    /// The span timings of the host's span layer, if it wired them in.
+    #[cfg(feature = "spans")]
+    pub(crate) spans: Option<crate::spans::SpanTimings>,
 }
 
 /// Runs blocking work — file reads, symbolization, encoding — on the
@@ -128,6 +136,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/debug/red", red_route())
         .route("/debug/lag", lag_route())
         .route("/debug/runtime", runtime_route())
+        .route("/debug/spans", spans_route())
+        .route("/debug/log-level", log_level_route())
         .route("/metrics", metrics_route())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -174,6 +184,20 @@ fn runtime_route() -> axum::routing::MethodRouter<AppState> {
     return get(runtime::runtime);
     #[cfg(not(feature = "runtime"))]
     return get(|| usage::not_built("runtime"));
+}
+
+fn spans_route() -> axum::routing::MethodRouter<AppState> {
+    #[cfg(feature = "spans")]
+    return get(spans::spans);
+    #[cfg(not(feature = "spans"))]
+    return get(|| usage::not_built("spans"));
+}
+
+fn log_level_route() -> axum::routing::MethodRouter<AppState> {
+    #[cfg(feature = "spans")]
+    return get(spans::log_level).put(spans::set_log_level);
+    #[cfg(not(feature = "spans"))]
+    return get(|| usage::not_built("spans")).put(|| usage::not_built("spans"));
 }
 
 fn metrics_route() -> axum::routing::MethodRouter<AppState> {
@@ -452,6 +476,10 @@ mod tests {
             )
             .unwrap()
             .0,
+            #[cfg(feature = "spans")]
+            log_level: None,
+            #[cfg(feature = "spans")]
+            spans: None,
         }
     }
 
@@ -858,5 +886,216 @@ mod tests {
             .unwrap();
         assert!((15..=20).contains(&retry), "{retry}");
         drop(held);
+    }
+
+    #[cfg(feature = "spans")]
+    async fn put(app: Router, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        let response = app
+            .layer(MockConnectInfo(
+                "127.0.0.1:1".parse::<SocketAddr>().unwrap(),
+            ))
+            .oneshot(
+                HttpRequest::put(uri)
+                    .body(Body::from(body.to_owned()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        (response.status(), json(response).await)
+    }
+
+    #[cfg(feature = "spans")]
+    #[tokio::test]
+    // The guard serializes whole tests, each on its own runtime and thread.
+    #[allow(clippy::await_holding_lock)]
+    async fn log_level_reads_changes_reverts_and_rejects_bad_directives() {
+        use tracing_subscriber::layer::SubscriberExt;
+        // Reloading rebuilds tracing's process-wide interest cache.
+        let _serial = crate::spans::tracing_test_lock();
+
+        let unwired = router(state(Config::default()));
+        let (status, response) =
+            call(unwired.clone(), "/debug/log-level", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::OK);
+        let body = json(response).await;
+        assert_eq!(body["installed"], false);
+        assert!(body["hint"].as_str().unwrap().contains("log_filter"));
+        let (status, _) = put(unwired, "/debug/log-level", "debug").await;
+        assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+
+        let (filter, level) = crate::spans::log_filter("info").unwrap();
+        // Kept alive (not installed): the filter is part of a subscriber.
+        let _subscriber = tracing_subscriber::registry().with(filter);
+        let mut with_level = state(Config::default());
+        with_level.log_level = Some(level.clone());
+        let app = router(with_level);
+        let (_, response) = call(app.clone(), "/debug/log-level", None, "127.0.0.1:1").await;
+        let body = json(response).await;
+        assert_eq!(body["directive"], "info");
+        assert_eq!(body["origin"], "startup");
+        assert_eq!(body["active"], true);
+        assert!(body["set_at"].as_str().unwrap().ends_with('Z'));
+        assert!(body["revert_at"].is_null());
+
+        let (status, body) = put(app.clone(), "/debug/log-level", "info,my_crate=lol").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("my_crate=lol"), "{body}");
+        assert!(
+            body["hint"].as_str().unwrap().contains("RUST_LOG"),
+            "{body}"
+        );
+        assert_eq!(level.status().directive, "info", "unchanged");
+        let (status, _) = put(app.clone(), "/debug/log-level?ttl=3d", "debug").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        let (status, body) = put(
+            app.clone(),
+            "/debug/log-level?ttl=200ms",
+            "info,my_crate=debug",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["directive"], "info,my_crate=debug");
+        assert_eq!(body["origin"], "api");
+        assert_eq!(body["previous"], "info");
+        assert_eq!(body["revert_to"], "info");
+        assert!(body["revert_in_s"].as_f64().unwrap() <= 0.2);
+        let (status, body) = put(
+            app.clone(),
+            "/debug/log-level",
+            r#"{"directive": "warn", "ttl": "1h"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["revert_to"], "info",
+            "the first temporary change's base"
+        );
+        let (_, body) = put(app.clone(), "/debug/log-level?ttl=100ms", "debug").await;
+        assert_eq!(body["revert_to"], "info");
+        for _ in 0..200 {
+            if level.status().directive == "info" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_, response) = call(app, "/debug/log-level", None, "127.0.0.1:1").await;
+        let body = json(response).await;
+        assert_eq!(body["directive"], "info", "{body}");
+        assert_eq!(body["origin"], "startup");
+    }
+
+    #[cfg(feature = "spans")]
+    #[tokio::test]
+    // The guard serializes whole tests, each on its own runtime and thread.
+    #[allow(clippy::await_holding_lock)]
+    async fn spans_report_json_and_an_aligned_text_table() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let _serial = crate::spans::tracing_test_lock();
+
+        let unwired = router(state(Config::default()));
+        let (status, response) = call(unwired, "/debug/spans", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::OK);
+        let body = json(response).await;
+        assert_eq!(body["installed"], false);
+        assert!(body["hint"]
+            .as_str()
+            .unwrap()
+            .contains("AgentBuilder::spans"));
+
+        let timings = crate::spans::SpanTimings::with_settings(
+            crate::spans::SpanSettings::default().slow_threshold(Duration::from_millis(5)),
+        );
+        let mut wired = state(Config::default());
+        wired.spans = Some(timings.clone());
+        let app = router(wired);
+        let (_, response) = call(app.clone(), "/debug/spans", None, "127.0.0.1:1").await;
+        assert_eq!(
+            json(response).await["installed"],
+            false,
+            "layer not in a subscriber"
+        );
+
+        let subscriber = tracing_subscriber::registry().with(timings.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            let _request = tracing::info_span!("request").entered();
+            for i in 0..3u64 {
+                let _q =
+                    tracing::info_span!("a_rather_long_span_name", i, table = "items").entered();
+                std::thread::sleep(Duration::from_millis(6));
+            }
+            drop(tracing::info_span!("q", error = "boom").entered());
+        });
+        let (status, response) = call(app.clone(), "/debug/spans", None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::OK);
+        let body = json(response).await;
+        assert_eq!(body["installed"], true);
+        assert_eq!(body["slow_threshold_ms"], 5.0);
+        let spans = body["spans"].as_array().unwrap();
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans[0]["name"], "request", "most time first: {body}");
+        let long = spans
+            .iter()
+            .find(|s| s["name"] == "a_rather_long_span_name")
+            .unwrap();
+        assert_eq!(long["count"], 3);
+        assert!(long["total"]["p50_ms"].as_f64().unwrap() >= 6.0);
+        assert!(long["busy"]["p99_ms"].is_number());
+        let q = spans.iter().find(|s| s["name"] == "q").unwrap();
+        assert_eq!(
+            (q["errors"].as_u64(), q["error_ratio"].as_f64()),
+            (Some(1), Some(1.0))
+        );
+        let slowest = body["slowest"].as_array().unwrap();
+        let slow = slowest
+            .iter()
+            .find(|s| s["name"] == "a_rather_long_span_name")
+            .unwrap();
+        assert_eq!(slow["fields"]["table"], "items");
+        assert_eq!(slow["parents"][0], "request");
+        assert!(slow["started_at"].as_str().unwrap().ends_with('Z'));
+
+        let (status, response) = call(
+            app.clone(),
+            "/debug/spans?format=text&sort=count",
+            None,
+            "127.0.0.1:1",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(text.to_vec()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("SPAN "), "{text}");
+        assert!(
+            lines[1].starts_with("a_rather_long_span_name "),
+            "sorted by count: {text}"
+        );
+        // Every row of the table puts TARGET in the same column (in
+        // characters: µs is two bytes).
+        let column = |line: &str, what: &str| line[..line.find(what).unwrap()].chars().count();
+        let target = column(lines[0], "TARGET");
+        for row in &lines[1..4] {
+            assert_eq!(column(row, module_path!()), target, "{text}");
+        }
+        assert!(text.contains("table=items"), "{text}");
+        assert!(text.contains("(in request)"), "{text}");
+
+        let (_, response) = call(app.clone(), "/debug/spans?name=q", None, "127.0.0.1:1").await;
+        let only_q = json(response).await;
+        assert_eq!(only_q["spans"].as_array().unwrap().len(), 1, "{only_q}");
+        assert_eq!(only_q["spans"][0]["name"], "q");
+        assert!(only_q["slowest"].as_array().unwrap().is_empty());
+
+        for bad in [
+            "/debug/spans?format=svg",
+            "/debug/spans?sort=x",
+            "/debug/spans?limit=0",
+        ] {
+            let (status, response) = call(app.clone(), bad, None, "127.0.0.1:1").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(json(response).await["hint"].is_string());
+        }
     }
 }

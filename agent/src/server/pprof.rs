@@ -353,6 +353,8 @@ Heap profiling: {heap}.</td></tr>
 <li><a href="../runtime">/debug/runtime</a>: tokio workers, queues, busy ratios and task monitors.</li>
 <li><a href="../use">/debug/use</a>: utilization, saturation and errors of CPU, memory, executor, network, disks and the service's own resources.</li>
 <li><a href="../red">/debug/red</a>: rate, errors and duration of requests per route.</li>
+<li><a href="../spans?format=text">/debug/spans</a>: how long each kind of traced operation (a span: a query, an upstream call) takes, and the slowest recent ones with their fields.</li>
+<li><a href="../log-level">/debug/log-level</a>: the tracing filter's directive; <code>PUT</code> a new one, with <code>?ttl=10m</code> to revert by itself.</li>
 <li><a href="../../metrics">/metrics</a>: all of it for Prometheus.</li>
 </ul>
 </body></html>

@@ -197,7 +197,8 @@ fn red_text(report: &crate::red::RedReport, installed: bool) -> String {
     feature = "system",
     feature = "red",
     feature = "metrics",
-    feature = "runtime"
+    feature = "runtime",
+    feature = "spans"
 )))]
 pub(crate) async fn not_built(feature: &'static str) -> ApiError {
     ApiError::NotImplemented {

@@ -6,9 +6,11 @@
 //!
 //! `DEMO_ADDR` (default `127.0.0.1:8080`) is the service, `STETHOSCOPE_ADDR`
 //! (default `127.0.0.1:6060`) the agent; the other `STETHOSCOPE_*`
-//! variables apply too.
+//! variables apply too. `RUST_LOG` (default `info`) is the log filter at
+//! startup; `/debug/log-level` changes it at runtime.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 // jemalloc with heap profiling as the global allocator: one line.
 stethoscope::heap_profiling!();
@@ -31,16 +33,23 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+    // The subscriber first: a reloadable filter (for /debug/log-level), the
+    // usual fmt output, and the agent's span timings (for /debug/spans).
+    let directive = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let (log_filter, log_level) = stethoscope::spans::log_filter(&directive)?;
+    let span_timings = stethoscope::spans::SpanTimings::new();
+    tracing_subscriber::registry()
+        .with(log_filter)
+        .with(tracing_subscriber::fmt::layer())
+        .with(span_timings.layer())
         .init();
 
     let pool = stethoscope_examples::demo::DemoPool::new(stethoscope_examples::demo::POOL_SIZE);
     let agent = stethoscope::Agent::builder()
         .with_default_env()
         .resource(pool.clone()) // the `db_pool` row of /debug/use
+        .log_level(log_level)
+        .spans(span_timings)
         .start()?;
     let debug = agent.local_addr();
 
@@ -65,6 +74,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "  curl 'http://{service}/block?ms=300'; curl 'http://{debug}/debug/runtime?format=text'"
     );
     println!("  curl 'http://{service}/spawn?n=20000'; curl 'http://{debug}/debug/lag?format=text'; curl -o lag.svg 'http://{debug}/debug/lag?format=svg'");
+    println!("  for i in $(seq 40); do curl -s -o /dev/null 'http://{service}/checkout/'$i; done; curl 'http://{debug}/debug/spans?format=text'");
+    println!("  curl -X PUT -d 'info,stethoscope_examples::demo=debug' 'http://{debug}/debug/log-level?ttl=1m'; curl 'http://{service}/items/1'");
     println!("  curl 'http://{debug}/metrics'");
 
     // /spawn's tasks are instrumented: they show in /debug/runtime as `demo_spawned`.
