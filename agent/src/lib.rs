@@ -103,6 +103,7 @@ mod server;
 #[cfg(feature = "spans")]
 #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
 pub mod spans;
+pub mod symbols;
 #[cfg(test)]
 mod testing;
 #[cfg(all(

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use super::sampler::{clock, Sampler, SamplerCounters};
 use super::window::{Finished, PendingWindow, StackTable, Window, WindowEnd, WindowStart};
 use super::{CpuProfile, ProfileRequest, SamplerStatus};
-use crate::profile::symbolize::Symbolizer;
+use crate::symbols::symbolize::Symbolizer;
 use crate::Error;
 
 /// How often the control thread drains the ring while a session runs.

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use framehop::{CacheNative, MustNotAllocateDuringUnwind, UnwindRegsNative, Unwinder};
 use tikv_jemalloc_ctl::raw;
 
-use crate::profile::modules::{loaded_modules, LoadedModule};
-use crate::profile::unwind::{build_unwinder, unwind_table_bytes, NativeUnwinder};
+use crate::symbols::modules::{loaded_modules, LoadedModule};
+use crate::symbols::unwind::{build_unwinder, unwind_table_bytes, NativeUnwinder};
 use crate::Error;
 
 type BacktraceHook = unsafe extern "C" fn(*mut *mut c_void, *mut c_uint, c_uint);

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use crate::profile::symbolize::Symbolizer;
+use crate::symbols::symbolize::Symbolizer;
 
 /// How sure the watchdog is that `frames` are the stuck worker's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

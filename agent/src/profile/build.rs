@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::modules::{loaded_modules, vdso_symbols, LoadedModule};
-use super::symbolize::Symbolizer;
 use super::{Location, Mapping, Profile, Sample, SymbolizedFrame, ValueType};
+use crate::symbols::modules::{loaded_modules, vdso_symbols, LoadedModule};
+use crate::symbols::symbolize::Symbolizer;
 
 /// Everything about a profile except its stacks.
 #[derive(Debug, Clone)]
@@ -163,23 +163,6 @@ fn fallback_frame(address: u64, modules: &[LoadedModule]) -> (Arc<[SymbolizedFra
         line: None,
     }]);
     (frames, named)
-}
-
-pub(crate) fn page_size() -> u64 {
-    #[cfg(unix)]
-    {
-        #[allow(unsafe_code)]
-        // SAFETY: sysconf has no preconditions.
-        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        u64::try_from(size)
-            .ok()
-            .filter(|s| s.is_power_of_two())
-            .unwrap_or(4096)
-    }
-    #[cfg(not(unix))]
-    {
-        4096
-    }
 }
 
 #[cfg(test)]

@@ -221,9 +221,9 @@ mod tests {
     const AGENT_DEBUG_INFO: &[&str] = &[
         "alloc::raw_vec::RawVecInner<A>::finish_grow",
         "alloc::vec::Vec<T,A>::push",
-        "stethoscope::profile::dwarf::LineTable::of",
-        "stethoscope::profile::dwarf::UnitTables::build",
-        "stethoscope::profile::symbolize::Symbolizer::resolve",
+        "stethoscope::symbols::dwarf::LineTable::of",
+        "stethoscope::symbols::dwarf::UnitTables::build",
+        "stethoscope::symbols::symbolize::Symbolizer::resolve",
         "stethoscope::profile::build::<impl stethoscope::profile::Profile>::build",
         "stethoscope::heap::HeapProfiler::take_snapshot",
         "stethoscope::server::heap::take_snapshot::{{closure}}::{{closure}}",

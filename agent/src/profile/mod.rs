@@ -6,27 +6,13 @@
 //! become after symbolization, and every output format is rendered from it.
 
 pub(crate) mod build;
-mod dwarf;
 mod flamegraph;
 mod folded;
 pub(crate) mod frames;
 mod json;
-pub(crate) mod modules;
 pub(crate) mod output;
 mod pprof;
-pub(crate) mod symbolize;
 mod top;
-#[cfg(all(
-    target_os = "linux",
-    any(
-        all(
-            any(feature = "cpu", feature = "runtime"),
-            any(target_arch = "x86_64", target_arch = "aarch64")
-        ),
-        all(feature = "heap", target_arch = "x86_64")
-    )
-))]
-pub(crate) mod unwind;
 
 pub(crate) use json::rfc3339;
 
@@ -34,21 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub(crate) use build::{ProfileMeta, RawStack};
-pub use symbolize::{SymbolizerStats, DEBUG_INFO_IDLE_RELEASE, MAX_CACHED_ADDRESSES};
+// Symbolization lives in `crate::symbols`; these names stay available here
+// for the profiles' users.
+pub use crate::symbols::{
+    function_names, release_debug_info, symbolizer_stats, SymbolizedFrame, SymbolizerStats,
+    DEBUG_INFO_IDLE_RELEASE, MAX_CACHED_ADDRESSES,
+};
 
 use crate::Error;
-
-/// One frame of a symbolized location; a location with inlined calls has
-/// several.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SymbolizedFrame {
-    /// Demangled function name, without the Rust symbol hash.
-    pub function: Arc<str>,
-    /// Source file, when debug info is present.
-    pub file: Option<Arc<str>>,
-    /// Source line, when debug info is present.
-    pub line: Option<u32>,
-}
 
 /// What a sample value measures, e.g. `cpu` in `nanoseconds`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,11 +202,6 @@ impl Format {
     }
 }
 
-/// Statistics of the process-wide symbol cache shared by all profiles.
-pub fn symbolizer_stats() -> SymbolizerStats {
-    symbolize::Symbolizer::global().stats()
-}
-
 /// A differential flame graph of two profiles of the same kind (for
 /// example two heap snapshots): widths are `after`'s values, red frames
 /// grew, blue frames shrank.
@@ -239,34 +213,6 @@ pub fn differential_svg(before: &Profile, after: &Profile, title: &str) -> Resul
 /// FlameGraph's differential input).
 pub fn differential_folded(before: &Profile, after: &Profile) -> String {
     flamegraph::differential_folded(before, after)
-}
-
-/// The function containing each address (the outermost of an inline
-/// chain, as a symbol table would say), for addresses that resolve.
-/// Blocks while debug info loads.
-pub fn function_names(addresses: &[u64]) -> Vec<(u64, String)> {
-    let resolved = symbolize::Symbolizer::global().resolve(addresses);
-    let vdso = modules::vdso_symbols();
-    addresses
-        .iter()
-        .filter_map(|address| {
-            let name = match resolved.get(address).and_then(|frames| frames.last()) {
-                Some(frame) => frame.function.to_string(),
-                None => vdso
-                    .iter()
-                    .find(|s| s.range.contains(address))?
-                    .name
-                    .clone(),
-            };
-            Some((*address, name))
-        })
-        .collect()
-}
-
-/// Releases the parsed debug info now instead of after
-/// [`DEBUG_INFO_IDLE_RELEASE`]; resolved addresses stay cached.
-pub fn release_debug_info() {
-    symbolize::Symbolizer::global().release_debug_info();
 }
 
 /// The executable's file name, for report titles.

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use framehop::{CacheNative, MustNotAllocateDuringUnwind, Unwinder};
 
-use crate::profile::modules::loaded_modules;
-use crate::profile::unwind::{build_unwinder, unwind_table_bytes, NativeUnwinder};
+use crate::symbols::modules::loaded_modules;
+use crate::symbols::unwind::{build_unwinder, unwind_table_bytes, NativeUnwinder};
 use crate::Error;
 use memory::{CopyMethod, StackCopy};
 

@@ -253,7 +253,7 @@ mod imp {
         let Some(end) = vdso.segments.iter().map(|s| s.svma.end).max() else {
             return Vec::new();
         };
-        let page = super::super::build::page_size();
+        let page = super::super::page_size();
         let end = end.wrapping_add(vdso.base).saturating_add(page - 1) & !(page - 1);
         let length = end.saturating_sub(ehdr);
         // SAFETY: the vDSO is mapped for the life of the process, readable,
