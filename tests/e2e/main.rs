@@ -14,6 +14,7 @@ mod heap;
 mod lag;
 
 mod metrics;
+mod shapes;
 mod spans;
 mod support;
 mod use_red;
