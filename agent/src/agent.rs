@@ -26,26 +26,146 @@ use crate::Error;
 #[derive(Debug)]
 pub struct Agent {
     server: ServerHandle,
-    cpu: CpuProfiler,
-    heap: HeapProfiler,
-    #[cfg(feature = "system")]
-    resources: crate::resources::ResourceMonitor,
+    caps: Capabilities,
+    /// Stop the agent's threads (watchdog, USE sampling) when it goes away.
+    _threads: Threads,
+}
+
+/// Handles to every capability of one agent, shared by the [`Agent`] and
+/// its debug server: the one place that lists them.
+#[derive(Debug, Clone)]
+pub(crate) struct Capabilities {
+    pub(crate) cpu: CpuProfiler,
+    pub(crate) heap: HeapProfiler,
+    #[cfg(feature = "resources")]
+    pub(crate) resources: crate::resources::ResourceMonitor,
     #[cfg(feature = "red")]
-    red: crate::red::RedMetrics,
+    pub(crate) red: crate::red::RedMetrics,
     #[cfg(feature = "metrics")]
-    metrics: crate::metrics::MetricsRegistry,
+    pub(crate) metrics: crate::metrics::MetricsRegistry,
     #[cfg(feature = "runtime")]
-    executor: crate::lag::ExecutorMonitor,
-    /// Stops the executor-lag watchdog when the agent goes away.
+    pub(crate) runtime: crate::runtime::RuntimeMonitor,
+    #[cfg(feature = "spans")]
+    pub(crate) spans: Option<crate::spans::SpanTimings>,
+    #[cfg(feature = "spans")]
+    pub(crate) log_level: Option<crate::spans::LogLevel>,
+}
+
+/// The agent's own threads, stopped on drop.
+#[derive(Debug, Default)]
+struct Threads {
     #[cfg(feature = "runtime")]
-    _watchdog: Option<crate::lag::WatchdogGuard>,
-    /// Stops the once-a-second USE sampling thread.
-    #[cfg(feature = "system")]
-    _use_sampler: crate::periodic::StopOnDrop,
+    _watchdog: Option<crate::runtime::WatchdogGuard>,
+    #[cfg(feature = "resources")]
+    _use_sampler: Option<crate::periodic::StopOnDrop>,
+}
+
+/// What a builder hands over to the capabilities it starts.
+#[derive(Debug, Default)]
+pub(crate) struct Wiring {
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    #[cfg(feature = "resources")]
+    pub(crate) resources: Vec<Arc<dyn crate::resources::Resource>>,
     #[cfg(feature = "spans")]
-    log_level: Option<crate::spans::LogLevel>,
+    pub(crate) log_level: Option<crate::spans::LogLevel>,
     #[cfg(feature = "spans")]
-    spans: Option<crate::spans::SpanTimings>,
+    pub(crate) spans: Option<crate::spans::SpanTimings>,
+}
+
+impl Capabilities {
+    /// Starts every capability of `config`; the threads it starts stop
+    /// when the returned guard drops.
+    fn start(config: &Config, wiring: Wiring) -> Result<(Capabilities, Threads), Error> {
+        let runtime = wiring
+            .runtime
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        // Filled in by the capabilities that start threads.
+        #[allow(unused_mut)]
+        let mut threads = Threads::default();
+        // Work arriving through the RED layer or a span wakes a dormant
+        // watchdog.
+        let alarm = Arc::new(crate::periodic::Alarm::default());
+        #[cfg(feature = "runtime")]
+        let (runtime_monitor, watchdog) = crate::runtime::RuntimeMonitor::start(
+            runtime.clone(),
+            config.lag_resolution,
+            config.stall_threshold,
+            Arc::clone(&alarm),
+        )?;
+        #[cfg(feature = "runtime")]
+        {
+            threads._watchdog = watchdog;
+        }
+        let cpu = CpuProfiler::global();
+        let mut heap = HeapProfiler::with_capacity(config.heap_snapshots);
+        if config.fast_heap_backtraces && heap.check().is_ok() {
+            match heap.clone().with_fast_backtraces() {
+                Ok(fast) => heap = fast,
+                Err(error) => {
+                    tracing::debug!(%error, "heap backtraces: keeping jemalloc's unwinder")
+                }
+            }
+        }
+        #[cfg(feature = "resources")]
+        let resources = {
+            let monitor = crate::resources::ResourceMonitor::new(runtime);
+            for resource in wiring.resources {
+                monitor.register_arc(resource)?;
+            }
+            threads._use_sampler = Some(monitor.sample_every(config::DEFAULT_USE_SAMPLE_INTERVAL)?);
+            monitor
+        };
+        #[cfg(not(feature = "resources"))]
+        drop(runtime);
+        #[cfg(feature = "red")]
+        let red = crate::red::RedMetrics::new();
+        #[cfg(feature = "red")]
+        red.ring_on_request(Arc::clone(&alarm));
+        #[cfg(feature = "spans")]
+        if let Some(spans) = &wiring.spans {
+            spans.ring_on_enter(Arc::clone(&alarm));
+        }
+        drop(alarm);
+        // The metrics registry is made last, from the others.
+        #[allow(unused_mut)]
+        let mut caps = Capabilities {
+            cpu,
+            heap,
+            #[cfg(feature = "resources")]
+            resources,
+            #[cfg(feature = "red")]
+            red,
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::MetricsRegistry::default(),
+            #[cfg(feature = "runtime")]
+            runtime: runtime_monitor,
+            #[cfg(feature = "spans")]
+            spans: wiring.spans,
+            #[cfg(feature = "spans")]
+            log_level: wiring.log_level,
+        };
+        #[cfg(feature = "metrics")]
+        {
+            caps.metrics = crate::metrics::MetricsRegistry::of(&caps);
+        }
+        Ok((caps, threads))
+    }
+
+    /// The capabilities of an agent without a server, host runtime or
+    /// threads, for tests of the server.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Capabilities {
+        let config = Config {
+            lag_resolution: std::time::Duration::from_millis(10),
+            stall_threshold: std::time::Duration::from_millis(100),
+            ..Config::default()
+        };
+        let (mut caps, threads) =
+            Capabilities::start(&config, Wiring::default()).expect("capabilities start");
+        drop(threads);
+        caps.heap = HeapProfiler::default();
+        caps
+    }
 }
 
 impl Agent {
@@ -62,125 +182,133 @@ impl Agent {
 
     /// The process-wide CPU profiler this agent serves.
     pub fn cpu(&self) -> &CpuProfiler {
-        &self.cpu
+        &self.caps.cpu
     }
 
     /// This agent's heap profiler and snapshots.
     pub fn heap(&self) -> &HeapProfiler {
-        &self.heap
-    }
-
-    /// A tower layer recording RED metrics (rate, errors, duration per
-    /// route template) of the service it wraps, served at `/debug/red`
-    /// and as `http_server_request_duration_seconds` in `/metrics`. Add it
-    /// with axum's `Router::layer`; every layer of one agent records into
-    /// the same [`RedMetrics`](crate::red::RedMetrics).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), stethoscope::Error> {
-    /// let agent = stethoscope::Agent::builder().listen("127.0.0.1:0").start()?;
-    /// let app: axum::Router = axum::Router::new()
-    ///     .route("/items/{id}", axum::routing::get(|| async { "item" }))
-    ///     .layer(agent.red_layer());
-    /// # let _ = app;
-    /// # agent.shutdown().await;
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[cfg(feature = "red")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "red")))]
-    pub fn red_layer(&self) -> crate::red::RedLayer {
-        self.red.layer()
-    }
-
-    /// The RED recorder behind [`red_layer`](Self::red_layer).
-    #[cfg(feature = "red")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "red")))]
-    pub fn red(&self) -> &crate::red::RedMetrics {
-        &self.red
-    }
-
-    /// The USE readings this agent serves at `/debug/use`.
-    #[cfg(feature = "system")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
-    pub fn resources(&self) -> &crate::resources::ResourceMonitor {
-        &self.resources
-    }
-
-    /// Adds a service-owned resource (a connection pool, …) to `/debug/use`
-    /// and `/metrics`; the same as
-    /// [`AgentBuilder::resource`] after start.
-    ///
-    /// # Errors
-    /// [`Error::InvalidSetting`] if the name is invalid or taken.
-    #[cfg(feature = "system")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
-    pub fn register_resource(
-        &self,
-        resource: impl crate::resources::Resource,
-    ) -> Result<(), Error> {
-        self.resources.register(resource)
-    }
-
-    /// The collectors behind `/metrics`, to render the exposition from Rust.
-    #[cfg(feature = "metrics")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-    pub fn metrics(&self) -> &crate::metrics::MetricsRegistry {
-        &self.metrics
-    }
-
-    /// Executor lag, runtime health and stalls of the runtime the agent
-    /// watches (see [`crate::lag`]).
-    #[cfg(feature = "runtime")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
-    pub fn executor(&self) -> &crate::lag::ExecutorMonitor {
-        &self.executor
-    }
-
-    /// A [`TaskMonitor`](tokio_metrics::TaskMonitor) named `name`, created
-    /// on first use (the same name returns the same monitor). Instrument
-    /// the service's tasks with it; their poll, schedule and idle times and
-    /// slow-poll ratio appear in `/debug/runtime` and `/metrics` under that
-    /// name.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), stethoscope::Error> {
-    /// let agent = stethoscope::Agent::builder().listen("127.0.0.1:0").start()?;
-    /// let monitor = agent.task_monitor("checkout");
-    /// monitor.instrument(async { /* handle one checkout */ }).await;
-    /// assert_eq!(agent.executor().task_monitors()[0].instrumented, 1);
-    /// # agent.shutdown().await;
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[cfg(feature = "runtime")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
-    pub fn task_monitor(&self, name: &str) -> tokio_metrics::TaskMonitor {
-        self.executor.task_monitor(name)
-    }
-
-    /// The log filter control given to
-    /// [`AgentBuilder::log_level`], behind `/debug/log-level`.
-    #[cfg(feature = "spans")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
-    pub fn log_level(&self) -> Option<&crate::spans::LogLevel> {
-        self.log_level.as_ref()
-    }
-
-    /// The span timings given to [`AgentBuilder::spans`], behind
-    /// `/debug/spans`.
-    #[cfg(feature = "spans")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
-    pub fn spans(&self) -> Option<&crate::spans::SpanTimings> {
-        self.spans.as_ref()
+        &self.caps.heap
     }
 
     /// Stops the debug server and waits for its thread to finish. Profiles
     /// in progress are cancelled.
     pub async fn shutdown(self) {
         self.server.stop().await;
+    }
+}
+
+cfg_feature! { "red",
+    impl Agent {
+        /// A tower layer recording RED metrics (rate, errors, duration per
+        /// route template) of the service it wraps, served at `/debug/red`
+        /// and as `http_server_request_duration_seconds` in `/metrics`. Add
+        /// it with axum's `Router::layer`; every layer of one agent records
+        /// into the same [`RedMetrics`](crate::red::RedMetrics).
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), stethoscope::Error> {
+        /// let agent = stethoscope::Agent::builder().listen("127.0.0.1:0").start()?;
+        /// let app: axum::Router = axum::Router::new()
+        ///     .route("/items/{id}", axum::routing::get(|| async { "item" }))
+        ///     .layer(agent.red_layer());
+        /// # let _ = app;
+        /// # agent.shutdown().await;
+        /// # Ok(())
+        /// # }
+        /// ```
+        pub fn red_layer(&self) -> crate::red::RedLayer {
+            self.caps.red.layer()
+        }
+
+        /// The RED recorder behind [`red_layer`](Self::red_layer).
+        pub fn red(&self) -> &crate::red::RedMetrics {
+            &self.caps.red
+        }
+    }
+}
+
+cfg_feature! { "resources",
+    impl Agent {
+        /// The USE readings this agent serves at `/debug/use`.
+        pub fn resources(&self) -> &crate::resources::ResourceMonitor {
+            &self.caps.resources
+        }
+
+        /// Adds a service-owned resource (a connection pool, …) to
+        /// `/debug/use` and `/metrics`; the same as
+        /// [`AgentBuilder::resource`] after start.
+        ///
+        /// # Errors
+        /// [`Error::InvalidSetting`] if the name is invalid or taken.
+        pub fn register_resource(
+            &self,
+            resource: impl crate::resources::Resource,
+        ) -> Result<(), Error> {
+            self.caps.resources.register(resource)
+        }
+    }
+}
+
+cfg_feature! { "metrics",
+    impl Agent {
+        /// The collectors behind `/metrics`, to render the exposition from Rust.
+        pub fn metrics(&self) -> &crate::metrics::MetricsRegistry {
+            &self.caps.metrics
+        }
+    }
+}
+
+cfg_feature! { "runtime",
+    impl Agent {
+        /// Executor lag, runtime health and stalls of the runtime the agent
+        /// watches (see [`crate::runtime`]).
+        pub fn runtime(&self) -> &crate::runtime::RuntimeMonitor {
+            &self.caps.runtime
+        }
+
+        /// The former name of [`runtime`](Self::runtime).
+        #[deprecated(since = "0.1.0", note = "use Agent::runtime")]
+        pub fn executor(&self) -> &crate::runtime::RuntimeMonitor {
+            &self.caps.runtime
+        }
+
+        /// A [`TaskMonitor`](tokio_metrics::TaskMonitor) named `name`,
+        /// created on first use (the same name returns the same monitor).
+        /// Instrument the service's tasks with it; their poll, schedule and
+        /// idle times and slow-poll ratio appear in `/debug/runtime` and
+        /// `/metrics` under that name.
+        ///
+        /// ```
+        /// # #[tokio::main(flavor = "current_thread")]
+        /// # async fn main() -> Result<(), stethoscope::Error> {
+        /// let agent = stethoscope::Agent::builder().listen("127.0.0.1:0").start()?;
+        /// let monitor = agent.task_monitor("checkout");
+        /// monitor.instrument(async { /* handle one checkout */ }).await;
+        /// assert_eq!(agent.runtime().task_monitors()[0].instrumented, 1);
+        /// # agent.shutdown().await;
+        /// # Ok(())
+        /// # }
+        /// ```
+        pub fn task_monitor(&self, name: &str) -> tokio_metrics::TaskMonitor {
+            self.caps.runtime.task_monitor(name)
+        }
+    }
+}
+
+cfg_feature! { "spans",
+    impl Agent {
+        /// The log filter control given to [`AgentBuilder::log_level`],
+        /// behind `/debug/log-level`.
+        pub fn log_level(&self) -> Option<&crate::spans::LogLevel> {
+            self.caps.log_level.as_ref()
+        }
+
+        /// The span timings given to [`AgentBuilder::spans`], behind
+        /// `/debug/spans`.
+        pub fn spans(&self) -> Option<&crate::spans::SpanTimings> {
+            self.caps.spans.as_ref()
+        }
     }
 }
 
@@ -199,14 +327,8 @@ impl Agent {
 #[must_use = "an AgentBuilder does nothing until .start() is called"]
 pub struct AgentBuilder {
     config: Config,
-    runtime: Option<tokio::runtime::Handle>,
-    #[cfg(feature = "system")]
-    resources: Vec<Arc<dyn crate::resources::Resource>>,
-    #[cfg(feature = "spans")]
-    log_level: Option<crate::spans::LogLevel>,
-    #[cfg(feature = "spans")]
-    spans: Option<crate::spans::SpanTimings>,
-    /// The first error of a non-fallible setter, reported by `start()`.
+    wiring: Wiring,
+    /// The first error of a setter, reported by `start()`.
     deferred: Option<Error>,
 }
 
@@ -365,10 +487,10 @@ impl AgentBuilder {
     /// Reports a service-owned resource (a connection pool, a worker pool)
     /// next to the built-in ones in `/debug/use` and `/metrics`. An
     /// invalid or duplicate name makes [`start`](Self::start) fail.
-    #[cfg(feature = "system")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "system")))]
+    #[cfg(feature = "resources")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "resources")))]
     pub fn resource(mut self, resource: impl crate::resources::Resource) -> Self {
-        self.resources.push(Arc::new(resource));
+        self.wiring.resources.push(Arc::new(resource));
         self
     }
 
@@ -407,7 +529,7 @@ impl AgentBuilder {
     #[cfg(feature = "spans")]
     #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
     pub fn log_level(mut self, level: crate::spans::LogLevel) -> Self {
-        self.log_level = Some(level);
+        self.wiring.log_level = Some(level);
         self
     }
 
@@ -446,7 +568,7 @@ impl AgentBuilder {
     #[cfg(feature = "spans")]
     #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
     pub fn spans(mut self, timings: crate::spans::SpanTimings) -> Self {
-        self.spans = Some(timings);
+        self.wiring.spans = Some(timings);
         self
     }
 
@@ -456,7 +578,7 @@ impl AgentBuilder {
     /// the runtime `start()` is called in, if any; without one these
     /// report "unavailable".
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
-        self.runtime = Some(handle);
+        self.wiring.runtime = Some(handle);
         self
     }
 
@@ -554,7 +676,6 @@ impl AgentBuilder {
     /// # Errors
     /// The first invalid setting, [`Error::InsecureBind`] for a non-loopback
     /// address without a token, [`Error::Bind`] if the address is taken.
-    #[allow(clippy::vec_init_then_push)] // the collectors pushed depend on features
     pub fn start(self) -> Result<Agent, Error> {
         if let Some(error) = self.deferred {
             return Err(error);
@@ -581,111 +702,22 @@ impl AgentBuilder {
                          always find a connection while profiles run",
             });
         }
-        let runtime = self
-            .runtime
-            .or_else(|| tokio::runtime::Handle::try_current().ok());
-        let host_runtime = runtime.is_some();
-        // Work arriving through the RED layer wakes a dormant watchdog.
-        let alarm = Arc::new(crate::periodic::Alarm::default());
-        #[cfg(feature = "runtime")]
-        let (executor, watchdog) = crate::lag::ExecutorMonitor::start(
-            runtime.clone(),
-            config.lag_resolution,
-            config.stall_threshold,
-            Arc::clone(&alarm),
-        )?;
-        let cpu = CpuProfiler::global();
-        let mut heap = HeapProfiler::with_capacity(config.heap_snapshots);
-        if config.fast_heap_backtraces && heap.check().is_ok() {
-            match heap.clone().with_fast_backtraces() {
-                Ok(fast) => heap = fast,
-                Err(error) => {
-                    tracing::debug!(%error, "heap backtraces: keeping jemalloc's unwinder")
-                }
-            }
-        }
-        #[cfg(feature = "system")]
-        let resources = {
-            let monitor = crate::resources::ResourceMonitor::new(runtime);
-            for resource in self.resources {
-                monitor.register_arc(resource)?;
-            }
-            monitor
-        };
-        #[cfg(not(feature = "system"))]
-        drop(runtime);
-        #[cfg(feature = "red")]
-        let red = crate::red::RedMetrics::new();
-        #[cfg(feature = "red")]
-        red.ring_on_request(Arc::clone(&alarm));
-        #[cfg(feature = "spans")]
-        if let Some(spans) = &self.spans {
-            spans.ring_on_enter(Arc::clone(&alarm));
-        }
-        drop(alarm);
-        #[cfg(feature = "metrics")]
-        let metrics = {
-            // Each capability contributes its own families; a new one adds
-            // its collector here.
-            let mut collectors: Vec<Arc<dyn crate::metrics::Collect>> = Vec::new();
-            #[cfg(feature = "system")]
-            collectors.push(Arc::new(resources.clone()));
-            collectors.push(Arc::new(crate::metrics::SamplerCollector(cpu.clone())));
-            collectors.push(Arc::new(crate::metrics::HeapCollector(heap.clone())));
-            #[cfg(feature = "red")]
-            collectors.push(Arc::new(red.clone()));
-            #[cfg(feature = "runtime")]
-            collectors.push(Arc::new(executor.clone()));
-            #[cfg(feature = "spans")]
-            if let Some(spans) = &self.spans {
-                collectors.push(Arc::new(spans.clone()));
-            }
-            crate::metrics::MetricsRegistry::new(collectors)
-        };
+        let host_runtime =
+            self.wiring.runtime.is_some() || tokio::runtime::Handle::try_current().is_ok();
+        let (caps, threads) = Capabilities::start(&config, self.wiring)?;
         let state = AppState {
             connections: Arc::new(server::ConnectionTable::new(config.max_connections)),
             profiles: server::ProfileSlots::new(config.max_concurrent_profiles),
             config: Arc::new(config),
-            cpu: cpu.clone(),
-            heap: heap.clone(),
+            caps: caps.clone(),
             started: Instant::now(),
             host_runtime,
-            #[cfg(feature = "system")]
-            resources: resources.clone(),
-            #[cfg(feature = "red")]
-            red: red.clone(),
-            #[cfg(feature = "metrics")]
-            metrics: metrics.clone(),
-            #[cfg(feature = "runtime")]
-            executor: executor.clone(),
-            #[cfg(feature = "spans")]
-            log_level: self.log_level.clone(),
-            #[cfg(feature = "spans")]
-            spans: self.spans.clone(),
         };
-        #[cfg(feature = "system")]
-        let use_sampler = resources.sample_every(config::DEFAULT_USE_SAMPLE_INTERVAL)?;
         let server = server::spawn(state)?;
         Ok(Agent {
             server,
-            cpu,
-            heap,
-            #[cfg(feature = "system")]
-            resources,
-            #[cfg(feature = "red")]
-            red,
-            #[cfg(feature = "metrics")]
-            metrics,
-            #[cfg(feature = "runtime")]
-            executor,
-            #[cfg(feature = "runtime")]
-            _watchdog: watchdog,
-            #[cfg(feature = "system")]
-            _use_sampler: use_sampler,
-            #[cfg(feature = "spans")]
-            log_level: self.log_level,
-            #[cfg(feature = "spans")]
-            spans: self.spans,
+            caps,
+            _threads: threads,
         })
     }
 }

@@ -24,47 +24,36 @@ pub(crate) use latency::LatencyHistogram;
 /// let summary = stethoscope::histogram::HistogramSummary::default();
 /// assert_eq!(summary.count, 0);
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// It serializes in the shape of DESIGN §5.1: `count` and `min_ms` …
+/// `p999_ms` in float milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct HistogramSummary {
     /// Observations.
     pub count: u64,
     /// Smallest observation.
+    #[serde(rename = "min_ms", serialize_with = "crate::report::ms")]
     pub min: Duration,
     /// Largest observation.
+    #[serde(rename = "max_ms", serialize_with = "crate::report::ms")]
     pub max: Duration,
     /// Arithmetic mean.
+    #[serde(rename = "mean_ms", serialize_with = "crate::report::ms")]
     pub mean: Duration,
     /// Standard deviation.
+    #[serde(rename = "stddev_ms", serialize_with = "crate::report::ms")]
     pub stddev: Duration,
     /// Median.
+    #[serde(rename = "p50_ms", serialize_with = "crate::report::ms")]
     pub p50: Duration,
     /// 90th percentile.
+    #[serde(rename = "p90_ms", serialize_with = "crate::report::ms")]
     pub p90: Duration,
     /// 99th percentile.
+    #[serde(rename = "p99_ms", serialize_with = "crate::report::ms")]
     pub p99: Duration,
     /// 99.9th percentile.
+    #[serde(rename = "p999_ms", serialize_with = "crate::report::ms")]
     pub p999: Duration,
-}
-
-impl HistogramSummary {
-    /// The JSON shape of DESIGN §5.1, durations in float milliseconds.
-    #[cfg_attr(
-        not(any(feature = "red", feature = "runtime", feature = "spans")),
-        allow(dead_code)
-    )]
-    pub(crate) fn to_json(self) -> serde_json::Value {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        serde_json::json!({
-            "count": self.count,
-            "min_ms": ms(self.min),
-            "max_ms": ms(self.max),
-            "mean_ms": ms(self.mean),
-            "stddev_ms": ms(self.stddev),
-            "p50_ms": ms(self.p50),
-            "p90_ms": ms(self.p90),
-            "p99_ms": ms(self.p99),
-            "p999_ms": ms(self.p999),
-        })
-    }
 }

@@ -76,41 +76,45 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// Puts the items behind `feature`, and says so in the docs.
+macro_rules! cfg_feature {
+    ($feature:literal, $($item:item)*) => {
+        $(
+            #[cfg(feature = $feature)]
+            #[cfg_attr(docsrs, doc(cfg(feature = $feature)))]
+            $item
+        )*
+    };
+}
+
 mod agent;
 pub mod config;
 pub mod cpu;
 mod error;
 pub mod heap;
 pub mod histogram;
-#[cfg(feature = "runtime")]
-#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
-pub mod lag;
 mod memory;
-
-#[cfg(feature = "metrics")]
-#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
-pub mod metrics;
-#[cfg_attr(not(feature = "system"), allow(dead_code))]
+cfg_feature! { "metrics", pub mod metrics; }
+// The sampling thread and the watchdog's alarm are used by whichever of
+// their capabilities are built.
+#[cfg_attr(not(all(feature = "resources", feature = "runtime")), allow(dead_code))]
 mod periodic;
 pub mod profile;
-#[cfg(feature = "red")]
-#[cfg_attr(docsrs, doc(cfg(feature = "red")))]
-pub mod red;
-#[cfg(feature = "system")]
-#[cfg_attr(docsrs, doc(cfg(feature = "system")))]
-pub mod resources;
+// What serializes reports is used by whichever capabilities are built.
+#[cfg_attr(
+    not(all(feature = "runtime", feature = "spans", feature = "red")),
+    allow(dead_code)
+)]
+mod report;
+cfg_feature! { "red", pub mod red; }
+cfg_feature! { "resources", pub mod resources; }
+cfg_feature! { "runtime", pub mod runtime; }
 mod server;
-#[cfg(feature = "spans")]
-#[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
-pub mod spans;
+cfg_feature! { "spans", pub mod spans; }
 pub mod symbols;
 #[cfg(test)]
 mod testing;
-#[cfg(all(
-    any(feature = "cpu", feature = "runtime"),
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(all(native_unwind, any(feature = "cpu", feature = "runtime")))]
 mod unwind;
 
 pub use agent::{Agent, AgentBuilder};

@@ -365,16 +365,15 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
         }
         answered
     });
-    // Waves of 150 idle sockets and 20 slow bodies, held for two seconds.
+    // Waves of 150 idle sockets and 20 slow bodies from another host,
+    // held for two seconds.
     let flood = std::thread::spawn(move || {
         let mut waves = 0u32;
         while Instant::now() < deadline {
-            let idle: Vec<_> = (0..150)
-                .filter_map(|_| std::net::TcpStream::connect(addr).ok())
-                .collect();
-            let slow: Vec<_> = (0..20)
-                .filter_map(|_| {
-                    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+            let idle = sockets_from([127, 0, 0, 2], addr, 150, Duration::from_secs(10));
+            let slow: Vec<_> = sockets_from([127, 0, 0, 2], addr, 20, Duration::from_secs(10))
+                .into_iter()
+                .filter_map(|mut stream| {
                     std::io::Write::write_all(
                         &mut stream,
                         b"POST /debug/pprof/symbol HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0x1",
@@ -535,6 +534,7 @@ fn parent_pid() -> u32 {
 #[test]
 fn leaks_are_attributed_to_whoever_allocated() {
     if !is_child() {
+        let _quiet = profiler_lock();
         let _heap = heap_lock();
         in_child("heap::leaks_are_attributed_to_whoever_allocated", &[]);
         return;

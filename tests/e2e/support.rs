@@ -505,3 +505,38 @@ impl Drop for DemoProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Up to `count` connections to `addr` from the local address `from`
+/// (another loopback address: another host, as the agent sees it), opened
+/// within `limit` and kept open, sending nothing.
+pub(crate) fn sockets_from(
+    from: [u8; 4],
+    addr: SocketAddr,
+    count: usize,
+    limit: Duration,
+) -> Vec<std::net::TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime to connect with");
+    let deadline = Instant::now() + limit;
+    let mut held = Vec::new();
+    while held.len() < count && Instant::now() < deadline {
+        let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+            break;
+        };
+        if socket.bind(SocketAddr::from((from, 0))).is_err() {
+            break;
+        }
+        let connected = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(2), socket.connect(addr)).await
+        });
+        if let Ok(Ok(stream)) = connected {
+            if let Ok(stream) = stream.into_std() {
+                let _ = stream.set_nonblocking(false);
+                held.push(stream);
+            }
+        }
+    }
+    held
+}

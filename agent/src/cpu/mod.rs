@@ -26,18 +26,10 @@
 //! # }
 //! ```
 
-#[cfg(all(
-    feature = "cpu",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(all(feature = "cpu", native_unwind))]
 mod sampler;
-#[cfg(not(all(
-    feature = "cpu",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-#[path = "unsupported.rs"]
+#[cfg(not(all(feature = "cpu", native_unwind)))]
+#[path = "sampler_unsupported.rs"]
 mod sampler;
 mod session;
 mod window;
@@ -334,12 +326,7 @@ impl CpuProfile {
     }
 }
 
-#[cfg(all(
-    test,
-    feature = "cpu",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(all(test, feature = "cpu", native_unwind))]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};

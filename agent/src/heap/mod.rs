@@ -31,40 +31,20 @@
 //! allocations made while profiling is paused are not sampled and never
 //! appear, even after it resumes.
 
-#[cfg(all(feature = "heap", target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(feature = "heap", native_heap_hook))]
+mod backtrace;
+#[cfg(not(all(feature = "heap", native_heap_hook)))]
+#[path = "backtrace_unsupported.rs"]
 mod backtrace;
 mod diff;
 mod dump;
 #[cfg(all(feature = "heap", unix))]
 mod jemalloc;
 #[cfg(not(all(feature = "heap", unix)))]
-#[path = "unsupported.rs"]
+#[path = "jemalloc_unsupported.rs"]
 mod jemalloc;
 
 pub(crate) use jemalloc::is_global_allocator as jemalloc_is_global_allocator;
-
-/// Stand-in where the fast heap backtraces are not built: jemalloc keeps
-/// its own unwinder.
-#[cfg(not(all(feature = "heap", target_os = "linux", target_arch = "x86_64")))]
-mod backtrace {
-    use crate::Error;
-
-    #[derive(Debug)]
-    pub(crate) struct FastBacktraces(());
-
-    pub(crate) fn install() -> Result<FastBacktraces, Error> {
-        Err(Error::HeapUnavailable {
-            reason: "fast heap backtraces are built for Linux x86_64 only",
-            hint: "jemalloc's own unwinder is used; heap profiles are unaffected",
-        })
-    }
-
-    pub(crate) fn refresh() {}
-
-    pub(crate) fn counters() -> (bool, u64, u64) {
-        (false, 0, 0)
-    }
-}
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -148,8 +128,10 @@ macro_rules! heap_profiling {
     };
 }
 
-/// jemalloc's memory statistics, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// jemalloc's memory statistics, in bytes. Its JSON is
+/// `/debug/heap/stats`'s (with `fragmentation`), its `Display` the
+/// `format=text` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HeapStats {
     /// Bytes in live allocations (what the application asked for).
@@ -164,6 +146,45 @@ pub struct HeapStats {
     pub retained_bytes: u64,
     /// Bytes of jemalloc's own metadata.
     pub metadata_bytes: u64,
+}
+
+impl Serialize for HeapStats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("HeapStats", 7)?;
+        out.serialize_field("allocated_bytes", &self.allocated_bytes)?;
+        out.serialize_field("active_bytes", &self.active_bytes)?;
+        out.serialize_field("resident_bytes", &self.resident_bytes)?;
+        out.serialize_field("mapped_bytes", &self.mapped_bytes)?;
+        out.serialize_field("retained_bytes", &self.retained_bytes)?;
+        out.serialize_field("metadata_bytes", &self.metadata_bytes)?;
+        out.serialize_field("fragmentation", &self.fragmentation())?;
+        out.end()
+    }
+}
+
+impl std::fmt::Display for HeapStats {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        write!(
+            out,
+            "jemalloc statistics\n\
+             allocated  {:>10.1} MiB  live allocations\n\
+             active     {:>10.1} MiB  pages holding them\n\
+             resident   {:>10.1} MiB  physically resident\n\
+             mapped     {:>10.1} MiB  mapped extents\n\
+             retained   {:>10.1} MiB  kept for reuse, not returned to the OS\n\
+             metadata   {:>10.1} MiB  jemalloc's own\n\
+             fragmentation {:.2} (resident / allocated)\n",
+            mib(self.allocated_bytes),
+            mib(self.active_bytes),
+            mib(self.resident_bytes),
+            mib(self.mapped_bytes),
+            mib(self.retained_bytes),
+            mib(self.metadata_bytes),
+            self.fragmentation()
+        )
+    }
 }
 
 impl HeapStats {
@@ -235,6 +256,18 @@ pub struct HeapSnapshot {
     /// Estimated live objects.
     pub total_objects: i64,
     /// Memory this snapshot holds in the agent, estimated.
+    pub memory_bytes: usize,
+}
+
+/// The snapshot ring: what `GET /debug/heap/snapshots` answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct SnapshotList {
+    /// The snapshots kept, oldest first.
+    pub snapshots: Vec<SnapshotInfo>,
+    /// Most snapshots kept before the oldest is evicted.
+    pub capacity: usize,
+    /// Memory the snapshots hold in the agent, estimated.
     pub memory_bytes: usize,
 }
 
@@ -399,6 +432,21 @@ impl HeapProfiler {
         self.capacity
     }
 
+    /// The snapshots kept, oldest first, with the ring's capacity and the
+    /// memory they hold (`GET /debug/heap/snapshots`).
+    ///
+    /// # Errors
+    /// [`Error::HeapUnavailable`] when heap profiling is unavailable.
+    pub fn snapshot_list(&self) -> Result<SnapshotList, Error> {
+        self.check()?;
+        let snapshots: Vec<SnapshotInfo> = self.snapshots().iter().map(|s| s.info()).collect();
+        Ok(SnapshotList {
+            memory_bytes: snapshots.iter().map(|i| i.memory_bytes).sum(),
+            capacity: self.capacity,
+            snapshots,
+        })
+    }
+
     /// One snapshot by id.
     ///
     /// # Errors
@@ -449,7 +497,7 @@ impl HeapProfiler {
 
 /// jemalloc's statistics when it is the global allocator (profiling not
 /// required).
-#[cfg_attr(not(feature = "system"), allow(dead_code))]
+#[cfg_attr(not(feature = "resources"), allow(dead_code))]
 pub(crate) fn jemalloc_stats() -> Result<HeapStats, Error> {
     jemalloc::stats()
 }

@@ -178,10 +178,10 @@ impl Collect for crate::spans::SpanTimings {
 
 /// Reads one value of a task monitor's report.
 #[cfg(feature = "runtime")]
-type TaskValue = fn(&crate::lag::TaskMonitorReport) -> f64;
+type TaskValue = fn(&crate::runtime::TaskMonitorReport) -> f64;
 
 #[cfg(feature = "runtime")]
-impl Collect for crate::lag::ExecutorMonitor {
+impl Collect for crate::runtime::RuntimeMonitor {
     fn collect(&self, out: &mut MetricWriter) {
         if let Some((counts, sum)) = self.lag_buckets() {
             out.family(Desc::histogram(
@@ -189,7 +189,7 @@ impl Collect for crate::lag::ExecutorMonitor {
                 Some("seconds"),
                 "Executor lag: delay of the agent's probe task before its first poll, and the time each worker stayed inside one poll when that exceeded the resolution.",
             ))
-            .histogram(&[], &crate::lag::LAG_BUCKETS, &counts, sum);
+            .histogram(&[], &crate::runtime::LAG_BUCKETS, &counts, sum);
         }
         if let Ok(report) = self.report() {
             out.family(Desc::counter(
@@ -283,7 +283,7 @@ impl Collect for crate::lag::ExecutorMonitor {
     }
 }
 
-#[cfg(feature = "system")]
+#[cfg(feature = "resources")]
 mod system {
     use super::*;
     use crate::resources::{Readings, ResourceMonitor};

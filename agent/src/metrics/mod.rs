@@ -36,7 +36,7 @@ pub(crate) use encode::MetricWriter;
 
 /// Something that writes metric families at scrape time. Implemented by
 /// each capability's handle; a new capability adds its collector in
-/// `AgentBuilder::start`. Collectors must be quick (they run on the
+/// [`MetricsRegistry::of`]. Collectors must be quick (they run on the
 /// agent's thread for every scrape) and must not write a family another
 /// collector writes.
 pub(crate) trait Collect: Send + Sync + std::fmt::Debug {
@@ -51,7 +51,23 @@ pub struct MetricsRegistry {
 }
 
 impl MetricsRegistry {
-    pub(crate) fn new(collectors: Vec<Arc<dyn Collect>>) -> Self {
+    /// The collectors of every capability of an agent.
+    pub(crate) fn of(caps: &crate::agent::Capabilities) -> Self {
+        #[allow(unused_mut)] // the capabilities pushed depend on features
+        let mut collectors: Vec<Arc<dyn Collect>> = vec![
+            Arc::new(SamplerCollector(caps.cpu.clone())),
+            Arc::new(HeapCollector(caps.heap.clone())),
+        ];
+        #[cfg(feature = "resources")]
+        collectors.push(Arc::new(caps.resources.clone()));
+        #[cfg(feature = "red")]
+        collectors.push(Arc::new(caps.red.clone()));
+        #[cfg(feature = "runtime")]
+        collectors.push(Arc::new(caps.runtime.clone()));
+        #[cfg(feature = "spans")]
+        if let Some(spans) = &caps.spans {
+            collectors.push(Arc::new(spans.clone()));
+        }
         MetricsRegistry {
             collectors: Arc::new(collectors),
         }

@@ -296,7 +296,7 @@ mod tests {
         ]));
         assert!(is_agent_stack(&[
             "alloc::vec::Vec<T,A>::push",
-            "stethoscope::lag::probe::ProbeSlot::spawn",
+            "stethoscope::runtime::probe::ProbeSlot::spawn",
             "myservice::main",
         ]));
         assert!(!is_agent_stack::<&str>(&[]));

@@ -94,10 +94,7 @@ pub(super) fn render(profile: &Profile, out: &mut impl std::io::Write) -> std::i
     serde_json::to_writer_pretty(out, &document).map_err(std::io::Error::from)
 }
 
-/// Formats a time as RFC 3339 UTC with millisecond precision.
-pub(crate) fn rfc3339(time: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
-}
+pub(crate) use crate::report::rfc3339;
 
 #[cfg(test)]
 mod tests {

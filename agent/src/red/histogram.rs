@@ -5,7 +5,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use crate::histogram::HistogramSummary;
 use crate::histogram::{seconds_to_nanos, BucketCounts};
 
 /// Upper bounds, in seconds, of the `http.server.request.duration`

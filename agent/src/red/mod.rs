@@ -22,7 +22,7 @@ mod histogram;
 mod layer;
 mod recorder;
 
-pub use histogram::{HistogramSummary, OTEL_DURATION_BUCKETS};
+pub use histogram::OTEL_DURATION_BUCKETS;
 pub use layer::{RedLayer, RedService, ResponseFuture};
 #[cfg(feature = "metrics")]
 pub(crate) use recorder::BUCKET_BOUNDS;

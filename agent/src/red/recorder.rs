@@ -9,10 +9,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use super::histogram::{
-    HistogramSummary, OtelBuckets, RateWindow, OTEL_BOUNDS_NS, RATE_WINDOW_SECS,
+    OtelBuckets, RateWindow, OTEL_BOUNDS_NS, RATE_WINDOW_SECS,
 };
 use crate::config::DEFAULT_RED_MAX_SERIES;
-use crate::histogram::LatencyHistogram;
+use crate::histogram::{HistogramSummary, LatencyHistogram};
 
 /// Route label of requests no route matched.
 pub const UNMATCHED_ROUTE: &str = "<unmatched>";
@@ -271,9 +271,12 @@ impl RedMetrics {
                 .then_with(|| a.route.cmp(&b.route))
                 .then_with(|| a.method.cmp(&b.method))
         });
+        let layer_installed = self.layer_installed();
         RedReport {
             routes,
             window: Duration::from_secs_f64(window),
+            layer_installed,
+            hint: (!layer_installed).then_some(NO_LAYER_HINT),
         }
     }
 
@@ -387,19 +390,64 @@ fn status_label(status: u16) -> String {
     }
 }
 
-/// What [`RedMetrics::report`] returns.
-#[derive(Debug, Clone, PartialEq)]
+/// What to do when no RED layer was installed.
+const NO_LAYER_HINT: &str = "add agent.red_layer() to the service's router";
+
+/// What [`RedMetrics::report`] returns; its JSON is `/debug/red`'s and its
+/// `Display` the `format=text` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RedReport {
-    /// One entry per (method, route), most requests first.
-    pub routes: Vec<RouteReport>,
     /// Length of the window `rate_per_s` is computed over: the last minute,
     /// or the time since the recorder started if shorter.
+    #[serde(rename = "window_s", serialize_with = "crate::report::secs")]
     pub window: Duration,
+    /// Whether a RED layer was ever made: without one, an empty report
+    /// means "not installed", not "no traffic".
+    pub layer_installed: bool,
+    /// One entry per (method, route), most requests first.
+    pub routes: Vec<RouteReport>,
+    /// What to do when the layer is missing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<&'static str>,
+}
+
+impl std::fmt::Display for RedReport {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.layer_installed {
+            return writeln!(out, "no RED layer installed: {NO_LAYER_HINT}");
+        }
+        let ms = crate::report::millis;
+        writeln!(
+            out,
+            "{:<7} {:<32} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
+            "METHOD", "ROUTE", "REQUESTS", "ERRORS", "ERR%", "RATE/S", "P50 ms", "P99 ms", "MAX ms"
+        )?;
+        for r in &self.routes {
+            writeln!(
+                out,
+                "{:<7} {:<32} {:>9} {:>8} {:>6.2}% {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                r.method,
+                r.route,
+                r.requests,
+                r.errors,
+                r.error_ratio * 100.0,
+                r.rate_per_s,
+                ms(r.latency.p50),
+                ms(r.latency.p99),
+                ms(r.latency.max),
+            )?;
+        }
+        writeln!(
+            out,
+            "\nrates over the last {:.0} s; totals and latency since start",
+            self.window.as_secs_f64()
+        )
+    }
 }
 
 /// Rate, errors and duration of one (method, route).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RouteReport {
     /// HTTP method (`_OTHER` for non-standard ones).

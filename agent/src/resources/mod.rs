@@ -149,7 +149,7 @@ impl ResourceSample {
 }
 
 /// One row of the USE table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ResourceUsage {
     /// `cpu`, `memory`, `file_descriptors`, `threads`, `network`, `disk`,
@@ -177,12 +177,51 @@ pub struct ResourceUsage {
     pub details: BTreeMap<String, f64>,
 }
 
-/// The USE table: one row per resource.
-#[derive(Debug, Clone, PartialEq)]
+/// The USE table: one row per resource. Its JSON is `/debug/use`'s and
+/// its `Display` the `format=text` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct UseReport {
     /// Built-in resources first, then registered ones.
     pub resources: Vec<ResourceUsage>,
+}
+
+impl fmt::Display for UseReport {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let opt = |v: Option<f64>, percent: bool| match v {
+            Some(v) if percent => format!("{:.1}%", v * 100.0),
+            Some(v) => format!("{v:.3}"),
+            None => "-".to_owned(),
+        };
+        let amount = |v: Option<f64>| match v {
+            Some(v) if v.abs() >= 1e6 => format!("{v:.3e}"),
+            Some(v) => format!("{v:.2}"),
+            None => "?".to_owned(),
+        };
+        writeln!(
+            out,
+            "{:<18} {:>11} {:>10} {:>8}  used / limit",
+            "RESOURCE", "UTILIZATION", "SATURATION", "ERRORS"
+        )?;
+        for r in &self.resources {
+            writeln!(
+                out,
+                "{:<18} {:>11} {:>10} {:>8}  {} / {} {}",
+                r.name,
+                opt(r.utilization, true),
+                opt(r.saturation, false),
+                r.errors.map_or("-".to_owned(), |e| e.to_string()),
+                amount(r.used),
+                amount(r.limit),
+                r.unit
+            )?;
+        }
+        writeln!(out, "\nSOURCES")?;
+        for r in &self.resources {
+            writeln!(out, "{}: {}", r.name, r.source)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads the resources of this process. Cheap to clone (one `Arc`).

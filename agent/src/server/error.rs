@@ -16,6 +16,13 @@ use crate::Error;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Rendered;
 
+/// At most the first 40 characters of client input, for error messages.
+pub(crate) fn clip(text: &str) -> &str {
+    text.char_indices()
+        .nth(40)
+        .map_or(text, |(end, _)| &text[..end])
+}
+
 /// How an error is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ErrorStyle {

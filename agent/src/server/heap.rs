@@ -3,17 +3,17 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
-use super::error::{ApiError, PprofError};
+use super::error::{clip, ApiError, PprofError};
 use super::limits::is_head;
-use super::pprof::{clip, file_response, parse_format, parse_symbolize};
-use super::{blocking, text_response, AppState};
+use super::query::Query;
+use super::response::{file_response, json_response, text_response};
+use super::{blocking, AppState};
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
-use crate::heap::{DiffTarget, HeapProfiler};
+use crate::heap::DiffTarget;
 use crate::profile::Format;
 use crate::Error;
 
@@ -28,53 +28,34 @@ pub(crate) struct HeapParams {
 }
 
 impl HeapParams {
-    pub(crate) fn parse(query: Option<&str>, default_format: Format) -> Result<Self, ApiError> {
-        let mut params = HeapParams {
-            format: default_format,
-            symbolize: true,
-            limit: DEFAULT_LIST_LIMIT,
-            base: None,
-            target: None,
+    /// Reads `format`, `symbolize`, `limit`, `base` and `target` (the query
+    /// rule of [`Query`]).
+    pub(crate) fn parse(query: &Query, default_format: Format) -> Result<Self, ApiError> {
+        let base = match query.get("base") {
+            None => None,
+            Some(value) => Some(value.parse().map_err(|_| {
+                ApiError::bad_request(
+                    format!("base={} is not a snapshot id", clip(value)),
+                    "base is the id of a snapshot from GET /debug/heap/snapshots",
+                )
+            })?),
         };
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let value = value.trim();
-            if value.is_empty() {
-                continue;
-            }
-            match key.as_ref() {
-                "format" => params.format = parse_format(value)?,
-                "symbolize" => params.symbolize = parse_symbolize(value)?,
-                "limit" => {
-                    params.limit = match value.parse::<usize>() {
-                        Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
-                        _ => {
-                            return Err(ApiError::bad_request(
-                                format!("limit={value} is out of range"),
-                                format!("limit is a whole number from 1 to {MAX_LIST_LIMIT} (default {DEFAULT_LIST_LIMIT})"),
-                            ))
-                        }
-                    }
-                }
-                "base" => {
-                    params.base = Some(value.parse().map_err(|_| {
-                        ApiError::bad_request(
-                            format!("base={value} is not a snapshot id"),
-                            "base is the id of a snapshot from GET /debug/heap/snapshots",
-                        )
-                    })?)
-                }
-                "target" => {
-                    params.target = Some(DiffTarget::parse(value).ok_or_else(|| {
-                        ApiError::bad_request(
-                            format!("target={value} is not a snapshot id"),
-                            "target is a snapshot id or `now`",
-                        )
-                    })?)
-                }
-                _ => {}
-            }
-        }
-        Ok(params)
+        let target = match query.get("target") {
+            None => None,
+            Some(value) => Some(DiffTarget::parse(value).ok_or_else(|| {
+                ApiError::bad_request(
+                    format!("target={} is not a snapshot id", clip(value)),
+                    "target is a snapshot id or `now`",
+                )
+            })?),
+        };
+        Ok(HeapParams {
+            format: query.format(default_format)?,
+            symbolize: query.flag("symbolize", true)?,
+            limit: query.number("limit", DEFAULT_LIST_LIMIT, 1..=MAX_LIST_LIMIT)?,
+            base,
+            target,
+        })
     }
 }
 
@@ -83,9 +64,9 @@ impl HeapParams {
 pub(crate) async fn pprof_heap(
     State(state): State<AppState>,
     method: Method,
-    RawQuery(query): RawQuery,
+    query: Query,
 ) -> Result<Response, PprofError> {
-    let params = HeapParams::parse(query.as_deref(), Format::Pprof)?;
+    let params = HeapParams::parse(&query, Format::Pprof)?;
     state.heap.check()?;
     if is_head(&method) {
         return Ok(file_response(
@@ -107,43 +88,19 @@ pub(crate) async fn pprof_heap(
 /// `GET /debug/heap/stats?format=json|text`.
 pub(crate) async fn stats(
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    query: Query,
 ) -> Result<Response, ApiError> {
-    let params = HeapParams::parse(query.as_deref(), Format::Json)?;
+    let text = query.choice(
+        "format",
+        false,
+        &[("json", false), ("text", true), ("txt", true)],
+    )?;
     let heap = state.heap.clone();
     let stats = blocking(move || heap.stats()).await??;
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    Ok(match params.format {
-        Format::Text => text_response(format!(
-            "jemalloc statistics\n\
-             allocated  {:>10.1} MiB  live allocations\n\
-             active     {:>10.1} MiB  pages holding them\n\
-             resident   {:>10.1} MiB  physically resident\n\
-             mapped     {:>10.1} MiB  mapped extents\n\
-             retained   {:>10.1} MiB  kept for reuse, not returned to the OS\n\
-             metadata   {:>10.1} MiB  jemalloc's own\n\
-             fragmentation {:.2} (resident / allocated)\n",
-            mib(stats.allocated_bytes),
-            mib(stats.active_bytes),
-            mib(stats.resident_bytes),
-            mib(stats.mapped_bytes),
-            mib(stats.retained_bytes),
-            mib(stats.metadata_bytes),
-            stats.fragmentation()
-        )),
-        Format::Json => {
-            let mut value = serde_json::to_value(stats).map_err(|_| ApiError::Internal)?;
-            if let Some(object) = value.as_object_mut() {
-                object.insert("fragmentation".into(), stats.fragmentation().into());
-            }
-            Json(value).into_response()
-        }
-        other => {
-            return Err(ApiError::bad_request(
-                format!("format={} is not available for statistics", other.name()),
-                "format is json or text",
-            ))
-        }
+    Ok(if text {
+        text_response(stats.to_string())
+    } else {
+        json_response(&stats)
     })
 }
 
@@ -151,7 +108,7 @@ pub(crate) async fn stats(
 pub(crate) async fn profiling_state(State(state): State<AppState>) -> Result<Response, ApiError> {
     let heap = state.heap.clone();
     let current = blocking(move || heap.state()).await??;
-    Ok(Json(current).into_response())
+    Ok(json_response(&current))
 }
 
 /// The body of `PUT /debug/heap/profiling`: exactly `{"active": bool}`.
@@ -189,7 +146,7 @@ pub(crate) async fn set_profiling(
     let active = parse_toggle(&body)?;
     let heap = state.heap.clone();
     let current = blocking(move || heap.set_active(active)).await??;
-    Ok(Json(current).into_response())
+    Ok(json_response(&current))
 }
 
 /// `POST /debug/heap/snapshots`: takes and keeps a snapshot.
@@ -197,7 +154,8 @@ pub(crate) async fn take_snapshot(State(state): State<AppState>) -> Result<Respo
     let heap = state.heap.clone();
     let snapshot = blocking(move || heap.take_snapshot()).await??;
     let info = snapshot.info();
-    let mut response = (StatusCode::CREATED, Json(&info)).into_response();
+    let mut response = json_response(&info);
+    *response.status_mut() = StatusCode::CREATED;
     if let Ok(location) = HeaderValue::from_str(&format!("/debug/heap/snapshots/{}", info.id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -206,16 +164,7 @@ pub(crate) async fn take_snapshot(State(state): State<AppState>) -> Result<Respo
 
 /// `GET /debug/heap/snapshots`: the snapshots kept, oldest first.
 pub(crate) async fn list_snapshots(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let heap: &HeapProfiler = &state.heap;
-    heap.check()?;
-    let infos: Vec<_> = heap.snapshots().iter().map(|s| s.info()).collect();
-    let memory: usize = infos.iter().map(|i| i.memory_bytes).sum();
-    Ok(Json(serde_json::json!({
-        "snapshots": infos,
-        "capacity": heap.capacity(),
-        "memory_bytes": memory,
-    }))
-    .into_response())
+    Ok(json_response(&state.heap.snapshot_list()?))
 }
 
 fn snapshot_id(raw: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
@@ -235,10 +184,10 @@ pub(crate) async fn get_snapshot(
     State(state): State<AppState>,
     method: Method,
     id: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
+    query: Query,
 ) -> Result<Response, ApiError> {
     let id = snapshot_id(id)?;
-    let params = HeapParams::parse(query.as_deref(), Format::Json)?;
+    let params = HeapParams::parse(&query, Format::Json)?;
     let snapshot = state.heap.snapshot(id)?;
     let format = params.format;
     if is_head(&method) {
@@ -274,9 +223,9 @@ pub(crate) async fn delete_snapshot(
 pub(crate) async fn diff(
     State(state): State<AppState>,
     method: Method,
-    RawQuery(query): RawQuery,
+    query: Query,
 ) -> Result<Response, ApiError> {
-    let params = HeapParams::parse(query.as_deref(), Format::Text)?;
+    let params = HeapParams::parse(&query, Format::Text)?;
     let base = params.base.ok_or_else(|| {
         ApiError::bad_request(
             "base is required",
@@ -317,12 +266,15 @@ mod tests {
 
     #[test]
     fn parses_diff_parameters() {
-        let p =
-            HeapParams::parse(Some("base=3&target=now&format=json&limit=5"), Format::Text).unwrap();
+        let p = HeapParams::parse(
+            &Query::parse(Some("base=3&target=now&format=json&limit=5")),
+            Format::Text,
+        )
+        .unwrap();
         assert_eq!(p.base, Some(3));
         assert_eq!(p.target, Some(DiffTarget::Now));
         assert_eq!((p.format, p.limit), (Format::Json, 5));
-        let p = HeapParams::parse(Some("target=7"), Format::Text).unwrap();
+        let p = HeapParams::parse(&Query::parse(Some("target=7")), Format::Text).unwrap();
         assert_eq!(p.target, Some(DiffTarget::Snapshot(7)));
     }
 
@@ -339,7 +291,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    HeapParams::parse(Some(bad), Format::Text),
+                    HeapParams::parse(&Query::parse(Some(bad)), Format::Text),
                     Err(ApiError::BadRequest { .. })
                 ),
                 "{bad}"
@@ -356,7 +308,7 @@ mod tests {
             #[test]
             fn heap_queries_never_panic(query in input_of(&["format", "limit", "base", "target", "now", "symbolize", "=", "&", "%ff", "0", "10001"])) {
                 bounded("heap query", &query, || {
-                    if let Ok(p) = HeapParams::parse(Some(&query), Format::Text) {
+                    if let Ok(p) = HeapParams::parse(&Query::parse(Some(&query)), Format::Text) {
                         assert!((1..=MAX_LIST_LIMIT).contains(&p.limit));
                     }
                 });

@@ -8,15 +8,19 @@ mod connections;
 mod error;
 mod heap;
 mod limits;
-
 #[cfg(feature = "metrics")]
 mod metrics;
 mod pprof;
+mod query;
+#[cfg(feature = "red")]
+mod red;
+#[cfg(feature = "resources")]
+mod resources;
+mod response;
 #[cfg(feature = "runtime")]
 mod runtime;
 #[cfg(feature = "spans")]
 mod spans;
-mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,25 +30,25 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{Redirect, Response};
 use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tower::ServiceExt;
 
+use crate::agent::Capabilities;
 use crate::config::{Config, DEFAULT_REQUEST_GRACE};
-use crate::cpu::CpuProfiler;
 use crate::Error;
 pub(crate) use connections::ConnectionTable;
 use error::{ApiError, ErrorStyle};
 pub(crate) use limits::ProfileSlots;
 use limits::{ConnectionPhase, PhaseBody};
 
-/// What handlers share.
+/// What handlers share: the agent's capabilities (reached through
+/// `Deref`) and the server's own state.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     pub(crate) config: Arc<Config>,
-    pub(crate) cpu: CpuProfiler,
-    pub(crate) heap: crate::heap::HeapProfiler,
+    pub(crate) caps: Capabilities,
     pub(crate) started: Instant,
     /// Whether a host tokio runtime was found or given at start.
     pub(crate) host_runtime: bool,
@@ -52,24 +56,27 @@ pub(crate) struct AppState {
     pub(crate) connections: Arc<ConnectionTable>,
     /// CPU profiles running through this server.
     pub(crate) profiles: Arc<ProfileSlots>,
-    /// USE readings of this process.
-    #[cfg(feature = "system")]
-    pub(crate) resources: crate::resources::ResourceMonitor,
-    /// RED recorder behind `Agent::red_layer`.
-    #[cfg(feature = "red")]
-    pub(crate) red: crate::red::RedMetrics,
-    /// Collectors of `/metrics`.
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: crate::metrics::MetricsRegistry,
-    /// Executor lag, runtime health and stalls of the host runtime.
-    #[cfg(feature = "runtime")]
-    pub(crate) executor: crate::lag::ExecutorMonitor,
-    /// The host's reloadable log filter, if it wired one in.
-    #[cfg(feature = "spans")]
-    pub(crate) log_level: Option<crate::spans::LogLevel>,
-    /// The span timings of the host's span layer, if it wired them in.
-    #[cfg(feature = "spans")]
-    pub(crate) spans: Option<crate::spans::SpanTimings>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Capabilities;
+
+    fn deref(&self) -> &Capabilities {
+        &self.caps
+    }
+}
+
+/// The handler of a capability's endpoint, or — when its feature was
+/// compiled out — one that says so with 501.
+macro_rules! capability {
+    ($feature:literal, $route:expr) => {{
+        #[cfg(feature = $feature)]
+        let route: axum::routing::MethodRouter<AppState> = $route;
+        #[cfg(not(feature = $feature))]
+        let route: axum::routing::MethodRouter<AppState> =
+            axum::routing::any(|| async { response::not_built($feature) });
+        route
+    }};
 }
 
 /// Runs blocking work — file reads, symbolization, encoding — on the
@@ -81,20 +88,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
         tracing::error!(error = %join, "a debug-server task failed");
         ApiError::Internal
     })
-}
-
-/// A `text/plain` reply that no cache keeps.
-pub(crate) fn text_response(body: String) -> Response {
-    use axum::http::{header, HeaderValue};
-    use axum::response::IntoResponse;
-    let mut response = body.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// The agent's routes. A pure function of the state, so tests can drive it
@@ -132,13 +125,22 @@ pub(crate) fn router(state: AppState) -> Router {
             "/debug/pprof/symbol",
             get(pprof::symbol_get).post(pprof::symbol_post),
         )
-        .route("/debug/use", use_route())
-        .route("/debug/red", red_route())
-        .route("/debug/lag", lag_route())
-        .route("/debug/runtime", runtime_route())
-        .route("/debug/spans", spans_route())
-        .route("/debug/log-level", log_level_route())
-        .route("/metrics", metrics_route())
+        .route(
+            "/debug/use",
+            capability!("resources", get(resources::use_table)),
+        )
+        .route("/debug/red", capability!("red", get(red::red)))
+        .route("/debug/lag", capability!("runtime", get(runtime::lag)))
+        .route(
+            "/debug/runtime",
+            capability!("runtime", get(runtime::runtime)),
+        )
+        .route("/debug/spans", capability!("spans", get(spans::spans)))
+        .route(
+            "/debug/log-level",
+            capability!("spans", get(spans::log_level).put(spans::set_log_level)),
+        )
+        .route("/metrics", capability!("metrics", get(metrics::metrics)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(move |request: Request, next: Next| {
@@ -158,77 +160,51 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn use_route() -> axum::routing::MethodRouter<AppState> {
-    #[cfg(feature = "system")]
-    return get(usage::use_table);
-    #[cfg(not(feature = "system"))]
-    return get(|| usage::not_built("system"));
+/// The answer of `/health`.
+#[derive(Debug, serde::Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+    pid: u32,
+    uptime_s: f64,
+    host_runtime: &'static str,
+    cpu_sampler: SamplerHealth,
+    connections: connections::ConnectionStats,
+    profiles_running: usize,
 }
 
-fn red_route() -> axum::routing::MethodRouter<AppState> {
-    #[cfg(feature = "red")]
-    return get(usage::red);
-    #[cfg(not(feature = "red"))]
-    return get(|| usage::not_built("red"));
-}
-
-fn lag_route() -> axum::routing::MethodRouter<AppState> {
-    #[cfg(feature = "runtime")]
-    return get(runtime::lag);
-    #[cfg(not(feature = "runtime"))]
-    return get(|| usage::not_built("runtime"));
-}
-
-fn runtime_route() -> axum::routing::MethodRouter<AppState> {
-    #[cfg(feature = "runtime")]
-    return get(runtime::runtime);
-    #[cfg(not(feature = "runtime"))]
-    return get(|| usage::not_built("runtime"));
-}
-
-fn spans_route() -> axum::routing::MethodRouter<AppState> {
-    #[cfg(feature = "spans")]
-    return get(spans::spans);
-    #[cfg(not(feature = "spans"))]
-    return get(|| usage::not_built("spans"));
-}
-
-fn log_level_route() -> axum::routing::MethodRouter<AppState> {
-    #[cfg(feature = "spans")]
-    return get(spans::log_level).put(spans::set_log_level);
-    #[cfg(not(feature = "spans"))]
-    return get(|| usage::not_built("spans")).put(|| usage::not_built("spans"));
-}
-
-fn metrics_route() -> axum::routing::MethodRouter<AppState> {
-    #[cfg(feature = "metrics")]
-    return get(metrics::metrics);
-    #[cfg(not(feature = "metrics"))]
-    return get(|| usage::not_built("metrics"));
+#[derive(Debug, serde::Serialize)]
+struct SamplerHealth {
+    running_hz: Option<u32>,
+    subscribers: usize,
 }
 
 async fn health(
     State(state): State<AppState>,
     anonymous: Option<axum::Extension<access::Anonymous>>,
-) -> Json<serde_json::Value> {
+) -> Response {
     if anonymous.is_some() {
         // A token is configured and was not presented: liveness only.
-        return Json(serde_json::json!({ "status": "ok" }));
+        return response::json_response(&serde_json::json!({ "status": "ok" }));
     }
     let cpu = state.cpu.status();
-    Json(serde_json::json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "uptime_s": state.started.elapsed().as_secs_f64(),
-        "host_runtime": if state.host_runtime { "attached" } else { "unavailable" },
-        "cpu_sampler": {
-            "running_hz": cpu.running_hz,
-            "subscribers": cpu.subscribers,
+    response::json_response(&Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        uptime_s: state.started.elapsed().as_secs_f64(),
+        host_runtime: if state.host_runtime {
+            "attached"
+        } else {
+            "unavailable"
         },
-        "connections": state.connections.stats(),
-        "profiles_running": state.profiles.running(),
-    }))
+        cpu_sampler: SamplerHealth {
+            running_hz: cpu.running_hz,
+            subscribers: cpu.subscribers,
+        },
+        connections: state.connections.stats(),
+        profiles_running: state.profiles.running(),
+    })
 }
 
 async fn not_found(request: Request) -> Response {
@@ -455,31 +431,11 @@ mod tests {
     fn state(config: Config) -> AppState {
         AppState {
             config: Arc::new(config),
-            cpu: CpuProfiler::global(),
-            heap: crate::heap::HeapProfiler::default(),
+            caps: Capabilities::for_tests(),
             started: Instant::now(),
             host_runtime: false,
             connections: Arc::new(ConnectionTable::new(64)),
             profiles: ProfileSlots::new(16),
-            #[cfg(feature = "system")]
-            resources: crate::resources::ResourceMonitor::new(None),
-            #[cfg(feature = "red")]
-            red: crate::red::RedMetrics::new(),
-            #[cfg(feature = "metrics")]
-            metrics: crate::metrics::MetricsRegistry::default(),
-            #[cfg(feature = "runtime")]
-            executor: crate::lag::ExecutorMonitor::start(
-                None,
-                Duration::from_millis(10),
-                Duration::from_millis(100),
-                Arc::default(),
-            )
-            .unwrap()
-            .0,
-            #[cfg(feature = "spans")]
-            log_level: None,
-            #[cfg(feature = "spans")]
-            spans: None,
         }
     }
 
@@ -927,7 +883,7 @@ mod tests {
         // Kept alive (not installed): the filter is part of a subscriber.
         let _subscriber = tracing_subscriber::registry().with(filter);
         let mut with_level = state(Config::default());
-        with_level.log_level = Some(level.clone());
+        with_level.caps.log_level = Some(level.clone());
         let app = router(with_level);
         let (_, response) = call(app.clone(), "/debug/log-level", None, "127.0.0.1:1").await;
         let body = json(response).await;
@@ -1008,7 +964,7 @@ mod tests {
             crate::spans::SpanSettings::default().slow_threshold(Duration::from_millis(5)),
         );
         let mut wired = state(Config::default());
-        wired.spans = Some(timings.clone());
+        wired.caps.spans = Some(timings.clone());
         let app = router(wired);
         let (_, response) = call(app.clone(), "/debug/spans", None, "127.0.0.1:1").await;
         assert_eq!(

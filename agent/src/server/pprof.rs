@@ -1,16 +1,18 @@
 //! Go-compatible `/debug/pprof/*` endpoints.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderValue, Method};
+use axum::extract::State;
+use axum::http::Method;
 use axum::response::{Html, Response};
 
 use super::access::Peer;
-use super::error::{ApiError, PprofError};
+use super::error::{clip, ApiError, PprofError};
 use super::limits::is_head;
-use super::{text_response, AppState};
+use super::query::Query;
+use super::response::{file_response, text_response};
+use super::AppState;
 use crate::config::{
     DEFAULT_FLAMEGRAPH_SECONDS, DEFAULT_PROFILE_HZ, DEFAULT_PROFILE_SECONDS, MAX_PROFILE_HZ,
 };
@@ -27,84 +29,21 @@ pub(crate) struct ProfileParams {
 }
 
 impl ProfileParams {
-    /// Parses `seconds`, `hz`, `format` and `symbolize`; unknown parameters are ignored,
-    /// as Go's handler does, so scrapers that add their own keep working.
+    /// Reads `seconds`, `hz`, `format` and `symbolize` (the query rule of
+    /// [`Query`]); unknown parameters are ignored, as Go's handler does, so
+    /// scrapers that add their own keep working.
     pub(crate) fn parse(
-        query: Option<&str>,
+        query: &Query,
         default_seconds: u64,
         default_format: Format,
         max_seconds: u64,
     ) -> Result<Self, ApiError> {
-        let mut params = ProfileParams {
-            seconds: default_seconds.min(max_seconds),
-            hz: DEFAULT_PROFILE_HZ,
-            format: default_format,
-            symbolize: true,
-        };
-        let mut seen = (false, false, false, false);
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            let value = value.trim();
-            match key.as_ref() {
-                "seconds" if !seen.0 && !value.is_empty() => {
-                    seen.0 = true;
-                    params.seconds = match value.parse::<u64>() {
-                        Ok(s) if (1..=max_seconds).contains(&s) => s,
-                        _ => {
-                            return Err(ApiError::bad_request(
-                                format!("seconds={value} is out of range"),
-                                format!("seconds must be a whole number from 1 to {max_seconds}"),
-                            ))
-                        }
-                    };
-                }
-                "hz" if !seen.1 && !value.is_empty() => {
-                    seen.1 = true;
-                    params.hz = match value.parse::<u32>() {
-                        Ok(hz) if (1..=MAX_PROFILE_HZ).contains(&hz) => hz,
-                        _ => {
-                            return Err(ApiError::bad_request(
-                                format!("hz={value} is out of range"),
-                                format!(
-                                    "hz must be a whole number from 1 to {MAX_PROFILE_HZ} (default {DEFAULT_PROFILE_HZ})"
-                                ),
-                            ))
-                        }
-                    };
-                }
-                "format" if !seen.2 && !value.is_empty() => {
-                    seen.2 = true;
-                    params.format = parse_format(value)?;
-                }
-                "symbolize" if !seen.3 && !value.is_empty() => {
-                    seen.3 = true;
-                    params.symbolize = parse_symbolize(value)?;
-                }
-                _ => {}
-            }
-        }
-        Ok(params)
-    }
-}
-
-/// The `format` query parameter.
-pub(crate) fn parse_format(value: &str) -> Result<Format, ApiError> {
-    Format::parse(value).ok_or_else(|| {
-        ApiError::bad_request(
-            format!("unknown format {value:?}"),
-            "format is one of pprof, svg, folded, text, json",
-        )
-    })
-}
-
-/// The `symbolize` query parameter.
-pub(crate) fn parse_symbolize(value: &str) -> Result<bool, ApiError> {
-    match value {
-        "1" | "true" | "yes" => Ok(true),
-        "0" | "false" | "no" => Ok(false),
-        _ => Err(ApiError::bad_request(
-            format!("symbolize={value} is not a boolean"),
-            "symbolize is true or false (default true)",
-        )),
+        Ok(ProfileParams {
+            seconds: query.number("seconds", default_seconds.min(max_seconds), 1..=max_seconds)?,
+            hz: query.number("hz", DEFAULT_PROFILE_HZ, 1..=MAX_PROFILE_HZ)?,
+            format: query.format(default_format)?,
+            symbolize: query.flag("symbolize", true)?,
+        })
     }
 }
 
@@ -113,7 +52,7 @@ pub(crate) async fn profile(
     state: State<AppState>,
     method: Method,
     peer: Peer,
-    RawQuery(query): RawQuery,
+    query: Query,
 ) -> Result<Response, PprofError> {
     cpu(
         state,
@@ -131,7 +70,7 @@ pub(crate) async fn flamegraph(
     state: State<AppState>,
     method: Method,
     peer: Peer,
-    RawQuery(query): RawQuery,
+    query: Query,
 ) -> Result<Response, PprofError> {
     cpu(
         state,
@@ -148,12 +87,12 @@ async fn cpu(
     State(state): State<AppState>,
     method: Method,
     peer: Peer,
-    query: Option<String>,
+    query: Query,
     default_seconds: u64,
     default_format: Format,
 ) -> Result<Response, PprofError> {
     let params = ProfileParams::parse(
-        query.as_deref(),
+        &query,
         default_seconds,
         default_format,
         state.config.max_profile_seconds,
@@ -193,43 +132,12 @@ async fn cpu(
     Ok(file_response(bytes, format, "cpu", started_at))
 }
 
-/// A profile as a download with a `Content-Disposition` filename such as
-/// `cpu-1763800000.pb.gz`, so that `curl -OJ` keeps it.
-pub(crate) fn file_response(
-    bytes: impl Into<axum::body::Body>,
-    format: Format,
-    kind: &str,
-    taken_at: SystemTime,
-) -> Response {
-    let ts = taken_at
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let disposition = if format == Format::Pprof {
-        "attachment"
-    } else {
-        "inline"
-    };
-    let filename = format!(
-        "{disposition}; filename=\"{kind}-{ts}.{}\"",
-        format.extension()
-    );
-    let mut response = Response::new(bytes.into());
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
-    );
-    if let Ok(value) = HeaderValue::from_str(&filename) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 /// `GET /debug/pprof/symbol`: tells pprof clients that symbol lookup is
 /// available, or (Go's legacy form) resolves the `+`-separated addresses in
 /// the query string.
-pub(crate) async fn symbol_get(RawQuery(query): RawQuery) -> Result<Response, PprofError> {
+pub(crate) async fn symbol_get(
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, PprofError> {
     match query.filter(|q| !q.is_empty()) {
         None => Ok(text_response("num_symbols: 1\n".to_owned())),
         Some(addresses) => symbolize_addresses(addresses).await,
@@ -279,13 +187,6 @@ async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
         body.push_str(&format!("{address:#x} {name}\n"));
     }
     Ok(text_response(body))
-}
-
-/// At most the first 40 characters of client input, for error messages.
-pub(crate) fn clip(text: &str) -> &str {
-    text.char_indices()
-        .nth(40)
-        .map_or(text, |(end, _)| &text[..end])
 }
 
 /// `GET /debug/pprof/`: an index in the spirit of Go's, listing what this
@@ -370,17 +271,17 @@ mod tests {
     use super::*;
 
     fn parse(query: &str) -> Result<ProfileParams, ApiError> {
-        ProfileParams::parse(Some(query), 30, Format::Pprof, 300)
+        ProfileParams::parse(&Query::parse(Some(query)), 30, Format::Pprof, 300)
     }
 
     #[test]
     fn defaults_apply_when_parameters_are_absent() {
-        let p = ProfileParams::parse(None, 10, Format::Svg, 300).unwrap();
+        let p = ProfileParams::parse(&Query::default(), 10, Format::Svg, 300).unwrap();
         assert_eq!(
             (p.seconds, p.hz, p.format),
             (10, DEFAULT_PROFILE_HZ, Format::Svg)
         );
-        let clamped = ProfileParams::parse(None, 30, Format::Pprof, 5).unwrap();
+        let clamped = ProfileParams::parse(&Query::default(), 30, Format::Pprof, 5).unwrap();
         assert_eq!(clamped.seconds, 5, "default never exceeds the maximum");
     }
 

@@ -134,7 +134,8 @@ impl<S: 'static> Reload for reload::Handle<EnvFilter, S> {
 }
 
 /// Who set the directive in effect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LogLevelOrigin {
     /// The directive given to [`log_filter`] at startup.
@@ -153,8 +154,9 @@ impl LogLevelOrigin {
     }
 }
 
-/// The log filter's directive and what will happen to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The log filter's directive and what will happen to it; its JSON is
+/// `GET /debug/log-level`'s.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct LogLevelStatus {
     /// The directive in effect, e.g. `info,my_service::db=debug`.
@@ -162,14 +164,33 @@ pub struct LogLevelStatus {
     /// Who set it.
     pub origin: LogLevelOrigin,
     /// When it was set.
+    #[serde(serialize_with = "crate::report::time")]
     pub set_at: SystemTime,
     /// When it reverts, if it was set with a `ttl`.
+    #[serde(serialize_with = "opt_time")]
     pub revert_at: Option<SystemTime>,
+    /// Time left until it reverts.
+    #[serde(rename = "revert_in_s", serialize_with = "opt_secs")]
+    pub revert_in: Option<Duration>,
     /// The directive it reverts to.
     pub revert_to: Option<String>,
     /// Whether the filter is part of a live subscriber; `false` if the
     /// host dropped it (never installed it, or installing failed).
     pub active: bool,
+}
+
+fn opt_time<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => crate::report::time(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => crate::report::secs(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// What [`LogLevel::set`] did.
@@ -342,6 +363,11 @@ impl State {
             origin: self.current.origin,
             set_at: self.current.set_at,
             revert_at: self.revert.as_ref().map(|r| r.at_wall),
+            revert_in: self.revert.as_ref().map(|r| {
+                r.at_wall
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+            }),
             revert_to: self.revert.as_ref().map(|r| r.to.directive.clone()),
             active,
         }

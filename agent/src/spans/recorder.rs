@@ -51,17 +51,19 @@ pub(crate) type SpanBuckets = BucketCounts<{ SPAN_DURATION_BUCKETS.len() + 1 }>;
 /// );
 /// assert_eq!(timings.settings().slow_threshold, Duration::from_millis(20));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct SpanSettings {
     /// Distinct (target, name) pairs kept; more are counted under
     /// [`OVERFLOW_NAME`].
     pub max_names: usize,
     /// Spans at least this long are candidates for the slow-span log.
+    #[serde(rename = "slow_threshold_ms", serialize_with = "crate::report::ms")]
     pub slow_threshold: Duration,
     /// Slowest spans kept per (target, name).
     pub slowest_per_name: usize,
     /// Spans leave the slow-span log this long after they closed.
+    #[serde(rename = "slow_window_s", serialize_with = "crate::report::secs")]
     pub slow_window: Duration,
 }
 
@@ -199,8 +201,12 @@ impl SpanTimings {
                 .then_with(|| (a.target, a.name).cmp(&(b.target, b.name)))
         });
         slowest.sort_by_key(|s| std::cmp::Reverse(s.total));
+        let installed = self.installed();
         SpanReport {
-            installed: self.installed(),
+            installed,
+            hint: (!installed).then_some(
+                "the span layer is not installed in a subscriber: add timings.layer() to it",
+            ),
             spans,
             slowest,
             settings: inner.settings.clone(),
@@ -405,11 +411,17 @@ impl SpanStats {
         let total = self.total.summary();
         let busy = self.busy.summary();
         let (_, total_seconds) = self.buckets.snapshot();
+        let errors = self.errors.load(Ordering::Relaxed);
         SpanSummary {
             target: self.target,
             name: self.name,
             count: total.count,
-            errors: self.errors.load(Ordering::Relaxed),
+            errors,
+            error_ratio: if total.count == 0 {
+                0.0
+            } else {
+                errors as f64 / total.count as f64
+            },
             total,
             busy,
             total_time: Duration::from_secs_f64(total_seconds.max(0.0)),

@@ -10,15 +10,9 @@
 pub(crate) mod dwarf;
 pub(crate) mod modules;
 pub(crate) mod symbolize;
-#[cfg(all(
-    target_os = "linux",
-    any(
-        all(
-            any(feature = "cpu", feature = "runtime"),
-            any(target_arch = "x86_64", target_arch = "aarch64")
-        ),
-        all(feature = "heap", target_arch = "x86_64")
-    )
+#[cfg(any(
+    all(native_unwind, any(feature = "cpu", feature = "runtime")),
+    all(native_heap_hook, feature = "heap")
 ))]
 pub(crate) mod unwind;
 

@@ -12,7 +12,7 @@ use tokio_metrics::TaskMonitor;
 pub const MAX_TASK_MONITORS: usize = 256;
 
 /// The cumulative metrics of one named task monitor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct TaskMonitorReport {
     /// The name given to `task_monitor`.
@@ -24,10 +24,12 @@ pub struct TaskMonitorReport {
     /// Tasks polled at least once.
     pub first_polls: u64,
     /// Mean time from instrumentation to first poll.
+    #[serde(rename = "mean_first_poll_delay_ms", serialize_with = "crate::report::ms")]
     pub mean_first_poll_delay: Duration,
     /// Polls.
     pub polls: u64,
     /// Mean poll duration.
+    #[serde(rename = "mean_poll_ms", serialize_with = "crate::report::ms")]
     pub mean_poll: Duration,
     /// Polls slower than the slow-poll threshold.
     pub slow_polls: u64,
@@ -35,20 +37,26 @@ pub struct TaskMonitorReport {
     /// (default 50 µs), 0..1.
     pub slow_poll_ratio: f64,
     /// The slow-poll threshold.
+    #[serde(rename = "slow_poll_threshold_ms", serialize_with = "crate::report::ms")]
     pub slow_poll_threshold: Duration,
     /// Times tasks were woken and waited to be polled.
     pub scheduled: u64,
     /// Mean time a woken task waited to be polled.
+    #[serde(rename = "mean_scheduled_ms", serialize_with = "crate::report::ms")]
     pub mean_scheduled: Duration,
     /// Times tasks went idle (waiting to be woken).
     pub idled: u64,
     /// Mean idle time.
+    #[serde(rename = "mean_idle_ms", serialize_with = "crate::report::ms")]
     pub mean_idle: Duration,
     /// Total time in polls.
+    #[serde(rename = "total_poll_ms", serialize_with = "crate::report::ms")]
     pub total_poll: Duration,
     /// Total time woken but not yet polled.
+    #[serde(rename = "total_scheduled_ms", serialize_with = "crate::report::ms")]
     pub total_scheduled: Duration,
     /// Total time idle.
+    #[serde(rename = "total_idle_ms", serialize_with = "crate::report::ms")]
     pub total_idle: Duration,
 }
 

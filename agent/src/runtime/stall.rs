@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use crate::symbols::symbolize::Symbolizer;
 
 /// How sure the watchdog is that `frames` are the stuck worker's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Attribution {
     /// The thread was identified as this worker by a probe task that ran
@@ -44,7 +45,7 @@ impl Attribution {
 }
 
 /// A thread whose stack was captured for a stall.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct StallThread {
     /// Kernel thread id.
@@ -56,7 +57,7 @@ pub struct StallThread {
 }
 
 /// A worker stuck in one poll for longer than the stall threshold.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stall {
     /// Sequence number, from 1.
@@ -65,16 +66,19 @@ pub struct Stall {
     pub worker: usize,
     /// When the worker last came back to the scheduler before the stall
     /// (accurate to the watchdog's tick).
+    #[serde(serialize_with = "crate::report::time")]
     pub started_at: SystemTime,
     /// How long the worker was away from the scheduler: tokio's own busy
     /// time once the stall is over; time so far while it is `ongoing`.
+    #[serde(rename = "duration_ms", serialize_with = "crate::report::ms")]
     pub duration: Duration,
     /// The worker has not come back yet.
     pub ongoing: bool,
     /// Symbolized stack of the stuck thread, leaf first (empty when
     /// unavailable or still being symbolized).
     pub frames: Vec<String>,
-    /// The thread `frames` belong to.
+    /// The thread `frames` belong to: kernel thread id and name.
+    #[serde(serialize_with = "thread_json")]
     pub thread: Option<(u32, String)>,
     /// How the thread was identified.
     pub attribution: Attribution,
@@ -82,6 +86,22 @@ pub struct Stall {
     pub other_candidates: Vec<StallThread>,
     /// Why something is missing, if it is.
     pub note: Option<String>,
+}
+
+/// `{"tid": …, "name": …}` or `null`.
+fn thread_json<S: serde::Serializer>(
+    thread: &Option<(u32, String)>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(serde::Serialize)]
+    struct Thread<'a> {
+        tid: u32,
+        name: &'a str,
+    }
+    match thread {
+        Some((tid, name)) => serde::Serialize::serialize(&Thread { tid: *tid, name }, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// Where a candidate thread was when its stack was captured.

@@ -35,24 +35,18 @@
 //! let monitor = agent.task_monitor("checkout");
 //! tokio::spawn(monitor.instrument(async { /* the service's work */ }));
 //! tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-//! let lag = agent.executor().lag()?;
-//! println!("lag p99 over 10 s: {:?}", lag.ten_seconds.p99);
-//! let runtime = agent.executor().report()?;
+//! let lag = agent.runtime().lag()?;
+//! println!("lag p99 over 10 s: {:?}", lag.windows.ten_seconds.p99);
+//! let runtime = agent.runtime().report()?;
 //! assert_eq!(runtime.workers, 2);
 //! # agent.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(native_unwind)]
 mod capture;
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
+#[cfg(not(native_unwind))]
 #[path = "capture_unsupported.rs"]
 mod capture;
 mod probe;
@@ -85,28 +79,67 @@ const NO_RUNTIME: &str =
     "no tokio runtime: start the agent inside one or pass AgentBuilder::runtime";
 const SHUT_DOWN: &str = "the tokio runtime the agent watched has shut down";
 
-/// Executor lag over every window.
-#[derive(Debug, Clone, PartialEq)]
+/// Executor lag over every window; its JSON is `/debug/lag`'s (DESIGN
+/// §5.1) and its `Display` the `format=text` table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct LagReport {
+    /// Whether a runtime is watched (`false`: every window is empty and
+    /// `reason` says why).
+    pub available: bool,
+    /// Why lag is unavailable, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     /// How often the probe runs and workers are looked at.
+    #[serde(rename = "resolution_ms", serialize_with = "crate::report::ms")]
     pub resolution: Duration,
-    /// Every sample since the agent started.
-    pub all: HistogramSummary,
-    /// The last 10 s (up to 11 s: whole 1 s slices).
-    pub ten_seconds: HistogramSummary,
-    /// The last minute (up to 70 s: whole 10 s slices).
-    pub one_minute: HistogramSummary,
-    /// The last 5 minutes (up to 6 min: whole 1 min slices).
-    pub five_minutes: HistogramSummary,
+    /// The lag histograms.
+    pub windows: LagSummaries,
     /// How long the probe now in flight has waited, if it has waited
     /// longer than one resolution tick (the runtime is busy or blocked
     /// right now).
+    #[serde(rename = "probe_waiting_ms", serialize_with = "crate::report::opt_ms")]
     pub probe_waiting: Option<Duration>,
 }
 
+/// Executor lag since start and over the rolling windows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct LagSummaries {
+    /// Every sample since the agent started.
+    pub all: HistogramSummary,
+    /// The last 10 s (up to 11 s: whole 1 s slices).
+    #[serde(rename = "10s")]
+    pub ten_seconds: HistogramSummary,
+    /// The last minute (up to 70 s: whole 10 s slices).
+    #[serde(rename = "1m")]
+    pub one_minute: HistogramSummary,
+    /// The last 5 minutes (up to 6 min: whole 1 min slices).
+    #[serde(rename = "5m")]
+    pub five_minutes: HistogramSummary,
+}
+
+impl LagReport {
+    /// The report when no runtime is watched.
+    pub(crate) fn unavailable(reason: &'static str, resolution: Duration) -> Self {
+        LagReport {
+            available: false,
+            reason: Some(reason),
+            resolution,
+            windows: LagSummaries::default(),
+            probe_waiting: None,
+        }
+    }
+}
+
+impl std::fmt::Display for LagReport {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        out.write_str(&render::text(self))
+    }
+}
+
 /// One worker of the runtime.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct WorkerReport {
     /// Worker index.
@@ -117,20 +150,23 @@ pub struct WorkerReport {
     /// Times the worker parked (ran out of work) since the runtime started.
     pub parks: u64,
     /// Busy time since the runtime started, as last published by the worker.
+    #[serde(rename = "busy_ms_total", serialize_with = "crate::report::ms")]
     pub busy_total: Duration,
     /// Whether the worker is parked now.
     pub parked: bool,
     /// How long the worker has been away from the scheduler, if it is
     /// inside a poll that has lasted at least one resolution tick.
+    #[serde(rename = "away_ms", serialize_with = "crate::report::opt_ms")]
     pub away_for: Option<Duration>,
     /// The worker's kernel thread id, once a probe identified it.
     pub thread_id: Option<u32>,
     /// Extra counters of `--cfg tokio_unstable` builds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unstable: Option<UnstableWorkerMetrics>,
 }
 
 /// Per-worker counters tokio exposes only with `--cfg tokio_unstable`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct UnstableWorkerMetrics {
     /// Tasks polled.
@@ -144,13 +180,14 @@ pub struct UnstableWorkerMetrics {
     /// Times the local queue overflowed into the global queue.
     pub overflows: u64,
     /// Exponentially weighted mean poll time.
+    #[serde(rename = "mean_poll_ms", serialize_with = "crate::report::ms")]
     pub mean_poll: Duration,
     /// Tasks in the worker's local queue now.
     pub local_queue_depth: usize,
 }
 
 /// Runtime-wide counters tokio exposes only with `--cfg tokio_unstable`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct UnstableRuntimeMetrics {
     /// Threads in the blocking pool.
@@ -167,10 +204,17 @@ pub struct UnstableRuntimeMetrics {
     pub budget_forced_yields: u64,
 }
 
-/// Health of the host's tokio runtime.
-#[derive(Debug, Clone, PartialEq)]
+/// Health of the host's tokio runtime; its JSON is `/debug/runtime`'s
+/// (DESIGN §5.1) and its `Display` the `format=text` report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RuntimeReport {
+    /// Whether a runtime is watched (`false`: only `task_monitors` has
+    /// content and `reason` says why).
+    pub available: bool,
+    /// Why the runtime's health is unavailable, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
     /// `multi_thread`, `current_thread` or `other`.
     pub flavor: &'static str,
     /// Worker threads.
@@ -181,18 +225,53 @@ pub struct RuntimeReport {
     pub global_queue_depth: usize,
     /// One row per worker.
     pub per_worker: Vec<WorkerReport>,
-    /// The latest stalls, oldest first (at most [`STALL_HISTORY`]).
+    /// The latest stalls, newest first (at most [`STALL_HISTORY`]).
     pub stalls: Vec<Stall>,
     /// Stalls since the agent started.
     pub stalls_total: u64,
     /// Time lost in finished stalls since the agent started.
+    #[serde(rename = "stalled_ms_total", serialize_with = "crate::report::ms")]
     pub stalled_total: Duration,
     /// A poll longer than this is a stall.
+    #[serde(rename = "stall_threshold_ms", serialize_with = "crate::report::ms")]
     pub stall_threshold: Duration,
     /// The named task monitors handed out by `Agent::task_monitor`.
     pub task_monitors: Vec<TaskMonitorReport>,
     /// Extra counters of `--cfg tokio_unstable` builds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unstable: Option<UnstableRuntimeMetrics>,
+}
+
+impl RuntimeReport {
+    /// The report when no runtime is watched: only the task monitors,
+    /// which work without one.
+    pub(crate) fn unavailable(
+        reason: &'static str,
+        stall_threshold: Duration,
+        task_monitors: Vec<TaskMonitorReport>,
+    ) -> Self {
+        RuntimeReport {
+            available: false,
+            reason: Some(reason),
+            flavor: "other",
+            workers: 0,
+            alive_tasks: 0,
+            global_queue_depth: 0,
+            per_worker: Vec::new(),
+            stalls: Vec::new(),
+            stalls_total: 0,
+            stalled_total: Duration::ZERO,
+            stall_threshold,
+            task_monitors,
+            unstable: None,
+        }
+    }
+}
+
+impl std::fmt::Display for RuntimeReport {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        out.write_str(&render::runtime_text(self))
+    }
 }
 
 /// The watchdog's latest view of one worker.
@@ -252,7 +331,7 @@ impl Inner {
 /// Executor lag, runtime health and stalls of the host's tokio runtime,
 /// and the task monitors handed out. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct ExecutorMonitor {
+pub struct RuntimeMonitor {
     runtime: Option<Arc<Inner>>,
     tasks: TaskMonitors,
 }
@@ -268,7 +347,7 @@ impl Drop for WatchdogGuard {
     }
 }
 
-impl ExecutorMonitor {
+impl RuntimeMonitor {
     /// Watches `runtime` (none: every report is unavailable) from a thread
     /// of its own, every `resolution`; a poll longer than `threshold` is a
     /// stall. `alarm` wakes the watchdog from its dormant sleep (a quiet
@@ -282,7 +361,7 @@ impl ExecutorMonitor {
         let tasks = TaskMonitors::default();
         let Some(handle) = runtime else {
             return Ok((
-                ExecutorMonitor {
+                RuntimeMonitor {
                     runtime: None,
                     tasks,
                 },
@@ -312,7 +391,7 @@ impl ExecutorMonitor {
             source,
         })?;
         Ok((
-            ExecutorMonitor {
+            RuntimeMonitor {
                 runtime: Some(Arc::clone(&inner)),
                 tasks,
             },
@@ -371,11 +450,15 @@ impl ExecutorMonitor {
             _ => None,
         };
         Ok(LagReport {
+            available: true,
+            reason: None,
             resolution: inner.resolution,
-            all: summaries.all,
-            ten_seconds: summaries.ten_seconds,
-            one_minute: summaries.one_minute,
-            five_minutes: summaries.five_minutes,
+            windows: LagSummaries {
+                all: summaries.all,
+                ten_seconds: summaries.ten_seconds,
+                one_minute: summaries.one_minute,
+                five_minutes: summaries.five_minutes,
+            },
             probe_waiting,
         })
     }
@@ -434,7 +517,11 @@ impl ExecutorMonitor {
             })
             .collect();
         let (stalls_total, stalled_total) = inner.stalls.totals();
+        let mut stalls = inner.stalls.list();
+        stalls.reverse();
         Ok(RuntimeReport {
+            available: true,
+            reason: None,
             flavor: match inner.handle.runtime_flavor() {
                 tokio::runtime::RuntimeFlavor::MultiThread => "multi_thread",
                 tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
@@ -444,7 +531,7 @@ impl ExecutorMonitor {
             alive_tasks: metrics.num_alive_tasks(),
             global_queue_depth: metrics.global_queue_depth(),
             per_worker,
-            stalls: inner.stalls.list(),
+            stalls,
             stalls_total,
             stalled_total,
             stall_threshold: inner.threshold,
@@ -465,10 +552,7 @@ impl ExecutorMonitor {
         Ok(render::svg(title, &lag, &self.timeline()?, threshold))
     }
 
-    /// The `/debug/lag?format=text` table.
-    pub(crate) fn render_text(&self) -> Result<String, Error> {
-        Ok(render::text(&self.lag()?))
-    }
+
 }
 
 #[cfg(tokio_unstable)]

@@ -5,12 +5,9 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use super::{LagReport, TimelinePoint};
+use super::{LagReport, RuntimeReport, TimelinePoint};
 use crate::histogram::HistogramSummary;
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+use crate::report::{millis as ms, rfc3339};
 
 /// The windows as a fixed-width table.
 pub(crate) fn text(lag: &LagReport) -> String {
@@ -26,10 +23,10 @@ pub(crate) fn text(lag: &LagReport) -> String {
         "WINDOW", "COUNT", "MIN", "P50", "P90", "P99", "P99.9", "MAX", "MEAN", "STDDEV"
     );
     for (name, h) in [
-        ("10s", &lag.ten_seconds),
-        ("1m", &lag.one_minute),
-        ("5m", &lag.five_minutes),
-        ("all", &lag.all),
+        ("10s", &lag.windows.ten_seconds),
+        ("1m", &lag.windows.one_minute),
+        ("5m", &lag.windows.five_minutes),
+        ("all", &lag.windows.all),
     ] {
         let _ = writeln!(
             out,
@@ -52,6 +49,88 @@ pub(crate) fn text(lag: &LagReport) -> String {
             "\nthe probe in flight has waited {:.1} ms: the runtime is busy or blocked now",
             ms(waiting)
         );
+    }
+    out
+}
+
+/// The `/debug/runtime?format=text` report.
+pub(crate) fn runtime_text(report: &RuntimeReport) -> String {
+    let mut out = String::new();
+    if let Some(reason) = report.reason {
+        let _ = writeln!(out, "tokio runtime: unavailable ({reason})");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "tokio runtime ({}): {} workers, {} alive tasks, {} in the global queue\n",
+        report.flavor, report.workers, report.alive_tasks, report.global_queue_depth
+    );
+    let _ = writeln!(
+        out,
+        "{:<7} {:>6} {:>10} {:>8} {:>10} {:>9}",
+        "WORKER", "BUSY", "PARKS", "PARKED", "AWAY ms", "TID"
+    );
+    for w in &report.per_worker {
+        let _ = writeln!(
+            out,
+            "{:<7} {:>6} {:>10} {:>8} {:>10} {:>9}",
+            w.worker,
+            w.busy_ratio
+                .map_or("-".to_owned(), |r| format!("{:.0}%", r * 100.0)),
+            w.parks,
+            if w.parked { "yes" } else { "no" },
+            w.away_for
+                .map_or("-".to_owned(), |d| format!("{:.1}", ms(d))),
+            w.thread_id.map_or("?".to_owned(), |t| t.to_string()),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nstalls (a poll longer than {:.0} ms): {} since start, {:.1} ms lost",
+        ms(report.stall_threshold),
+        report.stalls_total,
+        ms(report.stalled_total)
+    );
+    for stall in &report.stalls {
+        let _ = writeln!(
+            out,
+            "\n{} worker {} {} {:.1} ms{} ({}, thread {})",
+            rfc3339(stall.started_at),
+            stall.worker,
+            if stall.ongoing { "stuck for" } else { "stuck" },
+            ms(stall.duration),
+            if stall.ongoing { " so far" } else { "" },
+            stall.attribution.as_str(),
+            stall
+                .thread
+                .as_ref()
+                .map_or("?".to_owned(), |(tid, name)| format!("{tid} {name}")),
+        );
+        if let Some(note) = &stall.note {
+            let _ = writeln!(out, "  note: {note}");
+        }
+        for frame in stall.frames.iter().take(40) {
+            let _ = writeln!(out, "  {frame}");
+        }
+    }
+    if !report.task_monitors.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<24} {:>10} {:>10} {:>12} {:>10} {:>14}",
+            "TASK MONITOR", "TASKS", "POLLS", "MEAN POLL ms", "SLOW %", "MEAN SCHED ms"
+        );
+        for t in &report.task_monitors {
+            let _ = writeln!(
+                out,
+                "{:<24} {:>10} {:>10} {:>12.3} {:>9.1}% {:>14.3}",
+                t.name,
+                t.instrumented,
+                t.polls,
+                ms(t.mean_poll),
+                t.slow_poll_ratio * 100.0,
+                ms(t.mean_scheduled)
+            );
+        }
     }
     out
 }
@@ -213,9 +292,9 @@ pub(crate) fn svg(
         )
     };
     for (i, line) in [
-        row("last 10 s", &lag.ten_seconds),
-        row("last 1 min", &lag.one_minute),
-        row("last 5 min", &lag.five_minutes),
+        row("last 10 s", &lag.windows.ten_seconds),
+        row("last 1 min", &lag.windows.one_minute),
+        row("last 5 min", &lag.windows.five_minutes),
     ]
     .iter()
     .enumerate()
@@ -248,14 +327,8 @@ mod tests {
                 max: Duration::from_millis(if i == 20 { 250 } else { 2 }),
             })
             .collect();
-        let lag = LagReport {
-            resolution: Duration::from_millis(10),
-            all: HistogramSummary::default(),
-            ten_seconds: HistogramSummary::default(),
-            one_minute: HistogramSummary::default(),
-            five_minutes: HistogramSummary::default(),
-            probe_waiting: None,
-        };
+        let mut lag = LagReport::unavailable("", Duration::from_millis(10));
+        lag.available = true;
         let svg = svg("lag of <demo>", &lag, &points, Duration::from_millis(100));
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("lag of &lt;demo&gt;"));

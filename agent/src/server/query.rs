@@ -1,0 +1,173 @@
+//! One way to read a query string, for every endpoint.
+//!
+//! The rule, the same everywhere: pairs are percent-decoded; a key given
+//! several times counts with its **first non-empty** value (as Go's
+//! `Request.FormValue` takes the first), so a script that appends a
+//! parameter cannot silently override one a person typed; an empty value
+//! counts as absent; unknown keys are ignored, as Go's handlers do, so
+//! scrapers that add their own keep working. Values are trimmed. A value
+//! out of range or unknown is a 400 whose hint lists what is valid.
+
+use std::convert::Infallible;
+use std::fmt::Display;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use super::error::{clip, ApiError};
+use crate::profile::Format;
+
+/// The decoded query of a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Query {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Query::parse(parts.uri.query()))
+    }
+}
+
+impl Query {
+    /// Parses a raw query string (without the `?`).
+    pub(crate) fn parse(raw: Option<&str>) -> Self {
+        Query {
+            pairs: form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.trim().to_owned()))
+                .collect(),
+        }
+    }
+
+    /// The value of `key`: its first non-empty occurrence.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `key` looked up in `choices` (a name and its value); `default`
+    /// when absent.
+    pub(crate) fn choice<T: Copy>(
+        &self,
+        key: &str,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> Result<T, ApiError> {
+        let Some(value) = self.get(key) else {
+            return Ok(default);
+        };
+        choices
+            .iter()
+            .find(|(name, _)| *name == value)
+            .map(|(_, choice)| *choice)
+            .ok_or_else(|| {
+                let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+                ApiError::bad_request(
+                    format!("unknown {key} {:?}", clip(value)),
+                    format!("{key} is one of {}", names.join(", ")),
+                )
+            })
+    }
+
+    /// `key` as a whole number within `range`; `default` when absent.
+    pub(crate) fn number<T>(
+        &self,
+        key: &str,
+        default: T,
+        range: RangeInclusive<T>,
+    ) -> Result<T, ApiError>
+    where
+        T: FromStr + PartialOrd + Display + Copy,
+    {
+        let Some(value) = self.get(key) else {
+            return Ok(default);
+        };
+        match value.parse::<T>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(
+                format!("{key}={} is out of range", clip(value)),
+                format!(
+                    "{key} is a whole number from {} to {} (default {default})",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    }
+
+    /// The report format (`format=pprof|svg|folded|text|json`).
+    pub(crate) fn format(&self, default: Format) -> Result<Format, ApiError> {
+        match self.get("format") {
+            None => Ok(default),
+            Some(value) => Format::parse(value).ok_or_else(|| {
+                ApiError::bad_request(
+                    format!("unknown format {:?}", clip(value)),
+                    "format is one of pprof, svg, folded, text, json",
+                )
+            }),
+        }
+    }
+
+    /// `key` as a boolean (`true`/`false`, `1`/`0`, `yes`/`no`).
+    pub(crate) fn flag(&self, key: &str, default: bool) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some("1" | "true" | "yes") => Ok(true),
+            Some("0" | "false" | "no") => Ok(false),
+            Some(other) => Err(ApiError::bad_request(
+                format!("{key}={} is not a boolean", clip(other)),
+                format!("{key} is true or false (default {default})"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{bounded, input_of};
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_first_non_empty_value_counts() {
+        let q = Query::parse(Some("a=&a=1&a=2&b=%20x%20&c"));
+        assert_eq!(q.get("a"), Some("1"));
+        assert_eq!(q.get("b"), Some("x"));
+        assert_eq!(q.get("c"), None);
+        assert_eq!(q.get("d"), None);
+    }
+
+    #[test]
+    fn numbers_choices_and_flags_are_checked() {
+        let q = Query::parse(Some("n=7&m=99&f=svg&g=gif&t=yes&u=maybe"));
+        assert_eq!(q.number("n", 1u64, 1..=10).unwrap(), 7);
+        assert!(q.number("m", 1u64, 1..=10).is_err());
+        assert_eq!(q.number("absent", 3u64, 1..=10).unwrap(), 3);
+        let choices = [("svg", 1), ("text", 2)];
+        assert_eq!(q.choice("f", 0, &choices).unwrap(), 1);
+        let Err(ApiError::BadRequest { hint, .. }) = q.choice("g", 0, &choices) else {
+            panic!("an unknown choice is a 400");
+        };
+        assert!(hint.contains("svg, text"), "{hint}");
+        assert!(q.flag("t", false).unwrap());
+        assert!(q.flag("u", false).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_queries_never_panic(query in input_of(&["n", "=", "&", "%", "%ff", "7", "-1", "svg", " ", "+"])) {
+            bounded("query", &query, || {
+                let q = Query::parse(Some(&query));
+                let _ = q.number("n", 1u32, 1..=1000);
+                let _ = q.choice("n", 0, &[("svg", 1)]);
+                let _ = q.flag("n", true);
+            });
+        }
+    }
+}
