@@ -211,6 +211,20 @@ impl std::fmt::Debug for Error {
     }
 }
 
+/// `error` and its causes on one line (`"outer: cause: root"`), for
+/// reports that carry a failure as a string.
+#[cfg_attr(not(feature = "runtime"), allow(dead_code))]
+pub(crate) fn one_line(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
 impl Error {
     /// An equivalent error for another requester waiting on the same
     /// failure; an OS error keeps its kind and message.

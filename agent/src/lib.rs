@@ -114,7 +114,10 @@ cfg_feature! { "spans", pub mod spans; }
 pub mod symbols;
 #[cfg(test)]
 mod testing;
-#[cfg(all(native_unwind, any(feature = "cpu", feature = "runtime")))]
+#[cfg(any(
+    all(native_unwind, any(feature = "cpu", feature = "runtime")),
+    all(native_heap_hook, feature = "heap")
+))]
 mod unwind;
 
 pub use agent::{Agent, AgentBuilder};

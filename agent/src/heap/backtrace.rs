@@ -10,8 +10,9 @@
 //! reads the stack directly.
 //!
 //! Safety rules, because this runs inside `malloc` on any thread:
-//! - nothing here allocates, locks or panics; state is reached through an
-//!   atomic pointer and scratch caches are claimed with a flag;
+//! - nothing here allocates, locks or panics; state is reached through a
+//!   [`SignalGate`] and scratch caches are claimed from [`Slots`], as in the
+//!   signal handlers of the CPU sampler and the stuck-worker capture;
 //! - stack memory is read only between the current stack pointer and the end
 //!   of the thread's stack mapping (found once per thread in
 //!   `/proc/self/maps`), so a wrong unwind rule cannot fault;
@@ -22,29 +23,27 @@
 //!   than without this hook.
 #![allow(unsafe_code)]
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::Cell;
 use std::ffi::{c_uint, c_void};
 use std::io;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use framehop::{CacheNative, MustNotAllocateDuringUnwind, UnwindRegsNative, Unwinder};
 use tikv_jemalloc_ctl::raw;
 
 use crate::symbols::modules::{loaded_modules, LoadedModule};
 use crate::symbols::unwind::{build_unwinder, unwind_table_bytes, NativeUnwinder};
+use crate::unwind::{SignalGate, Slots};
 use crate::Error;
 
 type BacktraceHook = unsafe extern "C" fn(*mut *mut c_void, *mut c_uint, c_uint);
 
 const HOOK: &[u8] = b"experimental.hooks.prof_backtrace\0";
 
-/// The state our hook reads; null when it should defer to jemalloc.
-static ACTIVE: AtomicPtr<HookState> = AtomicPtr::new(std::ptr::null_mut());
-/// Hooks between loading [`ACTIVE`] and being done with what it pointed to.
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// The state our hook reads; none when it should defer to jemalloc.
+static GATE: SignalGate<HookState> = SignalGate::new();
 /// jemalloc's own backtrace function, as found when we installed ours.
 static FALLBACK: AtomicUsize = AtomicUsize::new(0);
 /// Stacks our unwinder captured.
@@ -85,12 +84,12 @@ impl Drop for FastBacktraces {
             // SAFETY: restoring the function jemalloc had installed, with the
             // option's exact type (a function pointer, pointer-sized).
             if let Err(error) = unsafe { raw::write::<usize>(HOOK, fallback) } {
-                // Our hook stays installed and defers to jemalloc's (ACTIVE
-                // is null below), which is correct, only one call slower.
+                // Our hook stays installed and defers to jemalloc's (no state
+                // is published below), which is correct, only one call slower.
                 tracing::warn!(%error, "cannot restore jemalloc's backtrace hook");
             }
         }
-        retire(ACTIVE.swap(std::ptr::null_mut(), Ordering::SeqCst));
+        retire(GATE.swap(std::ptr::null_mut()));
         control.modules.clear();
         tracing::debug!("heap backtraces: jemalloc's unwinder restored");
     }
@@ -115,12 +114,12 @@ pub(crate) fn install() -> Result<FastBacktraces, Error> {
             FALLBACK.store(current, Ordering::SeqCst);
         }
         let (state, modules) = HookState::build();
-        retire(ACTIVE.swap(Box::into_raw(state), Ordering::SeqCst));
+        retire(GATE.swap(Box::into_raw(state)));
         control.modules = modules;
         // SAFETY: `backtrace_hook` has jemalloc's `prof_backtrace_hook_t`
         // signature; FALLBACK is set before it can be called.
         if let Err(error) = unsafe { raw::write::<usize>(HOOK, ours) } {
-            retire(ACTIVE.swap(std::ptr::null_mut(), Ordering::SeqCst));
+            retire(GATE.swap(std::ptr::null_mut()));
             control.modules.clear();
             return Err(ctl_error(error));
         }
@@ -142,14 +141,14 @@ pub(crate) fn refresh() {
         return;
     }
     let (state, modules) = HookState::build();
-    retire(ACTIVE.swap(Box::into_raw(state), Ordering::SeqCst));
+    retire(GATE.swap(Box::into_raw(state)));
     control.modules = modules;
 }
 
 /// Stacks captured by our unwinder and stacks handed to jemalloc's, since
 /// the process started; and whether our hook is installed.
 pub(crate) fn counters() -> (bool, u64, u64) {
-    let installed = !ACTIVE.load(Ordering::Relaxed).is_null();
+    let installed = CONTROL.lock().unwrap_or_else(PoisonError::into_inner).users > 0;
     (
         installed,
         FAST.load(Ordering::Relaxed),
@@ -171,17 +170,12 @@ fn retire(old: *mut HookState) {
     if old.is_null() {
         return;
     }
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while IN_FLIGHT.load(Ordering::SeqCst) != 0 {
-        if Instant::now() > deadline {
-            tracing::warn!("a heap backtrace did not finish within 1 s; leaking its unwinder");
-            return;
-        }
-        std::thread::yield_now();
+    if !GATE.drain() {
+        tracing::warn!("a heap backtrace did not finish within 1 s; leaking its unwinder");
+        return;
     }
     // SAFETY: `old` came from Box::into_raw in `install`/`refresh`; it is no
-    // longer in ACTIVE, and every hook that loaded it has left (IN_FLIGHT is
-    // incremented before ACTIVE is loaded).
+    // longer published, and every hook that could have seen it has left.
     drop(unsafe { Box::from_raw(old) });
 }
 
@@ -195,18 +189,9 @@ fn code_ranges(modules: &[LoadedModule]) -> Vec<Range<u64>> {
 struct HookState {
     unwinder: NativeUnwinder,
     code: Vec<Range<u64>>,
-    caches: Box<[CacheSlot]>,
+    /// framehop's per-address rule caches, one per walk in progress.
+    caches: Slots<CacheNative<MustNotAllocateDuringUnwind>>,
 }
-
-/// framehop's per-address rule cache, claimed by one walk at a time.
-struct CacheSlot {
-    busy: AtomicBool,
-    cache: UnsafeCell<CacheNative<MustNotAllocateDuringUnwind>>,
-}
-
-// SAFETY: a slot's cache is only touched by the walk that won its `busy`
-// flag; everything else in the state is immutable after construction.
-unsafe impl Sync for HookState {}
 
 impl HookState {
     fn build() -> (Box<Self>, Vec<Range<u64>>) {
@@ -218,12 +203,7 @@ impl HookState {
         let state = Box::new(HookState {
             unwinder: build_unwinder(&modules),
             code: code.clone(),
-            caches: (0..slots)
-                .map(|_| CacheSlot {
-                    busy: AtomicBool::new(false),
-                    cache: UnsafeCell::new(CacheNative::new_in()),
-                })
-                .collect(),
+            caches: Slots::new((0..slots).map(|_| CacheNative::new_in())),
         });
         tracing::debug!(
             modules = modules.len(),
@@ -245,16 +225,8 @@ impl HookState {
     /// `out`, innermost caller first. None: let jemalloc do it.
     fn capture(&self, ip: u64, sp: u64, bp: u64, out: &mut [*mut c_void]) -> Option<usize> {
         let stack_end = thread_stack_end(sp)?;
-        let slot = self.caches.iter().find(|slot| {
-            slot.busy
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        })?;
-        // SAFETY: we won `busy`, so the cache is ours until released below.
-        let cache = unsafe { &mut *slot.cache.get() };
-        let depth = self.walk(ip, sp, bp, stack_end, cache, out);
-        slot.busy.store(false, Ordering::Release);
-        depth
+        let mut cache = self.caches.claim()?;
+        self.walk(ip, sp, bp, stack_end, &mut cache, out)
     }
 
     fn walk(
@@ -443,27 +415,19 @@ unsafe extern "C" fn backtrace_hook(vec: *mut *mut c_void, len: *mut c_uint, max
             options(nomem, nostack, preserves_flags),
         );
     }
-    // The first capture on a thread reads /proc/self/maps; a failing
-    // open/read must not change the allocating code's errno.
-    // SAFETY: reading this thread's errno, restored below.
-    let saved_errno = unsafe { *libc::__errno_location() };
-    // Increment before loading ACTIVE: `retire` runs after ACTIVE no longer
-    // points to a state and waits for IN_FLIGHT to drain.
-    IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-    let state = ACTIVE.load(Ordering::SeqCst);
-    let depth = if state.is_null() || vec.is_null() || len.is_null() {
+    // The gate keeps errno: the first capture on a thread reads
+    // /proc/self/maps, and a failing open/read must not change the
+    // allocating code's errno.
+    let depth = if vec.is_null() || len.is_null() {
         None
     } else {
-        // SAFETY: a non-null ACTIVE points to a live state (see `retire`);
-        // jemalloc passes a vector of `max` entries.
-        unsafe {
-            let out = std::slice::from_raw_parts_mut(vec, max as usize);
-            (*state).capture(ip, sp, bp, out)
-        }
+        GATE.enter(|state| {
+            // SAFETY: jemalloc passes a vector of `max` entries.
+            let out = unsafe { std::slice::from_raw_parts_mut(vec, max as usize) };
+            state.capture(ip, sp, bp, out)
+        })
+        .flatten()
     };
-    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
-    // SAFETY: restoring this thread's errno read above.
-    unsafe { *libc::__errno_location() = saved_errno };
     match depth {
         Some(depth) => {
             // SAFETY: `len` is jemalloc's out-parameter, checked non-null.
@@ -535,7 +499,7 @@ mod tests {
         let state = HookState {
             unwinder: NativeUnwinder::new(),
             code: vec![0x1000..0x2000, 0x5000..0x6000],
-            caches: Box::new([]),
+            caches: Slots::new([]),
         };
         assert!(state.is_code(0x1001));
         assert!(
@@ -602,16 +566,12 @@ mod tests {
 
     #[test]
     fn stacks_match_libgccs() {
-        if ACTIVE.load(Ordering::SeqCst).is_null() {
+        static PUBLISHED: std::sync::Once = std::sync::Once::new();
+        PUBLISHED.call_once(|| {
             // Leaked on purpose: the test binary has no jemalloc to install into.
             let (state, _) = HookState::build();
-            let _ = ACTIVE.compare_exchange(
-                std::ptr::null_mut(),
-                Box::into_raw(state),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
-        }
+            GATE.publish(Box::into_raw(state));
+        });
         let fast_before = FAST.load(Ordering::Relaxed);
         let (mut ours, mut reference) = (Vec::new(), Vec::new());
         nested(20, &mut || {

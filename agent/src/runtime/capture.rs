@@ -19,6 +19,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::unwind::signals::{self, InstallError};
 use crate::unwind::{cpu_count, SignalGate, Unwinding, MAX_DEPTH};
 use crate::Error;
 
@@ -56,28 +57,29 @@ unsafe impl Sync for CaptureState {}
 static GATE: SignalGate<CaptureState> = SignalGate::new();
 
 /// Why a capture did not happen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum CaptureError {
     /// Another library has a handler for the capture signal.
+    #[error(
+        "signal {0} (SIGRTMIN+{SIGNAL_OFFSET}) has another handler in this process; \
+         stacks are not captured"
+    )]
     SignalTaken(libc::c_int),
     /// A system call failed.
-    Os(&'static str, String),
+    #[error("{call} failed")]
+    Os {
+        /// The call.
+        call: &'static str,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The unwind tables could not be prepared.
-    Prepare(String),
-}
-
-impl fmt::Display for CaptureError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CaptureError::SignalTaken(signal) => write!(
-                f,
-                "signal {signal} (SIGRTMIN+{SIGNAL_OFFSET}) has another handler in this process; \
-                 stacks are not captured"
-            ),
-            CaptureError::Os(call, error) => write!(f, "{call} failed: {error}"),
-            CaptureError::Prepare(error) => write!(f, "cannot prepare unwind tables: {error}"),
-        }
-    }
+    #[error("cannot prepare unwind tables")]
+    Prepare(#[source] Error),
+    /// A handler of an earlier capture did not finish; its state was leaked.
+    #[error("a previous capture overran; a fresh one is prepared for the next stall")]
+    Overran,
 }
 
 /// One thread's answer.
@@ -118,7 +120,7 @@ impl StackCapture {
     pub(crate) fn prepare() -> Result<Self, CaptureError> {
         let batch = cpu_count().clamp(2, 8);
         let unwinding =
-            Unwinding::prepare(batch).map_err(|e: Error| CaptureError::Prepare(e.to_string()))?;
+            Unwinding::prepare(batch).map_err(CaptureError::Prepare)?;
         let slots = (0..batch)
             .map(|_| Slot {
                 tid: AtomicU32::new(0),
@@ -149,7 +151,7 @@ impl StackCapture {
     /// [`ANSWER_TIMEOUT`] per batch.
     pub(crate) fn capture(&mut self, tids: &[u32]) -> Result<Vec<Captured>, CaptureError> {
         if self.poisoned {
-            return Err(CaptureError::Prepare("a previous capture overran".into()));
+            return Err(CaptureError::Overran);
         }
         let _one_at_a_time = CAPTURE_LOCK
             .lock()
@@ -164,7 +166,7 @@ impl StackCapture {
         }
         // Ignoring the signal discards any still pending, so no handler can
         // start after this; then wait for handlers already running.
-        ignore(signal);
+        signals::ignore(signal);
         if !GATE.retract(raw) {
             // Freeing memory a handler still reads would crash the host.
             tracing::warn!("a stack-capture handler did not finish within 1 s; leaking its state");
@@ -251,49 +253,17 @@ impl Drop for StackCapture {
     }
 }
 
-fn os_error(call: &'static str) -> CaptureError {
-    CaptureError::Os(call, std::io::Error::last_os_error().to_string())
-}
-
-/// Installs the handler unless another one owns the signal.
+/// Installs the handler unless another one owns the signal. SIGPROF is
+/// blocked while it runs so the CPU sampler's handler never nests inside it.
 fn install(signal: libc::c_int) -> Result<(), CaptureError> {
-    // SAFETY: a zeroed sigaction is a valid out-parameter.
-    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: querying the disposition only.
-    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } != 0 {
-        return Err(os_error("sigaction"));
-    }
     let ours = on_capture_signal as *const () as usize;
-    let handler = current.sa_sigaction;
-    if handler != libc::SIG_DFL && handler != libc::SIG_IGN && handler != ours {
-        return Err(CaptureError::SignalTaken(signal));
-    }
-    // SAFETY: installing an SA_SIGINFO handler whose body is
-    // async-signal-safe (see `on_capture_signal`); SIGPROF is blocked while
-    // it runs so the CPU sampler's handler never nests inside it.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = ours;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaddset(&mut action.sa_mask, libc::SIGPROF);
-        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
-            return Err(os_error("sigaction"));
-        }
-    }
-    Ok(())
-}
-
-/// Leaves the signal ignored: `SIG_DFL` would terminate the process on a
-/// late signal, and the handler must not outlive the capture state.
-fn ignore(signal: libc::c_int) {
-    // SAFETY: setting a disposition to SIG_IGN has no preconditions.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_IGN;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(signal, &action, std::ptr::null_mut());
-    }
+    signals::install(signal, ours, libc::SIGPROF).map_err(|error| match error {
+        InstallError::Taken => CaptureError::SignalTaken(signal),
+        InstallError::Os(source) => CaptureError::Os {
+            call: "sigaction",
+            source,
+        },
+    })
 }
 
 /// The capture signal's handler, installed with `SA_SIGINFO`.
@@ -302,7 +272,7 @@ extern "C" fn on_capture_signal(
     _info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
-    GATE.enter(context, CaptureState::record);
+    GATE.enter_signal(context, CaptureState::record);
 }
 
 impl CaptureState {
@@ -485,10 +455,10 @@ mod tests {
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }
-        assert_eq!(
-            install(signal).err(),
-            Some(CaptureError::SignalTaken(signal))
-        );
-        ignore(signal);
+        assert!(matches!(
+            install(signal),
+            Err(CaptureError::SignalTaken(taken)) if taken == signal
+        ));
+        signals::ignore(signal);
     }
 }

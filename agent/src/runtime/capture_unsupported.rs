@@ -2,11 +2,13 @@
 //! with their duration and without frames.
 
 /// Why a capture did not happen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum CaptureError {
     /// Not implemented on this platform.
     Unsupported,
 }
+
+impl std::error::Error for CaptureError {}
 
 impl std::fmt::Display for CaptureError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

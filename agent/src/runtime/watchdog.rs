@@ -425,10 +425,10 @@ impl Watchdog {
                             .collect(),
                         None,
                     ),
-                    Err(error) => (Vec::new(), Some(error.to_string())),
+                    Err(error) => (Vec::new(), Some(crate::error::one_line(&error))),
                 }
             }
-            Err(error) => (Vec::new(), Some(error.to_string())),
+            Err(error) => (Vec::new(), Some(crate::error::one_line(&error))),
         };
         let job = StallJob {
             id,

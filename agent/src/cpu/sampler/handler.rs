@@ -51,7 +51,7 @@ pub(crate) extern "C" fn on_sigprof(
     _info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
-    GATE.enter(context, HandlerState::record);
+    GATE.enter_signal(context, HandlerState::record);
 }
 
 impl HandlerState {

@@ -9,6 +9,7 @@ mod ring;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::unwind::signals::{self, InstallError};
 use crate::unwind::{cpu_count, Unwinding};
 use crate::Error;
 use handler::HandlerState;
@@ -127,7 +128,7 @@ impl Drop for Sampler {
         if let Err(error) = set_timer(0) {
             tracing::warn!(%error, "cannot disarm ITIMER_PROF");
         }
-        ignore_sigprof();
+        signals::ignore(libc::SIGPROF);
         // Dropped here, after the handler can no longer see it.
         drop(handler::retract(self.state));
         tracing::debug!("CPU sampler stopped; SIGPROF ignored");
@@ -144,61 +145,54 @@ fn os_error(call: &'static str) -> Error {
 /// Refuses to start when something else (pprof-rs, gperftools, a second
 /// copy of this crate) owns SIGPROF or has armed the profiling timer.
 fn check_no_foreign_profiler() -> Result<(), Error> {
-    // SAFETY: zeroed itimerval/sigaction are valid out-parameters.
-    let (timer, action) = unsafe {
+    // SAFETY: a zeroed itimerval is a valid out-parameter.
+    let timer = unsafe {
         let mut timer: libc::itimerval = std::mem::zeroed();
         if libc::getitimer(libc::ITIMER_PROF, &mut timer) != 0 {
             return Err(os_error("getitimer"));
         }
-        let mut action: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(libc::SIGPROF, std::ptr::null(), &mut action) != 0 {
-            return Err(os_error("sigaction"));
-        }
-        (timer, action)
+        timer
     };
     if timer.it_value.tv_sec != 0 || timer.it_value.tv_usec != 0 {
         return Err(Error::ForeignProfiler(
             "ITIMER_PROF is already armed (is pprof-rs or gperftools profiling?)",
         ));
     }
-    let ours = handler::on_sigprof as *const () as usize;
-    let current = action.sa_sigaction;
-    if current != libc::SIG_DFL && current != libc::SIG_IGN && current != ours {
-        return Err(Error::ForeignProfiler(
-            "SIGPROF has another handler (is pprof-rs or gperftools installed?)",
-        ));
-    }
-    Ok(())
-}
-
-fn install_handler() -> Result<(), Error> {
-    // SAFETY: installing an SA_SIGINFO handler whose body is async-signal-
-    // safe (see handler.rs); SA_RESTART keeps interrupted syscalls of the
-    // host transparent where the kernel allows it; the mask only names
-    // valid signals.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = handler::on_sigprof as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        // The runtime watchdog's stack capture waits until this handler
-        // returns instead of unwinding from inside it.
-        libc::sigaddset(&mut action.sa_mask, crate::unwind::capture_signal());
-        if libc::sigaction(libc::SIGPROF, &action, std::ptr::null_mut()) != 0 {
-            return Err(os_error("sigaction"));
+    let free = signals::is_free(libc::SIGPROF, on_sigprof_address()).map_err(|source| {
+        Error::Os {
+            call: "sigaction",
+            source,
         }
+    })?;
+    if !free {
+        return Err(foreign_handler());
     }
     Ok(())
 }
 
-fn ignore_sigprof() {
-    // SAFETY: setting SIGPROF to SIG_IGN has no preconditions.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_IGN;
-        libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGPROF, &action, std::ptr::null_mut());
-    }
+fn foreign_handler() -> Error {
+    Error::ForeignProfiler("SIGPROF has another handler (is pprof-rs or gperftools installed?)")
+}
+
+fn on_sigprof_address() -> usize {
+    handler::on_sigprof as *const () as usize
+}
+
+/// Installs the SIGPROF handler. The runtime watchdog's stack capture
+/// waits until it returns instead of unwinding from inside it.
+fn install_handler() -> Result<(), Error> {
+    signals::install(
+        libc::SIGPROF,
+        on_sigprof_address(),
+        crate::unwind::capture_signal(),
+    )
+    .map_err(|error| match error {
+        InstallError::Taken => foreign_handler(),
+        InstallError::Os(source) => Error::Os {
+            call: "sigaction",
+            source,
+        },
+    })
 }
 
 /// Arms `ITIMER_PROF` at `hz` signals per CPU-second of the process, or
