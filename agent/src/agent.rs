@@ -312,8 +312,15 @@ cfg_feature! { "spans",
     }
 }
 
-/// Configures and starts an [`Agent`]. Setters consume and return the
-/// builder; [`AgentBuilder::start`] reports every configuration error.
+/// Configures and starts an [`Agent`].
+///
+/// Setters consume and return the builder and never fail: a value out of
+/// range is remembered, and [`start`](AgentBuilder::start) returns the
+/// first one as an error naming the setting (or the environment variable).
+/// So a chain of setters reads straight through, and nothing runs with a
+/// half-applied configuration. The one exception is
+/// [`allow`](AgentBuilder::allow), which returns `Result` because it did
+/// before this rule was set; its error is the one `start` would report.
 ///
 /// ```
 /// let builder = stethoscope::Agent::builder()
@@ -627,48 +634,10 @@ impl AgentBuilder {
     }
 
     fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
-        if let Some(addr) = var(config::ENV_ADDR) {
-            self = match config::parse_listen(&addr) {
-                Ok(addr) => self.listen_addr(addr),
-                Err(_) => self.defer(Error::InvalidEnv {
-                    var: config::ENV_ADDR,
-                    value: addr,
-                    expected: "host:port, e.g. 127.0.0.1:6060",
-                }),
-            };
+        match self.config.apply_env(var) {
+            Some(error) => self.defer(error),
+            None => self,
         }
-        if let Some(token) = var(config::ENV_TOKEN) {
-            match config::BearerToken::new(&token) {
-                Ok(token) => self.config.token = Some(token),
-                Err(_) => {
-                    self = self.defer(Error::InvalidEnv {
-                        var: config::ENV_TOKEN,
-                        // Never echo a secret, even a malformed one.
-                        value: "<redacted>".to_owned(),
-                        expected: "a non-empty token of visible ASCII characters",
-                    })
-                }
-            }
-        }
-        if let Some(list) = var(config::ENV_ALLOW) {
-            match config::parse_cidr_list(&list) {
-                Ok(nets) => self.config.allow.extend(nets),
-                Err(_) => {
-                    self = self.defer(Error::InvalidEnv {
-                        var: config::ENV_ALLOW,
-                        value: list,
-                        expected: "comma-separated CIDR blocks, e.g. 10.0.0.0/8,192.168.1.7",
-                    })
-                }
-            }
-        }
-        if let Some(seconds) = var(config::ENV_MAX_PROFILE_SECONDS) {
-            match config::parse_max_profile_seconds(&seconds) {
-                Ok(seconds) => self.config.max_profile_seconds = seconds,
-                Err(error) => self = self.defer(error),
-            }
-        }
-        self
     }
 
     /// Binds the debug server and starts its thread.
@@ -744,23 +713,11 @@ mod tests {
     }
 
     #[test]
-    fn env_overrides_and_reports_the_variable() {
-        let builder = Agent::builder().with_env(env(&[
-            ("STETHOSCOPE_ADDR", "127.0.0.1:7070"),
-            ("STETHOSCOPE_TOKEN", "t\n"),
-            ("STETHOSCOPE_ALLOW", "10.0.0.0/8, 192.168.1.7"),
-            ("STETHOSCOPE_MAX_PROFILE_SECONDS", "60"),
-        ]));
+    fn env_overrides_earlier_setters_and_fails_start() {
+        let builder = Agent::builder()
+            .listen("127.0.0.1:1")
+            .with_env(env(&[("STETHOSCOPE_ADDR", "127.0.0.1:7070")]));
         assert_eq!(builder.config.listen.port(), 7070);
-        assert!(builder
-            .config
-            .token
-            .as_ref()
-            .is_some_and(|t| t.matches(b"t")));
-        assert_eq!(builder.config.allow.len(), 2);
-        assert_eq!(builder.config.max_profile_seconds, 60);
-        assert!(builder.deferred.is_none());
-
         let bad = Agent::builder()
             .with_env(env(&[("STETHOSCOPE_MAX_PROFILE_SECONDS", "0")]))
             .start();
@@ -768,16 +725,6 @@ mod tests {
             bad,
             Err(Error::InvalidEnv {
                 var: "STETHOSCOPE_MAX_PROFILE_SECONDS",
-                ..
-            })
-        ));
-        let bad = Agent::builder()
-            .with_env(env(&[("STETHOSCOPE_ALLOW", "10.0.0.0/99")]))
-            .start();
-        assert!(matches!(
-            bad,
-            Err(Error::InvalidEnv {
-                var: "STETHOSCOPE_ALLOW",
                 ..
             })
         ));

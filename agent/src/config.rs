@@ -241,6 +241,57 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Applies the `STETHOSCOPE_*` variables `var` finds (it returns a
+    /// variable's value, `None` when unset): every valid one is applied,
+    /// and the first invalid one is returned, naming the variable.
+    pub(crate) fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Option<Error> {
+        let mut first_error = None;
+        let mut fail = |error: Error| {
+            first_error.get_or_insert(error);
+        };
+        if let Some(addr) = var(ENV_ADDR) {
+            match parse_listen(&addr) {
+                Ok(addr) => self.listen = addr,
+                Err(_) => fail(Error::InvalidEnv {
+                    var: ENV_ADDR,
+                    value: addr,
+                    expected: "host:port, e.g. 127.0.0.1:6060",
+                }),
+            }
+        }
+        if let Some(token) = var(ENV_TOKEN) {
+            match BearerToken::new(&token) {
+                Ok(token) => self.token = Some(token),
+                Err(_) => fail(Error::InvalidEnv {
+                    var: ENV_TOKEN,
+                    // Never echo a secret, even a malformed one.
+                    value: "<redacted>".to_owned(),
+                    expected: "a non-empty token of visible ASCII characters",
+                }),
+            }
+        }
+        if let Some(list) = var(ENV_ALLOW) {
+            match parse_cidr_list(&list) {
+                Ok(nets) => self.allow.extend(nets),
+                Err(error @ Error::InvalidEnv { .. }) => fail(error),
+                Err(_) => fail(Error::InvalidEnv {
+                    var: ENV_ALLOW,
+                    value: list,
+                    expected: "comma-separated CIDR blocks, e.g. 10.0.0.0/8,192.168.1.7",
+                }),
+            }
+        }
+        if let Some(seconds) = var(ENV_MAX_PROFILE_SECONDS) {
+            match parse_max_profile_seconds(&seconds) {
+                Ok(seconds) => self.max_profile_seconds = seconds,
+                Err(error) => fail(error),
+            }
+        }
+        first_error
+    }
+}
+
 /// Parses a listen address such as `127.0.0.1:6060` or `[::1]:0`.
 pub(crate) fn parse_listen(addr: &str) -> Result<SocketAddr, Error> {
     addr.trim()
@@ -303,6 +354,60 @@ pub(crate) fn parse_max_profile_seconds(value: &str) -> Result<u64, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn env_applies_valid_values_and_names_the_first_bad_variable() {
+        let mut config = Config::default();
+        let error = config.apply_env(env(&[
+            ("STETHOSCOPE_ADDR", "127.0.0.1:7070"),
+            ("STETHOSCOPE_TOKEN", "t\n"),
+            ("STETHOSCOPE_ALLOW", "10.0.0.0/8, 192.168.1.7"),
+            ("STETHOSCOPE_MAX_PROFILE_SECONDS", "60"),
+        ]));
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(config.listen.port(), 7070);
+        assert!(config.token.as_ref().is_some_and(|t| t.matches(b"t")));
+        assert_eq!(config.allow.len(), 2);
+        assert_eq!(config.max_profile_seconds, 60);
+
+        let mut config = Config::default();
+        let error = config.apply_env(env(&[
+            ("STETHOSCOPE_TOKEN", "sec ret"),
+            ("STETHOSCOPE_MAX_PROFILE_SECONDS", "0"),
+            ("STETHOSCOPE_ADDR", "127.0.0.1:7071"),
+        ]));
+        let Some(Error::InvalidEnv { var, value, .. }) = error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(var, ENV_TOKEN, "the first bad variable in reading order");
+        assert_eq!(value, "<redacted>", "a secret is never echoed");
+        assert_eq!(config.listen.port(), 7071, "valid ones still apply");
+    }
+
+    #[test]
+    fn an_empty_allowlist_variable_says_how_to_allow_everyone() {
+        for list in ["", " , ", "10.0.0.0/99"] {
+            let error = Config::default().apply_env(env(&[("STETHOSCOPE_ALLOW", list)]));
+            let Some(Error::InvalidEnv { var, expected, .. }) = error else {
+                panic!("{list:?}: {error:?}");
+            };
+            assert_eq!(var, ENV_ALLOW);
+            assert_eq!(
+                expected.contains("unset the variable"),
+                list != "10.0.0.0/99",
+                "{list:?}: {expected}"
+            );
+        }
+    }
 
     #[test]
     fn cidr_accepts_blocks_and_bare_addresses() {

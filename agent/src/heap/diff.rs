@@ -20,6 +20,25 @@ pub enum DiffTarget {
     Now,
 }
 
+impl std::fmt::Display for DiffTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiffTarget::Snapshot(id) => write!(f, "{id}"),
+            DiffTarget::Now => f.write_str("now"),
+        }
+    }
+}
+
+/// A kept snapshot's id as a number, the heap now as `"now"`.
+impl Serialize for DiffTarget {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DiffTarget::Snapshot(id) => serializer.serialize_u64(*id),
+            DiffTarget::Now => serializer.serialize_str("now"),
+        }
+    }
+}
+
 impl DiffTarget {
     /// Parses `target=`: a snapshot id or `now`.
     pub fn parse(text: &str) -> Option<Self> {
@@ -53,16 +72,16 @@ pub struct DiffEntry {
 pub struct SnapshotDiff {
     /// Base snapshot id.
     pub base: u64,
-    /// Target snapshot id, `None` for "now".
-    pub target: Option<u64>,
+    /// What the base was compared with.
+    pub target: DiffTarget,
     /// Sum of all stacks' byte changes.
     pub growth_bytes: i64,
     /// Sum of all stacks' object changes.
     pub growth_objects: i64,
     /// Every stack that changed, by `delta_bytes` descending.
     pub entries: Vec<DiffEntry>,
-    base_profile: Arc<HeapSnapshot>,
-    target_profile: Arc<HeapSnapshot>,
+    base_snapshot: Arc<HeapSnapshot>,
+    target_snapshot: Arc<HeapSnapshot>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -128,16 +147,32 @@ fn frames_of(profile: &Profile, sample_index: usize) -> Vec<Arc<str>> {
 }
 
 impl SnapshotDiff {
-    /// Compares `base` with `target` stack by stack (stacks are identified
-    /// by their addresses, which do not move within a process).
+    /// Compares kept snapshot `base` with kept snapshot `target` stack by
+    /// stack (stacks are identified by their addresses, which do not move
+    /// within a process).
     pub fn between(base: &Arc<HeapSnapshot>, target: &Arc<HeapSnapshot>) -> Self {
-        let before = by_stack(&base.profile);
-        let after = by_stack(&target.profile);
+        Self::compare(base, target, DiffTarget::Snapshot(target.id))
+    }
+
+    /// Compares kept snapshot `base` with `now`, a snapshot just taken and
+    /// not kept.
+    pub(crate) fn until_now(base: &Arc<HeapSnapshot>, now: &Arc<HeapSnapshot>) -> Self {
+        Self::compare(base, now, DiffTarget::Now)
+    }
+
+    fn compare(
+        base: &Arc<HeapSnapshot>,
+        target_snapshot: &Arc<HeapSnapshot>,
+        target: DiffTarget,
+    ) -> Self {
+        let (base_snapshot, target_snapshot) = (base, target_snapshot);
+        let before = by_stack(&base_snapshot.profile);
+        let after = by_stack(&target_snapshot.profile);
         let mut entries = Vec::new();
         for (key, (now, index)) in &after {
             let (was, _) = before.get(key).copied().unwrap_or_default();
             entries.push(DiffEntry {
-                frames: frames_of(&target.profile, *index),
+                frames: frames_of(&target_snapshot.profile, *index),
                 delta_bytes: now.bytes - was.bytes,
                 delta_objects: now.objects - was.objects,
                 base_bytes: was.bytes,
@@ -148,7 +183,7 @@ impl SnapshotDiff {
         for (key, (was, index)) in &before {
             if !after.contains_key(key) {
                 entries.push(DiffEntry {
-                    frames: frames_of(&base.profile, *index),
+                    frames: frames_of(&base_snapshot.profile, *index),
                     delta_bytes: -was.bytes,
                     delta_objects: -was.objects,
                     base_bytes: was.bytes,
@@ -164,28 +199,23 @@ impl SnapshotDiff {
                 .then(b.delta_objects.cmp(&a.delta_objects))
         });
         SnapshotDiff {
-            base: base.id,
-            target: (target.id != 0).then_some(target.id),
+            base: base_snapshot.id,
+            target,
             growth_bytes: entries.iter().map(|e| e.delta_bytes).sum(),
             growth_objects: entries.iter().map(|e| e.delta_objects).sum(),
             entries,
-            base_profile: Arc::clone(base),
-            target_profile: Arc::clone(target),
+            base_snapshot: Arc::clone(base_snapshot),
+            target_snapshot: Arc::clone(target_snapshot),
         }
-    }
-
-    fn target_label(&self) -> String {
-        self.target
-            .map_or_else(|| "now".to_owned(), |id| id.to_string())
     }
 
     fn title(&self) -> String {
         format!(
             "Heap growth from snapshot {} ({}) to {} ({}): {:+.1} MiB",
             self.base,
-            crate::profile::rfc3339(self.base_profile.taken_at),
-            self.target_label(),
-            crate::profile::rfc3339(self.target_profile.taken_at),
+            crate::profile::rfc3339(self.base_snapshot.taken_at),
+            self.target,
+            crate::profile::rfc3339(self.target_snapshot.taken_at),
             self.growth_bytes as f64 / (1024.0 * 1024.0)
         )
     }
@@ -199,13 +229,13 @@ impl SnapshotDiff {
             Format::Json => self.json(limit),
             Format::Text => Ok(self.text(limit).into_bytes()),
             Format::Svg => crate::profile::differential_svg(
-                &self.base_profile.profile,
-                &self.target_profile.profile,
+                &self.base_snapshot.profile,
+                &self.target_snapshot.profile,
                 &self.title(),
             ),
             Format::Folded => Ok(crate::profile::differential_folded(
-                &self.base_profile.profile,
-                &self.target_profile.profile,
+                &self.base_snapshot.profile,
+                &self.target_snapshot.profile,
             )
             .into_bytes()),
             Format::Pprof => self.delta_profile().render(Format::Pprof),
@@ -226,7 +256,7 @@ impl SnapshotDiff {
         #[derive(Serialize)]
         struct Document<'a> {
             base: u64,
-            target: serde_json::Value,
+            target: DiffTarget,
             base_taken_at: String,
             target_taken_at: String,
             growth_bytes: i64,
@@ -236,11 +266,9 @@ impl SnapshotDiff {
         }
         let document = Document {
             base: self.base,
-            target: self
-                .target
-                .map_or_else(|| serde_json::Value::from("now"), serde_json::Value::from),
-            base_taken_at: crate::profile::rfc3339(self.base_profile.taken_at),
-            target_taken_at: crate::profile::rfc3339(self.target_profile.taken_at),
+            target: self.target,
+            base_taken_at: crate::profile::rfc3339(self.base_snapshot.taken_at),
+            target_taken_at: crate::profile::rfc3339(self.target_snapshot.taken_at),
             growth_bytes: self.growth_bytes,
             growth_objects: self.growth_objects,
             stacks_changed: self.entries.len(),
@@ -297,17 +325,17 @@ impl SnapshotDiff {
     /// deltas per stack (negative where the heap shrank).
     fn delta_profile(&self) -> Profile {
         let meta = super::heap_meta(
-            self.target_profile.profile.period,
-            self.base_profile.taken_at,
-            self.target_profile
+            self.target_snapshot.profile.period,
+            self.base_snapshot.taken_at,
+            self.target_snapshot
                 .taken_at
-                .duration_since(self.base_profile.taken_at)
+                .duration_since(self.base_snapshot.taken_at)
                 .unwrap_or(Duration::ZERO),
             self.title(),
             vec![format!(
                 "delta profile: snapshot {} subtracted from {}; negative values shrank",
                 self.base,
-                self.target_label()
+                self.target
             )],
             true,
         );

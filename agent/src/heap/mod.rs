@@ -483,11 +483,14 @@ impl HeapProfiler {
     /// which stacks grew, by how many bytes and objects.
     pub fn diff(&self, base: u64, target: DiffTarget) -> Result<SnapshotDiff, Error> {
         let base = self.snapshot(base)?;
-        let target = match target {
-            DiffTarget::Snapshot(id) => self.snapshot(id)?,
-            DiffTarget::Now => Arc::new(snapshot_of(0, self.profile(true)?)),
-        };
-        Ok(SnapshotDiff::between(&base, &target))
+        Ok(match target {
+            DiffTarget::Snapshot(id) => SnapshotDiff::between(&base, &self.snapshot(id)?),
+            DiffTarget::Now => {
+                // Not kept, so it has no id of its own.
+                let now = Arc::new(snapshot_of(0, self.profile(true)?));
+                SnapshotDiff::until_now(&base, &now)
+            }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {

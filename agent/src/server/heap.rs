@@ -233,10 +233,6 @@ pub(crate) async fn diff(
         )
     })?;
     let target = params.target.unwrap_or(DiffTarget::Now);
-    let target_label = match target {
-        DiffTarget::Snapshot(id) => id.to_string(),
-        DiffTarget::Now => "now".to_owned(),
-    };
     let heap = state.heap.clone();
     let (format, limit) = (params.format, params.limit);
     if is_head(&method) {
@@ -247,7 +243,7 @@ pub(crate) async fn diff(
         return Ok(file_response(
             Vec::new(),
             format,
-            &format!("heap-diff-{base}-{target_label}"),
+            &format!("heap-diff-{base}-{target}"),
             std::time::SystemTime::now(),
         ));
     }
@@ -255,7 +251,7 @@ pub(crate) async fn diff(
     Ok(file_response(
         bytes,
         format,
-        &format!("heap-diff-{base}-{target_label}"),
+        &format!("heap-diff-{base}-{target}"),
         std::time::SystemTime::now(),
     ))
 }
