@@ -121,4 +121,24 @@ mod testing;
 mod unwind;
 
 pub use agent::{Agent, AgentBuilder};
+
+/// The Rust examples of the README and the user docs compile and run as
+/// doctests, so that what users copy keeps working.
+#[cfg(doctest)]
+mod user_docs {
+    #[doc = include_str!("../../README.md")]
+    struct Readme;
+    #[doc = include_str!("../../docs/embedding.md")]
+    struct Embedding;
+    #[doc = include_str!("../../docs/endpoints.md")]
+    struct Endpoints;
+    #[doc = include_str!("../../docs/runtime.md")]
+    struct Runtime;
+    #[doc = include_str!("../../docs/security.md")]
+    struct Security;
+    #[doc = include_str!("../../docs/fleet.md")]
+    struct Fleet;
+    #[doc = include_str!("../../docs/overhead.md")]
+    struct Overhead;
+}
 pub use error::Error;

@@ -334,8 +334,7 @@ impl SnapshotDiff {
             self.title(),
             vec![format!(
                 "delta profile: snapshot {} subtracted from {}; negative values shrank",
-                self.base,
-                self.target
+                self.base, self.target
             )],
             true,
         );

@@ -11,13 +11,14 @@
 //! from the first allocation; [`heap_profiling!`](crate::heap_profiling)
 //! does both in one line:
 //!
-//! ```ignore
+//! ```
 //! stethoscope::heap_profiling!();
 //!
-//! fn main() {
-//!     let agent = stethoscope::Agent::builder().start().unwrap();
+//! fn main() -> Result<(), stethoscope::Error> {
+//!     let agent = stethoscope::Agent::builder().listen("127.0.0.1:0").start()?;
 //!     // GET /debug/pprof/heap, POST /debug/heap/snapshots, GET /debug/heap/diff …
-//! #   drop(agent);
+//!     assert!(agent.heap().stats().is_ok(), "jemalloc is the allocator");
+//!     Ok(())
 //! }
 //! ```
 //!
@@ -93,10 +94,10 @@ impl MallocConf {
 /// profiling on from the first allocation. Use it once, at the top level of
 /// the binary crate (`main.rs`), not in a library:
 ///
-/// ```ignore
-/// stethoscope::heap_profiling!();
-/// // or with other jemalloc options:
+/// ```
+/// // The defaults (sample every 512 KiB), or other jemalloc options:
 /// stethoscope::heap_profiling!("prof:true,prof_active:true,lg_prof_sample:17");
+/// # fn main() {}
 /// ```
 ///
 /// It exports the options under both names jemalloc may read —

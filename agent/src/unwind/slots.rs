@@ -48,7 +48,6 @@ impl<T> Slots<T> {
             })
             .map(|slot| Claim { slot })
     }
-
 }
 
 /// A slot won by one user; released on drop.

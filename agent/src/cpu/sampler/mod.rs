@@ -158,12 +158,11 @@ fn check_no_foreign_profiler() -> Result<(), Error> {
             "ITIMER_PROF is already armed (is pprof-rs or gperftools profiling?)",
         ));
     }
-    let free = signals::is_free(libc::SIGPROF, on_sigprof_address()).map_err(|source| {
-        Error::Os {
+    let free =
+        signals::is_free(libc::SIGPROF, on_sigprof_address()).map_err(|source| Error::Os {
             call: "sigaction",
             source,
-        }
-    })?;
+        })?;
     if !free {
         return Err(foreign_handler());
     }
