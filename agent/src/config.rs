@@ -354,15 +354,7 @@ pub(crate) fn parse_max_profile_seconds(value: &str) -> Result<u64, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
+    use crate::testing::env;
 
     #[test]
     fn env_applies_valid_values_and_names_the_first_bad_variable() {

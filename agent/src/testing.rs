@@ -48,3 +48,12 @@ pub(crate) fn bytes_text() -> impl Strategy<Value = String> {
 pub(crate) fn input_of(tokens: &'static [&'static str]) -> impl Strategy<Value = String> {
     prop_oneof![text_of(tokens), bytes_text()]
 }
+
+/// An environment of `pairs`, as `Config::apply_env` reads one.
+pub(crate) fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| map.get(name).cloned()
+}

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::{clip, ApiError, PprofError};
 use super::limits::is_head;
 use super::query::Query;
-use super::response::{file_response, json_response, text_response};
+use super::response::{file_response, json_response, report_response};
 use super::{blocking, AppState};
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::heap::DiffTarget;
@@ -90,18 +90,10 @@ pub(crate) async fn stats(
     State(state): State<AppState>,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let text = query.choice(
-        "format",
-        false,
-        &[("json", false), ("text", true), ("txt", true)],
-    )?;
+    let view = query.report_view()?;
     let heap = state.heap.clone();
     let stats = blocking(move || heap.stats()).await??;
-    Ok(if text {
-        text_response(stats.to_string())
-    } else {
-        json_response(&stats)
-    })
+    Ok(report_response(&stats, view))
 }
 
 /// `GET /debug/heap/profiling`: whether allocations are being sampled.

@@ -33,6 +33,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Query {
     }
 }
 
+/// How a report endpoint answers: its JSON shape or its text rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReportView {
+    /// `application/json`, the report type's `Serialize`.
+    Json,
+    /// `text/plain`, the report type's `Display`.
+    Text,
+}
+
 impl Query {
     /// Parses a raw query string (without the `?`).
     pub(crate) fn parse(raw: Option<&str>) -> Self {
@@ -49,6 +58,20 @@ impl Query {
             .iter()
             .find(|(k, v)| k == key && !v.is_empty())
             .map(|(_, v)| v.as_str())
+    }
+
+    /// `format=json|text` (`txt` too) of a report endpoint; JSON when
+    /// absent.
+    pub(crate) fn report_view(&self) -> Result<ReportView, ApiError> {
+        self.choice(
+            "format",
+            ReportView::Json,
+            &[
+                ("json", ReportView::Json),
+                ("text", ReportView::Text),
+                ("txt", ReportView::Text),
+            ],
+        )
     }
 
     /// `key` looked up in `choices` (a name and its value); `default`

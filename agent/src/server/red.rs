@@ -6,20 +6,12 @@ use axum::response::Response;
 
 use super::error::ApiError;
 use super::query::Query;
-use super::response::{json_response, text_response};
+use super::response::report_response;
 use super::AppState;
 
 /// `GET /debug/red?format=json|text`.
 pub(crate) async fn red(State(state): State<AppState>, query: Query) -> Result<Response, ApiError> {
-    let text = query.choice(
-        "format",
-        false,
-        &[("json", false), ("text", true), ("txt", true)],
-    )?;
+    let view = query.report_view()?;
     let report = state.red.report();
-    Ok(if text {
-        text_response(report.to_string())
-    } else {
-        json_response(&report)
-    })
+    Ok(report_response(&report, view))
 }

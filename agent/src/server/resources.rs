@@ -6,7 +6,7 @@ use axum::response::Response;
 
 use super::error::ApiError;
 use super::query::Query;
-use super::response::{json_response, text_response};
+use super::response::report_response;
 use super::{blocking, AppState};
 
 /// `GET /debug/use?format=json|text`.
@@ -14,17 +14,9 @@ pub(crate) async fn use_table(
     State(state): State<AppState>,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let text = query.choice(
-        "format",
-        false,
-        &[("json", false), ("text", true), ("txt", true)],
-    )?;
+    let view = query.report_view()?;
     // A few dozen small /proc and /sys reads: off the server thread.
     let resources = state.resources.clone();
     let report = blocking(move || resources.report()).await?;
-    Ok(if text {
-        text_response(report.to_string())
-    } else {
-        json_response(&report)
-    })
+    Ok(report_response(&report, view))
 }

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 
 use super::error::ApiError;
+use super::query::ReportView;
 use crate::profile::Format;
 
 fn no_store(mut response: Response, content_type: &'static str) -> Response {
@@ -25,6 +26,17 @@ pub(crate) fn json_response<T: serde::Serialize + ?Sized>(value: &T) -> Response
             tracing::error!(%error, "a report could not be serialized");
             ApiError::Internal.into_response()
         }
+    }
+}
+
+/// A report in the view the request asked for: its JSON shape or its text.
+pub(crate) fn report_response<R>(report: &R, view: ReportView) -> Response
+where
+    R: serde::Serialize + std::fmt::Display,
+{
+    match view {
+        ReportView::Json => json_response(report),
+        ReportView::Text => text_response(report.to_string()),
     }
 }
 

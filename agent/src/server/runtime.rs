@@ -9,8 +9,8 @@ use axum::extract::State;
 use axum::response::Response;
 
 use super::error::ApiError;
-use super::query::Query;
-use super::response::{file_response, json_response, text_response};
+use super::query::{Query, ReportView};
+use super::response::{file_response, json_response, report_response, text_response};
 use super::AppState;
 use crate::profile::Format;
 use crate::runtime::{LagReport, RuntimeReport};
@@ -78,17 +78,13 @@ pub(crate) async fn runtime(
     State(state): State<AppState>,
     query: Query,
 ) -> Result<Response, ApiError> {
-    let text = query.choice(
-        "format",
-        false,
-        &[("json", false), ("text", true), ("txt", true)],
-    )?;
+    let view = query.report_view()?;
     let executor = &state.runtime;
     let report = match executor.report() {
         Ok(report) => report,
         Err(_) => {
             let reason = executor.unavailable_reason().unwrap_or("unavailable");
-            if text {
+            if view == ReportView::Text {
                 return Err(unavailable(reason));
             }
             RuntimeReport::unavailable(
@@ -98,9 +94,5 @@ pub(crate) async fn runtime(
             )
         }
     };
-    Ok(if text {
-        text_response(report.to_string())
-    } else {
-        json_response(&report)
-    })
+    Ok(report_response(&report, view))
 }

@@ -10,11 +10,11 @@ use axum::response::Response;
 
 use super::access::Peer;
 use super::error::ApiError;
-use super::query::Query;
-use super::response::{json_response, text_response};
+use super::query::{Query, ReportView};
+use super::response::{json_response, report_response};
 use super::{blocking, AppState};
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_LOG_DIRECTIVE_BYTES};
-use crate::spans::{parse_ttl, LogLevelStatus, SpanReport, SpanSummary};
+use crate::spans::{parse_ttl, LogLevelStatus, SpanSummary};
 use crate::Error;
 
 const SPANS_HOWTO: &str = "create stethoscope::spans::SpanTimings, add timings.layer() to the \
@@ -35,7 +35,7 @@ pub(crate) enum SpanSort {
 /// Query of `/debug/spans`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SpansParams {
-    pub(crate) text: bool,
+    pub(crate) view: ReportView,
     pub(crate) sort: SpanSort,
     /// Slow spans listed.
     pub(crate) limit: usize,
@@ -45,11 +45,7 @@ pub(crate) struct SpansParams {
 
 pub(crate) fn spans_params(query: &Query) -> Result<SpansParams, ApiError> {
     Ok(SpansParams {
-        text: query.choice(
-            "format",
-            false,
-            &[("json", false), ("text", true), ("txt", true)],
-        )?,
+        view: query.report_view()?,
         sort: query.choice(
             "sort",
             SpanSort::Time,
@@ -101,15 +97,7 @@ pub(crate) async fn spans(
     }
     sort_spans(&mut report.spans, params.sort);
     report.slowest.truncate(params.limit);
-    Ok(render(&report, params.text))
-}
-
-fn render(report: &SpanReport, text: bool) -> Response {
-    if text {
-        text_response(report.to_string())
-    } else {
-        json_response(report)
-    }
+    Ok(report_response(&report, params.view))
 }
 
 const LOG_LEVEL_HOWTO: &str =
@@ -319,7 +307,7 @@ mod tests {
         assert_eq!(
             params,
             SpansParams {
-                text: true,
+                view: ReportView::Text,
                 sort: SpanSort::P99,
                 limit: 5,
                 name: Some("db".into()),

@@ -35,6 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stethoscope_examples::bench::median;
+
 stethoscope::heap_profiling!();
 
 /// `sysconf(_SC_CLK_TCK)`, 100 on every Linux this runs on.
@@ -341,18 +343,6 @@ fn micro_rate(conf: &str, fast: bool, secs: u64, depth: u32) -> f64 {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(0.0)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let n = values.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 fn option(args: &[String], name: &str, default: u64) -> u64 {

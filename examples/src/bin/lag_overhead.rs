@@ -23,7 +23,7 @@
 use std::time::{Duration, Instant};
 
 use stethoscope::Agent;
-use stethoscope_examples::bench::arg;
+use stethoscope_examples::bench::{arg, median};
 use stethoscope_examples::workload::process_cpu_time;
 
 /// Nanoseconds on CPU of this process's threads named `name`, from the
@@ -70,11 +70,6 @@ fn bare_thread(every: Duration, secs: u64) -> f64 {
         })
         .expect("spawn");
     thread.join().unwrap_or(f64::NAN)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Which agent a round runs with.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use stethoscope::cpu::{CpuProfiler, ProfileRequest};
 use stethoscope::profile::{release_debug_info, symbolizer_stats, Format};
 use stethoscope::Agent;
+use stethoscope_examples::bench::median;
 use stethoscope_examples::workload::{process_cpu_time, thread_cpu_time, walk_call_tree};
 
 /// Leaf iterations per call-tree walk (~1 µs per call).
@@ -201,16 +202,6 @@ fn start_agent() -> Agent {
             eprintln!("cannot start the agent: {e}");
             std::process::exit(1)
         })
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 fn status_bytes(key: &str) -> u64 {

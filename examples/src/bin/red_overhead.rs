@@ -15,7 +15,7 @@ use axum::http::Request;
 use axum::routing::get;
 use axum::Router;
 use stethoscope::red::RedMetrics;
-use stethoscope_examples::bench::arg;
+use stethoscope_examples::bench::{arg, interleaved_on_threads, median};
 use tower::{Service, ServiceExt};
 
 fn app() -> Router {
@@ -38,11 +38,6 @@ async fn run(mut app: Router, n: usize) -> f64 {
         std::hint::black_box(response.status());
     }
     started.elapsed().as_nanos() as f64 / n as f64
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn main() {
@@ -88,38 +83,18 @@ fn main() {
 
     // Two threads on one route: the route's counters are shared.
     let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..rounds.div_ceil(2) {
-        for layered_run in [false, true] {
-            let per_request: Vec<f64> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|_| {
-                        let app = if layered_run {
-                            layered.clone()
-                        } else {
-                            plain.clone()
-                        };
-                        s.spawn(move || {
-                            tokio::runtime::Builder::new_current_thread()
-                                .build()
-                                .expect("runtime")
-                                .block_on(run(app, n / 2))
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or(f64::NAN))
-                    .collect()
-            });
-            let mean = per_request.iter().sum::<f64>() / per_request.len() as f64;
-            if layered_run {
-                with.push(mean);
+    let (mut without, mut with) =
+        interleaved_on_threads(rounds.div_ceil(2), threads, |layered_run| {
+            let app = if layered_run {
+                layered.clone()
             } else {
-                without.push(mean);
-            }
-        }
-    }
+                plain.clone()
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime")
+                .block_on(run(app, n / 2))
+        });
     let (w, l) = (median(&mut without), median(&mut with));
     println!("{threads} threads on one route at once");
     println!("  without layer: {w:8.1} ns/request per thread (median)");

@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use stethoscope::spans::SpanTimings;
-use stethoscope_examples::bench::arg;
+use stethoscope_examples::bench::{arg, interleaved_on_threads, median};
 use tracing::Dispatch;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -57,11 +57,6 @@ fn run(dispatch: &Dispatch, work: Work, n: usize) -> f64 {
         }
         started.elapsed().as_nanos() as f64 / n as f64
     })
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn main() {
@@ -108,27 +103,11 @@ fn main() {
     // Every core creating spans of one name at once: the name's
     // histograms and counters are shared.
     let threads = std::thread::available_parallelism().map_or(2, |p| p.get());
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    for _ in 0..rounds.div_ceil(2) {
-        for layered_run in [false, true] {
+    let (mut without, mut with) =
+        interleaved_on_threads(rounds.div_ceil(2), threads, |layered_run| {
             let dispatch = if layered_run { &layered } else { &plain };
-            let per_span: Vec<f64> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|_| s.spawn(|| run(dispatch, Work::SpanWithFields, n / 2)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or(f64::NAN))
-                    .collect()
-            });
-            let mean = per_span.iter().sum::<f64>() / per_span.len() as f64;
-            if layered_run {
-                with.push(mean);
-            } else {
-                without.push(mean);
-            }
-        }
-    }
+            run(dispatch, Work::SpanWithFields, n / 2)
+        });
     let (w, l) = (median(&mut without), median(&mut with));
     println!("{threads} threads, spans with 2 fields of one name at once");
     println!(
