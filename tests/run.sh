@@ -8,6 +8,8 @@
 #   prometheus — `promtool check metrics` on /metrics, and a Prometheus server
 #                that scrapes the demo (Debian's package ships both binaries;
 #                its service is not started here, the tests run their own)
+#   graphviz   — `dot`, which `go tool pprof -svg` and the graph view of
+#                `go tool pprof -http` need (the README tour's web UI step)
 #
 # Usage: bash tests/run.sh [extra cargo test arguments]
 set -euo pipefail
@@ -16,6 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 missing=()
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
+command -v dot >/dev/null 2>&1 || missing+=(graphviz)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> installing ${missing[*]}"
     sudo=""

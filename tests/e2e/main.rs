@@ -17,4 +17,5 @@ mod metrics;
 mod shapes;
 mod spans;
 mod support;
+mod tour;
 mod use_red;

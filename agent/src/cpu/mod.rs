@@ -303,6 +303,7 @@ impl CpuProfile {
                 "cpu values are samples scaled to the process CPU time measured over the window".to_owned(),
             ],
             symbolize,
+            drop_frames: None,
         };
         let mut remaining = cpu_ns;
         let mut samples_left = self.samples;

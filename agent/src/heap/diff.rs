@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::HeapSnapshot;
-use crate::profile::{Format, Profile, RawStack};
+use crate::profile::{Format, Profile, RawStack, View};
 use crate::Error;
 
 /// What a diff compares the base snapshot with.
@@ -224,25 +224,42 @@ impl SnapshotDiff {
     /// `limit` stacks), `svg` (a differential flame graph: widths are the
     /// target's bytes, red grew, blue shrank) or `pprof` (a delta profile;
     /// values may be negative). Folded is the differential folded input.
-    pub fn render(&self, format: Format, limit: usize) -> Result<Vec<u8>, Error> {
+    ///
+    /// `view`'s focus keeps the stacks through a matching function in every
+    /// format but pprof; its trim folds plumbing in the flame graph and the
+    /// folded lines (text and JSON already lead with the application's
+    /// frames and keep every frame in JSON).
+    pub fn render(&self, format: Format, limit: usize, view: &View) -> Result<Vec<u8>, Error> {
         match format {
-            Format::Json => self.json(limit),
-            Format::Text => Ok(self.text(limit).into_bytes()),
+            Format::Json => self.json(limit, view),
+            Format::Text => Ok(self.text(limit, view).into_bytes()),
             Format::Svg => crate::profile::differential_svg(
                 &self.base_snapshot.profile,
                 &self.target_snapshot.profile,
+                view,
                 &self.title(),
             ),
             Format::Folded => Ok(crate::profile::differential_folded(
                 &self.base_snapshot.profile,
                 &self.target_snapshot.profile,
+                view,
             )
             .into_bytes()),
             Format::Pprof => self.delta_profile().render(Format::Pprof),
         }
     }
 
-    fn json(&self, limit: usize) -> Result<Vec<u8>, Error> {
+    /// The entries `view`'s focus keeps.
+    fn shown<'a>(&'a self, view: &'a View) -> impl Iterator<Item = &'a DiffEntry> + 'a {
+        self.entries
+            .iter()
+            .filter(move |e| match view.focus_text() {
+                None => true,
+                Some(focus) => e.frames.iter().any(|f| f.contains(focus)),
+            })
+    }
+
+    fn json(&self, limit: usize, view: &View) -> Result<Vec<u8>, Error> {
         #[derive(Serialize)]
         struct Stack<'a> {
             delta_bytes: i64,
@@ -273,8 +290,7 @@ impl SnapshotDiff {
             growth_objects: self.growth_objects,
             stacks_changed: self.entries.len(),
             stacks: self
-                .entries
-                .iter()
+                .shown(view)
                 .take(limit)
                 .map(|e| Stack {
                     delta_bytes: e.delta_bytes,
@@ -292,7 +308,7 @@ impl SnapshotDiff {
         })
     }
 
-    fn text(&self, limit: usize) -> String {
+    fn text(&self, limit: usize, view: &View) -> String {
         let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.title());
@@ -307,7 +323,7 @@ impl SnapshotDiff {
             "{:>12} {:>12} {:>11} {:>11}  stack (allocating function ← callers)",
             "Δ MiB", "Δ objects", "base MiB", "now MiB"
         );
-        for entry in self.entries.iter().take(limit) {
+        for entry in self.shown(view).take(limit) {
             let _ = writeln!(
                 out,
                 "{:>+12.2} {:>+12} {:>11.2} {:>11.2}  {}",
@@ -399,10 +415,11 @@ mod tests {
         );
         let total: i64 = delta.samples.iter().map(|s| s.values[1]).sum();
         assert_eq!(total, diff.growth_bytes);
-        let pprof = diff.render(Format::Pprof, 10).unwrap();
+        let pprof = diff.render(Format::Pprof, 10, &View::default()).unwrap();
         assert_eq!(&pprof[..2], &[0x1f, 0x8b], "gzip");
         let json: serde_json::Value =
-            serde_json::from_slice(&diff.render(Format::Json, 10).unwrap()).unwrap();
+            serde_json::from_slice(&diff.render(Format::Json, 10, &View::default()).unwrap())
+                .unwrap();
         let json_deltas: Vec<i64> = json["stacks"]
             .as_array()
             .unwrap()

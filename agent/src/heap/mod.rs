@@ -542,6 +542,7 @@ pub(crate) fn heap_meta(
         title,
         comments,
         symbolize,
+        drop_frames: Some(crate::profile::frames::ALLOCATOR_FRAMES),
     }
 }
 

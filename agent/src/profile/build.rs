@@ -22,6 +22,8 @@ pub(crate) struct ProfileMeta {
     pub(crate) comments: Vec<String>,
     /// Resolve function names, files and lines (else addresses only).
     pub(crate) symbolize: bool,
+    /// See [`Profile::drop_frames`].
+    pub(crate) drop_frames: Option<&'static str>,
 }
 
 /// One stack of lookup addresses (leaf first) with its values.
@@ -106,6 +108,7 @@ impl Profile {
             duration: meta.duration,
             title: meta.title,
             comments: meta.comments,
+            drop_frames: meta.drop_frames,
             samples,
             locations,
             mappings,
@@ -194,6 +197,55 @@ pub(crate) mod tests {
             title: "CPU profile of tests".into(),
             comments: vec!["2 s window".into()],
             symbolize: true,
+            drop_frames: None,
+        }
+    }
+
+    /// A CPU profile of named stacks (leaf first) weighing `ms`
+    /// milliseconds each, on thread `worker`, without addresses.
+    pub(crate) fn named_profile(stacks: &[(&[&str], i64)]) -> Profile {
+        let meta = sample_profile_meta();
+        let mut locations = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let samples = stacks
+            .iter()
+            .map(|(frames, ms)| Sample {
+                locations: frames
+                    .iter()
+                    .map(|&name| {
+                        *index.entry(name).or_insert_with(|| {
+                            locations.push(Location {
+                                address: 0x1000 + locations.len() as u64,
+                                mapping: None,
+                                frames: Arc::from(vec![SymbolizedFrame {
+                                    function: Arc::from(name),
+                                    file: None,
+                                    line: None,
+                                }]),
+                                symbolized: true,
+                            });
+                            locations.len() - 1
+                        })
+                    })
+                    .collect(),
+                values: vec![1, ms * 1_000_000],
+                thread: Some(Arc::from("worker")),
+            })
+            .collect();
+        Profile {
+            sample_types: meta.sample_types,
+            default_value: meta.default_value,
+            flame_value: meta.flame_value,
+            period_type: meta.period_type,
+            period: meta.period,
+            started_at: meta.started_at,
+            duration: meta.duration,
+            title: meta.title,
+            comments: meta.comments,
+            drop_frames: meta.drop_frames,
+            samples,
+            locations,
+            mappings: Vec::new(),
         }
     }
 

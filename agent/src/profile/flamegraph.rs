@@ -4,15 +4,16 @@ use std::io::{self, Write};
 
 use inferno::flamegraph::{self, Options};
 
+use super::view::View;
 use super::{folded, Profile};
 use crate::Error;
 
 /// Writes the profile's flame-graph value as an inferno SVG. Thread names
 /// are the roots; the title and subtitle carry the profile's description.
-pub(super) fn render(profile: &Profile, out: &mut impl Write) -> io::Result<()> {
+pub(super) fn render(profile: &Profile, view: &View, out: &mut impl Write) -> io::Result<()> {
     // Each stack's text becomes its line in place: the folded text of a
     // long profile is several MB, and it is held once, not twice.
-    let lines: Vec<String> = folded::lines(profile)
+    let lines: Vec<String> = folded::lines(profile, view)
         .into_iter()
         .map(|(mut stack, count)| {
             stack.push(' ');
@@ -22,7 +23,7 @@ pub(super) fn render(profile: &Profile, out: &mut impl Write) -> io::Result<()> 
         .collect();
     let mut options = Options::default();
     options.title = profile.title.clone();
-    options.subtitle = Some(profile.comments.join(" · "));
+    options.subtitle = Some(subtitle(&profile.comments, SUBTITLE_CHARS));
     options.count_name = profile
         .sample_types
         .get(profile.flame_value)
@@ -37,10 +38,37 @@ pub(super) fn render(profile: &Profile, out: &mut impl Write) -> io::Result<()> 
     flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
 }
 
+/// Characters of subtitle that fit the default 1200 px canvas at inferno's
+/// 12 px font (about 7 px per character) with a margin on both sides.
+const SUBTITLE_CHARS: usize = 150;
+
+/// The profile's comments that fit on one subtitle line, in order (the
+/// first ones carry the window and the totals); the text and JSON views
+/// carry every comment.
+fn subtitle(comments: &[String], max_chars: usize) -> String {
+    let mut line = String::new();
+    for comment in comments {
+        let extra = if line.is_empty() { 0 } else { 3 };
+        if line.chars().count() + extra + comment.chars().count() > max_chars {
+            if line.is_empty() {
+                // One comment longer than the line: cut it at a character.
+                line = comment.chars().take(max_chars.saturating_sub(1)).collect();
+                line.push('…');
+            }
+            break;
+        }
+        if extra > 0 {
+            line.push_str(" · ");
+        }
+        line.push_str(comment);
+    }
+    line
+}
+
 /// Folded lines `stack before after` for two profiles of the same kind
 /// (inferno's differential format), from their flame-graph values.
-pub(super) fn differential_folded(before: &Profile, after: &Profile) -> String {
-    let (before, after) = (folded::render(before), folded::render(after));
+pub(super) fn differential_folded(before: &Profile, after: &Profile, view: &View) -> String {
+    let (before, after) = (folded::render(before, view), folded::render(after, view));
     let mut out = Vec::new();
     let options = inferno::differential::Options::default();
     // Reading from memory cannot fail; a failure leaves the output empty.
@@ -54,9 +82,10 @@ pub(super) fn differential_folded(before: &Profile, after: &Profile) -> String {
 pub(super) fn render_differential(
     before: &Profile,
     after: &Profile,
+    view: &View,
     title: &str,
 ) -> Result<Vec<u8>, Error> {
-    let lines = differential_folded(before, after);
+    let lines = differential_folded(before, after, view);
     let mut options = Options::default();
     options.title = title.to_owned();
     options.subtitle = Some("width: now · red: grew · blue: shrank".to_owned());
@@ -96,7 +125,7 @@ mod tests {
     fn svg_names_functions_and_carries_the_title() {
         let profile = sample_profile();
         let mut svg = Vec::new();
-        render(&profile, &mut svg).unwrap();
+        render(&profile, &View::default(), &mut svg).unwrap();
         let svg = String::from_utf8(svg).unwrap();
         assert!(svg.starts_with("<?xml"));
         assert!(svg.contains("CPU profile of tests"));
@@ -109,11 +138,13 @@ mod tests {
         let before = sample_profile();
         let mut after = sample_profile();
         after.samples[0].values[0] *= 10;
-        let folded = differential_folded(&before, &after);
+        let folded = differential_folded(&before, &after, &View::default());
         let worker = folded.lines().find(|l| l.starts_with("worker;")).unwrap();
         assert!(worker.ends_with(" 3 30"), "{worker}");
-        let svg =
-            String::from_utf8(render_differential(&before, &after, "growth").unwrap()).unwrap();
+        let svg = String::from_utf8(
+            render_differential(&before, &after, &View::default(), "growth").unwrap(),
+        )
+        .unwrap();
         assert!(svg.contains("growth") && svg.contains("leaf_for_tests"));
         // inferno colors grown frames red: rgb(255,…).
         assert!(
@@ -123,11 +154,31 @@ mod tests {
     }
 
     #[test]
+    fn the_subtitle_fits_the_canvas() {
+        let comments: Vec<String> = [
+            "window 5.00 s from 2026-11-30T08:23:49.295Z, 99 Hz requested",
+            "478 samples (99/s of CPU), 0 dropped; process CPU 4.843 s (97% of one core)",
+            "cpu values are samples scaled to the process CPU time measured over the window",
+        ]
+        .map(String::from)
+        .to_vec();
+        let line = subtitle(&comments, SUBTITLE_CHARS);
+        assert!(line.chars().count() <= SUBTITLE_CHARS, "{line}");
+        assert!(
+            line.starts_with("window 5.00 s") && line.contains("4.843 s"),
+            "{line}"
+        );
+        let long = vec!["x".repeat(400)];
+        assert_eq!(subtitle(&long, 20).chars().count(), 20);
+        assert_eq!(subtitle(&[], 20), "");
+    }
+
+    #[test]
     fn an_empty_profile_still_renders() {
         let mut profile = sample_profile();
         profile.samples.clear();
         let mut svg = Vec::new();
-        render(&profile, &mut svg).unwrap();
+        render(&profile, &View::default(), &mut svg).unwrap();
         let svg = String::from_utf8(svg).unwrap();
         assert!(svg.contains("<svg"));
     }

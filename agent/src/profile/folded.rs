@@ -4,41 +4,46 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
+use super::view::View;
 use super::Profile;
 
 /// Renders one line per distinct stack, sorted, with the flame-graph value.
-pub(super) fn render(profile: &Profile) -> String {
+pub(super) fn render(profile: &Profile, view: &View) -> String {
     let mut out = Vec::new();
     // Writing to memory cannot fail.
-    let _ = write(profile, &mut out);
+    let _ = write(profile, view, &mut out);
     String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Writes one line per distinct stack, sorted, with the flame-graph value.
-pub(super) fn write(profile: &Profile, out: &mut impl Write) -> io::Result<()> {
-    for (stack, count) in lines(profile) {
+pub(super) fn write(profile: &Profile, view: &View, out: &mut impl Write) -> io::Result<()> {
+    for (stack, count) in lines(profile, view) {
         writeln!(out, "{stack} {count}")?;
     }
     Ok(())
 }
 
-/// Distinct stacks with their summed flame-graph values, sorted by stack.
-pub(super) fn lines(profile: &Profile) -> BTreeMap<String, i64> {
+/// Distinct stacks as the view shows them, with their summed flame-graph
+/// values, sorted by stack.
+pub(super) fn lines(profile: &Profile, view: &View) -> BTreeMap<String, i64> {
     let mut stacks: BTreeMap<String, i64> = BTreeMap::new();
     for sample in &profile.samples {
         let value = sample.values.get(profile.flame_value).copied().unwrap_or(0);
         if value <= 0 {
             continue;
         }
+        let Some(frames) = view.stack(profile, sample) else {
+            continue;
+        };
         let mut line = String::new();
         if let Some(thread) = &sample.thread {
             push_frame(&mut line, thread);
         }
-        for frame in profile.frames_root_first(sample) {
+        for frame in &frames {
             if !line.is_empty() {
                 line.push(';');
             }
-            push_frame(&mut line, &frame.function);
+            push_frame(&mut line, frame);
         }
         if line.is_empty() {
             line.push_str("[unknown]");
@@ -68,7 +73,7 @@ mod tests {
 
     #[test]
     fn thread_is_the_root_and_leaf_comes_last() {
-        let text = render(&sample_profile());
+        let text = render(&sample_profile(), &View::default());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         let worker = lines.iter().find(|l| l.starts_with("worker;")).unwrap();

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::view::View;
 use super::Profile;
 
 #[derive(Serialize)]
@@ -10,6 +11,9 @@ struct JsonProfile<'a> {
     started_at: String,
     duration_ms: f64,
     comments: &'a [String],
+    /// What the view left out (folded plumbing, a focus), if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    view: Option<String>,
     sample_types: Vec<JsonValueType<'a>>,
     period: i64,
     period_type: JsonValueType<'a>,
@@ -27,13 +31,17 @@ struct JsonValueType<'a> {
 struct JsonStack<'a> {
     thread: Option<&'a str>,
     /// Leaf first, as in every stack of the agent's JSON.
-    frames: Vec<&'a str>,
+    frames: Vec<std::borrow::Cow<'a, str>>,
     values: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Writes the profile as JSON with stacks sorted by the default value,
 /// heaviest first.
-pub(super) fn render(profile: &Profile, out: &mut impl std::io::Write) -> std::io::Result<()> {
+pub(super) fn render(
+    profile: &Profile,
+    view: &View,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
     let values_of = |values: &[i64]| {
         profile
             .sample_types
@@ -56,18 +64,15 @@ pub(super) fn render(profile: &Profile, out: &mut impl std::io::Write) -> std::i
     order.sort_by_key(|i| std::cmp::Reverse(key(i)));
     let stacks = order
         .into_iter()
-        .map(|i| {
+        .filter_map(|i| {
             let sample = &profile.samples[i];
-            let mut frames: Vec<&str> = profile
-                .frames_root_first(sample)
-                .map(|f| &*f.function)
-                .collect();
+            let mut frames = view.stack(profile, sample)?;
             frames.reverse();
-            JsonStack {
+            Some(JsonStack {
                 thread: sample.thread.as_deref(),
                 frames,
                 values: values_of(&sample.values),
-            }
+            })
         })
         .collect();
     let document = JsonProfile {
@@ -75,6 +80,7 @@ pub(super) fn render(profile: &Profile, out: &mut impl std::io::Write) -> std::i
         started_at: rfc3339(profile.started_at),
         duration_ms: profile.duration.as_secs_f64() * 1e3,
         comments: &profile.comments,
+        view: view.note(),
         sample_types: profile
             .sample_types
             .iter()
@@ -105,7 +111,7 @@ mod tests {
     #[test]
     fn stacks_are_leaf_first_with_named_values() {
         let mut bytes = Vec::new();
-        render(&sample_profile(), &mut bytes).unwrap();
+        render(&sample_profile(), &View::default(), &mut bytes).unwrap();
         let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(doc["totals"]["samples"], 4);
         assert_eq!(doc["totals"]["cpu"], 40_000_000);

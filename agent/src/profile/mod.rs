@@ -13,6 +13,7 @@ mod json;
 pub(crate) mod output;
 mod pprof;
 mod top;
+mod view;
 
 pub(crate) use json::rfc3339;
 
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub(crate) use build::{ProfileMeta, RawStack};
+pub use view::{Trim, View};
 // Symbolization lives in `crate::symbols`; these names stay available here
 // for the profiles' users.
 pub use crate::symbols::{
@@ -129,6 +131,12 @@ pub struct Profile {
     pub locations: Vec<Location>,
     /// Binaries the locations belong to; the main executable first.
     pub mappings: Vec<Mapping>,
+    /// A regular expression (RE2, matching a whole function name) of
+    /// frames that pprof tools drop from every stack together with
+    /// everything they call: heap profiles name the allocator's functions,
+    /// so `go tool pprof -top` ranks the code that allocated, not
+    /// `alloc::raw_vec`. The frames stay in the profile.
+    pub drop_frames: Option<&'static str>,
 }
 
 /// Output formats of profile endpoints.
@@ -205,14 +213,19 @@ impl Format {
 /// A differential flame graph of two profiles of the same kind (for
 /// example two heap snapshots): widths are `after`'s values, red frames
 /// grew, blue frames shrank.
-pub fn differential_svg(before: &Profile, after: &Profile, title: &str) -> Result<Vec<u8>, Error> {
-    flamegraph::render_differential(before, after, title)
+pub fn differential_svg(
+    before: &Profile,
+    after: &Profile,
+    view: &View,
+    title: &str,
+) -> Result<Vec<u8>, Error> {
+    flamegraph::render_differential(before, after, view, title)
 }
 
 /// The folded `stack before after` lines of two profiles (inferno's and
 /// FlameGraph's differential input).
-pub fn differential_folded(before: &Profile, after: &Profile) -> String {
-    flamegraph::differential_folded(before, after)
+pub fn differential_folded(before: &Profile, after: &Profile, view: &View) -> String {
+    flamegraph::differential_folded(before, after, view)
 }
 
 /// The executable's file name, for report titles.
@@ -232,27 +245,39 @@ pub(crate) fn xml_escape(text: &str) -> String {
 }
 
 impl Profile {
-    /// Renders the profile in `format`.
+    /// Renders the profile in `format`, with the default [`View`] for the
+    /// human formats (plumbing folded).
     pub fn render(&self, format: Format) -> Result<Vec<u8>, Error> {
-        self.render_into(format).map(output::ReportBuffer::into_vec)
+        self.render_view(format, &View::default())
     }
 
-    /// Renders the profile in `format` as bytes whose pages go back to the
-    /// OS when dropped (what the server sends).
-    pub(crate) fn render_bytes(&self, format: Format) -> Result<axum::body::Bytes, Error> {
-        self.render_into(format)
+    /// Renders the profile in `format`; SVG, folded, text and JSON show
+    /// the stacks as `view` says, pprof keeps every frame of every stack.
+    pub fn render_view(&self, format: Format, view: &View) -> Result<Vec<u8>, Error> {
+        self.render_into(format, view)
+            .map(output::ReportBuffer::into_vec)
+    }
+
+    /// Renders the profile as bytes whose pages go back to the OS when
+    /// dropped (what the server sends).
+    pub(crate) fn render_bytes(
+        &self,
+        format: Format,
+        view: &View,
+    ) -> Result<axum::body::Bytes, Error> {
+        self.render_into(format, view)
             .map(output::ReportBuffer::into_bytes)
     }
 
-    fn render_into(&self, format: Format) -> Result<output::ReportBuffer, Error> {
+    fn render_into(&self, format: Format, view: &View) -> Result<output::ReportBuffer, Error> {
         use std::io::Write;
         let mut out = output::ReportBuffer::default();
         let written = match format {
             Format::Pprof => out.write_all(&pprof::encode(self)?),
-            Format::Svg => flamegraph::render(self, &mut out),
-            Format::Folded => folded::write(self, &mut out),
-            Format::Text => out.write_all(top::render(self, top::DEFAULT_ROWS).as_bytes()),
-            Format::Json => json::render(self, &mut out),
+            Format::Svg => flamegraph::render(self, view, &mut out),
+            Format::Folded => folded::write(self, view, &mut out),
+            Format::Text => out.write_all(top::render(self, view, top::DEFAULT_ROWS).as_bytes()),
+            Format::Json => json::render(self, view, &mut out),
         };
         written.map_err(|source| Error::Encode {
             format: format.name(),

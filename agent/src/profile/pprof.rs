@@ -44,6 +44,8 @@ mod proto {
         pub period: i64,
         #[prost(int64, repeated, tag = "13")]
         pub comment: Vec<i64>,
+        #[prost(int64, tag = "7")]
+        pub drop_frames: i64,
         #[prost(int64, tag = "14")]
         pub default_sample_type: i64,
     }
@@ -228,11 +230,13 @@ fn to_proto(profile: &Profile) -> proto::Profile {
                     let key = (&*frame.function, frame.file.as_deref());
                     let function_id = *function_ids.entry(key).or_insert_with(|| {
                         let id = function.len() as u64 + 1;
-                        let name = strings.id(&frame.function);
+                        let (name, system_name) = function_names(&frame.function);
+                        let system_name = system_name.map_or(0, |full| strings.id(full));
+                        let name = strings.id(&name);
                         function.push(proto::Function {
                             id,
                             name,
-                            system_name: name,
+                            system_name,
                             filename: frame.file.as_deref().map_or(0, |f| strings.id(f)),
                             start_line: 0,
                         });
@@ -270,6 +274,7 @@ fn to_proto(profile: &Profile) -> proto::Profile {
         .collect();
 
     let comment = profile.comments.iter().map(|c| strings.id(c)).collect();
+    let drop_frames = profile.drop_frames.map_or(0, |rx| strings.id(rx));
     let default_sample_type = profile
         .sample_types
         .get(profile.default_value)
@@ -291,13 +296,122 @@ fn to_proto(profile: &Profile) -> proto::Profile {
         period_type,
         period: profile.period,
         comment,
+        drop_frames,
         default_sample_type,
     }
+}
+
+/// The `name` and `system_name` of a function in pprof output.
+///
+/// `name` is the demangled path without generic arguments
+/// (`tokio::runtime::task::harness::Harness::poll`,
+/// `<core::pin::Pin as core::future::future::Future>::poll`,
+/// `core::num::<impl u64>::wrapping_add`); `system_name` is the full path
+/// with them, or empty when there were none. They must differ: when they
+/// are equal, `go tool pprof` takes the name for an undemangled C++ symbol
+/// and strips every `<…>` and `(…)` from it, which turns Rust's qualified
+/// paths into `::poll` and `::wrapping_add`.
+fn function_names(full: &str) -> (std::borrow::Cow<'_, str>, Option<&str>) {
+    let name = without_generic_arguments(full);
+    let system_name = (name != full).then_some(full);
+    (name, system_name)
+}
+
+/// `full` without generic argument lists: a `<…>` that directly follows a
+/// name (`Vec<T>`, `Handler<(M,T1),S>`) is dropped, while one that opens
+/// a path segment (`<T as Trait>::f`, `<impl Trait for T>`) is kept with
+/// the generic arguments inside it dropped.
+pub(crate) fn without_generic_arguments(full: &str) -> std::borrow::Cow<'_, str> {
+    if !full.contains('<') {
+        return std::borrow::Cow::Borrowed(full);
+    }
+    let mut out = String::with_capacity(full.len());
+    let mut skipping = 0usize;
+    let mut previous = '\0';
+    for (at, c) in full.char_indices() {
+        if skipping > 0 {
+            match c {
+                '<' => skipping += 1,
+                // `->` in `Fn() -> T` is not a closing bracket.
+                '>' if previous != '-' => skipping -= 1,
+                _ => {}
+            }
+        } else if c == '<' && (previous.is_alphanumeric() || previous == '_') {
+            skipping = 1;
+        } else if c == '<' && out.ends_with("::") && !full[at..].starts_with("<impl ") {
+            // A turbofish, `catch_unwind::<i32, F>`: drop it with its `::`.
+            out.truncate(out.len() - 2);
+            skipping = 1;
+        } else {
+            out.push(c);
+        }
+        previous = c;
+    }
+    if skipping > 0 {
+        // Unbalanced: not a Rust path we understand; keep it whole.
+        return std::borrow::Cow::Borrowed(full);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_pprof_names_keep_rust_paths_readable() {
+        for (full, name) in [
+            (
+                "tokio::runtime::task::harness::Harness<T,S>::poll",
+                "tokio::runtime::task::harness::Harness::poll",
+            ),
+            (
+                "<core::pin::Pin<P> as core::future::future::Future>::poll",
+                "<core::pin::Pin as core::future::future::Future>::poll",
+            ),
+            (
+                "<F as axum::handler::Handler<(M,T1),S>>::call::{{closure}}",
+                "<F as axum::handler::Handler>::call::{{closure}}",
+            ),
+            (
+                "<alloc::boxed::Box<dyn core::ops::function::FnOnce<(), Output = ()> + core::marker::Send> as core::ops::function::FnOnce<()>>::call_once",
+                "<alloc::boxed::Box as core::ops::function::FnOnce>::call_once",
+            ),
+            (
+                "core::iter::range::<impl core::iter::traits::iterator::Iterator for core::ops::range::Range<A>>::next",
+                "core::iter::range::<impl core::iter::traits::iterator::Iterator for core::ops::range::Range>::next",
+            ),
+            (
+                "<Box<dyn Fn(u32) -> Vec<u8>> as Trait>::f",
+                "<Box as Trait>::f",
+            ),
+            (
+                "std::panicking::catch_unwind::<i32, &dyn core::ops::function::Fn + core::marker::Sync>",
+                "std::panicking::catch_unwind",
+            ),
+            (
+                "std::panicking::catch_unwind::do_call::<std::rt::lang_start_internal::{closure#0}, isize>",
+                "std::panicking::catch_unwind::do_call",
+            ),
+        ] {
+            let (shown, system) = function_names(full);
+            assert_eq!(shown, name);
+            assert_eq!(system, Some(full), "the full name is kept");
+        }
+        // Without generic arguments the name is kept and system_name is
+        // empty, so the two still differ.
+        for plain in [
+            "core::num::<impl u64>::wrapping_add",
+            "memcpy",
+            "my::f::{{closure}}",
+        ] {
+            assert_eq!(
+                function_names(plain),
+                (std::borrow::Cow::Borrowed(plain), None)
+            );
+        }
+        assert_eq!(without_generic_arguments("broken<a"), "broken<a");
+    }
     use crate::profile::build::tests::sample_profile;
     use std::io::Read;
 

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::files::ProcFiles;
+use super::files::{reason, ProcFiles};
 
 /// Above this a v1 limit means "no limit" (the kernel reports
 /// `PAGE_COUNTER_MAX` pages, 9223372036854771712 bytes on 4 KiB pages).
@@ -44,7 +44,7 @@ impl ControllerDir {
         let path = self.dir.join(file);
         files
             .read(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .map_err(|e| format!("cannot read {}: {}", path.display(), reason(&e)))
     }
 
     /// This directory and its ancestors up to the mount point, innermost first.
@@ -195,9 +195,9 @@ pub(crate) fn discover(proc_cgroup: &str, mountinfo: &str, root: &Path) -> Cgrou
 /// Finds this process's cgroups on the live system.
 pub(crate) fn discover_live() -> Result<Cgroups, String> {
     let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+        .map_err(|e| format!("cannot read /proc/self/cgroup: {}", reason(&e)))?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {}", reason(&e)))?;
     Ok(discover(&proc_cgroup, &mountinfo, Path::new("/")))
 }
 

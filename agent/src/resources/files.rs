@@ -106,6 +106,23 @@ impl ProcFiles {
     }
 }
 
+    /// What went wrong reading a file, for a report's `source` text: "not
+/// present" rather than "entity not found", "permission denied", and the
+/// OS's message without its `(os error N)` suffix otherwise.
+pub(crate) fn reason(error: &io::Error) -> String {
+    match error.kind() {
+        io::ErrorKind::NotFound => "not present".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => {
+            let text = error.to_string();
+            match text.rfind(" (os error ") {
+                Some(at) if text.ends_with(')') => text[..at].to_owned(),
+                _ => text,
+            }
+        }
+    }
+}
+
 /// Reads at `offset` without moving the file's position.
 #[cfg(unix)]
 fn read_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {

@@ -13,7 +13,7 @@ use procfs::process::{Io, LimitValue, Limits, Stat, Status};
 use procfs::{Current, FromRead};
 
 use super::cgroup::{self, Cgroups};
-use super::files::{ProcFiles, SLOW_REFRESH};
+use super::files::{reason, ProcFiles, SLOW_REFRESH};
 use super::readings::{
     DiskReadings, NetReadings, Pressure, ProcessReadings, Reading, Readings, SlowReadings,
 };
@@ -59,7 +59,7 @@ impl LinuxReader {
     fn read_file(&mut self, path: &str) -> Reading<String> {
         self.files
             .read(Path::new(path))
-            .map_err(|e| format!("cannot read {path}: {e}"))
+            .map_err(|e| format!("cannot read {path}: {}", reason(&e)))
     }
 
     /// Reads one sample. `cgroups` was discovered once at start. The slow
@@ -117,7 +117,7 @@ impl LinuxReader {
         let cpus_allowed = self
             .files
             .read_slow(Path::new("/proc/self/status"))
-            .map_err(|e| format!("cannot read /proc/self/status: {e}"))
+            .map_err(|e| format!("cannot read /proc/self/status: {}", reason(&e)))
             .and_then(|text| {
                 Status::from_read(text.as_bytes())
                     .map_err(|e| format!("cannot parse /proc/self/status: {e}"))
@@ -159,7 +159,7 @@ impl LinuxReader {
         let max_fds = self
             .files
             .read_slow(Path::new("/proc/self/limits"))
-            .map_err(|e| format!("cannot read /proc/self/limits: {e}"))
+            .map_err(|e| format!("cannot read /proc/self/limits: {}", reason(&e)))
             .and_then(|text| {
                 Limits::from_read(text.as_bytes())
                     .map_err(|e| format!("cannot parse /proc/self/limits: {e}"))

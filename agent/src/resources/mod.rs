@@ -186,36 +186,69 @@ pub struct UseReport {
     pub resources: Vec<ResourceUsage>,
 }
 
+impl ResourceUsage {
+    /// Whether `saturation` is a share of time (PSI, throttling, the TCP
+    /// retransmit share) rather than a queue length.
+    fn saturation_is_share(&self) -> bool {
+        matches!(self.name.as_str(), "cpu" | "memory" | "disk" | "network")
+    }
+}
+
+/// `value` in `unit`, in the unit a person reads: MiB/GiB for bytes,
+/// KiB/s or MiB/s for byte rates, whole numbers for counts.
+fn human_amount(value: f64, unit: &str) -> String {
+    const KIB: f64 = 1024.0;
+    const MIB: f64 = KIB * 1024.0;
+    const GIB: f64 = MIB * 1024.0;
+    match unit {
+        "bytes" if value >= GIB => format!("{:.1} GiB", value / GIB),
+        "bytes" if value >= MIB => format!("{:.1} MiB", value / MIB),
+        "bytes" => format!("{:.0} KiB", value / KIB),
+        "bytes/s" if value >= MIB => format!("{:.1} MiB/s", value / MIB),
+        "bytes/s" => format!("{:.1} KiB/s", value / KIB),
+        "cores" => format!("{value:.2} cores"),
+        _ if value.fract() == 0.0 && value.abs() < 1e15 => format!("{value:.0} {unit}"),
+        _ => format!("{value:.2} {unit}"),
+    }
+}
+
 impl fmt::Display for UseReport {
     fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let opt = |v: Option<f64>, percent: bool| match v {
-            Some(v) if percent => format!("{:.1}%", v * 100.0),
-            Some(v) => format!("{v:.3}"),
+        let percent = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{:.1}%", v * 100.0));
+        let saturation = |r: &ResourceUsage| match r.saturation {
             None => "-".to_owned(),
+            Some(v) if r.saturation_is_share() => format!("{:.1}%", v * 100.0),
+            Some(v) => format!("{v:.0} queued"),
         };
-        let amount = |v: Option<f64>| match v {
-            Some(v) if v.abs() >= 1e6 => format!("{v:.3e}"),
-            Some(v) => format!("{v:.2}"),
-            None => "?".to_owned(),
+        let used = |r: &ResourceUsage| {
+            let amount = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |v| human_amount(v, &r.unit));
+            match (r.used, r.limit) {
+                (None, None) => "-".to_owned(),
+                (used, None) => format!("{} (no limit visible)", amount(used)),
+                (used, limit) => format!("{} of {}", amount(used), amount(limit)),
+            }
         };
         writeln!(
             out,
-            "{:<18} {:>11} {:>10} {:>8}  used / limit",
+            "{:<18} {:>11} {:>11} {:>7}  USED OF LIMIT",
             "RESOURCE", "UTILIZATION", "SATURATION", "ERRORS"
         )?;
         for r in &self.resources {
             writeln!(
                 out,
-                "{:<18} {:>11} {:>10} {:>8}  {} / {} {}",
+                "{:<18} {:>11} {:>11} {:>7}  {}",
                 r.name,
-                opt(r.utilization, true),
-                opt(r.saturation, false),
+                percent(r.utilization),
+                saturation(r),
                 r.errors.map_or("-".to_owned(), |e| e.to_string()),
-                amount(r.used),
-                amount(r.limit),
-                r.unit
+                used(r),
             )?;
         }
+        writeln!(
+            out,
+            "\nSaturation: share of time stalled or throttled (PSI; TCP retransmits for network), \
+             or work queued (executor, your resources)."
+        )?;
         writeln!(out, "\nSOURCES")?;
         for r in &self.resources {
             writeln!(out, "{}: {}", r.name, r.source)?;

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{LagReport, RuntimeReport, TimelinePoint};
 use crate::histogram::HistogramSummary;
+use crate::profile::frames::{fold_plumbing, is_library};
 use crate::report::{millis as ms, rfc3339};
 
 /// The windows as a fixed-width table.
@@ -54,6 +55,23 @@ pub(crate) fn text(lag: &LagReport) -> String {
 }
 
 /// The `/debug/runtime?format=text` report.
+/// Stalls listed in the text view, newest first.
+const STALLS_LISTED: usize = 10;
+/// Of those, the ones shown with their stack; older ones get one line.
+const STALLS_WITH_STACKS: usize = 3;
+/// Frames shown per stack (after folding plumbing).
+const STALL_FRAMES: usize = 24;
+
+/// `d` as a person says it: `45 s`, `3 min`, `2 h`.
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}
+
 pub(crate) fn runtime_text(report: &RuntimeReport) -> String {
     let mut out = String::new();
     if let Some(reason) = report.reason {
@@ -91,10 +109,22 @@ pub(crate) fn runtime_text(report: &RuntimeReport) -> String {
         report.stalls_total,
         ms(report.stalled_total)
     );
-    for stall in &report.stalls {
+    let now = SystemTime::now();
+    for (index, stall) in report.stalls.iter().enumerate() {
+        if index == STALLS_LISTED {
+            let _ = writeln!(
+                out,
+                "\n… {} older stalls (format=json lists every kept stall with its stack)",
+                report.stalls.len() - STALLS_LISTED
+            );
+            break;
+        }
+        let ago = now
+            .duration_since(stall.started_at)
+            .map_or_else(|_| "just now".to_owned(), |d| format!("{} ago", human_duration(d)));
         let _ = writeln!(
             out,
-            "\n{} worker {} {} {:.1} ms{} ({}, thread {})",
+            "\n{} ({ago}) worker {} {} {:.1} ms{} ({}, thread {})",
             rfc3339(stall.started_at),
             stall.worker,
             if stall.ongoing { "stuck for" } else { "stuck" },
@@ -109,8 +139,22 @@ pub(crate) fn runtime_text(report: &RuntimeReport) -> String {
         if let Some(note) = &stall.note {
             let _ = writeln!(out, "  note: {note}");
         }
-        for frame in stall.frames.iter().take(40) {
-            let _ = writeln!(out, "  {frame}");
+        if index < STALLS_WITH_STACKS {
+            // Leaf first, plumbing folded: the blocking call and the
+            // handler that made it lead.
+            let folded = fold_plumbing(stall.frames.iter().rev().map(String::as_str));
+            for frame in folded.iter().rev().take(STALL_FRAMES) {
+                let _ = writeln!(out, "  {frame}");
+            }
+        } else if let Some(culprit) = stall.frames.iter().find(|f| !is_library(f)) {
+            match stall.frames.first() {
+                Some(leaf) if leaf != culprit => {
+                    let _ = writeln!(out, "  in {culprit}, at {leaf}");
+                }
+                _ => {
+                    let _ = writeln!(out, "  in {culprit}");
+                }
+            }
         }
     }
     if !report.task_monitors.is_empty() {
@@ -141,6 +185,56 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 56.0;
 const BOTTOM: f64 = 110.0;
+
+/// Width kept for the legend left of the window table.
+const LEGEND_WIDTH: f64 = 190.0;
+
+/// One plotted series of the per-second timeline.
+struct Series {
+    name: &'static str,
+    color: &'static str,
+    width: f64,
+    dash: &'static str,
+    value: fn(&TimelinePoint) -> Duration,
+}
+
+/// Drawn in this order: later ones on top.
+const SERIES: [Series; 3] = [
+    Series {
+        name: "max",
+        color: "#c62828",
+        width: 1.2,
+        dash: "none",
+        value: |p| p.max,
+    },
+    Series {
+        name: "p99",
+        color: "#ef6c00",
+        width: 2.2,
+        dash: "6 3",
+        value: |p| p.p99,
+    },
+    Series {
+        name: "p50",
+        color: "#2e7d32",
+        width: 2.0,
+        dash: "none",
+        value: |p| p.p50,
+    },
+];
+
+/// A lag in ms with precision that suits its size: `0.03 ms`, `12.4 ms`,
+/// `4047 ms`.
+fn human_ms(value: Duration) -> String {
+    let v = ms(value);
+    if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else if v >= 1.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
 
 /// The plot. Time runs left to right over the points' span (at most five
 /// minutes); lag is on a log scale from 10 µs up to the largest decade
@@ -229,15 +323,9 @@ pub(crate) fn svg(
         r##"<line x1="{LEFT}" y1="{ty:.1}" x2="{x2:.1}" y2="{ty:.1}" stroke="#b00020" stroke-dasharray="6 4"/>"##,
         x2 = LEFT + plot_w
     );
-    for (name, color, value) in [
-        (
-            "p50",
-            "#2e7d32",
-            (|p: &TimelinePoint| p.p50) as fn(&TimelinePoint) -> Duration,
-        ),
-        ("p99", "#ef6c00", |p: &TimelinePoint| p.p99),
-        ("max", "#c62828", |p: &TimelinePoint| p.max),
-    ] {
+    // Max first and thinnest, then p99 dashed on top of it (the two
+    // coincide in seconds with few samples), then p50.
+    for series in SERIES {
         let mut path = String::new();
         let mut previous: Option<SystemTime> = None;
         for p in points.iter().filter(|p| p.count > 0) {
@@ -252,14 +340,18 @@ pub(crate) fn svg(
                 "{}{:.1},{:.1} ",
                 if joined { "L" } else { "M" },
                 x(p.at),
-                y(ms(value(p)))
+                y(ms((series.value)(p)))
             );
             previous = Some(p.at);
         }
         if !path.is_empty() {
             let _ = writeln!(
                 out,
-                r##"<path class="{name}" d="{path}" fill="none" stroke="{color}" stroke-width="1.5"><title>{name}</title></path>"##
+                r##"<path class="{name}" d="{path}" fill="none" stroke="{color}" stroke-width="{width}" stroke-dasharray="{dash}"><title>{name}</title></path>"##,
+                name = series.name,
+                color = series.color,
+                width = series.width,
+                dash = series.dash,
             );
         }
     }
@@ -267,27 +359,28 @@ pub(crate) fn svg(
         out,
         r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w:.1}" height="{plot_h:.1}" fill="none" stroke="#999"/>"##
     );
-    // Legend and window table.
-    let ly = TOP + plot_h + 40.0;
-    for (i, (name, color)) in [("p50", "#2e7d32"), ("p99", "#ef6c00"), ("max", "#c62828")]
-        .iter()
-        .enumerate()
-    {
-        let lx = LEFT + 90.0 * i as f64;
+    // Legend (one series per row, left) and the window table (right),
+    // on separate columns so neither overlaps the other.
+    let ly = TOP + plot_h + 36.0;
+    for (i, series) in SERIES.iter().rev().enumerate() {
+        let row_y = ly + 17.0 * i as f64;
         let _ = writeln!(
             out,
-            r##"<line x1="{lx:.1}" y1="{ly:.1}" x2="{x2:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/><text x="{tx:.1}" y="{ty:.1}">{name} per second</text>"##,
-            x2 = lx + 18.0,
-            tx = lx + 24.0,
-            ty = ly + 4.0,
+            r##"<line x1="{LEFT}" y1="{row_y:.1}" x2="{x2:.1}" y2="{row_y:.1}" stroke="{color}" stroke-width="3" stroke-dasharray="{dash}"/><text x="{tx:.1}" y="{ty:.1}">{name} per second</text>"##,
+            x2 = LEFT + 24.0,
+            tx = LEFT + 30.0,
+            ty = row_y + 4.0,
+            color = series.color,
+            dash = series.dash,
+            name = series.name,
         );
     }
     let row = |label: &str, h: &HistogramSummary| {
         format!(
-            "{label}: p50 {:.2} ms · p99 {:.2} ms · max {:.2} ms · {} samples",
-            ms(h.p50),
-            ms(h.p99),
-            ms(h.max),
+            "{label:<10}  p50 {:>9}   p99 {:>9}   max {:>9}   {:>6} samples",
+            human_ms(h.p50),
+            human_ms(h.p99),
+            human_ms(h.max),
             h.count
         )
     };
@@ -301,10 +394,10 @@ pub(crate) fn svg(
     {
         let _ = writeln!(
             out,
-            r##"<text x="{lx:.1}" y="{ty:.1}" fill="#222">{}</text>"##,
+            r##"<text x="{lx:.1}" y="{ty:.1}" fill="#222" font-family="monospace" xml:space="preserve">{}</text>"##,
             crate::profile::xml_escape(line),
-            lx = LEFT + 300.0,
-            ty = ly + 4.0 + 16.0 * i as f64,
+            lx = LEFT + LEGEND_WIDTH,
+            ty = ly + 4.0 + 17.0 * i as f64,
         );
     }
     out.push_str("</svg>\n");

@@ -14,7 +14,7 @@ use super::response::{file_response, json_response, report_response};
 use super::{blocking, AppState};
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::heap::DiffTarget;
-use crate::profile::Format;
+use crate::profile::{Format, View};
 use crate::Error;
 
 /// Query parameters shared by the heap endpoints.
@@ -25,6 +25,7 @@ pub(crate) struct HeapParams {
     pub(crate) limit: usize,
     pub(crate) base: Option<u64>,
     pub(crate) target: Option<DiffTarget>,
+    pub(crate) view: View,
 }
 
 impl HeapParams {
@@ -55,6 +56,7 @@ impl HeapParams {
             limit: query.number("limit", DEFAULT_LIST_LIMIT, 1..=MAX_LIST_LIMIT)?,
             base,
             target,
+            view: query.view()?,
         })
     }
 }
@@ -79,7 +81,10 @@ pub(crate) async fn pprof_heap(
     let heap = state.heap.clone();
     let (bytes, taken_at) = blocking(move || -> Result<_, Error> {
         let profile = heap.profile(params.symbolize)?;
-        Ok((profile.render_bytes(params.format)?, profile.started_at))
+        Ok((
+            profile.render_bytes(params.format, &params.view)?,
+            profile.started_at,
+        ))
     })
     .await??;
     Ok(file_response(bytes, params.format, "heap", taken_at))
@@ -181,7 +186,7 @@ pub(crate) async fn get_snapshot(
     let id = snapshot_id(id)?;
     let params = HeapParams::parse(&query, Format::Json)?;
     let snapshot = state.heap.snapshot(id)?;
-    let format = params.format;
+    let HeapParams { format, view, .. } = params;
     if is_head(&method) {
         return Ok(file_response(
             Vec::new(),
@@ -190,7 +195,7 @@ pub(crate) async fn get_snapshot(
             std::time::SystemTime::now(),
         ));
     }
-    let bytes = blocking(move || snapshot.profile.render_bytes(format)).await??;
+    let bytes = blocking(move || snapshot.profile.render_bytes(format, &view)).await??;
     Ok(file_response(
         bytes,
         format,
@@ -226,7 +231,12 @@ pub(crate) async fn diff(
     })?;
     let target = params.target.unwrap_or(DiffTarget::Now);
     let heap = state.heap.clone();
-    let (format, limit) = (params.format, params.limit);
+    let HeapParams {
+        format,
+        limit,
+        view,
+        ..
+    } = params;
     if is_head(&method) {
         heap.snapshot(base)?;
         if let DiffTarget::Snapshot(id) = target {
@@ -239,7 +249,7 @@ pub(crate) async fn diff(
             std::time::SystemTime::now(),
         ));
     }
-    let bytes = blocking(move || heap.diff(base, target)?.render(format, limit)).await??;
+    let bytes = blocking(move || heap.diff(base, target)?.render(format, limit, &view)).await??;
     Ok(file_response(
         bytes,
         format,

@@ -17,19 +17,20 @@ use crate::config::{
     DEFAULT_FLAMEGRAPH_SECONDS, DEFAULT_PROFILE_HZ, DEFAULT_PROFILE_SECONDS, MAX_PROFILE_HZ,
 };
 use crate::cpu::ProfileRequest;
-use crate::profile::Format;
+use crate::profile::{Format, View};
 
 /// Parsed parameters of a CPU profile request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProfileParams {
     pub(crate) seconds: u64,
     pub(crate) hz: u32,
     pub(crate) format: Format,
     pub(crate) symbolize: bool,
+    pub(crate) view: View,
 }
 
 impl ProfileParams {
-    /// Reads `seconds`, `hz`, `format` and `symbolize` (the query rule of
+    /// Reads `seconds`, `hz`, `format`, `symbolize`, `trim` and `focus` (the query rule of
     /// [`Query`]); unknown parameters are ignored, as Go's handler does, so
     /// scrapers that add their own keep working.
     pub(crate) fn parse(
@@ -43,6 +44,7 @@ impl ProfileParams {
             hz: query.number("hz", DEFAULT_PROFILE_HZ, 1..=MAX_PROFILE_HZ)?,
             format: query.format(default_format)?,
             symbolize: query.flag("symbolize", true)?,
+            view: query.view()?,
         })
     }
 }
@@ -117,7 +119,12 @@ async fn cpu(
     }
     let raw = state.cpu.profile(request).await?;
     let started_at = raw.started_at();
-    let (format, symbolize) = (params.format, params.symbolize);
+    let ProfileParams {
+        format,
+        symbolize,
+        view,
+        ..
+    } = params;
     // Symbolization and encoding run on the agent's blocking pool, never on
     // the host's runtime.
     let bytes = super::blocking(move || {
@@ -126,7 +133,7 @@ async fn cpu(
         } else {
             raw.to_unsymbolized_profile()
         };
-        profile.render_bytes(format)
+        profile.render_bytes(format, &view)
     })
     .await??;
     Ok(file_response(bytes, format, "cpu", started_at))

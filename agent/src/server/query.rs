@@ -17,7 +17,10 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::error::{clip, ApiError};
-use crate::profile::Format;
+use crate::profile::{Format, Trim, View};
+
+/// Longest `focus=` accepted: longer than any function name worth typing.
+const MAX_FOCUS_BYTES: usize = 512;
 
 /// The decoded query of a request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,6 +75,31 @@ impl Query {
                 ("txt", ReportView::Text),
             ],
         )
+    }
+
+    /// `trim=plumbing|none` and `focus=<text>` of a profile's human views.
+    pub(crate) fn view(&self) -> Result<View, ApiError> {
+        let trim = match self.get("trim") {
+            None => Trim::default(),
+            Some(value) => Trim::parse(value).ok_or_else(|| {
+                ApiError::bad_request(
+                    format!("unknown trim {:?}", clip(value)),
+                    "trim is plumbing (the default: runtime and framework frames folded into \
+                     markers) or none (every frame)",
+                )
+            })?,
+        };
+        let mut view = View::default().trim(trim);
+        if let Some(focus) = self.get("focus") {
+            if focus.len() > MAX_FOCUS_BYTES {
+                return Err(ApiError::bad_request(
+                    format!("focus is {} bytes long", focus.len()),
+                    format!("focus is part of a function name, at most {MAX_FOCUS_BYTES} bytes"),
+                ));
+            }
+            view = view.focus(focus);
+        }
+        Ok(view)
     }
 
     /// `key` looked up in `choices` (a name and its value); `default`
