@@ -156,6 +156,23 @@ pub const ENV_ALLOW: &str = "STETHOSCOPE_ALLOW";
 /// Environment variable with the longest allowed profile, in seconds.
 pub const ENV_MAX_PROFILE_SECONDS: &str = "STETHOSCOPE_MAX_PROFILE_SECONDS";
 
+// ---- The doctor: history, rules, hysteresis, budgets, auto-capture ----
+
+/// Rows the doctor's history keeps, one per second: 15 minutes.
+pub const DEFAULT_HISTORY_ROWS: usize = 900;
+
+/// Shortest and longest history the agent accepts, in rows (seconds):
+/// one minute to one hour.
+pub const HISTORY_ROWS_RANGE: (usize, usize) = (60, 3600);
+
+/// Registered user resources the history records (two series each:
+/// utilization and saturation). Resources registered beyond this many
+/// still appear in `/debug/use` and `/metrics`, not in the history.
+pub const MAX_HISTORY_RESOURCES: usize = 16;
+
+/// Environment variable with the history's length, e.g. `15m` (one row a second).
+pub const ENV_HISTORY: &str = "STETHOSCOPE_HISTORY";
+
 /// The bearer token clients must present, kept so that checking it reveals
 /// neither its content nor its length through timing.
 #[derive(Clone)]
