@@ -170,6 +170,26 @@ pub const HISTORY_ROWS_RANGE: (usize, usize) = (60, 3600);
 /// still appear in `/debug/use` and `/metrics`, not in the history.
 pub const MAX_HISTORY_RESOURCES: usize = 16;
 
+/// Latency budget of every route without one of its own: p95 below this
+/// (the seeds' "API p95 < 500 ms").
+pub const DEFAULT_ROUTE_P95_BUDGET: Duration = Duration::from_millis(500);
+
+/// Error budget of every route without one of its own: the share of
+/// requests that may fail (status ≥ 500).
+pub const DEFAULT_ROUTE_ERROR_RATIO_BUDGET: f64 = 0.01;
+
+/// CPU budget: the share of the CPU limit the service should stay under
+/// (the seeds' "CPU < 70 %").
+pub const DEFAULT_CPU_BUDGET: f64 = 0.7;
+
+/// Memory budget: the share of the memory limit the service should stay
+/// under (the seeds' "memory < 80 % of the limit").
+pub const DEFAULT_MEMORY_BUDGET: f64 = 0.8;
+
+/// Environment variable with the doctor's budgets, e.g.
+/// `GET /items/{id}: p95<500ms, errors<1%; cpu<70%; memory<80%` (docs/doctor.md).
+pub const ENV_BUDGETS: &str = "STETHOSCOPE_BUDGETS";
+
 /// Environment variable with the history's length, e.g. `15m` (one row a second).
 pub const ENV_HISTORY: &str = "STETHOSCOPE_HISTORY";
 

@@ -219,6 +219,18 @@ pub enum Error {
         /// Every valid name, comma-separated.
         known: String,
     },
+
+    /// A budget (`STETHOSCOPE_BUDGETS` or a [`Budget`](crate::doctor::Budget))
+    /// is malformed or out of range.
+    #[error("invalid budget {part:?} in {item:?}: expected {expected}")]
+    InvalidBudget {
+        /// The budget item it is part of (between `;`).
+        item: String,
+        /// The part that is wrong.
+        part: String,
+        /// What would have been valid there.
+        expected: &'static str,
+    },
 }
 
 impl std::fmt::Debug for Error {
