@@ -348,6 +348,13 @@ pub const DEFAULT_MEMORY_BUDGET: f64 = 0.8;
 /// are kept.
 pub const MAX_FINDINGS_PER_RULE: usize = 10;
 
+/// Most (rule, resource) conditions the doctor tracks at once; new ones
+/// wait while the table is full.
+pub const MAX_TRACKED_FINDINGS: usize = 256;
+
+/// Most artifacts one finding lists; the oldest are dropped.
+pub const MAX_ARTIFACTS_PER_FINDING: usize = 8;
+
 /// Crates whose frames are library code: the blocked-executor advice names
 /// the leaf-most frame of any other crate as the application's. A frame
 /// without `::` (a C symbol) or that is a bare address is library code too.
@@ -390,12 +397,35 @@ pub const DEFAULT_LIBRARY_CRATES: &[&str] = &[
     "backtrace",
 ];
 
+/// Whether the doctor captures artifacts (heap snapshots, CPU profiles)
+/// when findings open.
+pub const DEFAULT_AUTO_CAPTURE: bool = true;
+
+/// Length of the CPU profile captured when a CPU finding opens.
+pub const DEFAULT_AUTO_CAPTURE_PROFILE: Duration = Duration::from_secs(10);
+
+/// Sampling rate of that profile: low, to add little to a saturated CPU.
+pub const DEFAULT_AUTO_CAPTURE_HZ: u32 = 19;
+
+/// After a memory-growth finding opens with a heap snapshot, the second
+/// snapshot (the diff's target) is taken this much later.
+pub const DEFAULT_AUTO_CAPTURE_FOLLOW_UP: Duration = Duration::from_secs(5 * 60);
+
+/// Least time between two captures for the same rule.
+pub const DEFAULT_AUTO_CAPTURE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+/// Most captures (of any kind) per hour.
+pub const MAX_AUTO_CAPTURES_PER_HOUR: usize = 8;
+
 /// Environment variable with the doctor's budgets, e.g.
 /// `GET /items/{id}: p95<500ms, errors<1%; cpu<70%; memory<80%` (docs/doctor.md).
 pub const ENV_BUDGETS: &str = "STETHOSCOPE_BUDGETS";
 
 /// Environment variable with the history's length, e.g. `15m` (one row a second).
 pub const ENV_HISTORY: &str = "STETHOSCOPE_HISTORY";
+
+/// Environment variable turning the doctor's auto-capture `on` or `off`.
+pub const ENV_AUTO_CAPTURE: &str = "STETHOSCOPE_AUTO_CAPTURE";
 
 /// The bearer token clients must present, kept so that checking it reveals
 /// neither its content nor its length through timing.

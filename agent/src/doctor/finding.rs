@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Serialize, Serializer};
 
 use super::rules::Rule;
+use crate::config::MAX_ARTIFACTS_PER_FINDING;
 
 /// The latest time RFC 3339 with a four-digit year can write.
 const LATEST_FORMATTABLE: Duration = Duration::from_secs(253_402_300_799);
@@ -130,6 +131,48 @@ impl Finding {
         self.next.extend(urls.into_iter().map(Into::into));
         self
     }
+
+    /// Adds an artifact. Beyond [`MAX_ARTIFACTS_PER_FINDING`] the oldest
+    /// one is dropped — but not the first of its kind, which `next` refers
+    /// to (the base of a heap diff).
+    pub(crate) fn add_artifact(&mut self, artifact: Artifact) {
+        if self.artifacts.len() >= MAX_ARTIFACTS_PER_FINDING {
+            let first_of_kind = |i: usize| {
+                !self.artifacts[..i]
+                    .iter()
+                    .any(|a| a.kind == self.artifacts[i].kind)
+            };
+            let drop = (0..self.artifacts.len())
+                .find(|&i| !first_of_kind(i))
+                .unwrap_or(0);
+            self.artifacts.remove(drop);
+        }
+        self.artifacts.push(artifact);
+    }
+
+    /// Fills the placeholders of `next` (`{heap_snapshot}`: the id of the
+    /// finding's first artifact of that kind) and drops the URLs whose
+    /// placeholders have no artifact.
+    pub(crate) fn resolve_next(&mut self) {
+        let artifacts = &self.artifacts;
+        self.next = std::mem::take(&mut self.next)
+            .into_iter()
+            .filter_map(|url| {
+                let mut url = url;
+                for kind in ArtifactKind::ALL {
+                    let placeholder = kind.placeholder();
+                    if url.contains(placeholder) {
+                        let id = artifacts
+                            .iter()
+                            .find(|a| a.kind == kind)
+                            .and_then(|a| a.id.as_deref())?;
+                        url = url.replace(placeholder, id);
+                    }
+                }
+                Some(url)
+            })
+            .collect();
+    }
 }
 
 /// The numbers behind a finding, and the window they come from.
@@ -217,6 +260,13 @@ pub enum ArtifactKind {
 }
 
 impl ArtifactKind {
+    const ALL: [ArtifactKind; 4] = [
+        ArtifactKind::HeapSnapshot,
+        ArtifactKind::CpuProfile,
+        ArtifactKind::StallStack,
+        ArtifactKind::ProfileSegment,
+    ];
+
     /// The placeholder a rule writes in `next` for the id of the finding's
     /// first artifact of this kind: `{heap_snapshot}`, `{cpu_profile}`, …
     pub fn placeholder(self) -> &'static str {
@@ -280,6 +330,57 @@ mod tests {
         assert!(
             rfc3339(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 1000))
                 .starts_with("9999-12-31T23:59:59")
+        );
+    }
+
+    #[test]
+    fn placeholders_fill_from_artifacts_or_drop() {
+        let mut finding = Finding::new(
+            Rule::MemoryGrowing,
+            Severity::Warning,
+            "heap",
+            "t",
+            Evidence::default(),
+            "r",
+            UNIX_EPOCH,
+        )
+        .next([
+            "/debug/heap/diff?base={heap_snapshot}&target=now&format=text",
+            "/debug/heap/stats",
+        ]);
+        let mut unresolved = finding.clone();
+        unresolved.resolve_next();
+        assert_eq!(unresolved.next, ["/debug/heap/stats"]);
+        finding.add_artifact(
+            Artifact::new(
+                ArtifactKind::HeapSnapshot,
+                "/debug/heap/snapshots/7",
+                UNIX_EPOCH,
+            )
+            .id("7"),
+        );
+        finding.resolve_next();
+        assert_eq!(
+            finding.next[0],
+            "/debug/heap/diff?base=7&target=now&format=text"
+        );
+        for i in 0..20 {
+            finding.add_artifact(Artifact::new(
+                ArtifactKind::CpuProfile,
+                format!("/p/{i}"),
+                UNIX_EPOCH,
+            ));
+        }
+        assert_eq!(finding.artifacts.len(), MAX_ARTIFACTS_PER_FINDING);
+        assert_eq!(finding.artifacts.last().unwrap().url, "/p/19");
+        assert_eq!(
+            finding.artifacts[0].kind,
+            ArtifactKind::HeapSnapshot,
+            "the diff's base stays"
+        );
+        assert_eq!(
+            finding.artifacts[1].url, "/p/0",
+            "so does the first profile"
         );
     }
 }

@@ -4,7 +4,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::history::{History, ResourceSlot, Row, Series};
+use super::report::{diagnose, DoctorReport};
 use super::rules::RuleInput;
+use super::state::{RuleStates, Transition};
 use super::{Current, DoctorConfig, MemoryLimitSource, ResourceReading, RouteReading};
 
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
@@ -107,6 +109,8 @@ pub(crate) struct Scenario {
     pub(crate) history: History,
     pub(crate) current: Current,
     pub(crate) config: DoctorConfig,
+    /// Time of the first row.
+    pub(crate) start: SystemTime,
     /// Time of the last row.
     pub(crate) end: SystemTime,
 }
@@ -131,6 +135,7 @@ impl Scenario {
             history,
             current: healthy_current(),
             config: DoctorConfig::default(),
+            start,
             end: start + Duration::from_secs(seconds.saturating_sub(1)),
         }
     }
@@ -143,5 +148,23 @@ impl Scenario {
     /// The rules' input at `now`.
     pub(crate) fn input_at(&self, now: SystemTime) -> RuleInput<'_> {
         RuleInput::new(&self.history, &self.current, &self.config, now)
+    }
+
+    /// Runs the doctor once a second from `from` seconds after the start to
+    /// the last row, as the recorder would; returns every transition and
+    /// the last report.
+    pub(crate) fn replay(&self, from: u64) -> (Vec<Transition>, DoctorReport) {
+        let mut states = RuleStates::new();
+        let mut transitions = Vec::new();
+        let mut at = self.start + Duration::from_secs(from);
+        loop {
+            let (report, mut changes) =
+                diagnose(&self.history, &self.current, &self.config, &mut states, at);
+            transitions.append(&mut changes);
+            if at >= self.end {
+                return (transitions, report);
+            }
+            at += Duration::from_secs(1);
+        }
     }
 }

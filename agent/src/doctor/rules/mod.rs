@@ -1,7 +1,8 @@
 //! The rules: pure functions from the history and the readings of "now" to
 //! findings. Each says whether its condition holds *now* (judged over the
 //! last [`DoctorConfig::lookback`] seconds, or over its own slope window),
-//! with the evidence over its window.
+//! with the evidence over its window; [`RuleStates`](super::RuleStates)
+//! turns "holds now" into findings that open and close with hysteresis.
 //!
 //! Rules never fail: what they cannot read (an unknown series, no limit)
 //! makes them stay silent.
