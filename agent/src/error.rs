@@ -197,6 +197,40 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// A `since` time (of `/debug/history`) did not parse or lies in the
+    /// future.
+    #[error(
+        "invalid since={value:?}: {reason}; expected a time relative to now such as \
+         -90s, -5m or -1h, or an RFC 3339 time such as 2024-05-01T12:00:00Z"
+    )]
+    InvalidSince {
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A history series name is not one the history records.
+    #[error("unknown series {name:?}; the history records: {known}")]
+    UnknownSeries {
+        /// The name as given.
+        name: String,
+        /// Every valid name, comma-separated.
+        known: String,
+    },
+
+    /// A budget (`STETHOSCOPE_BUDGETS` or a [`Budget`](crate::doctor::Budget))
+    /// is malformed or out of range.
+    #[error("invalid budget {part:?} in {item:?}: expected {expected}")]
+    InvalidBudget {
+        /// The budget item it is part of (between `;`).
+        item: String,
+        /// The part that is wrong.
+        part: String,
+        /// What would have been valid there.
+        expected: &'static str,
+    },
 }
 
 impl std::fmt::Debug for Error {

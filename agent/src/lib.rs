@@ -66,6 +66,10 @@
 //! # }
 //! ```
 //!
+//! The [`doctor`] turns all of this into an answer: a one-second history of
+//! every signal (`/debug/history`) and rules over it that report findings
+//! with evidence, advice and the next URL to open (`/debug/doctor`).
+//!
 //! See the `docs/` folder of the repository for the endpoint reference, the
 //! embedding guide, the security model, fleet configuration (Prometheus,
 //! Parca, Grafana Alloy) and measured overhead.
@@ -90,6 +94,7 @@ macro_rules! cfg_feature {
 mod agent;
 pub mod config;
 pub mod cpu;
+pub mod doctor;
 mod error;
 pub mod heap;
 pub mod histogram;
