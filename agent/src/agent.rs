@@ -49,6 +49,8 @@ pub(crate) struct Capabilities {
     pub(crate) spans: Option<crate::spans::SpanTimings>,
     #[cfg(feature = "spans")]
     pub(crate) log_level: Option<crate::spans::LogLevel>,
+    #[cfg(feature = "doctor")]
+    pub(crate) doctor: crate::doctor::Doctor,
 }
 
 /// The agent's own threads, stopped on drop.
@@ -58,6 +60,8 @@ struct Threads {
     _watchdog: Option<crate::runtime::WatchdogGuard>,
     #[cfg(feature = "resources")]
     _use_sampler: Option<crate::periodic::StopOnDrop>,
+    #[cfg(feature = "doctor")]
+    _doctor: Option<crate::periodic::StopOnDrop>,
 }
 
 /// What a builder hands over to the capabilities it starts.
@@ -143,10 +147,16 @@ impl Capabilities {
             spans: wiring.spans,
             #[cfg(feature = "spans")]
             log_level: wiring.log_level,
+            #[cfg(feature = "doctor")]
+            doctor: crate::doctor::Doctor::new(config.doctor.clone()),
         };
         #[cfg(feature = "metrics")]
         {
             caps.metrics = crate::metrics::MetricsRegistry::of(&caps);
+        }
+        #[cfg(feature = "doctor")]
+        {
+            threads._doctor = Some(caps.doctor.start(caps.clone())?);
         }
         Ok((caps, threads))
     }
@@ -292,6 +302,17 @@ cfg_feature! { "runtime",
         /// ```
         pub fn task_monitor(&self, name: &str) -> tokio_metrics::TaskMonitor {
             self.caps.runtime.task_monitor(name)
+        }
+    }
+}
+
+cfg_feature! { "doctor",
+    impl Agent {
+        /// The doctor: the one-second history, the latest diagnosis and
+        /// what it captured for its findings (`/debug/doctor`,
+        /// `/debug/history`).
+        pub fn doctor(&self) -> &crate::doctor::Doctor {
+            &self.caps.doctor
         }
     }
 }
@@ -623,10 +644,52 @@ impl AgentBuilder {
         self
     }
 
+    /// Adds a performance budget the doctor checks (a route's p95/p99
+    /// latency and error ratio, or a CPU or memory ceiling), next to the
+    /// defaults (`*: p95<500ms, errors<1%; cpu<70%; memory<80%`); see
+    /// docs/doctor.md. An invalid budget makes [`start`](Self::start) fail
+    /// naming its bad part.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stethoscope::doctor::Budget;
+    ///
+    /// let builder = stethoscope::Agent::builder()
+    ///     .budget(Budget::route("GET /items/{id}").p95(Duration::from_millis(300)))
+    ///     .budget(Budget::cpu(0.6));
+    /// # let _ = builder;
+    /// ```
+    pub fn budget(mut self, budget: impl Into<crate::doctor::Budget>) -> Self {
+        match self.config.doctor.config.budgets.add(budget) {
+            Ok(()) => self,
+            Err(error) => self.defer(error),
+        }
+    }
+
+    /// Replaces the doctor's settings: rule thresholds and windows
+    /// ([`DoctorConfig`](crate::doctor::DoctorConfig), budgets included),
+    /// the auto-capture policy and the history length (60 to 3600 rows,
+    /// one a second; others make [`start`](Self::start) fail). Default:
+    /// [`DoctorSettings::default`](crate::doctor::DoctorSettings).
+    pub fn doctor(mut self, settings: crate::doctor::DoctorSettings) -> Self {
+        let (low, high) = config::HISTORY_ROWS_RANGE;
+        if !(low..=high).contains(&settings.history_rows) {
+            return self.defer(Error::InvalidSetting {
+                setting: "doctor.history_rows",
+                reason: "must be from 60 to 3600 rows (one a second)",
+            });
+        }
+        self.config.doctor = settings;
+        self
+    }
+
     /// Applies the `STETHOSCOPE_*` environment variables that are set:
     /// [`ENV_ADDR`](config::ENV_ADDR), [`ENV_TOKEN`](config::ENV_TOKEN),
-    /// [`ENV_ALLOW`](config::ENV_ALLOW) (comma-separated) and
-    /// [`ENV_MAX_PROFILE_SECONDS`](config::ENV_MAX_PROFILE_SECONDS). They
+    /// [`ENV_ALLOW`](config::ENV_ALLOW) (comma-separated),
+    /// [`ENV_MAX_PROFILE_SECONDS`](config::ENV_MAX_PROFILE_SECONDS), and the
+    /// doctor's [`ENV_BUDGETS`](config::ENV_BUDGETS),
+    /// [`ENV_HISTORY`](config::ENV_HISTORY) and
+    /// [`ENV_AUTO_CAPTURE`](config::ENV_AUTO_CAPTURE). They
     /// override earlier setters; later setters override them. Invalid
     /// values make [`start`](Self::start) fail and name the variable.
     pub fn with_default_env(self) -> Self {

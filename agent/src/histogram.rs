@@ -14,6 +14,8 @@ mod latency;
 pub(crate) use buckets::{seconds_to_nanos, BucketCounts};
 #[cfg(any(feature = "red", feature = "spans"))]
 pub(crate) use latency::LatencyHistogram;
+#[cfg_attr(not(all(feature = "doctor", feature = "red")), allow(unused_imports))]
+pub(crate) use latency::{dense, quantile_of, Counts};
 
 /// Summary of a latency distribution: exact count, min, max and mean,
 /// percentiles within the precision of the histogram behind it (6.25 % for

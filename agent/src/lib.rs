@@ -143,6 +143,8 @@ mod user_docs {
     struct Security;
     #[doc = include_str!("../../docs/fleet.md")]
     struct Fleet;
+    #[doc = include_str!("../../docs/doctor.md")]
+    struct Doctor;
     #[doc = include_str!("../../docs/overhead.md")]
     struct Overhead;
 }

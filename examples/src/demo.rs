@@ -89,6 +89,29 @@ impl DemoPool {
     }
 }
 
+impl DemoPool {
+    /// Keeps every connection busy for `wall`: `3 × size` background tasks
+    /// each take a connection (waiting as long as it takes), hold it for
+    /// 250 ms and queue again — a saturated pool with callers waiting.
+    pub fn hog(&self, wall: Duration) {
+        let until = tokio::time::Instant::now() + wall;
+        for _ in 0..self.inner.size * 3 {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                while tokio::time::Instant::now() < until {
+                    pool.inner.waiting.fetch_add(1, Ordering::Relaxed);
+                    let permit = pool.inner.connections.acquire().await;
+                    pool.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                    if permit.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            });
+        }
+    }
+}
+
 impl Resource for DemoPool {
     fn name(&self) -> &str {
         "db_pool"
@@ -186,6 +209,12 @@ pub fn router_with_monitor(pool: DemoPool, spawned: tokio_metrics::TaskMonitor) 
         .route("/flaky", get(flaky))
         .route("/block", get(blocking_handler))
         .route("/spawn", get(spawn_many))
+        .route("/downstream", get(downstream))
+        .route("/trouble/leak", get(trouble_leak))
+        .route("/trouble/fds", get(trouble_fds))
+        .route("/trouble/threads", get(trouble_threads))
+        .route("/trouble/cpu", get(trouble_cpu))
+        .route("/trouble/pool", get(trouble_pool))
         .with_state(state)
 }
 
@@ -202,7 +231,15 @@ async fn index() -> &'static str {
      GET /flaky        5 ms, and every 10th request fails with 500\n\
      GET /block?ms=N   block the request's tokio worker for N ms in std::thread::sleep\n\
      \x20                 (demo::blocking_handler): a stall in /debug/runtime, a spike in /debug/lag\n\
-     GET /spawn?n=N    spawn N short tasks (50 us of CPU, one yield each) and wait for them\n"
+     GET /spawn?n=N    spawn N short tasks (50 us of CPU, one yield each) and wait for them\n\
+     GET /downstream?ms=N  wait N ms (default 600) on a pretend slow dependency: I/O-bound\n\
+     \n\
+     Trouble on purpose, for /debug/doctor (each returns at once and runs in the background):\n\
+     GET /trouble/leak?mb=N&secs=S  leak N MiB (default 2) every second for S s (default 300)\n\
+     GET /trouble/fds?n=N           open N more handles to /dev/null and never close them\n\
+     GET /trouble/threads?n=N       start N more threads that never exit\n\
+     GET /trouble/cpu?secs=S        burn every CPU, plus one thread, for S s (default 60)\n\
+     GET /trouble/pool?secs=S       keep every db_pool connection busy with callers waiting for S s\n"
 }
 
 /// Holds one of the pool's connections for 20 ms.
@@ -322,6 +359,75 @@ async fn blocking_handler(Query(query): Query<BlockQuery>) -> String {
     let ms = query.ms.unwrap_or(300).min(MAX_BLOCK_MS);
     std::thread::sleep(Duration::from_millis(ms));
     format!("blocked this worker for {ms} ms\n")
+}
+
+/// Query of the `/trouble/*` and `/downstream` routes.
+#[derive(Debug, Deserialize)]
+pub struct TroubleQuery {
+    /// Per-step size (MiB for `/trouble/leak`) or count (`fds`, `threads`).
+    pub mb: Option<usize>,
+    /// Count of handles or threads.
+    pub n: Option<usize>,
+    /// How long, in seconds.
+    pub secs: Option<u64>,
+    /// Milliseconds (`/downstream`).
+    pub ms: Option<u64>,
+}
+
+/// Longest trouble one request may start, in seconds.
+pub const MAX_TROUBLE_SECS: u64 = 600;
+
+fn trouble_secs(query: &TroubleQuery, default: u64) -> Duration {
+    Duration::from_secs(query.secs.unwrap_or(default).min(MAX_TROUBLE_SECS))
+}
+
+/// A slow dependency: the handler awaits it and uses no CPU, so the
+/// route is slow while the process is idle.
+async fn downstream(Query(query): Query<TroubleQuery>) -> String {
+    let ms = query.ms.unwrap_or(600).min(MAX_BLOCK_MS);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("the dependency answered after {ms} ms\n")
+}
+
+async fn trouble_leak(Query(query): Query<TroubleQuery>) -> String {
+    let mb = query.mb.unwrap_or(2).min(64);
+    let secs = trouble_secs(&query, 300);
+    tokio::task::spawn_blocking(move || {
+        workload::leak_steadily(mb << 20, Duration::from_secs(1), secs.as_secs() as u32)
+    });
+    format!("leaking {mb} MiB a second for {} s\n", secs.as_secs())
+}
+
+async fn trouble_fds(Query(query): Query<TroubleQuery>) -> Result<String, StatusCode> {
+    let n = query.n.unwrap_or(100).min(10_000);
+    match workload::leak_files(n) {
+        Ok(total) => Ok(format!("{total} descriptors leaked in total\n")),
+        Err(_) => Err(StatusCode::INSUFFICIENT_STORAGE),
+    }
+}
+
+async fn trouble_threads(Query(query): Query<TroubleQuery>) -> Result<String, StatusCode> {
+    let n = query.n.unwrap_or(20).min(200);
+    match workload::leak_threads(n) {
+        Ok(total) => Ok(format!("{total} threads leaked in total\n")),
+        Err(_) => Err(StatusCode::INSUFFICIENT_STORAGE),
+    }
+}
+
+async fn trouble_cpu(Query(query): Query<TroubleQuery>) -> String {
+    let secs = trouble_secs(&query, 60);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+    std::thread::spawn(move || workload::saturate_cpu(threads, secs));
+    format!("burning {threads} threads for {} s\n", secs.as_secs())
+}
+
+async fn trouble_pool(State(state): State<DemoState>, Query(query): Query<TroubleQuery>) -> String {
+    let secs = trouble_secs(&query, 60);
+    state.pool.hog(secs);
+    format!(
+        "holding every db_pool connection for {} s\n",
+        secs.as_secs()
+    )
 }
 
 /// Many short tasks: healthy, yielding executor load.

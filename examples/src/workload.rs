@@ -273,6 +273,72 @@ pub fn spin(wall: Duration) -> u64 {
     x
 }
 
+/// Leaks `bytes_per_step` every `step` for `steps` steps, in 64 KiB chunks
+/// (a slow, steady leak, as a cache that is never evicted grows). Blocks
+/// the calling thread for `steps × step`.
+#[inline(never)]
+pub fn leak_steadily(bytes_per_step: usize, step: Duration, steps: u32) -> usize {
+    let mut total = 0;
+    for _ in 0..steps {
+        total = leak_chunks(bytes_per_step);
+        std::thread::sleep(step);
+    }
+    total
+}
+
+/// Opens `count` more handles to `/dev/null` and keeps them open forever
+/// (a descriptor leak). Returns the number kept in total.
+pub fn leak_files(count: usize) -> std::io::Result<usize> {
+    use std::sync::Mutex;
+    static OPEN: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let mut open = OPEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..count {
+        open.push(std::fs::File::open(null_device())?);
+    }
+    Ok(open.len())
+}
+
+fn null_device() -> &'static str {
+    if cfg!(windows) {
+        "NUL"
+    } else {
+        "/dev/null"
+    }
+}
+
+/// Starts `count` more threads that sleep forever (a thread leak: a pool
+/// that spawns instead of reusing). Returns the number started in total.
+pub fn leak_threads(count: usize) -> std::io::Result<usize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static STARTED: AtomicUsize = AtomicUsize::new(0);
+    for _ in 0..count {
+        std::thread::Builder::new()
+            .name("leaked".into())
+            .stack_size(64 * 1024)
+            .spawn(|| loop {
+                std::thread::park();
+            })?;
+        STARTED.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(STARTED.load(Ordering::Relaxed))
+}
+
+/// Burns CPU on `threads` threads for `wall` of wall-clock time each: more
+/// work than the CPUs can take when `threads` reaches their number.
+pub fn saturate_cpu(threads: usize, wall: Duration) -> u64 {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(move || spin(wall)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(0))
+            .fold(0, u64::wrapping_add)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

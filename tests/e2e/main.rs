@@ -9,6 +9,7 @@ stethoscope::heap_profiling!("prof:true,prof_active:true,lg_prof_sample:16");
 
 mod access;
 mod cpu;
+mod doctor;
 mod hardening;
 mod heap;
 mod lag;

@@ -41,6 +41,46 @@ fn url(agent: SocketAddr, path: &str) -> String {
 }
 
 #[test]
+fn the_doctor_step_names_the_blocking_handler_and_its_fix() {
+    let _alone = profiler_lock();
+    let demo = DemoProcess::start();
+    // The tour's loop, shortened: the default window is 10 s.
+    let started = std::time::Instant::now();
+    let mut report = String::new();
+    while started.elapsed() < Duration::from_secs(40) {
+        get(demo.service, "/block?ms=250", None);
+        std::thread::sleep(Duration::from_millis(250));
+        if started.elapsed() > Duration::from_secs(10) {
+            let json = get(demo.agent, "/debug/doctor", None).json();
+            let open = json["findings"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["rule"] == "event_loop_blocked"));
+            if open {
+                report = get(demo.agent, "/debug/doctor?format=text", None).text();
+                break;
+            }
+        }
+    }
+    assert!(report.contains("rule        event_loop_blocked"), "{report}");
+    assert!(report.contains("demo::blocking_handler"), "{report}");
+    assert!(
+        report.contains("spawn_blocking") && report.contains("tokio::time::sleep"),
+        "{report}"
+    );
+    let history = get(
+        demo.agent,
+        "/debug/history?since=-1m&series=lag_max_ms,cpu_cores",
+        None,
+    )
+    .json();
+    let lag: Vec<f64> = history["series"]["lag_max_ms"]
+        .as_array()
+        .map(|v| v.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    assert!(lag.iter().any(|&l| l >= 200.0), "{history}");
+}
+
+#[test]
 fn cpu_steps_flame_graph_top_table_go_pprof_and_memcpy() {
     let _alone = profiler_lock();
     let demo = DemoProcess::start();

@@ -6,7 +6,7 @@
 //! Everything here is plain data and pure functions, fed by the agent:
 //!
 //! - [`History`]: a fixed ring of one [`Row`] a second (default 15 min,
-//!   about 436 KiB, allocation-free after [`History::new`]), read as
+//!   about 443 KiB, allocation-free after [`History::new`]), read as
 //!   [`HistoryColumns`] for `GET /debug/history?since=-5m&series=…`
 //!   ([`parse_since`], [`parse_series`]).
 //! - [`rules`]: one pure function per problem — [`Rule::ALL`] — from the
@@ -57,7 +57,11 @@ mod finding;
 mod fixtures;
 mod frames;
 mod history;
+#[cfg(feature = "doctor")]
+mod live;
 mod query;
+#[cfg(feature = "doctor")]
+mod recorder;
 mod report;
 pub mod rules;
 mod settings;
@@ -74,8 +78,10 @@ pub use finding::{
 pub use history::{
     History, HistoryColumns, ResourceSlot, Row, RowRef, Series, SeriesColumn, Window,
 };
+#[cfg(feature = "doctor")]
+pub use live::{Doctor, MAX_CPU_ARTIFACTS, MAX_CPU_ARTIFACT_BYTES};
 pub use query::{parse_history_length, parse_series, parse_since};
 pub use report::{diagnose, DoctorReport, HistoryInfo, PendingFinding, Status};
 pub use rules::{Rule, RuleInput};
-pub use settings::{DoctorConfig, RuleWindows};
+pub use settings::{DoctorConfig, DoctorSettings, RuleWindows};
 pub use state::{Change, PendingCondition, RuleState, RuleStates, Transition};

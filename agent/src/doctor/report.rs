@@ -359,22 +359,26 @@ fn render_stack(out: &mut String, finding: &Finding) {
         .stall
         .as_ref()
         .and_then(|s| s.application_frame.as_deref());
-    let shown = frames.len().min(FRAMES);
-    for (i, frame) in frames.iter().take(shown).enumerate() {
+    // Leaf first, runtime and framework plumbing folded into markers as in
+    // every human view (the JSON keeps every frame).
+    let mut folded = crate::profile::frames::fold_plumbing(frames.iter().rev().map(String::as_str));
+    folded.reverse();
+    let shown = folded.len().min(FRAMES);
+    for (i, frame) in folded.iter().take(shown).enumerate() {
         let label = if i == 0 { "stack" } else { "" };
-        let marked = if Some(frame.as_str()) == app {
+        let marked = if Some(&**frame) == app {
             format!("→ {}   ← application frame", tidy(frame))
         } else {
             format!("  {}", tidy(frame))
         };
         let _ = writeln!(out, "   {label:<LABEL$}{marked}");
     }
-    if frames.len() > shown {
+    if folded.len() > shown {
         let _ = writeln!(
             out,
             "   {:<LABEL$}  … {} more frames",
             "",
-            frames.len() - shown
+            folded.len() - shown
         );
     }
 }

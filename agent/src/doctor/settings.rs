@@ -179,3 +179,26 @@ impl Default for DoctorConfig {
         }
     }
 }
+
+/// How the agent's doctor is set up: rule thresholds and windows, budgets,
+/// history length and the auto-capture policy.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DoctorSettings {
+    /// Thresholds, windows and budgets of the rules.
+    pub config: DoctorConfig,
+    /// What to capture when a finding opens.
+    pub capture: super::CapturePolicy,
+    /// Rows of history kept (one a second).
+    pub history_rows: usize,
+}
+
+impl Default for DoctorSettings {
+    fn default() -> Self {
+        DoctorSettings {
+            config: DoctorConfig::default(),
+            capture: super::CapturePolicy::default(),
+            history_rows: crate::config::DEFAULT_HISTORY_ROWS,
+        }
+    }
+}

@@ -89,8 +89,26 @@ impl Trend {
 /// the pairs to compare: 60 buckets for 10 minutes). `None` with fewer than
 /// three buckets.
 pub(crate) fn trend(window: &Window<'_>, series: Series, bucket: Duration) -> Option<Trend> {
+    trend_of(window.points(series).collect(), bucket)
+}
+
+/// [`trend`] of `series` without what the agent itself holds
+/// ([`Series::AgentBytes`]), for memory series: the agent's symbol cache
+/// grows when it symbolizes, which is not the application's growth.
+pub(crate) fn trend_without_agent(
+    window: &Window<'_>,
+    series: Series,
+    bucket: Duration,
+) -> Option<Trend> {
+    trend_of(
+        window.points_minus(series, Series::AgentBytes).collect(),
+        bucket,
+    )
+}
+
+/// The Theil–Sen trend of timestamped points (ms), over `bucket` medians.
+fn trend_of(points: Vec<(u64, f64)>, bucket: Duration) -> Option<Trend> {
     let bucket_ms = u64::try_from(bucket.as_millis()).unwrap_or(u64::MAX).max(1);
-    let points: Vec<(u64, f64)> = window.points(series).collect();
     let origin = points.first()?.0;
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     let mut values: Vec<f64> = Vec::new();

@@ -78,7 +78,9 @@ pub struct SnapshotDiff {
     pub growth_bytes: i64,
     /// Sum of all stacks' object changes.
     pub growth_objects: i64,
-    /// Every stack that changed, by `delta_bytes` descending.
+    /// Every stack that changed: the application's by `delta_bytes`
+    /// descending, then the agent's own (marked `agent` in JSON) the same
+    /// way.
     pub entries: Vec<DiffEntry>,
     base_snapshot: Arc<HeapSnapshot>,
     target_snapshot: Arc<HeapSnapshot>,
@@ -193,9 +195,12 @@ impl SnapshotDiff {
             }
         }
         entries.retain(|e| e.delta_bytes != 0 || e.delta_objects != 0);
+        // The application's stacks lead; the agent's own (its symbol
+        // cache, grown by symbolizing the very snapshots compared) follow.
         entries.sort_by(|a, b| {
-            b.delta_bytes
-                .cmp(&a.delta_bytes)
+            is_agent_stack(&a.frames)
+                .cmp(&is_agent_stack(&b.frames))
+                .then(b.delta_bytes.cmp(&a.delta_bytes))
                 .then(b.delta_objects.cmp(&a.delta_objects))
         });
         SnapshotDiff {

@@ -85,6 +85,20 @@ impl LatencyHistogram {
         self.sum_ns.load(Ordering::Relaxed)
     }
 
+    /// The non-empty buckets as (index, count), for deltas between two
+    /// moments ([`Counts`]). Reads each bucket once; allocates nothing
+    /// when `out` has room.
+    #[cfg_attr(not(all(feature = "doctor", feature = "red")), allow(dead_code))]
+    pub(crate) fn counts_into(&self, out: &mut Counts) {
+        out.0.clear();
+        for (index, bucket) in self.buckets.iter().enumerate() {
+            let n = bucket.load(Ordering::Relaxed);
+            if n > 0 {
+                out.0.push((index as u16, n));
+            }
+        }
+    }
+
     /// Count, min, max, mean, standard deviation and percentiles.
     pub(crate) fn summary(&self) -> HistogramSummary {
         let counts: Vec<u64> = self
@@ -135,9 +149,103 @@ impl LatencyHistogram {
     }
 }
 
+/// Bucket counts of a [`LatencyHistogram`] at one moment (non-empty
+/// buckets, by index). Two of them give the distribution of what was
+/// recorded in between.
+#[cfg_attr(not(all(feature = "doctor", feature = "red")), allow(dead_code))]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Counts(Vec<(u16, u64)>);
+
+#[cfg_attr(not(all(feature = "doctor", feature = "red")), allow(dead_code))]
+impl Counts {
+    /// Values recorded.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Adds `now − then` bucket by bucket into `into` (dense, one slot per
+    /// bucket); buckets only grow, so a bucket missing from `then` was 0.
+    pub(crate) fn add_delta(now: &Counts, then: Option<&Counts>, into: &mut [u64]) {
+        let mut earlier = then.map(|t| t.0.iter().peekable());
+        for &(index, n) in &now.0 {
+            let mut before = 0;
+            if let Some(earlier) = earlier.as_mut() {
+                while let Some(&&(i, m)) = earlier.peek() {
+                    if i > index {
+                        break;
+                    }
+                    earlier.next();
+                    if i == index {
+                        before = m;
+                    }
+                }
+            }
+            if let Some(slot) = into.get_mut(usize::from(index)) {
+                *slot += n.saturating_sub(before);
+            }
+        }
+    }
+}
+
+/// A dense array of bucket counts, as [`Counts::add_delta`] fills it.
+#[cfg_attr(not(all(feature = "doctor", feature = "red")), allow(dead_code))]
+pub(crate) fn dense() -> Vec<u64> {
+    vec![0; BUCKETS]
+}
+
+/// The `q` quantile (0..1) of dense bucket counts, at the bucket's middle;
+/// `None` when they are all zero.
+#[cfg_attr(not(all(feature = "doctor", feature = "red")), allow(dead_code))]
+pub(crate) fn quantile_of(counts: &[u64], q: f64) -> Option<Duration> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0u64;
+    for (index, &n) in counts.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            let (lower, upper) = bucket_range(index);
+            return Some(Duration::from_nanos(lower + (upper - lower) / 2));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deltas_of_counts_give_the_distribution_in_between() {
+        let h = LatencyHistogram::default();
+        for _ in 0..100 {
+            h.record(1_000_000); // 1 ms
+        }
+        let mut then = Counts::default();
+        h.counts_into(&mut then);
+        for _ in 0..90 {
+            h.record(2_000_000);
+        }
+        for _ in 0..10 {
+            h.record(200_000_000); // 200 ms
+        }
+        let mut now = Counts::default();
+        h.counts_into(&mut now);
+        assert_eq!(now.total(), 200);
+        let mut between = dense();
+        Counts::add_delta(&now, Some(&then), &mut between);
+        assert_eq!(between.iter().sum::<u64>(), 100, "only what came after");
+        let p50 = quantile_of(&between, 0.5).unwrap();
+        let p95 = quantile_of(&between, 0.95).unwrap();
+        assert!((p50.as_secs_f64() * 1e3 - 2.0).abs() < 0.2, "{p50:?}");
+        assert!((p95.as_secs_f64() * 1e3 - 200.0).abs() < 15.0, "{p95:?}");
+        let mut all = dense();
+        Counts::add_delta(&now, None, &mut all);
+        assert_eq!(all.iter().sum::<u64>(), 200);
+        assert_eq!(quantile_of(&dense(), 0.5), None);
+    }
 
     #[test]
     fn buckets_are_contiguous_and_contain_their_values() {

@@ -68,6 +68,8 @@ impl MetricsRegistry {
         if let Some(spans) = &caps.spans {
             collectors.push(Arc::new(spans.clone()));
         }
+        #[cfg(feature = "doctor")]
+        collectors.push(Arc::new(caps.doctor.clone()));
         MetricsRegistry {
             collectors: Arc::new(collectors),
         }

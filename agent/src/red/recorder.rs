@@ -230,6 +230,30 @@ impl RedMetrics {
             .unwrap_or(u32::MAX)
     }
 
+    /// Calls `visit` with every (method, route), its errors since start and
+    /// its latency histogram (whose count is its requests), under each
+    /// shard's read lock in turn: the request path waits at most for one
+    /// shard's visit.
+    #[cfg_attr(not(feature = "doctor"), allow(dead_code))]
+    pub(crate) fn for_each_route(
+        &self,
+        mut visit: impl FnMut(&'static str, &str, u64, &crate::histogram::LatencyHistogram),
+    ) {
+        for shard in &self.inner.shards {
+            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (route, entry) in map.iter() {
+                for method in &entry.methods {
+                    visit(
+                        method.method,
+                        route,
+                        method.errors.load(Ordering::Relaxed),
+                        &method.latency,
+                    );
+                }
+            }
+        }
+    }
+
     /// Per (method, route): totals since start, rate over the last minute
     /// and latency percentiles, busiest route first.
     pub fn report(&self) -> RedReport {

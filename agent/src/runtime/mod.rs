@@ -283,6 +283,21 @@ pub(crate) struct WorkerView {
     tid: Option<u32>,
 }
 
+/// One second of the runtime, for the doctor's history.
+#[cfg_attr(not(feature = "doctor"), allow(dead_code))]
+#[derive(Debug, Clone)]
+pub(crate) struct DoctorSample {
+    pub(crate) last_second: Option<TimelinePoint>,
+    pub(crate) workers: usize,
+    pub(crate) busy_min: Option<f64>,
+    pub(crate) busy_max: Option<f64>,
+    pub(crate) busy_mean: Option<f64>,
+    pub(crate) global_queue_depth: usize,
+    pub(crate) alive_tasks: usize,
+    pub(crate) stalls_total: u64,
+    pub(crate) longest_stall: Option<Stall>,
+}
+
 /// State shared by the watchdog thread and readers.
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -486,6 +501,47 @@ impl RuntimeMonitor {
                 .unwrap_or_else(PoisonError::into_inner)
                 .buckets(),
         )
+    }
+
+    /// What the doctor records each second: the last second's lag, the
+    /// workers' busy shares, queue, tasks, stalls, and the longest stall
+    /// since `stalls_since`. `None` without a watched runtime.
+    #[cfg_attr(not(feature = "doctor"), allow(dead_code))]
+    pub(crate) fn doctor_sample(&self, stalls_since: SystemTime) -> Option<DoctorSample> {
+        let inner = self.inner().ok()?;
+        let now = inner.epoch.elapsed();
+        let last_second = inner
+            .windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_point(now)
+            // A second without a probe sample (the runtime blocked, or idle
+            // between dormant probes) has no lag of its own.
+            .filter(|p| {
+                SystemTime::now()
+                    .duration_since(p.at)
+                    .is_ok_and(|age| age <= Duration::from_secs(2))
+            });
+        let busy: Vec<f64> = inner
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(|view| view.busy_ratio)
+            .collect();
+        let metrics = inner.handle.metrics();
+        let (stalls_total, _) = inner.stalls.totals();
+        Some(DoctorSample {
+            last_second,
+            workers: metrics.num_workers(),
+            busy_min: busy.iter().copied().reduce(f64::min),
+            busy_max: busy.iter().copied().reduce(f64::max),
+            busy_mean: (!busy.is_empty()).then(|| busy.iter().sum::<f64>() / busy.len() as f64),
+            global_queue_depth: metrics.global_queue_depth(),
+            alive_tasks: metrics.num_alive_tasks(),
+            stalls_total,
+            longest_stall: inner.stalls.longest_since(stalls_since),
+        })
     }
 
     /// Runtime health now: counters, per-worker state, stalls, task monitors.

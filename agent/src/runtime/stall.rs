@@ -259,6 +259,18 @@ impl StallHistory {
         self.lock().stalls.iter().cloned().collect()
     }
 
+    /// The longest stall that started at or after `since` or is still
+    /// going on, with its stack.
+    #[cfg_attr(not(feature = "doctor"), allow(dead_code))]
+    pub(crate) fn longest_since(&self, since: SystemTime) -> Option<Stall> {
+        self.lock()
+            .stalls
+            .iter()
+            .filter(|s| s.ongoing || s.started_at >= since)
+            .max_by_key(|s| s.duration)
+            .cloned()
+    }
+
     /// Stalls since start and their summed duration (finished ones).
     pub(crate) fn totals(&self) -> (u64, Duration) {
         let inner = self.lock();

@@ -217,6 +217,13 @@ impl LagWindows {
         }
     }
 
+    /// The newest completed second, if any.
+    #[cfg_attr(not(feature = "doctor"), allow(dead_code))]
+    pub(crate) fn last_point(&mut self, now: Duration) -> Option<TimelinePoint> {
+        self.roll_second(now.as_secs());
+        self.timeline.back().copied()
+    }
+
     /// The per-second points of the last five minutes, oldest first.
     pub(crate) fn timeline(&mut self, now: Duration) -> Vec<TimelinePoint> {
         self.roll_second(now.as_secs());

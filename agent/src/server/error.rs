@@ -293,6 +293,19 @@ impl From<Error> for ApiError {
                 message: "the profiler stopped (agent shutting down)".into(),
                 hint: "retry once the agent is up".into(),
             },
+            since @ Error::InvalidSince { .. } => ApiError::bad_request(
+                since.to_string(),
+                "since is a time relative to now (-90s, -5m, -1h30m) or an RFC 3339 time \
+                 (2024-05-01T12:00:00Z)",
+            ),
+            Error::UnknownSeries { name, known } => ApiError::bad_request(
+                format!("unknown series {:?}", clip(&name)),
+                format!("series is a comma-separated list of: {known}"),
+            ),
+            budget @ Error::InvalidBudget { .. } => ApiError::bad_request(
+                budget.to_string(),
+                "a budget reads like GET /items/{id}: p95<500ms, errors<1%; cpu<70%",
+            ),
             other => {
                 tracing::error!(error = %other, source = ?std::error::Error::source(&other), "request failed");
                 ApiError::Internal

@@ -5,6 +5,8 @@
 mod access;
 mod compress;
 mod connections;
+#[cfg(feature = "doctor")]
+mod doctor;
 mod error;
 mod heap;
 mod limits;
@@ -139,6 +141,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/debug/log-level",
             capability!("spans", get(spans::log_level).put(spans::set_log_level)),
+        )
+        .route("/debug/doctor", capability!("doctor", get(doctor::doctor)))
+        .route(
+            "/debug/doctor/artifacts/{id}",
+            capability!("doctor", get(doctor::artifact)),
+        )
+        .route(
+            "/debug/history",
+            capability!("doctor", get(doctor::history)),
         )
         .route("/metrics", capability!("metrics", get(metrics::metrics)))
         .fallback(not_found)

@@ -250,6 +250,7 @@ Heap profiling: {heap}.</td></tr>
 <p>From a shell: <code>go tool pprof http://HOST:PORT/debug/pprof/profile?seconds=30</code></p>
 <h2>Leaks and memory</h2>
 <ul>
+<li><a href="../doctor?format=text">/debug/doctor</a>: what is wrong, with evidence and the next step (<a href="../doctor">json</a>); <a href="../history?since=-5m">/debug/history</a>: the one-second history of every signal.</li>
 <li><a href="../heap/stats">/debug/heap/stats</a>: jemalloc's allocated, active, resident, mapped, retained and metadata bytes, and fragmentation.</li>
 <li><a href="../heap/profiling">/debug/heap/profiling</a>: whether allocations are sampled; <code>PUT {{"active": false}}</code> pauses.</li>
 <li><a href="../heap/snapshots">/debug/heap/snapshots</a>: <code>POST</code> takes a snapshot; list, <code>GET</code>/<code>DELETE</code> one by id.</li>

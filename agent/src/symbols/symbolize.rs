@@ -176,6 +176,9 @@ pub(crate) struct Symbolizer {
     /// never wait for debug info to load.
     resolver: Mutex<Resolver>,
     prefetch: Mutex<Option<mpsc::Sender<Vec<u64>>>>,
+    /// The unit indexes' bytes when last counted: stats read while the
+    /// resolver is busy report this rather than nothing.
+    index_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Symbolizer {
@@ -192,6 +195,7 @@ impl Symbolizer {
         GLOBAL.get_or_init(|| Symbolizer {
             cache: Mutex::new(Cache::default()),
             resolver: Mutex::new(Resolver::default()),
+            index_bytes: std::sync::atomic::AtomicUsize::new(0),
             prefetch: Mutex::new(None),
         })
     }
@@ -225,6 +229,14 @@ impl Symbolizer {
         let resolved: Vec<(u64, Vec<RawFrame>)> = {
             let mut resolver = self.resolver.lock().unwrap_or_else(PoisonError::into_inner);
             let frames = resolver.resolve_batch(&missing);
+            let index_bytes = resolver
+                .indexes
+                .values()
+                .flatten()
+                .map(super::dwarf::UnitIndex::bytes)
+                .sum();
+            self.index_bytes
+                .store(index_bytes, std::sync::atomic::Ordering::Relaxed);
             missing.into_iter().zip(frames).collect()
         };
         let elapsed = started.elapsed();
@@ -312,19 +324,28 @@ impl Symbolizer {
             resolver.sources.clear();
             resolver.indexes.clear();
             drop(resolver);
+            self.index_bytes
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             tracing::debug!("symbolizer released its debug info");
             crate::memory::give_back_freed();
         }
     }
 
     pub(crate) fn stats(&self) -> SymbolizerStats {
-        let index_bytes: usize = self.resolver.try_lock().map_or(0, |r| {
-            r.indexes
-                .values()
-                .flatten()
-                .map(super::dwarf::UnitIndex::bytes)
-                .sum()
-        });
+        use std::sync::atomic::Ordering;
+        let index_bytes = match self.resolver.try_lock() {
+            Ok(r) => {
+                let bytes = r
+                    .indexes
+                    .values()
+                    .flatten()
+                    .map(super::dwarf::UnitIndex::bytes)
+                    .sum();
+                self.index_bytes.store(bytes, Ordering::Relaxed);
+                bytes
+            }
+            Err(_) => self.index_bytes.load(Ordering::Relaxed),
+        };
         let cache = self.lock();
         SymbolizerStats {
             cached_addresses: cache.entries.len(),

@@ -63,6 +63,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("stethoscope agent: http://{debug}/debug/pprof/");
     println!();
     println!("Try, in another terminal:");
+    println!("  curl 'http://{debug}/debug/doctor?format=text'   # what is wrong, and what to do (see /trouble/* in http://{service}/)");
     println!("  curl 'http://{service}/burn?ms=5000' & curl -o cpu.svg 'http://{debug}/debug/pprof/profile?seconds=5&format=svg'");
     println!("  curl 'http://{service}/burn?ms=5000' & curl 'http://{debug}/debug/pprof/profile?seconds=5&format=text'");
     println!("  curl 'http://{service}/burn?ms=5000' & go tool pprof -top 'http://{debug}/debug/pprof/profile?seconds=5'");

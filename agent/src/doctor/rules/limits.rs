@@ -153,8 +153,9 @@ fn climbing(input: &RuleInput<'_>, what: &Counted) -> Option<Finding> {
         title += &format!("; the limit is reached in ~{}", span_s(eta));
     }
     let mut text = format!(
-        "Theil–Sen slope over the last {} (10-second medians): {:.1}/min, from {} to {}",
+        "Theil–Sen slope over the last {} ({}-second medians): {:.1}/min, from {} to {}",
         span(trend.span),
+        super::memory::slope_bucket(window).as_secs(),
         per_minute,
         count(trend.start.round()),
         count(trend.end.round())

@@ -5,12 +5,33 @@ use std::time::Duration;
 use super::{Rule, RuleInput, USE_TEXT};
 use crate::doctor::finding::{Evidence, Finding, Severity};
 use crate::doctor::history::Series;
-use crate::doctor::stats::{median, trend, Trend};
+use crate::doctor::stats::{median, trend, trend_without_agent, Trend};
 use crate::doctor::units::{bytes, count, percent, span, span_s};
 use crate::doctor::MemoryLimitSource;
 
 /// Bucket of the memory and count slopes: medians of 10 seconds.
 pub(super) const SLOPE_BUCKET: Duration = Duration::from_secs(10);
+
+/// The trend of `series` over `window`; for bytes, without what the agent
+/// itself holds (its symbol cache grows when it symbolizes a profile).
+fn memory_aware_trend(
+    recent: &crate::doctor::Window<'_>,
+    series: Series,
+    window: Duration,
+) -> Option<Trend> {
+    if series.unit() == "bytes" {
+        trend_without_agent(recent, series, slope_bucket(window))
+    } else {
+        trend(recent, series, slope_bucket(window))
+    }
+}
+
+/// The slice length of a slope over `window`: a sixtieth of it, from one
+/// second to [`SLOPE_BUCKET`] (10 s for the default 10 minutes; shorter
+/// windows, as tests configure them, get finer slices).
+pub(super) fn slope_bucket(window: Duration) -> Duration {
+    (window / 60).clamp(Duration::from_secs(1), SLOPE_BUCKET)
+}
 
 /// Alive tasks growing by this many over the slope window are worth a line.
 const TASK_GROWTH_NOTE: f64 = 100.0;
@@ -39,7 +60,7 @@ pub(super) fn growing(
     min_ratio: f64,
 ) -> Option<Trend> {
     let recent = input.recent(window);
-    let trend = trend(&recent, series, SLOPE_BUCKET)?;
+    let trend = memory_aware_trend(&recent, series, window)?;
     let enough = trend.span.as_secs_f64() >= window.as_secs_f64() / 2.0;
     let growth = trend.growth();
     (enough
@@ -111,8 +132,9 @@ pub fn memory_growing(input: &RuleInput<'_>) -> Option<Finding> {
         title += &format!("; {} is reached in ~{}", limit_name(input), span_s(eta));
     }
     let mut text = format!(
-        "Theil–Sen slope of {label} over the last {} (10-second medians): {}/min, from {} to {}",
+        "Theil–Sen slope of {label} over the last {} ({}-second medians): {}/min, from {} to {}",
         span(trend.span),
+        slope_bucket(window).as_secs(),
         bytes(per_minute),
         bytes(trend.start),
         bytes(trend.end)
@@ -198,7 +220,7 @@ pub fn memory_growing(input: &RuleInput<'_>) -> Option<Finding> {
 }
 
 fn trend_of(input: &RuleInput<'_>, series: Series, window: Duration) -> Option<Trend> {
-    trend(&input.recent(window), series, SLOPE_BUCKET)
+    memory_aware_trend(&input.recent(window), series, window)
 }
 
 /// `memory_near_limit`: holds now when the median memory use over the
