@@ -89,6 +89,31 @@ struct Measured {
     process: f64,
     watchdog: f64,
     use_sampler: f64,
+    /// The doctor's recorder thread (history row and rules, once a second).
+    doctor: f64,
+    /// Milliseconds to answer `GET /debug/doctor` (median of 20), watching
+    /// rounds only.
+    doctor_request_ms: f64,
+}
+
+/// Milliseconds to answer `GET path` on `addr` (a plain HTTP/1.1 request
+/// on a fresh connection, the whole response read).
+fn request_ms(addr: std::net::SocketAddr, path: &str) -> f64 {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return f64::NAN;
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return f64::NAN;
+    }
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    if !response.starts_with(b"HTTP/1.1 200") {
+        return f64::NAN;
+    }
+    started.elapsed().as_secs_f64() * 1e3
 }
 
 /// CPU milliseconds the process burns per second over `secs` with `setup`,
@@ -123,12 +148,21 @@ fn round(
     let cpu = process_cpu_time();
     let watchdog = thread_cpu_ns("stethoscope-lag");
     let use_sampler = thread_cpu_ns("stethoscope-use");
+    let doctor = thread_cpu_ns("stethoscope-doc");
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let used = process_cpu_time() - cpu;
     let watchdog = thread_cpu_ns("stethoscope-lag").saturating_sub(watchdog);
     let use_sampler = thread_cpu_ns("stethoscope-use").saturating_sub(use_sampler);
+    let doctor = thread_cpu_ns("stethoscope-doc").saturating_sub(doctor);
     let elapsed = started.elapsed().as_secs_f64();
+    let mut doctor_request_ms = f64::NAN;
+    if let (Some(agent), Setup::Watching) = (&agent, setup) {
+        let mut times: Vec<f64> = (0..20)
+            .map(|_| request_ms(agent.local_addr(), "/debug/doctor"))
+            .collect();
+        doctor_request_ms = median(&mut times);
+    }
     if let Some(agent) = agent {
         if setup == Setup::Watching {
             let lag = agent.runtime().lag().expect("lag");
@@ -143,6 +177,8 @@ fn round(
         process: used.as_secs_f64() * 1e3 / elapsed,
         watchdog: watchdog as f64 / 1e6 / elapsed,
         use_sampler: use_sampler as f64 / 1e6 / elapsed,
+        doctor: doctor as f64 / 1e6 / elapsed,
+        doctor_request_ms,
     }
 }
 
@@ -164,6 +200,7 @@ fn main() {
     let (mut none, mut unwatched, mut watching) = (Vec::new(), Vec::new(), Vec::new());
     let (mut agent_total, mut watchdog_cost, mut threads, mut sampler) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut doctor, mut doctor_requests) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         // A different order every round: drift on the machine spreads
         // evenly over the three setups.
@@ -191,6 +228,8 @@ fn main() {
         watchdog_cost.push(c.process - b.process);
         threads.push(c.watchdog);
         sampler.push(c.use_sampler);
+        doctor.push(c.doctor);
+        doctor_requests.push(c.doctor_request_ms);
     }
     let total = median(&mut agent_total);
     println!(
@@ -228,6 +267,20 @@ fn main() {
     println!(
         "  USE sampling thread alone:   {use_thread:.3} ms/s = {:.3} % of one core (exact, from schedstat)",
         use_thread / 10.0
+    );
+    let doctor = median(&mut doctor);
+    println!(
+        "  doctor thread alone:         {doctor:.3} ms/s = {:.3} % of one core (exact, from schedstat: a history row and every rule, once a second)",
+        doctor / 10.0
+    );
+    println!(
+        "  GET /debug/doctor:           {:.2} ms (median of 20 requests a round, median over rounds)",
+        median(&mut doctor_requests)
+    );
+    println!(
+        "  doctor history:              {} KiB for 15 minutes, allocated at start",
+        stethoscope::doctor::History::new(stethoscope::config::DEFAULT_HISTORY_ROWS).memory_bytes()
+            / 1024
     );
     let looks = [50, 25, 10][busy];
     let bare = bare_thread(Duration::from_millis(looks), secs);
