@@ -61,7 +61,10 @@ fn the_doctor_step_names_the_blocking_handler_and_its_fix() {
             }
         }
     }
-    assert!(report.contains("rule        event_loop_blocked"), "{report}");
+    assert!(
+        report.contains("rule        event_loop_blocked"),
+        "{report}"
+    );
     assert!(report.contains("demo::blocking_handler"), "{report}");
     assert!(
         report.contains("spawn_blocking") && report.contains("tokio::time::sleep"),
