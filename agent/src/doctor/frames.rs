@@ -1,25 +1,7 @@
 //! Reading a stall's stack: which frame is the application's, and what
 //! kind of blocking call sits above it.
 
-/// The crate a frame belongs to: its first path segment (the `Self` type's
-/// for `<T as Trait>::method`), if the frame is a Rust path at all.
-fn crate_of(frame: &str) -> Option<&str> {
-    let mut rest = frame.trim_start();
-    loop {
-        let before = rest;
-        for prefix in ["<", "&", "mut ", "dyn ", "impl "] {
-            rest = rest.strip_prefix(prefix).unwrap_or(rest);
-        }
-        if rest == before {
-            break;
-        }
-    }
-    let end = rest
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(rest.len());
-    let (name, after) = rest.split_at(end);
-    (!name.is_empty() && after.starts_with("::")).then_some(name)
-}
+use crate::profile::frames::crate_of;
 
 /// Whether a frame is library code: a listed crate, a C symbol, an address.
 fn is_library(frame: &str, library_crates: &[String]) -> bool {
@@ -160,7 +142,11 @@ mod tests {
             crate_of("<&mut demo::X as core::fmt::Debug>::fmt"),
             Some("demo")
         );
-        assert_eq!(crate_of("<F as core::future::future::Future>::poll"), None);
+        // A generic self type: the trait's crate (a library here).
+        assert_eq!(
+            crate_of("<F as core::future::future::Future>::poll"),
+            Some("core")
+        );
         assert_eq!(crate_of("__GI___clock_nanosleep"), None);
         assert_eq!(crate_of("0x7f3a2b1c"), None);
         assert_eq!(crate_of(""), None);
