@@ -344,7 +344,7 @@ fn print_truth(options: &Options, runs: &HashMap<(Profiler, u32), Vec<Truth>>) {
                 of(&|t| t.captured.reported_cpu.as_secs_f64() / t.cpu.process.as_secs_f64());
             let hot = of(&|t| t.captured.split.hot_share());
             let other = of(&|t| t.captured.split.other_share());
-            let dropped = match t_dropped(these, stethoscope) {
+            let dropped = match dropped_samples(these, stethoscope) {
                 Dropped::Counted { dropped, taken } => format!(
                     "{dropped} of {} ({:.2} %), counted",
                     dropped + taken,
@@ -393,7 +393,7 @@ enum Dropped {
     Estimated((f64, f64, f64)),
 }
 
-fn t_dropped(these: &[Truth], stethoscope: Option<&Vec<Truth>>) -> Dropped {
+fn dropped_samples(these: &[Truth], stethoscope: Option<&Vec<Truth>>) -> Dropped {
     if let Some(Some(_)) = these.first().map(|t| t.captured.dropped) {
         let (dropped, taken) = these.iter().fold((0, 0), |(d, s), t| {
             (d + t.captured.dropped.unwrap_or(0), s + t.captured.samples)
