@@ -166,7 +166,9 @@ fn main() {
             }
             for k in 0..profiled.len() {
                 let profiler = profiled[(k + round) % profiled.len()];
-                let run = measure(profiler, hz, options.burn_secs + 1, true, || {
+                // On a busy machine the burn takes longer than its CPU
+                // budget in wall time: leave stethoscope's window room.
+                let run = measure(profiler, hz, 2 * options.burn_secs + 1, true, || {
                     workload::burn_split(options.threads, Duration::from_secs(options.burn_secs))
                 });
                 let Some(captured) = run.captured else {

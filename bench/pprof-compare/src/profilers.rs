@@ -172,9 +172,10 @@ pub struct Measured<T> {
     pub in_window: bool,
 }
 
-/// Runs `work` under `profiler` at `hz` in a window of `window` (at least
-/// as long as the work). With `analyze`, the profile is symbolized and
-/// inspected after the window.
+/// Runs `work` under `profiler` at `hz`. stethoscope's window is requested
+/// up front and lasts `window` (it must outlast the work: `in_window` says
+/// whether it did); pprof-rs's guard lives exactly as long as the work.
+/// With `analyze`, the profile is symbolized and inspected after the window.
 pub fn profile_during<T>(
     profiler: Profiler,
     hz: u32,
@@ -194,8 +195,8 @@ pub fn profile_during<T>(
             })
         }
         Profiler::Stethoscope => stethoscope_during(hz, window, analyze, work),
-        Profiler::PprofRs => pprof_during(hz, window, true, analyze, work),
-        Profiler::PprofRsNoBlocklist => pprof_during(hz, window, false, analyze, work),
+        Profiler::PprofRs => pprof_during(hz, true, analyze, work),
+        Profiler::PprofRsNoBlocklist => pprof_during(hz, false, analyze, work),
     }
 }
 
@@ -318,18 +319,13 @@ pub fn start_pprof(hz: u32, blocklist: bool) -> Result<pprof::ProfilerGuard<'sta
 
 fn pprof_during<T>(
     hz: u32,
-    window: Duration,
     blocklist: bool,
     analyze: bool,
     work: impl FnOnce() -> T,
 ) -> Result<Measured<T>, String> {
     let guard = start_pprof(hz, blocklist)?;
-    let started = Instant::now();
     let before = Clocks::now();
     let work = work();
-    if let Some(rest) = window.checked_sub(started.elapsed()) {
-        std::thread::sleep(rest);
-    }
     let cpu = Clocks::now().since(before);
     let captured = if analyze {
         let report = guard
