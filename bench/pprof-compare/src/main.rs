@@ -145,8 +145,45 @@ fn main() {
     );
     warm_up(&options);
 
-    let mut throughput: HashMap<(Profiler, u32), Vec<Throughput>> = HashMap::new();
-    let mut truth: HashMap<(Profiler, u32), Vec<Truth>> = HashMap::new();
+    let (throughput, truth) = run_rounds(&options);
+    print_throughput(&options, &throughput);
+    print_truth(&options, &truth);
+
+    let compared = [Profiler::Stethoscope, Profiler::PprofRs];
+    if options.report_secs > 0 {
+        let window = Duration::from_secs(options.report_secs);
+        let generated: Vec<(Profiler, Reports)> = compared
+            .into_iter()
+            .map(|profiler| {
+                let out = reports::reports(profiler, options.report_hz, window, options.threads);
+                (profiler, out.unwrap_or_else(|e| fail(&e)))
+            })
+            .collect();
+        print_reports(&options, &generated);
+    }
+    if options.cold_runs > 0 {
+        let window = Duration::from_secs(options.cold_secs);
+        let mut cold: Vec<(Profiler, Cold)> = Vec::new();
+        for run in 0..options.cold_runs {
+            // Alternate which goes first.
+            for k in 0..compared.len() {
+                let profiler = compared[(k + run) % compared.len()];
+                let result =
+                    reports::run_cold(profiler, options.report_hz, window, options.threads);
+                cold.push((profiler, result.unwrap_or_else(|e| fail(&e))));
+            }
+        }
+        print_cold(&options, &cold);
+    }
+    println!("\nload average at the end: {}", load_average());
+}
+
+type Runs<T> = HashMap<(Profiler, u32), Vec<T>>;
+
+/// The interleaved rounds: throughput runs and burn windows at each rate.
+fn run_rounds(options: &Options) -> (Runs<(Throughput, Clocks)>, Runs<Truth>) {
+    let mut throughput: Runs<(Throughput, Clocks)> = HashMap::new();
+    let mut truth: Runs<Truth> = HashMap::new();
     let profiled = &Profiler::ALL[1..];
     for round in 0..options.rounds {
         let rates = if round % 2 == 0 {
@@ -162,7 +199,10 @@ fn main() {
                     workload::call_tree(options.threads, Duration::from_secs(options.secs))
                 });
                 line += &format!(" {} {:.0}/s", profiler.key(), run.work.rate);
-                throughput.entry((profiler, hz)).or_default().push(run.work);
+                throughput
+                    .entry((profiler, hz))
+                    .or_default()
+                    .push((run.work, run.cpu));
             }
             for k in 0..profiled.len() {
                 let profiler = profiled[(k + round) % profiled.len()];
@@ -196,43 +236,7 @@ fn main() {
             println!("{line}");
         }
     }
-    print_throughput(&options, &throughput);
-    print_truth(&options, &truth);
-
-    let window = Duration::from_secs(options.report_secs);
-    let mut generated = Vec::new();
-    let report_profilers = if window.is_zero() {
-        &[][..]
-    } else {
-        &[Profiler::Stethoscope, Profiler::PprofRs][..]
-    };
-    for &profiler in report_profilers {
-        let out = reports::reports(profiler, options.report_hz, window, options.threads)
-            .unwrap_or_else(|e| fail(&e));
-        generated.push((profiler, out));
-    }
-    if !generated.is_empty() {
-        print_reports(&options, &generated);
-    }
-
-    let mut cold: Vec<(Profiler, Cold)> = Vec::new();
-    let cold_window = Duration::from_secs(options.cold_secs);
-    for run in 0..options.cold_runs {
-        let mut order = [Profiler::Stethoscope, Profiler::PprofRs];
-        if run % 2 == 1 {
-            order.reverse();
-        }
-        for profiler in order {
-            let result =
-                reports::run_cold(profiler, options.report_hz, cold_window, options.threads)
-                    .unwrap_or_else(|e| fail(&e));
-            cold.push((profiler, result));
-        }
-    }
-    if !cold.is_empty() {
-        print_cold(&options, &cold);
-    }
-    println!("\nload average at the end: {}", load_average());
+    (throughput, truth)
 }
 
 fn measure<T>(
@@ -293,13 +297,13 @@ fn with_range((median, low, high): (f64, f64, f64), scale: f64, digits: usize) -
     )
 }
 
-fn print_throughput(options: &Options, runs: &HashMap<(Profiler, u32), Vec<Throughput>>) {
+fn print_throughput(options: &Options, runs: &HashMap<(Profiler, u32), Vec<(Throughput, Clocks)>>) {
     println!(
-        "\n## Throughput of the call tree ({} threads, {} s per run): median of the per-round ratios to no profiler (range)\n",
+        "\n## Throughput of the call tree ({} threads, {} s per run): medians of the per-round ratios to no profiler (range)\n",
         options.threads, options.secs
     );
-    println!("| profiler | Hz | calls/s | ratio to no profiler | per-CPU-second ratio |");
-    println!("|---|---|---|---|---|");
+    println!("| profiler | Hz | calls/s | ratio to no profiler | per-CPU-second ratio | CPU of other threads, % of the workers' |");
+    println!("|---|---|---|---|---|---|");
     for hz in RATES {
         let Some(base) = runs.get(&(Profiler::None, hz)) else {
             continue;
@@ -309,26 +313,45 @@ fn print_throughput(options: &Options, runs: &HashMap<(Profiler, u32), Vec<Throu
                 continue;
             };
             let ratio = |f: fn(&Throughput) -> f64| {
-                spread(these.iter().zip(base).map(|(t, b)| f(t) / f(b)).collect())
+                spread(
+                    these
+                        .iter()
+                        .zip(base)
+                        .map(|((t, _), (b, _))| f(t) / f(b))
+                        .collect(),
+                )
             };
+            // Threads other than the workers: the profiler's own (stethoscope's
+            // control thread and symbolizer; pprof-rs has none) and this
+            // benchmark's idle main thread.
+            let others = spread(
+                these
+                    .iter()
+                    .map(|(t, cpu)| {
+                        let workers = t.worker_cpu.as_secs_f64();
+                        (cpu.process.as_secs_f64() - workers).max(0.0) / workers.max(1e-9)
+                    })
+                    .collect(),
+            );
             println!(
-                "| {} | {hz} | {:.0} | {} | {} |",
+                "| {} | {hz} | {:.0} | {} | {} | {} |",
                 profiler.name(),
-                spread(these.iter().map(|t| t.rate).collect()).0,
+                spread(these.iter().map(|(t, _)| t.rate).collect()).0,
                 with_range(ratio(|t| t.rate), 1.0, 4),
                 with_range(ratio(|t| t.per_cpu_second), 1.0, 4),
+                with_range(others, 100.0, 3),
             );
         }
     }
 }
 
-fn print_truth(options: &Options, runs: &HashMap<(Profiler, u32), Vec<Truth>>) {
+fn print_truth(options: &Options, runs: &Runs<Truth>) {
     println!(
         "\n## CPU-time truth and attribution: the 3:1 burn split, {} CPU-s per thread on {} threads; medians over rounds (range)\n",
         options.burn_secs, options.threads
     );
     println!(
-        "| profiler | Hz | samples per CPU-s | reported CPU / `/proc` utime+stime | reported / CLOCK_PROCESS_CPUTIME_ID | `burn_hot` share (truth 75 %) | burn samples in neither | samples dropped |"
+        "| profiler | Hz | samples per CPU-s | reported CPU / `/proc` utime+stime | reported / CLOCK_PROCESS_CPUTIME_ID | `burn_hot` share (truth 75 %): median (range), pooled | burn samples in neither | samples dropped |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for hz in RATES {
@@ -345,6 +368,10 @@ fn print_truth(options: &Options, runs: &HashMap<(Profiler, u32), Vec<Truth>>) {
             let vs_clock =
                 of(&|t| t.captured.reported_cpu.as_secs_f64() / t.cpu.process.as_secs_f64());
             let hot = of(&|t| t.captured.split.hot_share());
+            let (pooled_hot, pooled_cold) = valid.iter().fold((0, 0), |(h, c), t| {
+                (h + t.captured.split.hot, c + t.captured.split.cold)
+            });
+            let pooled = pooled_hot as f64 * 100.0 / (pooled_hot + pooled_cold).max(1) as f64;
             let other = of(&|t| t.captured.split.other_share());
             let dropped = match dropped_samples(these, stethoscope) {
                 Dropped::Counted { dropped, taken } => format!(
@@ -360,7 +387,7 @@ fn print_truth(options: &Options, runs: &HashMap<(Profiler, u32), Vec<Truth>>) {
                 }
             };
             println!(
-                "| {} | {hz} | {:.0} | {} | {} | {} % | {} % | {dropped} |",
+                "| {} | {hz} | {:.0} | {} | {} | {} %, {pooled:.1} % | {} % | {dropped} |",
                 profiler.name(),
                 per_cpu_s.0,
                 with_range(vs_proc, 1.0, 3),

@@ -19,6 +19,8 @@ pub struct Throughput {
     /// on the thread it interrupts, so its cost lowers this too, and it is
     /// immune to CPU stolen by other processes.
     pub per_cpu_second: f64,
+    /// CPU time of the workers.
+    pub worker_cpu: Duration,
 }
 
 /// Walks the call tree on `threads` threads for `wall` of wall time.
@@ -56,10 +58,11 @@ pub fn call_tree(threads: usize, wall: Duration) -> Throughput {
     }
     let wall = started.elapsed().as_secs_f64();
     let calls = calls.load(Ordering::Relaxed) as f64;
-    let cpu = cpu_ns.load(Ordering::Relaxed) as f64 / 1e9;
+    let worker_cpu = Duration::from_nanos(cpu_ns.load(Ordering::Relaxed));
     Throughput {
         rate: calls / wall,
-        per_cpu_second: calls / cpu.max(1e-9),
+        per_cpu_second: calls / worker_cpu.as_secs_f64().max(1e-9),
+        worker_cpu,
     }
 }
 
