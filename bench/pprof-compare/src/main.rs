@@ -452,11 +452,12 @@ fn ms(d: Duration) -> f64 {
 
 fn print_reports(options: &Options, generated: &[(Profiler, Reports)]) {
     println!(
-        "\n## Reports after a {} s window at {} Hz of the call tree on {} threads (this process, symbol caches warm)\n",
+        "\n## Reports after a {} s window at {} Hz of the call tree on {} threads (this process, symbol caches warm); wall time (CPU time of the rendering thread)\n",
         options.report_secs, options.report_hz, options.threads
     );
     println!("| profiler | samples | distinct stacks | to SVG | SVG size | to pprof | pprof size | notes |");
     println!("|---|---|---|---|---|---|---|---|");
+    let spent = |s: reports::Spent| format!("{:.1} ms ({:.1} ms)", ms(s.wall), ms(s.cpu));
     for (profiler, r) in generated {
         let notes = match (r.symbolized_in_window, r.gzip) {
             (Some(lookups), _) => format!(
@@ -464,19 +465,19 @@ fn print_reports(options: &Options, generated: &[(Profiler, Reports)]) {
                 ms(lookups)
             ),
             (None, Some((gzip, bytes))) => format!(
-                "pprof not compressed; gzip adds {:.1} ms ({bytes} bytes)",
-                ms(gzip)
+                "pprof not compressed; gzip adds {} ({bytes} bytes)",
+                spent(gzip)
             ),
             (None, None) => String::new(),
         };
         println!(
-            "| {} | {} | {} | {:.1} ms | {:.1} MB | {:.1} ms | {:.0} KB | {notes} |",
+            "| {} | {} | {} | {} | {:.1} MB | {} | {:.0} KB | {notes} |",
             profiler.name(),
             r.samples,
             r.stacks,
-            ms(r.svg),
+            spent(r.svg),
             r.svg_bytes as f64 / 1e6,
-            ms(r.pprof),
+            spent(r.pprof),
             r.pprof_bytes as f64 / 1e3,
         );
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use pprof::protos::Message;
 use stethoscope::profile::{symbolizer_stats, Format};
+use stethoscope_examples::workload::thread_cpu_time;
 
 use crate::profilers::{finish_stethoscope, start_pprof, start_stethoscope, Profiler};
 use crate::workload::background_call_tree;
@@ -39,6 +40,36 @@ impl Memory {
     }
 }
 
+/// Wall time and the calling thread's CPU time of a piece of work (the
+/// CPU time holds on a machine where other processes compete).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spent {
+    pub wall: Duration,
+    pub cpu: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stopwatch {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Stopwatch {
+    fn start() -> Stopwatch {
+        Stopwatch {
+            wall: Instant::now(),
+            cpu: thread_cpu_time(),
+        }
+    }
+
+    fn stop(self) -> Spent {
+        Spent {
+            wall: self.wall.elapsed(),
+            cpu: thread_cpu_time().saturating_sub(self.cpu),
+        }
+    }
+}
+
 /// One long window and the reports made from it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reports {
@@ -47,15 +78,15 @@ pub struct Reports {
     /// Distinct stacks the profiler kept.
     pub stacks: usize,
     /// From the end of the window to the SVG flame graph in memory.
-    pub svg: Duration,
+    pub svg: Spent,
     pub svg_bytes: usize,
     /// From the end of the window to the encoded pprof profile (stethoscope:
     /// gzipped; pprof-rs: not compressed, as `Report::pprof` returns it).
-    pub pprof: Duration,
+    pub pprof: Spent,
     pub pprof_bytes: usize,
     /// pprof-rs only: gzipping its encoded profile, which stethoscope's
     /// time includes.
-    pub gzip: Option<(Duration, usize)>,
+    pub gzip: Option<(Spent, usize)>,
     /// stethoscope only: symbol lookups its symbolizer did while the window
     /// was open (the work pprof-rs does after the window).
     pub symbolized_in_window: Option<Duration>,
@@ -100,13 +131,13 @@ pub fn reports(
                 after_window: Memory::now(),
                 ..Reports::default()
             };
-            let render = |format| -> Result<(Duration, usize), String> {
-                let started = Instant::now();
+            let render = |format| -> Result<(Spent, usize), String> {
+                let started = Stopwatch::start();
                 let bytes = raw
                     .to_profile()
                     .render(format)
                     .map_err(|e| format!("stethoscope render: {e}"))?;
-                Ok((started.elapsed(), bytes.len()))
+                Ok((started.stop(), bytes.len()))
             };
             (out.svg, out.svg_bytes) = render(Format::Svg)?;
             (out.pprof, out.pprof_bytes) = render(Format::Pprof)?;
@@ -131,32 +162,32 @@ pub fn reports(
                     .map_err(|e| format!("pprof-rs report: {e}"))
             };
             {
-                let started = Instant::now();
+                let started = Stopwatch::start();
                 let report = build()?;
                 let mut svg = Vec::new();
                 report
                     .flamegraph(&mut svg)
                     .map_err(|e| format!("pprof-rs flamegraph: {e}"))?;
-                out.svg = started.elapsed();
+                out.svg = started.stop();
                 out.svg_bytes = svg.len();
                 out.samples = report.data.values().map(|&c| c.max(0) as u64).sum();
                 out.stacks = report.data.len();
             }
             {
-                let started = Instant::now();
+                let started = Stopwatch::start();
                 let report = build()?;
                 let encoded = report
                     .pprof()
                     .map_err(|e| format!("pprof-rs pprof: {e}"))?
                     .encode_to_vec();
-                out.pprof = started.elapsed();
+                out.pprof = started.stop();
                 out.pprof_bytes = encoded.len();
-                let started = Instant::now();
+                let started = Stopwatch::start();
                 let mut gz =
                     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 gz.write_all(&encoded)
                     .and_then(|()| gz.finish())
-                    .map(|bytes| out.gzip = Some((started.elapsed(), bytes.len())))
+                    .map(|bytes| out.gzip = Some((started.stop(), bytes.len())))
                     .map_err(|e| format!("gzip: {e}"))?;
             }
             drop(guard);
@@ -179,8 +210,8 @@ pub fn cold_child(profiler: Profiler, hz: u32, window: Duration, threads: usize,
         out.after_window.anon,
         out.after_reports.rss,
         out.after_reports.anon,
-        out.svg.as_nanos(),
-        out.pprof.as_nanos() + out.gzip.map_or(0, |(d, _)| d.as_nanos()),
+        out.svg.wall.as_nanos(),
+        out.pprof.wall.as_nanos() + out.gzip.map_or(0, |(d, _)| d.wall.as_nanos()),
         out.samples,
         out.stacks,
     );
