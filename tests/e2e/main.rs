@@ -11,6 +11,7 @@ mod access;
 mod cpu;
 mod hardening;
 mod heap;
+mod labels;
 mod lag;
 
 mod metrics;

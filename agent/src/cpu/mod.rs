@@ -39,6 +39,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{DEFAULT_PROFILE_HZ, MAX_PROFILE_HZ};
+use crate::labels::LabelSet;
 use crate::profile::{Profile, ProfileMeta, RawStack, ValueType};
 use crate::Error;
 use session::Controller;
@@ -184,6 +185,8 @@ pub struct CpuStack {
     pub thread: Arc<str>,
     /// Lookup addresses, innermost first.
     pub frames: Arc<[u64]>,
+    /// Labels of the code that was running ([`crate::labels`]).
+    pub labels: LabelSet,
     /// Samples that hit this stack.
     pub samples: u64,
 }
@@ -320,6 +323,7 @@ impl CpuProfile {
                 thread: Some(Arc::clone(&stack.thread)),
                 addresses: &stack.frames,
                 values: vec![i64::try_from(stack.samples).unwrap_or(i64::MAX), share],
+                labels: stack.labels.clone(),
             }
         });
         Profile::build(meta, stacks)
@@ -349,7 +353,10 @@ mod tests {
             let stop = std::sync::Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("spinner".into())
-                .spawn(move || spin_in_a_named_function(&stop))
+                .spawn(move || {
+                    let _labels = crate::labels::scope([("job", "spin")]);
+                    spin_in_a_named_function(&stop)
+                })
                 .unwrap()
         };
         let profiler = CpuProfiler::global();
@@ -389,6 +396,22 @@ mod tests {
             in_function as f64 >= 0.95 * total_on_spinner as f64,
             "{in_function} of {total_on_spinner} spinner samples unwound through the spin function"
         );
+        // The handler read the spinner's label slot; nothing else has it.
+        let labelled: i64 = profile
+            .samples
+            .iter()
+            .filter(|s| s.labels.get("job") == Some("spin"))
+            .map(|s| s.values[0])
+            .sum();
+        assert!(
+            labelled as f64 >= 0.95 * total_on_spinner as f64,
+            "{labelled} of {total_on_spinner} spinner samples carry job=spin"
+        );
+        assert!(profile
+            .samples
+            .iter()
+            .filter(|s| s.labels.get("job").is_some())
+            .all(|s| s.thread.as_deref() == Some("spinner")));
         // Totals are rescaled to the measured CPU time.
         let cpu_total = profile.total(1);
         assert_eq!(cpu_total, i64::try_from(raw.cpu_time().as_nanos()).unwrap());

@@ -32,6 +32,9 @@ impl RawSample {
     pub(crate) fn timestamp_ns(&self) -> u64 {
         match *self {}
     }
+    pub(crate) fn labels(&self) -> u32 {
+        match *self {}
+    }
 }
 
 impl Sampler {

@@ -277,7 +277,8 @@ impl Controller {
             let symbolize = windows.iter().any(|w| w.symbolize);
             let mut fresh_addresses = Vec::new();
             sampler.drain(|sample| {
-                let (id, is_new) = table.intern(sample.thread_name(), sample.frames());
+                let (id, is_new) =
+                    table.intern(sample.thread_name(), sample.frames(), sample.labels());
                 if is_new && symbolize {
                     fresh_addresses.extend(
                         sample

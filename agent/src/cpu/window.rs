@@ -14,17 +14,33 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 
 use super::{CpuProfile, CpuStack};
+use crate::labels::LabelSet;
 use crate::Error;
 
 /// Where a finished profile goes.
 pub(crate) type Reply = oneshot::Sender<Result<CpuProfile, Error>>;
 
-/// Distinct (thread name, stack) pairs seen by one sampler session.
+/// One distinct sampled stack: the thread it ran on, its frames and the
+/// label-set id of the code that ran.
+#[derive(Debug, Clone)]
+pub(crate) struct StackKey {
+    pub(crate) thread: Arc<str>,
+    pub(crate) frames: Arc<[u64]>,
+    pub(crate) labels: u32,
+}
+
+fn stack_hash(hasher: &RandomState, thread: &Arc<str>, frames: &[u64], labels: u32) -> u64 {
+    // Thread names are interned, so their address identifies them.
+    let thread = Arc::as_ptr(thread).cast::<u8>() as usize;
+    hasher.hash_one((thread, frames, labels))
+}
+
+/// Distinct stacks seen by one sampler session.
 #[derive(Debug, Default)]
 pub(crate) struct StackTable {
     /// Stack hash → ids with that hash (collisions are compared in full).
     index: HashMap<u64, Vec<u32>>,
-    stacks: Vec<(Arc<str>, Arc<[u64]>)>,
+    stacks: Vec<StackKey>,
     threads: HashMap<Vec<u8>, Arc<str>>,
     hasher: RandomState,
 }
@@ -32,7 +48,12 @@ pub(crate) struct StackTable {
 impl StackTable {
     /// Returns the id of this stack and whether it is new. Allocates only
     /// for stacks (and thread names) not seen before.
-    pub(crate) fn intern(&mut self, thread_name: &[u8], frames: &[u64]) -> (u32, bool) {
+    pub(crate) fn intern(
+        &mut self,
+        thread_name: &[u8],
+        frames: &[u64],
+        labels: u32,
+    ) -> (u32, bool) {
         let thread = match self.threads.get(thread_name) {
             Some(name) => Arc::clone(name),
             None => {
@@ -45,24 +66,28 @@ impl StackTable {
                 name
             }
         };
-        // Thread names are interned, so their address identifies them.
-        let hash = self
-            .hasher
-            .hash_one((Arc::as_ptr(&thread).cast::<u8>() as usize, frames));
+        let hash = stack_hash(&self.hasher, &thread, frames, labels);
         let candidates = self.index.entry(hash).or_default();
         for &id in candidates.iter() {
-            let (known_thread, known_frames) = &self.stacks[id as usize];
-            if Arc::ptr_eq(known_thread, &thread) && **known_frames == *frames {
+            let known = &self.stacks[id as usize];
+            if Arc::ptr_eq(&known.thread, &thread)
+                && *known.frames == *frames
+                && known.labels == labels
+            {
                 return (id, false);
             }
         }
         let id = self.stacks.len() as u32;
-        self.stacks.push((thread, Arc::from(frames)));
+        self.stacks.push(StackKey {
+            thread,
+            frames: Arc::from(frames),
+            labels,
+        });
         candidates.push(id);
         (id, true)
     }
 
-    pub(crate) fn get(&self, id: u32) -> Option<&(Arc<str>, Arc<[u64]>)> {
+    pub(crate) fn get(&self, id: u32) -> Option<&StackKey> {
         self.stacks.get(id as usize)
     }
 
@@ -84,17 +109,15 @@ impl StackTable {
             threads: std::mem::take(&mut self.threads),
             ..StackTable::default()
         };
-        for (old, (thread, frames)) in self.stacks.drain(..).enumerate() {
+        for (old, key) in self.stacks.drain(..).enumerate() {
             let old = old as u32;
             if !referenced.contains(&old) {
                 continue;
             }
             let new = kept.stacks.len() as u32;
-            let hash = kept
-                .hasher
-                .hash_one((Arc::as_ptr(&thread).cast::<u8>() as usize, &*frames));
+            let hash = stack_hash(&kept.hasher, &key.thread, &key.frames, key.labels);
             kept.index.entry(hash).or_default().push(new);
-            kept.stacks.push((thread, frames));
+            kept.stacks.push(key);
             renumber.insert(old, new);
         }
         for window in windows.iter_mut() {
@@ -198,14 +221,20 @@ impl Window {
     /// window, which `CpuProfile` spreads over the samples.
     pub(crate) fn finish(self, table: &StackTable) -> Option<Finished> {
         let end = self.end?;
+        let mut label_sets: HashMap<u32, LabelSet> = HashMap::new();
         let mut stacks: Vec<CpuStack> = self
             .counts
             .iter()
             .filter_map(|(&id, &samples)| {
-                let (thread, frames) = table.get(id)?;
+                let key = table.get(id)?;
+                let labels = label_sets
+                    .entry(key.labels)
+                    .or_insert_with(|| crate::labels::resolve(key.labels))
+                    .clone();
                 Some(CpuStack {
-                    thread: Arc::clone(thread),
-                    frames: Arc::clone(frames),
+                    thread: Arc::clone(&key.thread),
+                    frames: Arc::clone(&key.frames),
+                    labels,
                     samples,
                 })
             })
@@ -267,23 +296,25 @@ mod tests {
     #[test]
     fn interning_dedups_by_thread_and_frames() {
         let mut table = StackTable::default();
-        let (a, new_a) = table.intern(b"worker", &[1, 2, 3]);
-        let (b, new_b) = table.intern(b"worker", &[1, 2, 3]);
-        let (c, _) = table.intern(b"main", &[1, 2, 3]);
-        let (d, _) = table.intern(b"", &[9]);
-        let (e, _) = table.intern(b"worker", &[1, 2]);
+        let (a, new_a) = table.intern(b"worker", &[1, 2, 3], 0);
+        let (b, new_b) = table.intern(b"worker", &[1, 2, 3], 0);
+        let (c, _) = table.intern(b"main", &[1, 2, 3], 0);
+        let (d, _) = table.intern(b"", &[9], 0);
+        let (e, _) = table.intern(b"worker", &[1, 2], 0);
         assert!(new_a && !new_b);
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, e);
-        assert_eq!(&*table.get(d).unwrap().0, "[unnamed]");
-        assert_eq!(table.len(), 4);
+        let (f, _) = table.intern(b"worker", &[1, 2, 3], 7);
+        assert_ne!(f, a, "labels tell stacks apart");
+        assert_eq!(&*table.get(d).unwrap().thread, "[unnamed]");
+        assert_eq!(table.len(), 5);
     }
 
     #[test]
     fn a_window_counts_only_its_own_time_range() {
         let mut table = StackTable::default();
-        let (id, _) = table.intern(b"t", &[1]);
+        let (id, _) = table.intern(b"t", &[1], 0);
         let (mut w, mut rx) = window(100, 1);
         assert_eq!(w.deadline_ns, 100 + 1_000_000_000);
         assert!(!w.covers(99));
@@ -319,18 +350,18 @@ mod tests {
     #[test]
     fn compaction_keeps_only_referenced_stacks_and_their_counts() {
         let mut table = StackTable::default();
-        let (old, _) = table.intern(b"t", &[1, 2]);
-        let (kept, _) = table.intern(b"t", &[3, 4]);
+        let (old, _) = table.intern(b"t", &[1, 2], 0);
+        let (kept, _) = table.intern(b"t", &[3, 4], 0);
         let (mut w, _rx) = window(0, 1);
         w.count(kept);
         w.count(kept);
         let mut windows = vec![w];
         table.compact(&mut windows);
         assert_eq!(table.len(), 1);
-        let (id, is_new) = table.intern(b"t", &[3, 4]);
+        let (id, is_new) = table.intern(b"t", &[3, 4], 0);
         assert!(!is_new, "the kept stack is still known");
         assert_eq!(windows[0].counts.get(&id), Some(&2));
-        let (_, is_new) = table.intern(b"t", &[1, 2]);
+        let (_, is_new) = table.intern(b"t", &[1, 2], 0);
         assert!(is_new, "the dropped stack is forgotten");
         let _ = old;
     }

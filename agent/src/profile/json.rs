@@ -26,6 +26,7 @@ struct JsonValueType<'a> {
 #[derive(Serialize)]
 struct JsonStack<'a> {
     thread: Option<&'a str>,
+    labels: &'a crate::labels::LabelSet,
     /// Leaf first, as in every stack of the agent's JSON.
     frames: Vec<&'a str>,
     values: serde_json::Map<String, serde_json::Value>,
@@ -65,6 +66,7 @@ pub(super) fn render(profile: &Profile, out: &mut impl std::io::Write) -> std::i
             frames.reverse();
             JsonStack {
                 thread: sample.thread.as_deref(),
+                labels: &sample.labels,
                 frames,
                 values: values_of(&sample.values),
             }

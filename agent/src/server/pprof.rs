@@ -17,33 +17,110 @@ use crate::config::{
     DEFAULT_FLAMEGRAPH_SECONDS, DEFAULT_PROFILE_HZ, DEFAULT_PROFILE_SECONDS, MAX_PROFILE_HZ,
 };
 use crate::cpu::ProfileRequest;
-use crate::profile::Format;
+use crate::labels::MAX_LABEL_BYTES;
+use crate::profile::{Format, Profile};
 
 /// Parsed parameters of a CPU profile request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProfileParams {
     pub(crate) seconds: u64,
     pub(crate) hz: u32,
     pub(crate) format: Format,
     pub(crate) symbolize: bool,
+    pub(crate) view: ProfileView,
+}
+
+/// What of a profile the response shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProfileView {
+    /// Every stack (with its labels).
+    Stacks,
+    /// Totals per value of a label key (`by=`): text or JSON.
+    By(String),
+    /// Stacks under a root frame per value of a label key (`group=`):
+    /// SVG, folded or JSON.
+    Group(String),
 }
 
 impl ProfileParams {
-    /// Reads `seconds`, `hz`, `format` and `symbolize` (the query rule of
-    /// [`Query`]); unknown parameters are ignored, as Go's handler does, so
-    /// scrapers that add their own keep working.
+    /// Reads `seconds`, `hz`, `format`, `symbolize`, `by` and `group` (the
+    /// query rule of [`Query`]); unknown parameters are ignored, as Go's
+    /// handler does, so scrapers that add their own keep working.
     pub(crate) fn parse(
         query: &Query,
         default_seconds: u64,
         default_format: Format,
         max_seconds: u64,
     ) -> Result<Self, ApiError> {
+        let format = query.format(default_format)?;
+        let by = query.name("by", MAX_LABEL_BYTES)?;
+        let group = query.name("group", MAX_LABEL_BYTES)?;
+        let view = match (by, group) {
+            (None, None) => ProfileView::Stacks,
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "by= and group= do not go together",
+                    "by=route ranks route values (format=text or json); group=route roots the stacks at them (svg, folded, json)",
+                ))
+            }
+            (Some(key), None) if matches!(format, Format::Text | Format::Json) => {
+                ProfileView::By(key.to_owned())
+            }
+            (Some(_), None) => {
+                return Err(ApiError::bad_request(
+                    format!("by= needs format=text or format=json, not {}", format.name()),
+                    "for a flame graph or folded stacks rooted at each label value, use group= instead",
+                ))
+            }
+            (None, Some(key)) if matches!(format, Format::Svg | Format::Folded | Format::Json) => {
+                ProfileView::Group(key.to_owned())
+            }
+            (None, Some(_)) if format == Format::Pprof => {
+                return Err(ApiError::bad_request(
+                    "group= does not apply to format=pprof",
+                    "pprof keeps every label: go tool pprof -tags lists them, -tagfocus route=/items/{id} filters by one",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::bad_request(
+                    format!("group= needs format=svg, folded or json, not {}", format.name()),
+                    "for a table of label values, use by= instead",
+                ))
+            }
+        };
         Ok(ProfileParams {
             seconds: query.number("seconds", default_seconds.min(max_seconds), 1..=max_seconds)?,
             hz: query.number("hz", DEFAULT_PROFILE_HZ, 1..=MAX_PROFILE_HZ)?,
-            format: query.format(default_format)?,
+            format,
             symbolize: query.flag("symbolize", true)?,
+            view,
         })
+    }
+}
+
+/// Renders `profile` as `params` ask: every stack, totals by a label, or
+/// stacks grouped under a label.
+pub(crate) fn render_view(
+    profile: &Profile,
+    format: Format,
+    view: &ProfileView,
+) -> Result<Bytes, crate::Error> {
+    match view {
+        ProfileView::Stacks => profile.render_bytes(format),
+        ProfileView::Group(key) => profile.grouped_by_label(key).render_bytes(format),
+        ProfileView::By(key) => {
+            let totals = profile.totals_by_label(key);
+            if format == Format::Json {
+                serde_json::to_vec_pretty(&totals)
+                    .map(Bytes::from)
+                    .map_err(|source| crate::Error::Encode {
+                        format: "json",
+                        source: source.into(),
+                    })
+            } else {
+                Ok(Bytes::from(totals.to_string()))
+            }
+        }
     }
 }
 
@@ -117,7 +194,12 @@ async fn cpu(
     }
     let raw = state.cpu.profile(request).await?;
     let started_at = raw.started_at();
-    let (format, symbolize) = (params.format, params.symbolize);
+    let ProfileParams {
+        format,
+        symbolize,
+        view,
+        ..
+    } = params;
     // Symbolization and encoding run on the agent's blocking pool, never on
     // the host's runtime.
     let bytes = super::blocking(move || {
@@ -126,7 +208,7 @@ async fn cpu(
         } else {
             raw.to_unsymbolized_profile()
         };
-        profile.render_bytes(format)
+        render_view(&profile, format, &view)
     })
     .await??;
     Ok(file_response(bytes, format, "cpu", started_at))
@@ -293,6 +375,15 @@ mod tests {
         assert!(!parse("symbolize=false").unwrap().symbolize);
         assert!(!parse("symbolize=0").unwrap().symbolize);
         assert_eq!(parse("seconds=").unwrap().seconds, 30);
+        assert_eq!(
+            parse("by=route&format=text").unwrap().view,
+            ProfileView::By("route".into())
+        );
+        assert_eq!(
+            parse("group=tenant&format=svg").unwrap().view,
+            ProfileView::Group("tenant".into())
+        );
+        assert_eq!(parse("format=json").unwrap().view, ProfileView::Stacks);
     }
 
     #[test]
@@ -309,6 +400,12 @@ mod tests {
             "hz=ten",
             "format=pdf",
             "symbolize=maybe",
+            "by=route",
+            "by=route&format=svg",
+            "group=route",
+            "group=route&format=text",
+            "by=route&group=route&format=json",
+            "by=a%01b&format=text",
         ] {
             assert!(
                 matches!(parse(bad), Err(ApiError::BadRequest { .. })),
@@ -344,6 +441,9 @@ mod tests {
 
         const QUERY: &[&str] = &[
             "seconds",
+            "by",
+            "group",
+            "route",
             "hz",
             "format",
             "symbolize",

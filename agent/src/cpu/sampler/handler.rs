@@ -55,6 +55,7 @@ pub(crate) extern "C" fn on_sigprof(
 }
 
 impl HandlerState {
+    /// Records the interrupted thread's stack and labels.
     fn record(&self, context: &libc::ucontext_t) {
         let timestamp_ns = clock::monotonic_ns();
         let Some(mut claimed) = self.unwinding.claim() else {
@@ -74,6 +75,7 @@ impl HandlerState {
             sample.thread_name = [0; THREAD_NAME_LEN];
             libc::prctl(libc::PR_GET_NAME, sample.thread_name.as_mut_ptr());
         }
+        sample.labels = crate::labels::slot::read_in_signal_handler();
         sample.depth = claimed.walk(context, &mut sample.frames);
         slot.publish();
         drop(claimed);

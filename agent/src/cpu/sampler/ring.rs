@@ -22,6 +22,8 @@ pub(crate) struct RawSample {
     pub(crate) tid: u32,
     /// Thread name, NUL-padded.
     pub(crate) thread_name: [u8; THREAD_NAME_LEN],
+    /// Label-set id of the code that was running (`crate::labels`).
+    pub(crate) labels: u32,
     /// Number of valid entries in `frames`.
     pub(crate) depth: usize,
     /// Lookup addresses, innermost first: the interrupted instruction, then
@@ -48,6 +50,11 @@ impl RawSample {
     /// The recorded frames, innermost first.
     pub(crate) fn frames(&self) -> &[u64] {
         &self.frames[..self.depth.min(MAX_DEPTH)]
+    }
+
+    /// The label-set id read from the thread's slot.
+    pub(crate) fn labels(&self) -> u32 {
+        self.labels
     }
 }
 
@@ -102,6 +109,7 @@ impl SampleRing {
                     timestamp_ns: 0,
                     tid: 0,
                     thread_name: [0; THREAD_NAME_LEN],
+                    labels: 0,
                     depth: 0,
                     frames: [0; MAX_DEPTH],
                 }),
