@@ -198,15 +198,7 @@ fn assert_nearly_all(doc: &serde_json::Value, function: &str, key: &str, value: 
     let mut total = 0;
     let mut matching = 0;
     let mut seen: Vec<(Option<String>, i64)> = Vec::new();
-    for stack in doc["stacks"].as_array().unwrap() {
-        let through = stack["frames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f.as_str().unwrap().ends_with(function));
-        if !through {
-            continue;
-        }
+    for stack in stacks_through(doc, function) {
         let n = stack["values"]["samples"].as_i64().unwrap();
         let label = stack["labels"][key].as_str();
         total += n;

@@ -19,3 +19,4 @@ mod shapes;
 mod spans;
 mod support;
 mod use_red;
+mod wall;

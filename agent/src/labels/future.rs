@@ -52,6 +52,7 @@ impl Labels {
     /// assert_eq!(Labels::current(), Labels::none());
     /// ```
     pub fn enter(self) -> LabelGuard {
+        slot::note_thread();
         let id = merge(slot::current(), self.id);
         LabelGuard {
             previous: slot::enter(id),
@@ -149,6 +150,7 @@ impl<F: Future> Future for Labelled<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
+        slot::note_thread();
         let parent = slot::current();
         if parent != *this.parent {
             *this.merged = merge(parent, *this.labels);

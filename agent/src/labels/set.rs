@@ -92,6 +92,11 @@ impl LabelSet {
         self.len() == 0
     }
 
+    /// This set with `key` set to `value` (replacing an existing value).
+    pub(crate) fn with(&self, key: &str, value: &str) -> LabelSet {
+        LabelSet::from_pairs(self.iter().chain([(key, value)]))
+    }
+
     /// Whether the pairs are exactly `pairs` (sorted by key).
     pub(crate) fn equals(&self, pairs: &[(&str, &str)]) -> bool {
         self.len() == pairs.len() && self.iter().zip(pairs).all(|(a, b)| a == *b)
@@ -150,6 +155,7 @@ mod tests {
         assert_eq!(pairs[2].1.len(), MAX_LABEL_BYTES);
         assert!(set.equals(&pairs));
         assert!(LabelSet::from_pairs([]).is_empty());
+        assert_eq!(set.with("a", "9").get("a"), Some("9"));
         let json = serde_json::to_string(&LabelSet::from_pairs([("k", "v")])).unwrap();
         assert_eq!(json, r#"{"k":"v"}"#);
     }

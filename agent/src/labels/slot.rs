@@ -16,6 +16,7 @@
 //! compiler fences keep the slot's stores where the code puts them
 //! relative to the labelled work.
 
+use std::cell::Cell;
 use std::sync::atomic::{compiler_fence, AtomicU32, Ordering};
 
 use super::table::NO_LABELS;
@@ -23,6 +24,8 @@ use super::table::NO_LABELS;
 thread_local! {
     /// The label-set id of the code running on this thread (0: none).
     static SLOT: AtomicU32 = const { AtomicU32::new(NO_LABELS) };
+    /// Whether this thread's kind (tokio worker or not) was recorded.
+    static SEEN: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The id in this thread's slot.
@@ -59,4 +62,16 @@ pub(crate) fn restore(previous: u32) {
 #[inline]
 pub(crate) fn read_in_signal_handler() -> u32 {
     current()
+}
+
+/// Records, once per thread, whether it is a tokio worker thread, so the
+/// wall-clock sampler's `threads=workers` finds it.
+#[inline]
+pub(crate) fn note_thread() {
+    if !SEEN.with(Cell::get) {
+        SEEN.with(|seen| seen.set(true));
+        if tokio::runtime::worker_index().is_some() {
+            crate::cpu::threads::register_current_worker();
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod json;
 mod labels;
 pub(crate) mod output;
 mod pprof;
+pub(crate) mod scheduler;
 mod top;
 
 pub(crate) use json::rfc3339;

@@ -16,7 +16,7 @@ use super::AppState;
 use crate::config::{
     DEFAULT_FLAMEGRAPH_SECONDS, DEFAULT_PROFILE_HZ, DEFAULT_PROFILE_SECONDS, MAX_PROFILE_HZ,
 };
-use crate::cpu::ProfileRequest;
+use crate::cpu::{ProfileMode, ProfileRequest, WallThreads};
 use crate::labels::MAX_LABEL_BYTES;
 use crate::profile::{Format, Profile};
 
@@ -28,6 +28,7 @@ pub(crate) struct ProfileParams {
     pub(crate) format: Format,
     pub(crate) symbolize: bool,
     pub(crate) view: ProfileView,
+    pub(crate) mode: ProfileMode,
 }
 
 /// What of a profile the response shows.
@@ -43,9 +44,10 @@ pub(crate) enum ProfileView {
 }
 
 impl ProfileParams {
-    /// Reads `seconds`, `hz`, `format`, `symbolize`, `by` and `group` (the
-    /// query rule of [`Query`]); unknown parameters are ignored, as Go's
-    /// handler does, so scrapers that add their own keep working.
+    /// Reads `seconds`, `hz`, `format`, `symbolize`, `by`, `group`, `mode`
+    /// and `threads` (the query rule of [`Query`]); unknown parameters are
+    /// ignored, as Go's handler does, so scrapers that add their own keep
+    /// working.
     pub(crate) fn parse(
         query: &Query,
         default_seconds: u64,
@@ -88,12 +90,29 @@ impl ProfileParams {
                 ))
             }
         };
+        let wall = query.choice("mode", false, &[("cpu", false), ("wall", true)])?;
+        let threads = query.choice(
+            "threads",
+            WallThreads::All,
+            &[("all", WallThreads::All), ("workers", WallThreads::Workers)],
+        )?;
+        if !wall && query.get("threads").is_some() {
+            return Err(ApiError::bad_request(
+                "threads= applies to mode=wall",
+                "CPU profiles sample whichever thread uses CPU; ask for mode=wall&threads=workers",
+            ));
+        }
         Ok(ProfileParams {
             seconds: query.number("seconds", default_seconds.min(max_seconds), 1..=max_seconds)?,
             hz: query.number("hz", DEFAULT_PROFILE_HZ, 1..=MAX_PROFILE_HZ)?,
             format,
             symbolize: query.flag("symbolize", true)?,
             view,
+            mode: if wall {
+                ProfileMode::Wall(threads)
+            } else {
+                ProfileMode::Cpu
+            },
         })
     }
 }
@@ -174,12 +193,16 @@ async fn cpu(
         default_format,
         state.config.max_profile_seconds,
     )?;
+    let kind = match params.mode {
+        ProfileMode::Wall(_) => "wall",
+        _ => "cpu",
+    };
     if is_head(&method) {
         // The headers a GET would send, without running a profile.
         return Ok(file_response(
             Vec::new(),
             params.format,
-            "cpu",
+            kind,
             SystemTime::now(),
         ));
     }
@@ -188,6 +211,7 @@ async fn cpu(
         .acquire(Duration::from_secs(params.seconds))?;
     let mut request = ProfileRequest::new(Duration::from_secs(params.seconds))
         .hz(params.hz)
+        .mode(params.mode)
         .symbolize(params.symbolize);
     if let Peer(Some(addr)) = peer {
         request = request.requester(addr);
@@ -211,7 +235,7 @@ async fn cpu(
         render_view(&profile, format, &view)
     })
     .await??;
-    Ok(file_response(bytes, format, "cpu", started_at))
+    Ok(file_response(bytes, format, kind, started_at))
 }
 
 /// `GET /debug/pprof/symbol`: tells pprof clients that symbol lookup is
@@ -275,9 +299,12 @@ async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
 /// agent serves.
 pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
     let status = state.cpu.status();
-    let sampler = match status.running_hz {
-        Some(hz) => format!("running at {hz} Hz for {} request(s)", status.subscribers),
-        None => "idle".to_owned(),
+    let sampler = match (status.running_hz, status.running_mode) {
+        (Some(hz), Some(mode)) => format!(
+            "running a {mode} profile at {hz} Hz for {} request(s)",
+            status.subscribers
+        ),
+        _ => "idle".to_owned(),
     };
     let max = state.config.max_profile_seconds;
     let heap = match state.heap.state() {
@@ -295,7 +322,7 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
 <style>body{{font-family:sans-serif;max-width:60em;margin:1em auto}}td,th{{padding:.2em .8em;text-align:left}}code{{background:#eee;padding:0 .2em}}</style>
 </head><body>
 <h1>/debug/pprof/</h1>
-<p>stethoscope {version} in pid {pid}. CPU sampler: {sampler}.</p>
+<p>stethoscope {version} in pid {pid}. Sampler: {sampler}.</p>
 <p>Types of profiles available:</p>
 <table>
 <tr><th>Profile</th><th>Formats</th><th>Description</th></tr>
@@ -306,8 +333,12 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
 <a href="profile?seconds=30&amp;format=json">json</a></td>
 <td>CPU profile. <code>seconds</code> (1–{max}, default {DEFAULT_PROFILE_SECONDS}),
 <code>hz</code> (1–{MAX_PROFILE_HZ}, default {DEFAULT_PROFILE_HZ}), <code>format</code> (pprof, svg, folded, text, json; default pprof),
-<code>symbolize</code> (default true; false leaves addresses and build IDs for server-side symbolization).
-Requests at the same hz share one sampler; another hz gets 409 while it runs.</td></tr>
+<code>symbolize</code> (default true; false leaves addresses and build IDs for server-side symbolization),
+<code>by</code> (a label key: CPU per <a href="profile?seconds=30&amp;format=text&amp;by=route">route</a>, method, task… with text or json),
+<code>group</code> (a label key: one flame-graph root per value, with svg, folded or json),
+<code>mode</code> (cpu, or <a href="profile?seconds=10&amp;mode=wall&amp;format=svg">wall</a>: every thread sampled at hz whether running or waiting, labelled state=running|waiting|parked),
+<code>threads</code> (with mode=wall: all, or workers — tokio worker threads only).
+Requests at the same hz and mode share one sampler; another hz or mode gets 409 while it runs.</td></tr>
 <tr><td><a href="flamegraph?seconds=10">flamegraph</a></td><td>svg</td>
 <td>The same CPU profile as an interactive flame graph (default {DEFAULT_FLAMEGRAPH_SECONDS} s).</td></tr>
 <tr><td><a href="heap">heap</a></td>
@@ -384,6 +415,17 @@ mod tests {
             ProfileView::Group("tenant".into())
         );
         assert_eq!(parse("format=json").unwrap().view, ProfileView::Stacks);
+        assert_eq!(parse("").unwrap().mode, ProfileMode::Cpu);
+        assert_eq!(
+            parse("mode=wall").unwrap().mode,
+            ProfileMode::Wall(WallThreads::All)
+        );
+        assert_eq!(
+            parse("mode=wall&threads=workers&by=state&format=text")
+                .unwrap()
+                .mode,
+            ProfileMode::Wall(WallThreads::Workers)
+        );
     }
 
     #[test]
@@ -406,6 +448,10 @@ mod tests {
             "group=route&format=text",
             "by=route&group=route&format=json",
             "by=a%01b&format=text",
+            "mode=walls",
+            "threads=workers",
+            "mode=cpu&threads=all",
+            "mode=wall&threads=some",
         ] {
             assert!(
                 matches!(parse(bad), Err(ApiError::BadRequest { .. })),
@@ -444,6 +490,10 @@ mod tests {
             "by",
             "group",
             "route",
+            "mode",
+            "wall",
+            "threads",
+            "workers",
             "hz",
             "format",
             "symbolize",

@@ -24,6 +24,9 @@ pub(crate) struct RawSample {
     pub(crate) thread_name: [u8; THREAD_NAME_LEN],
     /// Label-set id of the code that was running (`crate::labels`).
     pub(crate) labels: u32,
+    /// What the thread was doing, for wall-clock samples (a
+    /// `SampleState` code; 0 for CPU samples).
+    pub(crate) state: u8,
     /// Number of valid entries in `frames`.
     pub(crate) depth: usize,
     /// Lookup addresses, innermost first: the interrupted instruction, then
@@ -55,6 +58,11 @@ impl RawSample {
     /// The label-set id read from the thread's slot.
     pub(crate) fn labels(&self) -> u32 {
         self.labels
+    }
+
+    /// The thread's state code, for wall-clock samples.
+    pub(crate) fn state(&self) -> u8 {
+        self.state
     }
 }
 
@@ -110,6 +118,7 @@ impl SampleRing {
                     tid: 0,
                     thread_name: [0; THREAD_NAME_LEN],
                     labels: 0,
+                    state: 0,
                     depth: 0,
                     frames: [0; MAX_DEPTH],
                 }),
