@@ -143,6 +143,28 @@ fn cpu_by_route_shows_the_true_3_to_1_split_in_text_and_in_go_pprof() {
         "{table}"
     );
 
+    // /debug/red: each route's CPU in the last window.
+    let red = get(addr, "/debug/red", None).json();
+    let cpu_seconds = |route: &str| {
+        red["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == route && r["method"] == "GET")
+            .and_then(|r| r["cpu_seconds"].as_f64())
+            .unwrap_or_else(|| panic!("no cpu_seconds for {route}: {red}"))
+    };
+    let (hot, cold) = (cpu_seconds("/hot/{id}"), cpu_seconds("/cold/{id}"));
+    let share = 100.0 * hot / (hot + cold);
+    assert!(
+        (70.0..=80.0).contains(&share) && hot > 1.0,
+        "/debug/red: /hot/{{id}} {hot:.2} s and /cold/{{id}} {cold:.2} s of CPU: {red}"
+    );
+    assert!(
+        (5900.0..6500.0).contains(&red["cpu_window"]["duration_ms"].as_f64().unwrap()),
+        "{red}"
+    );
+
     // go tool pprof: -tags lists the routes, -tagfocus keeps one.
     let file = scratch_dir("labels").join("cpu.pb.gz");
     std::fs::write(&file, &pprof.body).unwrap();

@@ -34,6 +34,7 @@
 //! ```
 
 mod mode;
+pub(crate) mod routes;
 #[cfg(all(feature = "cpu", native_unwind))]
 mod sampler;
 #[cfg(not(all(feature = "cpu", native_unwind)))]
@@ -447,11 +448,15 @@ impl CpuProfile {
     }
 }
 
-/// Serializes the unit tests that run the process-wide sampler.
+/// Serializes the unit tests that run the process-wide sampler (or read
+/// what its windows leave behind).
+#[cfg(test)]
+pub(crate) static SAMPLER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// [`SAMPLER_TESTS`], from an async test.
 #[cfg(all(test, feature = "cpu", native_unwind))]
 pub(crate) async fn exclusive_sampler() -> tokio::sync::MutexGuard<'static, ()> {
-    static SAMPLER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    SAMPLER.lock().await
+    SAMPLER_TESTS.lock().await
 }
 
 #[cfg(all(test, feature = "cpu", native_unwind))]

@@ -377,12 +377,14 @@ fn deliver(finished: Vec<Finished>) {
         tracing::info!(
             seconds = profile.duration().as_secs_f64(),
             hz = profile.hz(),
+            mode = %profile.mode(),
             samples = profile.sample_count(),
             dropped = profile.dropped_samples(),
             cpu_seconds = profile.cpu_time().as_secs_f64(),
             requester = ?window.requester,
-            "CPU profile finished"
+            "profile finished"
         );
+        super::routes::record(profile);
         window.deliver();
     }
 }
