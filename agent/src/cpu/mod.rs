@@ -436,6 +436,15 @@ impl CpuProfile {
             ],
             symbolize,
         );
+        let mut meta = meta;
+        if self.samples == 0 && threads == WallThreads::Workers {
+            meta.comments.push(
+                "no tokio worker thread had been seen: workers are found when they poll a \
+                 labelled future (a request through the RED layer) or the agent's lag probe; \
+                 threads=all samples every thread"
+                    .to_owned(),
+            );
+        }
         let stacks = self.stacks.iter().map(|stack| {
             let wall = period_ns.saturating_mul(i64::try_from(stack.samples).unwrap_or(i64::MAX));
             Self::stack_of(stack, wall)

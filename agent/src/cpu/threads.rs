@@ -10,6 +10,7 @@
 // Without the wall-clock sampler only the registry is used.
 #![cfg_attr(not(all(feature = "cpu", native_unwind)), allow(dead_code))]
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Most worker threads remembered.
@@ -28,18 +29,30 @@ pub(crate) fn current_tid() -> u32 {
     0
 }
 
-/// Remembers the calling thread as a tokio worker thread.
+/// Remembers the calling thread as a tokio worker thread. When the
+/// registry is full, threads that have exited make room.
 pub(crate) fn register_current_worker() {
     let tid = current_tid();
     if tid == 0 || WORKERS.iter().any(|w| w.load(Ordering::Relaxed) == tid) {
         return;
     }
-    for slot in &WORKERS {
-        if slot
-            .compare_exchange(0, tid, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            return;
+    for attempt in 0..2 {
+        for slot in &WORKERS {
+            if slot
+                .compare_exchange(0, tid, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+        if attempt == 0 {
+            let alive = all_threads();
+            for slot in &WORKERS {
+                let known = slot.load(Ordering::Relaxed);
+                if alive.binary_search(&known).is_err() {
+                    let _ = slot.compare_exchange(known, 0, Ordering::Relaxed, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -84,10 +97,16 @@ pub(crate) enum RunState {
     Absent,
 }
 
-/// Reads threads' states from `/proc/self/task/<tid>/stat`, reusing its
-/// buffers between reads.
+/// Most `stat` files a [`StateReader`] keeps open (a read of an open one
+/// costs a third of open, read and close); threads beyond them are read
+/// by opening the file each time.
+const KEPT_OPEN: usize = 32;
+
+/// Reads threads' states from `/proc/self/task/<tid>/stat`, keeping the
+/// files of up to [`KEPT_OPEN`] threads open between reads.
 #[derive(Debug, Default)]
 pub(crate) struct StateReader {
+    open: HashMap<u32, std::fs::File>,
     path: String,
     buffer: Vec<u8>,
 }
@@ -96,16 +115,37 @@ impl StateReader {
     /// The state of thread `tid` now.
     pub(crate) fn read(&mut self, tid: u32) -> RunState {
         use std::fmt::Write as _;
-        use std::io::Read as _;
+        use std::os::unix::fs::FileExt as _;
+        // A `stat` line is a few hundred bytes.
+        self.buffer.resize(1024, 0);
+        if let Some(file) = self.open.get(&tid) {
+            return match file.read_at(&mut self.buffer, 0) {
+                Ok(n) => parse_state(&self.buffer[..n]),
+                Err(_) => {
+                    self.open.remove(&tid);
+                    RunState::Absent
+                }
+            };
+        }
         self.path.clear();
         let _ = write!(self.path, "/proc/self/task/{tid}/stat");
-        self.buffer.clear();
-        let read =
-            std::fs::File::open(&self.path).and_then(|mut f| f.read_to_end(&mut self.buffer));
-        match read {
-            Ok(_) => parse_state(&self.buffer),
+        let Ok(file) = std::fs::File::open(&self.path) else {
+            return RunState::Absent;
+        };
+        let state = match file.read_at(&mut self.buffer, 0) {
+            Ok(n) => parse_state(&self.buffer[..n]),
             Err(_) => RunState::Absent,
+        };
+        if state != RunState::Absent && self.open.len() < KEPT_OPEN {
+            self.open.insert(tid, file);
         }
+        state
+    }
+
+    /// Closes the files of threads not in `tids` (they exited or are no
+    /// longer sampled).
+    pub(crate) fn keep_only(&mut self, tids: &[u32]) {
+        self.open.retain(|tid, _| tids.contains(tid));
     }
 }
 
@@ -151,7 +191,14 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(reader.read(tid), RunState::Waiting);
         sleeper.join().unwrap();
-        assert_eq!(reader.read(tid), RunState::Absent);
+        assert_eq!(
+            reader.read(tid),
+            RunState::Absent,
+            "read through the kept file"
+        );
+        reader.keep_only(&[me]);
+        assert_eq!(reader.open.len(), 1);
+        assert_eq!(reader.read(tid), RunState::Absent, "opened anew");
     }
 
     #[test]

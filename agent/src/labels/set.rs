@@ -39,19 +39,7 @@ impl LabelSet {
     /// [`MAX_LABEL_BYTES`]. Reserved keys are kept: the agent builds its
     /// own sets with them.
     pub(crate) fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut list: Vec<(&str, &str)> = Vec::new();
-        for (key, value) in pairs {
-            let (key, value) = (clip(key), clip(value));
-            if key.is_empty() {
-                continue;
-            }
-            match list.iter_mut().find(|(k, _)| *k == key) {
-                Some(pair) => pair.1 = value,
-                None => list.push((key, value)),
-            }
-        }
-        list.sort_by(|a, b| a.0.cmp(b.0));
-        Self::from_sorted(&list)
+        Self::from_sorted(&normalize(pairs))
     }
 
     /// A set from pairs already sorted by unique key.
@@ -127,6 +115,27 @@ impl serde::Serialize for LabelSet {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_map(self.iter())
     }
+}
+
+/// `pairs` as a set keeps them: sorted by key, a key given twice with its
+/// last value, empty keys dropped, keys and values cut to
+/// [`MAX_LABEL_BYTES`]. Borrows; allocates only the list.
+pub(crate) fn normalize<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut list: Vec<(&str, &str)> = Vec::new();
+    for (key, value) in pairs {
+        let (key, value) = (clip(key), clip(value));
+        if key.is_empty() {
+            continue;
+        }
+        match list.iter_mut().find(|(k, _)| *k == key) {
+            Some(pair) => pair.1 = value,
+            None => list.push((key, value)),
+        }
+    }
+    list.sort_by(|a, b| a.0.cmp(b.0));
+    list
 }
 
 /// `text` cut to [`MAX_LABEL_BYTES`] at a character boundary.

@@ -8,13 +8,14 @@
 //! service can create — a label from a raw path or a user id — costs
 //! bounded memory and shows up as `route=<overflow>` instead of vanishing.
 
+use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::{OnceLock, PoisonError, RwLock};
 
-use super::set::{LabelSet, RESERVED_KEYS};
+use super::set::{normalize, LabelSet, RESERVED_KEYS};
 
 /// Most distinct label sets interned; later new sets fold into their
 /// overflow set.
@@ -63,13 +64,12 @@ impl Labels {
         V: AsRef<str>,
     {
         let owned: Vec<(K, V)> = pairs.into_iter().collect();
-        let set = LabelSet::from_pairs(
+        let pairs = normalize(
             owned
                 .iter()
                 .map(|(k, v)| (k.as_ref(), v.as_ref()))
                 .filter(|(k, _)| !RESERVED_KEYS.contains(k)),
         );
-        let pairs: Vec<(&str, &str)> = set.iter().collect();
         Labels {
             id: intern_sorted(&pairs),
         }
@@ -169,10 +169,67 @@ fn table() -> &'static RwLock<Table> {
     TABLE.get_or_init(|| RwLock::new(Table::new()))
 }
 
-/// The id of `pairs` (sorted by unique key), interning it if new. No
-/// allocation when the set is known.
+/// Sets this thread interned lately: most label sets a thread makes (a
+/// route and method per request) repeat, and a hit needs neither the
+/// table's lock nor its hasher.
+const RECENT_SLOTS: usize = 16;
+
+/// A thread's recently interned sets, replaced round-robin.
+struct Recent {
+    /// (hash, the pairs as asked for, their id).
+    entries: [Option<(u64, LabelSet, u32)>; RECENT_SLOTS],
+    next: usize,
+}
+
+thread_local! {
+    static RECENT: RefCell<Recent> = const {
+        RefCell::new(Recent {
+            entries: [const { None }; RECENT_SLOTS],
+            next: 0,
+        })
+    };
+}
+
+/// FNV-1a over the pairs: cheap, and only used to pick a cache slot (each
+/// hit is compared in full).
+fn quick_hash(pairs: &[(&str, &str)]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for (key, value) in pairs {
+        for byte in key.bytes().chain([0xff]).chain(value.bytes()).chain([0xfe]) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// The id of `pairs` (sorted by unique key), interning it if new. No lock
+/// and no allocation when this thread asked for the set lately; a shared
+/// lock and no allocation when the set is known.
 pub(crate) fn intern_sorted(pairs: &[(&str, &str)]) -> u32 {
-    intern_in(table(), pairs, MAX_LABEL_SETS)
+    if pairs.is_empty() {
+        return NO_LABELS;
+    }
+    let hash = quick_hash(pairs);
+    let cached = RECENT.with(|recent| {
+        recent
+            .borrow()
+            .entries
+            .iter()
+            .flatten()
+            .find(|(h, set, _)| *h == hash && set.equals(pairs))
+            .map(|(_, _, id)| *id)
+    });
+    if let Some(id) = cached {
+        return id;
+    }
+    let id = intern_in(table(), pairs, MAX_LABEL_SETS);
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        let slot = recent.next;
+        recent.entries[slot] = Some((hash, LabelSet::from_sorted(pairs), id));
+        recent.next = (slot + 1) % RECENT_SLOTS;
+    });
+    id
 }
 
 /// [`intern_sorted`] into `lock`, which keeps at most `cap` sets besides

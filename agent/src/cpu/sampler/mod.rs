@@ -97,11 +97,11 @@ impl Sampler {
     }
 
     fn prepare(gate: Gate, ring_slots: usize, targets: usize) -> Result<Self, Error> {
-        // Wall-clock signals wake many threads at once: more of them may be
-        // unwinding at the same time than there are CPUs.
+        // Wall-clock signals wake many threads at once: a handler preempted
+        // on one CPU may still hold its context while others run.
         let concurrency = match gate {
             Gate::Cpu => MAX_CONCURRENT_UNWINDS.min(cpu_count().max(2)),
-            Gate::Wall => MAX_CONCURRENT_UNWINDS,
+            Gate::Wall => MAX_CONCURRENT_UNWINDS.min(2 * cpu_count().max(2)),
         };
         let unwinding = Unwinding::prepare(concurrency)?;
         let ring = ring::SampleRing::new(ring_slots);

@@ -100,6 +100,7 @@ fn run(
                 WallThreads::Workers => threads::workers(),
             };
             assign(&state.targets, &tids, me);
+            reader.keep_only(&tids);
             next_refresh = now.saturating_add(refresh_ns);
         }
         for (index, target) in state.targets.iter().enumerate() {
@@ -114,7 +115,12 @@ fn run(
             let run_state = match reader.read(tid) {
                 RunState::Running => SampleState::Running,
                 RunState::Waiting => SampleState::Waiting,
-                RunState::Absent => continue,
+                RunState::Absent => {
+                    if threads == WallThreads::Workers {
+                        threads::forget_worker(tid);
+                    }
+                    continue;
+                }
             };
             target.pending.store(true, Ordering::Release);
             if !send(signal, state.pid, tid, index, run_state) {
