@@ -469,12 +469,12 @@ pub(crate) async fn exclusive_sampler() -> tokio::sync::MutexGuard<'static, ()> 
 }
 
 #[cfg(all(test, feature = "cpu", native_unwind))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[inline(never)]
-    fn spin_in_a_named_function(stop: &AtomicBool) -> u64 {
+    pub(crate) fn spin_in_a_named_function(stop: &AtomicBool) -> u64 {
         let mut x = 1u64;
         while !stop.load(Ordering::Relaxed) {
             for _ in 0..10_000 {

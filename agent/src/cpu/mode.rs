@@ -126,17 +126,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::cpu::tests::spin_in_a_named_function;
     use crate::cpu::{exclusive_sampler, sampler, CpuProfiler, ProfileRequest};
     use crate::Error;
-
-    #[inline(never)]
-    fn spin_for_the_wall_test(stop: &AtomicBool) -> u64 {
-        let mut x = 1u64;
-        while !stop.load(Ordering::Relaxed) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-        }
-        x
-    }
 
     #[inline(never)]
     fn sleep_for_the_wall_test(stop: &AtomicBool) -> Duration {
@@ -184,7 +176,7 @@ mod tests {
                 .unwrap()
         };
         let spinner = spawn("wall-spinner", |stop| {
-            spin_for_the_wall_test(stop);
+            spin_in_a_named_function(stop);
         });
         let sleeper = {
             let stop = Arc::clone(&stop);
