@@ -39,6 +39,11 @@ pub const DEFAULT_PROFILE_HZ: u32 = 99;
 /// (`CONFIG_HZ`, commonly 250), so higher values would not give more samples.
 pub const MAX_PROFILE_HZ: u32 = 1000;
 
+/// Most threads a wall-clock profile (`mode=wall`) samples; a process with
+/// more has its lowest thread ids sampled and the profile's comments say
+/// how many were left out.
+pub const MAX_WALL_THREADS: usize = 256;
+
 /// Most connections the debug server keeps open. When all are taken, a new
 /// connection replaces the oldest idle or slow one; only when every one is
 /// serving a request does it get 503 (docs/security.md).

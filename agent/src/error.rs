@@ -89,14 +89,19 @@ pub enum Error {
     #[error("cannot start the debug server thread")]
     ServerStart(#[source] io::Error),
 
-    /// A CPU profile was requested while the sampler runs at another frequency.
+    /// A profile was requested while the sampler runs at another frequency
+    /// or in another mode (CPU or wall-clock).
     #[error(
-        "the CPU sampler is already running at {running_hz} Hz; \
-         retry in {} s or ask for hz={running_hz}", retry_after_secs(*retry_after)
+        "the sampler is already running a {running_mode} profile at {running_hz} Hz; \
+         retry in {} s or ask for {}&hz={running_hz}",
+        retry_after_secs(*retry_after),
+        running_mode.query()
     )]
     ProfilerBusy {
         /// Frequency of the running sampler.
         running_hz: u32,
+        /// Mode of the running sampler.
+        running_mode: crate::cpu::ProfileMode,
         /// Time until the running profiles end.
         retry_after: Duration,
     },

@@ -98,6 +98,7 @@ pub mod doctor;
 mod error;
 pub mod heap;
 pub mod histogram;
+pub mod labels;
 mod memory;
 cfg_feature! { "metrics", pub mod metrics; }
 // The sampling thread and the watchdog's alarm are used by whichever of

@@ -300,10 +300,13 @@ fn stats_toggle_and_snapshot_lifecycle() {
     );
 }
 
-/// CPU profiling at 999 Hz and heap dumps, back to back and at the same
-/// time, while four threads allocate hard and a flood of idle sockets and
-/// slow bodies hits the agent: no crash, no hang, every request answered;
-/// afterwards the process's threads and RSS return to where they were.
+/// CPU profiling at 999 Hz alternating with wall-clock profiling of every
+/// thread, and heap dumps, back to back and at the same time, while four
+/// threads allocate hard, a service labels its requests (RED layer, a named
+/// task) and a flood of idle sockets and slow bodies hits the agent: no
+/// crash, no hang, every request answered, labels in the profiles;
+/// afterwards the process's threads and RSS return to where they were and
+/// the samplers' signals are ignored, never `SIG_DFL`.
 /// `STETHOSCOPE_SOAK_SECS` makes it longer (default 120). Runs in a child
 /// process, so other tests' threads and memory do not blur the baseline.
 #[test]
@@ -324,9 +327,14 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
         .unwrap_or(120);
     let agent = start_agent();
     let addr = agent.local_addr();
+    let (runtime, service) = labelled_service(&agent);
     // Warm up (debug info, the blocking pool), then take the baseline.
     assert_eq!(
         get(addr, "/debug/pprof/profile?seconds=1", None).status,
+        200
+    );
+    assert_eq!(
+        get(addr, "/debug/pprof/profile?seconds=1&mode=wall", None).status,
         200
     );
     assert_eq!(get(addr, "/debug/pprof/heap", None).status, 200);
@@ -338,14 +346,34 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
         churn(8 << 20);
         drop(held);
     });
-    let cpu = std::thread::spawn(move || {
-        let mut answered = 0u32;
+    let requests = std::thread::spawn(move || {
+        let mut served = 0u64;
         while Instant::now() < deadline {
-            let reply = get(addr, "/debug/pprof/profile?seconds=2&hz=999", None);
-            assert_eq!(reply.status, 200, "CPU profile: {}", reply.text());
-            answered += 1;
+            assert_eq!(get(service, &format!("/work/{served}"), None).status, 200);
+            served += 1;
         }
-        answered
+        served
+    });
+    // CPU and wall-clock windows take turns on the one sampler.
+    let cpu = std::thread::spawn(move || {
+        let (mut answered, mut labelled) = (0u32, 0u32);
+        while Instant::now() < deadline {
+            let reply = get(
+                addr,
+                "/debug/pprof/profile?seconds=2&hz=999&format=json&by=route",
+                None,
+            );
+            assert_eq!(reply.status, 200, "CPU profile: {}", reply.text());
+            let routes = reply.json()["values"].clone();
+            let has_route = routes
+                .as_array()
+                .is_some_and(|rows| rows.iter().any(|r| r["value"] == "/work/{n}"));
+            labelled += u32::from(has_route);
+            let wall = get(addr, "/debug/pprof/profile?seconds=2&mode=wall", None);
+            assert_eq!(wall.status, 200, "wall-clock profile: {}", wall.text());
+            answered += 2;
+        }
+        (answered, labelled)
     });
     let heap = std::thread::spawn(move || {
         let mut answered = 0u32;
@@ -388,13 +416,29 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
         }
         waves
     });
-    let cpu_answered = cpu.join().expect("CPU profiles kept being answered");
+    let (cpu_answered, labelled) = cpu.join().expect("CPU profiles kept being answered");
     let heap_answered = heap.join().expect("heap requests kept being answered");
     let waves = flood.join().expect("flood");
+    let served = requests
+        .join()
+        .expect("the labelled service kept answering");
     allocators.stop();
+    runtime.shutdown_timeout(Duration::from_secs(5));
     eprintln!(
-        "soak {secs} s: {cpu_answered} CPU profiles and {heap_answered} heap requests answered \
-         through {waves} flood waves"
+        "soak {secs} s: {cpu_answered} CPU and wall-clock profiles ({labelled} CPU profiles with \
+         route labels) and {heap_answered} heap requests answered through {waves} flood waves; \
+         {served} labelled requests served"
+    );
+    assert!(
+        labelled * 2 >= cpu_answered / 2,
+        "{labelled} of {} CPU profiles had the service's route label",
+        cpu_answered / 2
+    );
+    assert!(served >= secs, "{served} labelled requests in {secs} s");
+    assert!(sigprof_ignored(), "SIGPROF is SIG_IGN after the soak");
+    assert!(
+        wall_signal_ignored(),
+        "SIGRTMIN+6 is SIG_IGN after the soak"
     );
     // 2 s windows back to back, each followed by its report: in a debug
     // build under this load a report takes a few seconds.
@@ -418,6 +462,36 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
         process_rss() as f64 / 1048576.0
     );
     assert!(connections["open"].as_u64().unwrap() <= 2, "{connections}");
+}
+
+/// A two-worker service with the RED layer whose requests allocate, keep
+/// some memory for a moment and burn a little CPU, and a named task doing
+/// the same until the runtime shuts down.
+fn labelled_service(agent: &Agent) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    #[inline(never)]
+    fn request_work(n: u64) -> String {
+        let held = retain_chunks(256 << 10);
+        churn(1 << 20);
+        stethoscope_examples::workload::burn_hot(Duration::from_millis(2));
+        format!("{n} {}", held.len())
+    }
+    let runtime = service_runtime();
+    let app = axum::Router::new()
+        .route(
+            "/work/{n}",
+            axum::routing::get(
+                |axum::extract::Path(n): axum::extract::Path<u64>| async move { request_work(n) },
+            ),
+        )
+        .layer(agent.red_layer());
+    let service = runtime.block_on(serve(app));
+    runtime.spawn(stethoscope::labels::task("soak-background", async move {
+        loop {
+            std::hint::black_box(request_work(0));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }));
+    (runtime, service)
 }
 
 /// Threads of this process.

@@ -12,6 +12,7 @@ mod cpu;
 mod doctor;
 mod hardening;
 mod heap;
+mod labels;
 mod lag;
 
 mod metrics;
@@ -20,3 +21,4 @@ mod spans;
 mod support;
 mod tour;
 mod use_red;
+mod wall;

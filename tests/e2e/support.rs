@@ -195,13 +195,23 @@ pub(crate) fn proc_cpu_time() -> Duration {
 
 /// Whether SIGPROF is ignored, from the kernel's view of this process.
 pub(crate) fn sigprof_ignored() -> bool {
+    signal_ignored(libc::SIGPROF)
+}
+
+/// Whether the wall-clock sampler's signal (`SIGRTMIN + 6`) is ignored.
+pub(crate) fn wall_signal_ignored() -> bool {
+    signal_ignored(libc::SIGRTMIN() + 6)
+}
+
+/// Whether `signal` is ignored, from the kernel's view of this process.
+fn signal_ignored(signal: libc::c_int) -> bool {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     let mask = status
         .lines()
         .find_map(|l| l.strip_prefix("SigIgn:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .expect("SigIgn line");
-    mask & (1 << (libc::SIGPROF - 1)) != 0
+    mask & (1 << (signal - 1)) != 0
 }
 
 /// Threads running a workload until stopped.
@@ -362,6 +372,26 @@ fn reply_of(mut response: ureq::http::Response<ureq::Body>) -> Reply {
         headers,
         body,
     }
+}
+
+/// The stacks of a `format=json` profile whose frames include a function
+/// whose name ends with `function`.
+pub(crate) fn stacks_through<'a>(
+    doc: &'a serde_json::Value,
+    function: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    doc["stacks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(move |stack| {
+            stack["frames"].as_array().is_some_and(|frames| {
+                frames
+                    .iter()
+                    .any(|f| f.as_str().is_some_and(|f| f.ends_with(function)))
+            })
+        })
 }
 
 /// Asserts that `h` has every field of the histogram summary shape of

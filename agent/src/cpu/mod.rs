@@ -1,12 +1,19 @@
-//! On-demand CPU profiling.
+//! On-demand CPU and wall-clock profiling.
 //!
 //! A process-wide sampler, started by the first request and stopped when the
 //! last one ends: `ITIMER_PROF` delivers SIGPROF to the thread that is using
 //! CPU, and the handler unwinds that thread's stack with
 //! [framehop](https://docs.rs/framehop) (DWARF CFI from `.eh_frame`, no libgcc,
-//! no locks, no allocation) into a lock-free ring. Requests at the same
-//! frequency share the sampler and each gets a profile of exactly its own
-//! window; CPU time is rescaled to the process's measured CPU time.
+//! no locks, no allocation) into a lock-free ring, with the thread's
+//! [labels](crate::labels). Requests at the same frequency share the sampler
+//! and each gets a profile of exactly its own window; CPU time is rescaled
+//! to the process's measured CPU time.
+//!
+//! In wall-clock mode ([`ProfileMode::Wall`]) a timer thread signals every
+//! chosen thread `hz` times per second of real time, whether it runs or
+//! waits, and each sample is labelled with the thread's `state`
+//! (`running`, `waiting`, `parked`): where a slow handler with little CPU
+//! waits. One sampler runs at a time, of either kind.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), stethoscope::Error> {
@@ -26,12 +33,15 @@
 //! # }
 //! ```
 
+mod mode;
+pub(crate) mod routes;
 #[cfg(all(feature = "cpu", native_unwind))]
 mod sampler;
 #[cfg(not(all(feature = "cpu", native_unwind)))]
 #[path = "sampler_unsupported.rs"]
 mod sampler;
 mod session;
+pub(crate) mod threads;
 mod window;
 
 use std::net::SocketAddr;
@@ -39,9 +49,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{DEFAULT_PROFILE_HZ, MAX_PROFILE_HZ};
+use crate::labels::LabelSet;
 use crate::profile::{Profile, ProfileMeta, RawStack, ValueType};
 use crate::Error;
 use session::Controller;
+
+pub(crate) use mode::SampleState;
+pub use mode::{ProfileMode, WallThreads};
 
 /// What to profile: a window length and a sampling frequency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +63,12 @@ use session::Controller;
 pub struct ProfileRequest {
     /// Length of the window.
     pub duration: Duration,
-    /// Samples per second of CPU time, 1..=[`MAX_PROFILE_HZ`]. Default
+    /// Samples per second of CPU time (wall-clock mode: per second of real
+    /// time, per thread), 1..=[`MAX_PROFILE_HZ`]. Default
     /// [`DEFAULT_PROFILE_HZ`].
     pub hz: u32,
+    /// CPU (default) or wall-clock time.
+    pub mode: ProfileMode,
     /// Who asked, for logs.
     pub requester: Option<SocketAddr>,
     /// Whether the profile will be symbolized (default `true`). With
@@ -73,9 +90,25 @@ impl ProfileRequest {
         Self {
             duration,
             hz: DEFAULT_PROFILE_HZ,
+            mode: ProfileMode::Cpu,
             requester: None,
             symbolize: true,
         }
+    }
+
+    /// Sets what is sampled: CPU time (the default) or wall-clock time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stethoscope::cpu::{ProfileMode, ProfileRequest, WallThreads};
+    /// let request = ProfileRequest::new(Duration::from_secs(5))
+    ///     .mode(ProfileMode::Wall(WallThreads::Workers));
+    /// assert_eq!(request.mode.query(), "mode=wall&threads=workers");
+    /// ```
+    #[must_use]
+    pub fn mode(mut self, mode: ProfileMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// Sets the sampling frequency (samples per CPU-second).
@@ -128,13 +161,14 @@ impl CpuProfiler {
 
     /// Profiles the process for `request.duration` and returns the raw
     /// (unsymbolized) profile. Joins the running sampler if it runs at the
-    /// same frequency.
+    /// same frequency in the same mode.
     ///
     /// Dropping the future before it completes withdraws the request; the
     /// sampler stops once no request is left.
     ///
     /// # Errors
-    /// [`Error::ProfilerBusy`] if the sampler runs at another frequency,
+    /// [`Error::ProfilerBusy`] if the sampler runs at another frequency or
+    /// in another mode,
     /// [`Error::Unsupported`] where CPU sampling is unavailable,
     /// [`Error::ForeignProfiler`] if another profiler owns SIGPROF,
     /// [`Error::InvalidRequest`] for a zero window or an out-of-range `hz`.
@@ -159,6 +193,8 @@ impl CpuProfiler {
 pub struct SamplerStatus {
     /// Frequency of the running session, if one runs.
     pub running_hz: Option<u32>,
+    /// Mode of the running session, if one runs.
+    pub running_mode: Option<ProfileMode>,
     /// Requests currently waiting for a profile.
     pub subscribers: usize,
     /// Sessions started since the process began (a session spans all the
@@ -166,7 +202,8 @@ pub struct SamplerStatus {
     pub sessions_started: u64,
     /// Samples recorded, all sessions together.
     pub samples_recorded: u64,
-    /// Samples lost (ring full or every unwinder busy), all sessions together.
+    /// Samples lost (ring full or every unwinder busy; wall-clock: a thread
+    /// still handling its previous signal), all sessions together.
     pub samples_dropped: u64,
     /// Time spent inside the SIGPROF handler, all sessions together: the
     /// sampler's direct cost to the threads it interrupts.
@@ -184,6 +221,8 @@ pub struct CpuStack {
     pub thread: Arc<str>,
     /// Lookup addresses, innermost first.
     pub frames: Arc<[u64]>,
+    /// Labels of the code that was running ([`crate::labels`]).
+    pub labels: LabelSet,
     /// Samples that hit this stack.
     pub samples: u64,
 }
@@ -194,6 +233,7 @@ pub struct CpuProfile {
     started_at: SystemTime,
     duration: Duration,
     hz: u32,
+    mode: ProfileMode,
     cpu_time: Duration,
     samples: u64,
     dropped: u64,
@@ -216,6 +256,11 @@ impl CpuProfile {
         self.hz
     }
 
+    /// CPU or wall-clock.
+    pub fn mode(&self) -> ProfileMode {
+        self.mode
+    }
+
     /// CPU time the whole process consumed during the window, measured with
     /// `CLOCK_PROCESS_CPUTIME_ID`.
     pub fn cpu_time(&self) -> Duration {
@@ -232,10 +277,11 @@ impl CpuProfile {
         self.dropped
     }
 
-    /// CPU time each sample stands for: measured CPU time divided by
-    /// samples, or the requested period when there are none.
+    /// Time each sample stands for. CPU: measured CPU time divided by
+    /// samples, or the requested period when there are none. Wall-clock:
+    /// the requested period, `1 s / hz`.
     pub fn period(&self) -> Duration {
-        if self.samples == 0 {
+        if self.samples == 0 || self.mode != ProfileMode::Cpu {
             Duration::from_nanos(1_000_000_000 / u64::from(self.hz.max(1)))
         } else {
             self.cpu_time / u32::try_from(self.samples).unwrap_or(u32::MAX)
@@ -248,7 +294,9 @@ impl CpuProfile {
     }
 
     /// Symbolizes the stacks into a [`Profile`] that renders in every format.
-    /// Values are `samples/count` and `cpu/nanoseconds`.
+    /// Values are `samples/count` and `cpu/nanoseconds` (wall-clock:
+    /// `wall/nanoseconds`, and waiting samples of threads idle in a tokio
+    /// scheduler are relabelled `state=parked`).
     ///
     /// This blocks: the first call in a process loads the binaries' debug
     /// info (tens of milliseconds to seconds). From async code, call it in
@@ -265,6 +313,60 @@ impl CpuProfile {
     }
 
     fn build_profile(&self, symbolize: bool) -> Profile {
+        match self.mode {
+            ProfileMode::Cpu => self.build_cpu_profile(symbolize),
+            ProfileMode::Wall(threads) => self.build_wall_profile(symbolize, threads),
+        }
+    }
+
+    /// Everything but the stacks: sample types `samples/count` and
+    /// `<kind>/nanoseconds` (the default), period in `kind` nanoseconds.
+    fn meta(
+        &self,
+        kind: &str,
+        period_ns: i64,
+        what: &str,
+        comments: Vec<String>,
+        symbolize: bool,
+    ) -> ProfileMeta {
+        let exe = crate::profile::process_name();
+        ProfileMeta {
+            sample_types: vec![
+                ValueType::new("samples", "count"),
+                ValueType::new(kind, "nanoseconds"),
+            ],
+            default_value: 1,
+            flame_value: 0,
+            period_type: ValueType::new(kind, "nanoseconds"),
+            period: period_ns,
+            started_at: self.started_at,
+            duration: self.duration,
+            title: format!("{what} of {exe} (pid {})", std::process::id()),
+            comments,
+            symbolize,
+            drop_frames: None,
+        }
+    }
+
+    fn window_comment(&self, per: &str) -> String {
+        format!(
+            "window {:.2} s from {}, {} Hz {per}requested",
+            self.duration.as_secs_f64(),
+            crate::profile::rfc3339(self.started_at),
+            self.hz
+        )
+    }
+
+    fn stack_of(stack: &CpuStack, value: i64) -> RawStack<'_> {
+        RawStack {
+            thread: Some(Arc::clone(&stack.thread)),
+            addresses: &stack.frames,
+            values: vec![i64::try_from(stack.samples).unwrap_or(i64::MAX), value],
+            labels: stack.labels.clone(),
+        }
+    }
+
+    fn build_cpu_profile(&self, symbolize: bool) -> Profile {
         let period_ns = i64::try_from(self.period().as_nanos()).unwrap_or(i64::MAX);
         let cpu_ns = i64::try_from(self.cpu_time.as_nanos()).unwrap_or(i64::MAX);
         let effective_hz = if self.cpu_time.is_zero() {
@@ -272,26 +374,12 @@ impl CpuProfile {
         } else {
             self.samples as f64 / self.cpu_time.as_secs_f64()
         };
-        let exe = crate::profile::process_name();
-        let meta = ProfileMeta {
-            sample_types: vec![
-                ValueType::new("samples", "count"),
-                ValueType::new("cpu", "nanoseconds"),
-            ],
-            default_value: 1,
-            flame_value: 0,
-            period_type: ValueType::new("cpu", "nanoseconds"),
-            period: period_ns,
-            started_at: self.started_at,
-            duration: self.duration,
-            title: format!("CPU profile of {exe} (pid {})", std::process::id()),
-            comments: vec![
-                format!(
-                    "window {:.2} s from {}, {} Hz requested",
-                    self.duration.as_secs_f64(),
-                    crate::profile::rfc3339(self.started_at),
-                    self.hz
-                ),
+        let meta = self.meta(
+            "cpu",
+            period_ns,
+            "CPU profile",
+            vec![
+                self.window_comment(""),
                 format!(
                     "{} samples ({:.0}/s of CPU), {} dropped; process CPU {:.3} s ({:.0}% of one core)",
                     self.samples,
@@ -303,8 +391,7 @@ impl CpuProfile {
                 "cpu values are samples scaled to the process CPU time measured over the window".to_owned(),
             ],
             symbolize,
-            drop_frames: None,
-        };
+        );
         let mut remaining = cpu_ns;
         let mut samples_left = self.samples;
         let stacks = self.stacks.iter().map(|stack| {
@@ -317,23 +404,78 @@ impl CpuProfile {
             };
             remaining = remaining.saturating_sub(share);
             samples_left = samples_left.saturating_sub(stack.samples);
-            RawStack {
-                thread: Some(Arc::clone(&stack.thread)),
-                addresses: &stack.frames,
-                values: vec![i64::try_from(stack.samples).unwrap_or(i64::MAX), share],
-            }
+            Self::stack_of(stack, share)
         });
         Profile::build(meta, stacks)
     }
+
+    fn build_wall_profile(&self, symbolize: bool, threads: WallThreads) -> Profile {
+        let period_ns = i64::try_from(self.period().as_nanos()).unwrap_or(i64::MAX);
+        let ticks = self.duration.as_secs_f64() * f64::from(self.hz);
+        let meta = self.meta(
+            "wall",
+            period_ns,
+            "Wall-clock profile",
+            vec![
+                self.window_comment("per thread "),
+                format!(
+                    "{} threads: {} samples (≈ {:.1} threads sampled per tick), {} dropped \
+                     (a thread still handling its previous signal, or every unwinder busy); \
+                     process CPU {:.3} s",
+                    match threads {
+                        WallThreads::All => "all",
+                        WallThreads::Workers => "tokio worker",
+                    },
+                    self.samples,
+                    self.samples as f64 / ticks.max(1.0),
+                    self.dropped,
+                    self.cpu_time.as_secs_f64(),
+                ),
+                "wall values are samples × 1/hz; state: running (on a CPU or ready), \
+                 waiting (asleep or blocked), parked (a tokio worker idle in its scheduler)"
+                    .to_owned(),
+            ],
+            symbolize,
+        );
+        let mut meta = meta;
+        if self.samples == 0 && threads == WallThreads::Workers {
+            meta.comments.push(
+                "no tokio worker thread had been seen: workers are found when they poll a \
+                 labelled future (a request through the RED layer) or the agent's lag probe; \
+                 threads=all samples every thread"
+                    .to_owned(),
+            );
+        }
+        let stacks = self.stacks.iter().map(|stack| {
+            let wall = period_ns.saturating_mul(i64::try_from(stack.samples).unwrap_or(i64::MAX));
+            Self::stack_of(stack, wall)
+        });
+        let mut profile = Profile::build(meta, stacks);
+        if symbolize {
+            mode::mark_parked(&mut profile);
+        }
+        profile
+    }
+}
+
+/// Serializes the unit tests that run the process-wide sampler (or read
+/// what its windows leave behind).
+#[cfg(test)]
+pub(crate) static SAMPLER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// [`SAMPLER_TESTS`], from an async test.
+#[cfg(all(test, feature = "cpu", native_unwind))]
+pub(crate) async fn exclusive_sampler() -> tokio::sync::MutexGuard<'static, ()> {
+    SAMPLER_TESTS.lock().await
 }
 
 #[cfg(all(test, feature = "cpu", native_unwind))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[inline(never)]
-    fn spin_in_a_named_function(stop: &AtomicBool) -> u64 {
+    pub(crate) fn spin_in_a_named_function(stop: &AtomicBool) -> u64 {
         let mut x = 1u64;
         while !stop.load(Ordering::Relaxed) {
             for _ in 0..10_000 {
@@ -345,12 +487,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn samples_a_spinning_thread_and_releases_sigprof() {
+        let _sampler = exclusive_sampler().await;
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let spinner = {
             let stop = std::sync::Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("spinner".into())
-                .spawn(move || spin_in_a_named_function(&stop))
+                .spawn(move || {
+                    let _labels = crate::labels::scope([("job", "spin")]);
+                    spin_in_a_named_function(&stop)
+                })
                 .unwrap()
         };
         let profiler = CpuProfiler::global();
@@ -390,6 +536,22 @@ mod tests {
             in_function as f64 >= 0.95 * total_on_spinner as f64,
             "{in_function} of {total_on_spinner} spinner samples unwound through the spin function"
         );
+        // The handler read the spinner's label slot; nothing else has it.
+        let labelled: i64 = profile
+            .samples
+            .iter()
+            .filter(|s| s.labels.get("job") == Some("spin"))
+            .map(|s| s.values[0])
+            .sum();
+        assert!(
+            labelled as f64 >= 0.95 * total_on_spinner as f64,
+            "{labelled} of {total_on_spinner} spinner samples carry job=spin"
+        );
+        assert!(profile
+            .samples
+            .iter()
+            .filter(|s| s.labels.get("job").is_some())
+            .all(|s| s.thread.as_deref() == Some("spinner")));
         // Totals are rescaled to the measured CPU time.
         let cpu_total = profile.total(1);
         assert_eq!(cpu_total, i64::try_from(raw.cpu_time().as_nanos()).unwrap());

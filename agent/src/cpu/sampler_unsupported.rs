@@ -32,10 +32,16 @@ impl RawSample {
     pub(crate) fn timestamp_ns(&self) -> u64 {
         match *self {}
     }
+    pub(crate) fn labels(&self) -> u32 {
+        match *self {}
+    }
+    pub(crate) fn state(&self) -> u8 {
+        match *self {}
+    }
 }
 
 impl Sampler {
-    pub(crate) fn start(_hz: u32) -> Result<Self, Error> {
+    pub(crate) fn start(_hz: u32, _mode: super::ProfileMode) -> Result<Self, Error> {
         Err(Error::Unsupported {
             what: "CPU profiling",
             reason: REASON,

@@ -1,12 +1,14 @@
-//! One sampler per process, shared by every request at the same frequency.
+//! One sampler per process, shared by every request at the same frequency
+//! and mode (CPU or wall-clock).
 //!
 //! A request registers a pending window and returns at once; the control
 //! thread (`stethoscope-cpu`) does everything that takes time: it starts the
 //! sampler, adopts pending windows (stamping their start), drains the ring,
 //! counts samples into windows, hands finished profiles to their
 //! requesters, drops windows whose requester went away, and stops the
-//! sampler — leaving SIGPROF ignored — when no window is left. Requests at
-//! another `hz` are refused while windows run, with the time until they end.
+//! sampler — leaving its signal ignored — when no window is left. Requests
+//! at another `hz` or in another mode are refused while windows run, with
+//! the time until they end.
 //!
 //! Nothing slow happens under the state lock, so a request (on the agent's
 //! runtime or a host task calling the Rust API) never waits for the sampler
@@ -20,7 +22,7 @@ use tokio::sync::oneshot;
 
 use super::sampler::{clock, Sampler, SamplerCounters};
 use super::window::{Finished, PendingWindow, StackTable, Window, WindowEnd, WindowStart};
-use super::{CpuProfile, ProfileRequest, SamplerStatus};
+use super::{CpuProfile, ProfileMode, ProfileRequest, SamplerStatus};
 use crate::symbols::symbolize::Symbolizer;
 use crate::Error;
 
@@ -46,6 +48,7 @@ struct State {
 #[derive(Debug)]
 struct Session {
     hz: u32,
+    mode: ProfileMode,
     /// Windows added by requesters, not yet adopted by the control thread.
     pending: Vec<PendingWindow>,
     /// Windows the control thread is serving.
@@ -60,9 +63,10 @@ struct Session {
 }
 
 impl Session {
-    fn new(hz: u32) -> Self {
+    fn new(hz: u32, mode: ProfileMode) -> Self {
         Session {
             hz,
+            mode,
             pending: Vec::new(),
             active: 0,
             active_deadline_ns: 0,
@@ -112,20 +116,22 @@ impl Controller {
         };
         let mut state = self.lock();
         let joined = match state.session.as_mut() {
-            Some(session) if session.hz == request.hz => true,
+            Some(session) if session.hz == request.hz && session.mode == request.mode => true,
             Some(session) if session.stopping && session.pending.is_empty() => {
                 // Winding down with nobody waiting: restart at the new rate.
                 session.hz = request.hz;
+                session.mode = request.mode;
                 false
             }
             Some(session) => {
                 return Err(Error::ProfilerBusy {
                     running_hz: session.hz,
+                    running_mode: session.mode,
                     retry_after: session.busy_for(clock::monotonic_ns()),
                 });
             }
             None => {
-                state.session = Some(Session::new(request.hz));
+                state.session = Some(Session::new(request.hz, request.mode));
                 let controller = Arc::clone(self);
                 let spawned = std::thread::Builder::new()
                     .name("stethoscope-cpu".into())
@@ -143,6 +149,7 @@ impl Controller {
         tracing::info!(
             seconds = request.duration.as_secs_f64(),
             hz = request.hz,
+            mode = %request.mode,
             requester = ?request.requester,
             joined,
             "CPU profile requested"
@@ -161,6 +168,7 @@ impl Controller {
         let current = session.map(|s| s.counters).unwrap_or_default();
         SamplerStatus {
             running_hz: session.map(|s| s.hz),
+            running_mode: session.map(|s| s.mode),
             subscribers: session.map_or(0, |s| s.active + s.pending.len()),
             sessions_started: state.sessions_started,
             samples_recorded: state.finished.recorded + current.recorded,
@@ -175,13 +183,13 @@ impl Controller {
     fn run(self: Arc<Self>) {
         let _guard = ClearOnPanic(&self);
         loop {
-            let Some(hz) = self.lock().session.as_ref().map(|s| s.hz) else {
+            let Some((hz, mode)) = self.lock().session.as_ref().map(|s| (s.hz, s.mode)) else {
                 return;
             };
-            let sampler = match Sampler::start(hz) {
+            let sampler = match Sampler::start(hz, mode) {
                 Ok(sampler) => sampler,
                 Err(error) => {
-                    tracing::warn!(%error, hz, "CPU sampler could not start");
+                    tracing::warn!(%error, hz, %mode, "sampler could not start");
                     let pending = self
                         .lock()
                         .session
@@ -242,7 +250,7 @@ impl Controller {
                         dropped: counters.dropped,
                     };
                     for pending in session.pending.drain(..) {
-                        windows.push(Window::start(pending, session.hz, start));
+                        windows.push(Window::start(pending, session.hz, session.mode, start));
                     }
                 }
                 windows.retain(|w| {
@@ -277,7 +285,12 @@ impl Controller {
             let symbolize = windows.iter().any(|w| w.symbolize);
             let mut fresh_addresses = Vec::new();
             sampler.drain(|sample| {
-                let (id, is_new) = table.intern(sample.thread_name(), sample.frames());
+                let (id, is_new) = table.intern(
+                    sample.thread_name(),
+                    sample.frames(),
+                    sample.labels(),
+                    sample.state(),
+                );
                 if is_new && symbolize {
                     fresh_addresses.extend(
                         sample
@@ -364,12 +377,14 @@ fn deliver(finished: Vec<Finished>) {
         tracing::info!(
             seconds = profile.duration().as_secs_f64(),
             hz = profile.hz(),
+            mode = %profile.mode(),
             samples = profile.sample_count(),
             dropped = profile.dropped_samples(),
             cpu_seconds = profile.cpu_time().as_secs_f64(),
             requester = ?window.requester,
-            "CPU profile finished"
+            "profile finished"
         );
+        super::routes::record(profile);
         window.deliver();
     }
 }

@@ -13,18 +13,41 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
-use super::{CpuProfile, CpuStack};
+use super::{CpuProfile, CpuStack, ProfileMode, SampleState};
+use crate::labels::LabelSet;
 use crate::Error;
 
 /// Where a finished profile goes.
 pub(crate) type Reply = oneshot::Sender<Result<CpuProfile, Error>>;
 
-/// Distinct (thread name, stack) pairs seen by one sampler session.
+/// One distinct sampled stack: the thread it ran on, its frames, the
+/// label-set id of the code that ran and (wall-clock) the thread's state.
+#[derive(Debug, Clone)]
+pub(crate) struct StackKey {
+    pub(crate) thread: Arc<str>,
+    pub(crate) frames: Arc<[u64]>,
+    pub(crate) labels: u32,
+    pub(crate) state: u8,
+}
+
+fn stack_hash(
+    hasher: &RandomState,
+    thread: &Arc<str>,
+    frames: &[u64],
+    labels: u32,
+    state: u8,
+) -> u64 {
+    // Thread names are interned, so their address identifies them.
+    let thread = Arc::as_ptr(thread).cast::<u8>() as usize;
+    hasher.hash_one((thread, frames, labels, state))
+}
+
+/// Distinct stacks seen by one sampler session.
 #[derive(Debug, Default)]
 pub(crate) struct StackTable {
     /// Stack hash → ids with that hash (collisions are compared in full).
     index: HashMap<u64, Vec<u32>>,
-    stacks: Vec<(Arc<str>, Arc<[u64]>)>,
+    stacks: Vec<StackKey>,
     threads: HashMap<Vec<u8>, Arc<str>>,
     hasher: RandomState,
 }
@@ -32,7 +55,13 @@ pub(crate) struct StackTable {
 impl StackTable {
     /// Returns the id of this stack and whether it is new. Allocates only
     /// for stacks (and thread names) not seen before.
-    pub(crate) fn intern(&mut self, thread_name: &[u8], frames: &[u64]) -> (u32, bool) {
+    pub(crate) fn intern(
+        &mut self,
+        thread_name: &[u8],
+        frames: &[u64],
+        labels: u32,
+        state: u8,
+    ) -> (u32, bool) {
         let thread = match self.threads.get(thread_name) {
             Some(name) => Arc::clone(name),
             None => {
@@ -45,24 +74,30 @@ impl StackTable {
                 name
             }
         };
-        // Thread names are interned, so their address identifies them.
-        let hash = self
-            .hasher
-            .hash_one((Arc::as_ptr(&thread).cast::<u8>() as usize, frames));
+        let hash = stack_hash(&self.hasher, &thread, frames, labels, state);
         let candidates = self.index.entry(hash).or_default();
         for &id in candidates.iter() {
-            let (known_thread, known_frames) = &self.stacks[id as usize];
-            if Arc::ptr_eq(known_thread, &thread) && **known_frames == *frames {
+            let known = &self.stacks[id as usize];
+            if Arc::ptr_eq(&known.thread, &thread)
+                && *known.frames == *frames
+                && known.labels == labels
+                && known.state == state
+            {
                 return (id, false);
             }
         }
         let id = self.stacks.len() as u32;
-        self.stacks.push((thread, Arc::from(frames)));
+        self.stacks.push(StackKey {
+            thread,
+            frames: Arc::from(frames),
+            labels,
+            state,
+        });
         candidates.push(id);
         (id, true)
     }
 
-    pub(crate) fn get(&self, id: u32) -> Option<&(Arc<str>, Arc<[u64]>)> {
+    pub(crate) fn get(&self, id: u32) -> Option<&StackKey> {
         self.stacks.get(id as usize)
     }
 
@@ -84,17 +119,21 @@ impl StackTable {
             threads: std::mem::take(&mut self.threads),
             ..StackTable::default()
         };
-        for (old, (thread, frames)) in self.stacks.drain(..).enumerate() {
+        for (old, key) in self.stacks.drain(..).enumerate() {
             let old = old as u32;
             if !referenced.contains(&old) {
                 continue;
             }
             let new = kept.stacks.len() as u32;
-            let hash = kept
-                .hasher
-                .hash_one((Arc::as_ptr(&thread).cast::<u8>() as usize, &*frames));
+            let hash = stack_hash(
+                &kept.hasher,
+                &key.thread,
+                &key.frames,
+                key.labels,
+                key.state,
+            );
             kept.index.entry(hash).or_default().push(new);
-            kept.stacks.push((thread, frames));
+            kept.stacks.push(key);
             renumber.insert(old, new);
         }
         for window in windows.iter_mut() {
@@ -146,6 +185,7 @@ pub(crate) struct WindowEnd {
 #[derive(Debug)]
 pub(crate) struct Window {
     pub(crate) hz: u32,
+    pub(crate) mode: ProfileMode,
     pub(crate) requester: Option<SocketAddr>,
     pub(crate) symbolize: bool,
     pub(crate) start: WindowStart,
@@ -157,11 +197,17 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// Starts `pending` now, on a sampler running at `hz`.
-    pub(crate) fn start(pending: PendingWindow, hz: u32, start: WindowStart) -> Self {
+    /// Starts `pending` now, on a sampler running at `hz` in `mode`.
+    pub(crate) fn start(
+        pending: PendingWindow,
+        hz: u32,
+        mode: ProfileMode,
+        start: WindowStart,
+    ) -> Self {
         let length = u64::try_from(pending.duration.as_nanos()).unwrap_or(u64::MAX);
         Self {
             hz,
+            mode,
             requester: pending.requester,
             symbolize: pending.symbolize,
             start,
@@ -198,14 +244,26 @@ impl Window {
     /// window, which `CpuProfile` spreads over the samples.
     pub(crate) fn finish(self, table: &StackTable) -> Option<Finished> {
         let end = self.end?;
+        let mut label_sets: HashMap<(u32, u8), LabelSet> = HashMap::new();
         let mut stacks: Vec<CpuStack> = self
             .counts
             .iter()
             .filter_map(|(&id, &samples)| {
-                let (thread, frames) = table.get(id)?;
+                let key = table.get(id)?;
+                let labels = label_sets
+                    .entry((key.labels, key.state))
+                    .or_insert_with(|| {
+                        let set = crate::labels::resolve(key.labels);
+                        match SampleState::from_code(key.state) {
+                            Some(state) => set.with("state", state.as_str()),
+                            None => set,
+                        }
+                    })
+                    .clone();
                 Some(CpuStack {
-                    thread: Arc::clone(thread),
-                    frames: Arc::clone(frames),
+                    thread: Arc::clone(&key.thread),
+                    frames: Arc::clone(&key.frames),
+                    labels,
                     samples,
                 })
             })
@@ -215,6 +273,7 @@ impl Window {
             started_at: self.start.wall,
             duration: Duration::from_nanos(end.at_ns.saturating_sub(self.start.at_ns)),
             hz: self.hz,
+            mode: self.mode,
             cpu_time: Duration::from_nanos(end.cpu_ns.saturating_sub(self.start.cpu_ns)),
             samples: self.samples,
             dropped: end.dropped.saturating_sub(self.start.dropped),
@@ -261,29 +320,32 @@ mod tests {
             cpu_ns: 1_000,
             dropped: 1,
         };
-        (Window::start(pending, 99, start), rx)
+        (Window::start(pending, 99, ProfileMode::Cpu, start), rx)
     }
 
     #[test]
     fn interning_dedups_by_thread_and_frames() {
         let mut table = StackTable::default();
-        let (a, new_a) = table.intern(b"worker", &[1, 2, 3]);
-        let (b, new_b) = table.intern(b"worker", &[1, 2, 3]);
-        let (c, _) = table.intern(b"main", &[1, 2, 3]);
-        let (d, _) = table.intern(b"", &[9]);
-        let (e, _) = table.intern(b"worker", &[1, 2]);
+        let (a, new_a) = table.intern(b"worker", &[1, 2, 3], 0, 0);
+        let (b, new_b) = table.intern(b"worker", &[1, 2, 3], 0, 0);
+        let (c, _) = table.intern(b"main", &[1, 2, 3], 0, 0);
+        let (d, _) = table.intern(b"", &[9], 0, 0);
+        let (e, _) = table.intern(b"worker", &[1, 2], 0, 0);
         assert!(new_a && !new_b);
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, e);
-        assert_eq!(&*table.get(d).unwrap().0, "[unnamed]");
-        assert_eq!(table.len(), 4);
+        let (f, _) = table.intern(b"worker", &[1, 2, 3], 7, 0);
+        let (g, _) = table.intern(b"worker", &[1, 2, 3], 7, SampleState::Waiting.code());
+        assert!(f != a && g != f, "labels and state tell stacks apart");
+        assert_eq!(&*table.get(d).unwrap().thread, "[unnamed]");
+        assert_eq!(table.len(), 6);
     }
 
     #[test]
     fn a_window_counts_only_its_own_time_range() {
         let mut table = StackTable::default();
-        let (id, _) = table.intern(b"t", &[1]);
+        let (id, _) = table.intern(b"t", &[1], 0, 0);
         let (mut w, mut rx) = window(100, 1);
         assert_eq!(w.deadline_ns, 100 + 1_000_000_000);
         assert!(!w.covers(99));
@@ -319,18 +381,18 @@ mod tests {
     #[test]
     fn compaction_keeps_only_referenced_stacks_and_their_counts() {
         let mut table = StackTable::default();
-        let (old, _) = table.intern(b"t", &[1, 2]);
-        let (kept, _) = table.intern(b"t", &[3, 4]);
+        let (old, _) = table.intern(b"t", &[1, 2], 0, 0);
+        let (kept, _) = table.intern(b"t", &[3, 4], 0, 0);
         let (mut w, _rx) = window(0, 1);
         w.count(kept);
         w.count(kept);
         let mut windows = vec![w];
         table.compact(&mut windows);
         assert_eq!(table.len(), 1);
-        let (id, is_new) = table.intern(b"t", &[3, 4]);
+        let (id, is_new) = table.intern(b"t", &[3, 4], 0, 0);
         assert!(!is_new, "the kept stack is still known");
         assert_eq!(windows[0].counts.get(&id), Some(&2));
-        let (_, is_new) = table.intern(b"t", &[1, 2]);
+        let (_, is_new) = table.intern(b"t", &[1, 2], 0, 0);
         assert!(is_new, "the dropped stack is forgotten");
         let _ = old;
     }

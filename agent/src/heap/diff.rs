@@ -365,6 +365,7 @@ impl SnapshotDiff {
                 thread: None,
                 addresses: &e.addresses,
                 values: vec![e.delta_objects, e.delta_bytes],
+                labels: crate::labels::LabelSet::default(),
             }),
         )
     }

@@ -574,6 +574,7 @@ fn heap_profile(dump: &dump::HeapDump, taken_at: SystemTime, symbolize: bool) ->
         thread: None,
         addresses: &stack.addresses,
         values: vec![stack.objects.round() as i64, stack.bytes.round() as i64],
+        labels: crate::labels::LabelSet::default(),
     });
     build_profile(meta, stacks)
 }
@@ -757,6 +758,7 @@ mod tests {
             locations: vec![0, 1, 2],
             values: vec![1, 1],
             thread: None,
+            labels: crate::labels::LabelSet::default(),
         }];
         trim_allocator_frames(&mut profile);
         let sample = &profile.samples[0];

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{Location, Mapping, Profile, Sample, SymbolizedFrame, ValueType};
+use crate::labels::LabelSet;
 use crate::symbols::modules::{loaded_modules, vdso_symbols, LoadedModule};
 use crate::symbols::symbolize::Symbolizer;
 
@@ -27,11 +28,12 @@ pub(crate) struct ProfileMeta {
 }
 
 /// One stack of lookup addresses (leaf first) with its values.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct RawStack<'a> {
     pub(crate) thread: Option<Arc<str>>,
     pub(crate) addresses: &'a [u64],
     pub(crate) values: Vec<i64>,
+    pub(crate) labels: LabelSet,
 }
 
 impl Profile {
@@ -96,6 +98,7 @@ impl Profile {
                     .collect(),
                 values: stack.values,
                 thread: stack.thread,
+                labels: stack.labels,
             })
             .collect();
         Profile {
@@ -230,6 +233,7 @@ pub(crate) mod tests {
                     .collect(),
                 values: vec![1, ms * 1_000_000],
                 thread: Some(Arc::from("worker")),
+                labels: LabelSet::default(),
             })
             .collect();
         Profile {
@@ -263,11 +267,13 @@ pub(crate) mod tests {
                     thread: Some(Arc::from("worker")),
                     addresses: &hot,
                     values: vec![3, 30_000_000],
+                    labels: crate::labels::Labels::new([("route", "/hot")]).set(),
                 },
                 RawStack {
                     thread: Some(Arc::from("main")),
                     addresses: &cold,
                     values: vec![1, 10_000_000],
+                    labels: LabelSet::default(),
                 },
             ],
         )
@@ -305,6 +311,7 @@ pub(crate) mod tests {
                 thread: None,
                 addresses: &[leaf],
                 values: vec![1, 1],
+                labels: LabelSet::default(),
             }],
         );
         let location = &profile.locations[0];

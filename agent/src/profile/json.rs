@@ -30,6 +30,7 @@ struct JsonValueType<'a> {
 #[derive(Serialize)]
 struct JsonStack<'a> {
     thread: Option<&'a str>,
+    labels: &'a crate::labels::LabelSet,
     /// Leaf first, as in every stack of the agent's JSON.
     frames: Vec<std::borrow::Cow<'a, str>>,
     values: serde_json::Map<String, serde_json::Value>,
@@ -70,6 +71,7 @@ pub(super) fn render(
             frames.reverse();
             Some(JsonStack {
                 thread: sample.thread.as_deref(),
+                labels: &sample.labels,
                 frames,
                 values: values_of(&sample.values),
             })

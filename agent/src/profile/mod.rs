@@ -10,12 +10,15 @@ mod flamegraph;
 mod folded;
 pub(crate) mod frames;
 mod json;
+mod labels;
 pub(crate) mod output;
 mod pprof;
+pub(crate) mod scheduler;
 mod top;
 mod view;
 
 pub(crate) use json::rfc3339;
+pub use labels::{LabelTotal, LabelTotals, UNLABELLED};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -29,6 +32,7 @@ pub use crate::symbols::{
     DEBUG_INFO_IDLE_RELEASE, MAX_CACHED_ADDRESSES,
 };
 
+use crate::labels::LabelSet;
 use crate::Error;
 
 /// What a sample value measures, e.g. `cpu` in `nanoseconds`.
@@ -101,6 +105,9 @@ pub struct Sample {
     pub values: Vec<i64>,
     /// Name of the thread the stack was sampled on.
     pub thread: Option<Arc<str>>,
+    /// Labels of the code that was running (`route`, `method`, `task`,
+    /// the user's own; `state` in wall-clock profiles).
+    pub labels: LabelSet,
 }
 
 /// A symbolized profile: stacks with weights, ready to encode.

@@ -3,7 +3,7 @@
 //! Unlike pprof-rs's encoder this keeps what server-side tools need: real
 //! addresses, one mapping per binary with file name and GNU build ID, one
 //! location per address with its inline chain as the `line` list, file and
-//! line per frame, and a `thread` label per sample.
+//! line per frame, and a `thread` label per sample besides its own labels.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -256,20 +256,26 @@ fn to_proto(profile: &Profile) -> proto::Profile {
     let sample = profile
         .samples
         .iter()
-        .map(|s| proto::Sample {
-            location_id: s.locations.iter().map(|&l| l as u64 + 1).collect(),
-            value: s.values.clone(),
-            label: s
+        .map(|s| {
+            let thread = s
                 .thread
                 .as_deref()
-                .map(|name| proto::Label {
-                    key: thread_key,
-                    str: strings.id(name),
-                    num: 0,
-                    num_unit: 0,
-                })
-                .into_iter()
-                .collect(),
+                .map(|name| (thread_key, strings.id(name)));
+            let own = s.labels.iter().map(|(k, v)| (strings.id(k), strings.id(v)));
+            let pairs: Vec<(i64, i64)> = thread.into_iter().chain(own).collect();
+            proto::Sample {
+                location_id: s.locations.iter().map(|&l| l as u64 + 1).collect(),
+                value: s.values.clone(),
+                label: pairs
+                    .into_iter()
+                    .map(|(key, str)| proto::Label {
+                        key,
+                        str,
+                        num: 0,
+                        num_unit: 0,
+                    })
+                    .collect(),
+            }
         })
         .collect();
 
@@ -444,6 +450,13 @@ mod tests {
         assert_eq!(decoded.sample.len(), 2);
         assert_eq!(s(decoded.sample[0].label[0].key), "thread");
         assert_eq!(s(decoded.sample[0].label[0].str), "worker");
+        assert_eq!(s(decoded.sample[0].label[1].key), "route");
+        assert_eq!(s(decoded.sample[0].label[1].str), "/hot");
+        assert_eq!(
+            decoded.sample[1].label.len(),
+            1,
+            "no labels: the thread only"
+        );
         // Real addresses, each location in the executable's mapping.
         for location in &decoded.location {
             assert_ne!(location.address, 0);

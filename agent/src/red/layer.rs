@@ -12,6 +12,8 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::recorder::{method_label, RedMetrics, STATUS_ERROR};
+use super::UNMATCHED_ROUTE;
+use crate::labels::{Labelled, Labels};
 
 /// A tower [`Layer`] that records rate, errors and duration per
 /// (method, route template, status) — the RED method. Get one from
@@ -40,8 +42,14 @@ use super::recorder::{method_label, RedMetrics, STATUS_ERROR};
 /// all. Duration ends when the inner service returns the response head
 /// (the handler's time), not when a streamed body finishes.
 ///
-/// Cost: two clock reads, one shared (read) lock of a shard and a few
-/// relaxed atomic increments per request; no allocation once a series
+/// Every request's future also runs with the labels `route` (the same
+/// template, or `<unmatched>`) and `method`, so CPU and wall-clock profiles
+/// can be split by route (`by=route`, `go tool pprof -tagfocus`) with no
+/// further code; see [`crate::labels`].
+///
+/// Cost: two clock reads, one shared (read) lock of a shard, one lookup in
+/// the label table (a shared lock) and a few relaxed atomic increments per
+/// request, two thread-local stores per poll; no allocation once a series
 /// exists. See `docs/overhead.md`.
 #[derive(Debug, Clone)]
 pub struct RedLayer {
@@ -92,8 +100,13 @@ where
             route: request.extensions().get::<MatchedPath>().cloned(),
             started: Instant::now(),
         };
+        let route = pending.route.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+        // Sorted by key, as the table wants them.
+        let labels = Labels {
+            id: crate::labels::intern_sorted(&[("method", pending.method), ("route", route)]),
+        };
         ResponseFuture {
-            inner: self.inner.call(request),
+            inner: labels.instrument(self.inner.call(request)),
             pending: Some(pending),
         }
     }
@@ -121,7 +134,8 @@ impl Pending {
 }
 
 pin_project! {
-    /// The future of [`RedService`]: the inner future, timed.
+    /// The future of [`RedService`]: the inner future, timed and labelled
+    /// with its `route` and `method`.
     ///
     /// A request whose future is dropped before it completes (the client
     /// went away) is not recorded; one whose handler panics is recorded as
@@ -129,7 +143,7 @@ pin_project! {
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
+        inner: Labelled<F>,
         pending: Option<Pending>,
     }
 
@@ -201,6 +215,29 @@ mod tests {
         assert_eq!(find("/fail").errors, 1);
         assert_eq!(find(super::super::UNMATCHED_ROUTE).statuses["404"], 1);
         assert!(report.routes.iter().all(|r| !r.route.contains("secret")));
+    }
+
+    #[tokio::test]
+    async fn handlers_run_with_route_and_method_labels() {
+        let metrics = RedMetrics::new();
+        let labels_of = || async { crate::labels::Labels::current().set().to_string() };
+        let app = Router::new()
+            .route("/items/{id}", get(labels_of))
+            .fallback(labels_of)
+            .layer(metrics.layer());
+        for (uri, expected) in [
+            ("/items/7", "method=GET,route=/items/{id}"),
+            ("/elsewhere", "method=GET,route=<unmatched>"),
+        ] {
+            let response = app
+                .clone()
+                .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+            assert_eq!(&body[..], expected.as_bytes());
+        }
+        assert_eq!(crate::labels::Labels::current(), crate::labels::Labels::none());
     }
 
     #[tokio::test]

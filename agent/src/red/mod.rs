@@ -26,4 +26,4 @@ pub use histogram::OTEL_DURATION_BUCKETS;
 pub use layer::{RedLayer, RedService, ResponseFuture};
 #[cfg(feature = "metrics")]
 pub(crate) use recorder::BUCKET_BOUNDS;
-pub use recorder::{RedMetrics, RedReport, RouteReport, OVERFLOW_ROUTE, UNMATCHED_ROUTE};
+pub use recorder::{CpuWindow, RedMetrics, RedReport, RouteReport, OVERFLOW_ROUTE, UNMATCHED_ROUTE};

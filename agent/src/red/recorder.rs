@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::histogram::{
     OtelBuckets, RateWindow, OTEL_BOUNDS_NS, RATE_WINDOW_SECS,
@@ -257,6 +257,12 @@ impl RedMetrics {
     /// Per (method, route): totals since start, rate over the last minute
     /// and latency percentiles, busiest route first.
     pub fn report(&self) -> RedReport {
+        self.report_with(crate::cpu::routes::last().as_deref())
+    }
+
+    /// The report, with each route's CPU from `cpu` (a CPU profile window's
+    /// CPU per route).
+    fn report_with(&self, cpu: Option<&crate::cpu::routes::RouteCpu>) -> RedReport {
         let now = Instant::now();
         let now_second = self.second_of(now);
         let window = now
@@ -285,6 +291,8 @@ impl RedMetrics {
                         error_rate_per_s: method.errors_window.recent(now_second) as f64 / window,
                         statuses,
                         latency,
+                        cpu_seconds: cpu
+                            .map(|cpu| cpu.of(method.method, route).as_secs_f64()),
                     });
                 }
             }
@@ -301,6 +309,10 @@ impl RedMetrics {
             window: Duration::from_secs_f64(window),
             layer_installed,
             hint: (!layer_installed).then_some(NO_LAYER_HINT),
+            cpu_window: cpu.map(|cpu| CpuWindow {
+                started_at: cpu.started_at,
+                duration: cpu.duration,
+            }),
         }
     }
 
@@ -434,6 +446,21 @@ pub struct RedReport {
     /// What to do when the layer is missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<&'static str>,
+    /// The CPU profile window the routes' `cpu_seconds` come from: the last
+    /// one that finished in this process (`null` before any).
+    pub cpu_window: Option<CpuWindow>,
+}
+
+/// A CPU profile window.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct CpuWindow {
+    /// Its start.
+    #[serde(serialize_with = "crate::report::time")]
+    pub started_at: SystemTime,
+    /// Its length.
+    #[serde(rename = "duration_ms", serialize_with = "crate::report::ms")]
+    pub duration: Duration,
 }
 
 impl std::fmt::Display for RedReport {
@@ -444,13 +471,23 @@ impl std::fmt::Display for RedReport {
         let ms = crate::report::millis;
         writeln!(
             out,
-            "{:<7} {:<32} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9}",
-            "METHOD", "ROUTE", "REQUESTS", "ERRORS", "ERR%", "RATE/S", "P50 ms", "P99 ms", "MAX ms"
+            "{:<7} {:<32} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "METHOD",
+            "ROUTE",
+            "REQUESTS",
+            "ERRORS",
+            "ERR%",
+            "RATE/S",
+            "P50 ms",
+            "P99 ms",
+            "MAX ms",
+            "CPU s"
         )?;
         for r in &self.routes {
+            let cpu = r.cpu_seconds.map_or("-".to_owned(), |s| format!("{s:.3}"));
             writeln!(
                 out,
-                "{:<7} {:<32} {:>9} {:>8} {:>6.2}% {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                "{:<7} {:<32} {:>9} {:>8} {:>6.2}% {:>9.2} {:>9.2} {:>9.2} {:>9.2} {cpu:>8}",
                 r.method,
                 r.route,
                 r.requests,
@@ -466,7 +503,16 @@ impl std::fmt::Display for RedReport {
             out,
             "\nrates over the last {:.0} s; totals and latency since start",
             self.window.as_secs_f64()
-        )
+        )?;
+        match &self.cpu_window {
+            Some(w) => writeln!(
+                out,
+                "CPU s: in the last CPU profile window ({:.1} s from {})",
+                w.duration.as_secs_f64(),
+                crate::report::rfc3339(w.started_at)
+            ),
+            None => writeln!(out, "CPU s: no CPU profile has run yet"),
+        }
     }
 }
 
@@ -493,11 +539,49 @@ pub struct RouteReport {
     pub statuses: BTreeMap<String, u64>,
     /// Duration until the response head was ready, since start.
     pub latency: HistogramSummary,
+    /// CPU seconds this route's requests used during the last CPU profile
+    /// window ([`RedReport::cpu_window`]), from the profile's `route` and
+    /// `method` labels (0 if none of its samples fell in the window);
+    /// `None` before any CPU profile has finished.
+    pub cpu_seconds: Option<f64>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_carry_the_cpu_of_the_last_profile_window() {
+        let m = RedMetrics::new();
+        let _installed = m.layer();
+        m.record("GET", Some("/items/{id}"), 200, Duration::from_millis(20));
+        m.record("GET", Some("/health"), 200, Duration::from_millis(1));
+        let before = m.report_with(None);
+        assert_eq!(before.routes[0].cpu_seconds, None);
+        assert!(before.cpu_window.is_none());
+        let window = crate::cpu::routes::RouteCpu {
+            started_at: SystemTime::UNIX_EPOCH,
+            duration: Duration::from_secs(30),
+            by_route: [(
+                ("GET".to_owned(), "/items/{id}".to_owned()),
+                Duration::from_millis(1500),
+            )]
+            .into(),
+        };
+        let report = m.report_with(Some(&window));
+        let cpu = |route: &str| {
+            report
+                .routes
+                .iter()
+                .find(|r| r.route == route)
+                .and_then(|r| r.cpu_seconds)
+        };
+        assert_eq!(cpu("/items/{id}"), Some(1.5));
+        assert_eq!(cpu("/health"), Some(0.0));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["cpu_window"]["duration_ms"], 30_000.0);
+        assert!(report.to_string().contains("CPU s: in the last CPU profile window (30.0 s"));
+    }
 
     #[test]
     fn records_per_method_route_and_status() {

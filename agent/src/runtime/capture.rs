@@ -10,8 +10,9 @@
 //! ignored afterwards — never at `SIG_DFL`, whose action would kill the
 //! process if a late signal arrived. If another handler owns the signal the
 //! capture is refused and the stall is reported without frames. The CPU
-//! sampler's SIGPROF is blocked while the handler runs, and the sampler
-//! blocks this signal during its own handler, so the two never nest.
+//! and wall-clock samplers' signals are blocked while the handler runs, and
+//! the samplers block this signal during their own handlers, so they never
+//! nest.
 #![allow(unsafe_code)]
 
 use std::cell::UnsafeCell;
@@ -253,11 +254,11 @@ impl Drop for StackCapture {
     }
 }
 
-/// Installs the handler unless another one owns the signal. SIGPROF is
-/// blocked while it runs so the CPU sampler's handler never nests inside it.
+/// Installs the handler unless another one owns the signal. The samplers'
+/// signals are blocked while it runs so their handlers never nest inside it.
 fn install(signal: libc::c_int) -> Result<(), CaptureError> {
     let ours = on_capture_signal as *const () as usize;
-    signals::install(signal, ours, libc::SIGPROF).map_err(|error| match error {
+    signals::install(signal, ours).map_err(|error| match error {
         InstallError::Taken => CaptureError::SignalTaken(signal),
         InstallError::Os(source) => CaptureError::Os {
             call: "sigaction",
@@ -304,15 +305,7 @@ impl CaptureState {
 /// Whether the capture signal is currently ignored (kernel view).
 #[cfg(test)]
 pub(crate) fn signal_ignored() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    let signal = capture_signal();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1u64 << (signal - 1)) != 0)
+    signals::is_ignored(capture_signal())
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! which workers are not parked: when it is the only one, that worker index
 //! belongs to this thread, which is how the watchdog learns which thread to
 //! signal for a stuck worker.
-#![allow(unsafe_code)]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -126,6 +125,8 @@ impl Future for Probe {
         slot.unparked
             .store(unparked_workers(&self.metrics), Ordering::Relaxed);
         slot.state.store(DONE, Ordering::Release);
+        // Lets wall-clock profiles with threads=workers find this worker.
+        crate::labels::slot::note_thread();
         self.ran = true;
         Poll::Ready(())
     }
@@ -142,18 +143,10 @@ impl Drop for Probe {
 /// The calling thread's OS thread id, asked of the kernel once per thread
 /// (the probe runs on host workers); 0 where there is none to signal.
 fn current_tid() -> u32 {
-    #[cfg(target_os = "linux")]
-    {
-        thread_local! {
-            // SAFETY: gettid has no preconditions and cannot fail.
-            static TID: u32 = u32::try_from(unsafe { libc::syscall(libc::SYS_gettid) }).unwrap_or(0);
-        }
-        TID.with(|tid| *tid)
+    thread_local! {
+        static TID: u32 = crate::cpu::threads::current_tid();
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        0
-    }
+    TID.with(|tid| *tid)
 }
 
 /// Bit per worker (up to 64) whose park/unpark count is even: not parked.

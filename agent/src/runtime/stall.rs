@@ -11,6 +11,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use crate::profile::scheduler::{classify, ThreadState};
 use crate::symbols::symbolize::Symbolizer;
 
 /// How sure the watchdog is that `frames` are the stuck worker's.
@@ -101,43 +102,6 @@ fn thread_json<S: serde::Serializer>(
     match thread {
         Some((tid, name)) => serde::Serialize::serialize(&Thread { tid: *tid, name }, s),
         None => s.serialize_none(),
-    }
-}
-
-/// Where a candidate thread was when its stack was captured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ThreadState {
-    /// Parked in the scheduler (or waiting in `block_on`).
-    Parked,
-    /// A blocking-pool thread.
-    Blocking,
-    /// Inside a task poll.
-    Polling,
-    /// Neither could be told from the frames (stripped binary).
-    Unknown,
-}
-
-/// Classifies a symbolized stack by tokio's own frames. Worker threads
-/// are started through the blocking pool too, so the scheduler's frames
-/// decide first.
-pub(crate) fn classify(frames: &[String]) -> ThreadState {
-    let has = |pattern: &str| frames.iter().any(|f| f.contains(pattern));
-    let parked = frames.iter().any(|f| {
-        (f.starts_with("tokio::runtime::scheduler::")
-            && f.contains("::park")
-            && !f.contains("park_yield"))
-            || f.starts_with("tokio::runtime::park::")
-    });
-    if parked {
-        ThreadState::Parked
-    } else if has("tokio::runtime::scheduler::")
-        && (has("tokio::runtime::task::") || has("run_task"))
-    {
-        ThreadState::Polling
-    } else if has("tokio::runtime::blocking::pool") {
-        ThreadState::Blocking
-    } else {
-        ThreadState::Unknown
     }
 }
 
@@ -431,42 +395,6 @@ pub(crate) fn threads() -> Vec<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn names(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn classifies_by_tokio_frames() {
-        assert_eq!(
-            classify(&names(&[
-                "epoll_wait",
-                "mio::poll::Poll::poll",
-                "tokio::runtime::scheduler::multi_thread::worker::Context::park_internal",
-            ])),
-            ThreadState::Parked
-        );
-        assert_eq!(
-            classify(&names(&[
-                "clock_nanosleep",
-                "std::thread::sleep",
-                "demo::blocking_handler::{{closure}}",
-                "tokio::runtime::task::raw::poll",
-                "tokio::runtime::scheduler::multi_thread::worker::Context::run_task",
-                "tokio::runtime::blocking::pool::Inner::run",
-            ])),
-            ThreadState::Polling
-        );
-        assert_eq!(
-            classify(&names(&[
-                "std::fs::read",
-                "tokio::runtime::task::raw::poll",
-                "tokio::runtime::blocking::pool::Inner::run",
-            ])),
-            ThreadState::Blocking
-        );
-        assert_eq!(classify(&names(&["0x1234"])), ThreadState::Unknown);
-    }
 
     #[test]
     fn history_is_bounded_and_tracks_totals() {

@@ -187,6 +187,8 @@ struct Health {
 #[derive(Debug, serde::Serialize)]
 struct SamplerHealth {
     running_hz: Option<u32>,
+    /// `mode=cpu`, `mode=wall` or `mode=wall&threads=workers`.
+    running_mode: Option<&'static str>,
     subscribers: usize,
 }
 
@@ -211,6 +213,7 @@ async fn health(
         },
         cpu_sampler: SamplerHealth {
             running_hz: cpu.running_hz,
+            running_mode: cpu.running_mode.map(crate::cpu::ProfileMode::query),
             subscribers: cpu.subscribers,
         },
         connections: state.connections.stats(),

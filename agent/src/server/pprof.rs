@@ -16,8 +16,9 @@ use super::AppState;
 use crate::config::{
     DEFAULT_FLAMEGRAPH_SECONDS, DEFAULT_PROFILE_HZ, DEFAULT_PROFILE_SECONDS, MAX_PROFILE_HZ,
 };
-use crate::cpu::ProfileRequest;
-use crate::profile::{Format, View};
+use crate::cpu::{ProfileMode, ProfileRequest, WallThreads};
+use crate::labels::MAX_LABEL_BYTES;
+use crate::profile::{Format, Profile, View};
 
 /// Parsed parameters of a CPU profile request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,25 +28,121 @@ pub(crate) struct ProfileParams {
     pub(crate) format: Format,
     pub(crate) symbolize: bool,
     pub(crate) view: View,
+    pub(crate) labels: LabelView,
+    pub(crate) mode: ProfileMode,
+}
+
+/// What of a profile's labels the response shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LabelView {
+    /// Every stack (with its labels).
+    Stacks,
+    /// Totals per value of a label key (`by=`): text or JSON.
+    By(String),
+    /// Stacks under a root frame per value of a label key (`group=`):
+    /// SVG, folded or JSON.
+    Group(String),
 }
 
 impl ProfileParams {
-    /// Reads `seconds`, `hz`, `format`, `symbolize`, `trim` and `focus` (the query rule of
-    /// [`Query`]); unknown parameters are ignored, as Go's handler does, so
-    /// scrapers that add their own keep working.
+    /// Reads `seconds`, `hz`, `format`, `symbolize`, `trim`, `focus`, `by`,
+    /// `group`, `mode` and `threads` (the query rule of [`Query`]); unknown
+    /// parameters are ignored, as Go's handler does, so scrapers that add
+    /// their own keep working.
     pub(crate) fn parse(
         query: &Query,
         default_seconds: u64,
         default_format: Format,
         max_seconds: u64,
     ) -> Result<Self, ApiError> {
+        let format = query.format(default_format)?;
+        let by = query.name("by", MAX_LABEL_BYTES)?;
+        let group = query.name("group", MAX_LABEL_BYTES)?;
+        let labels = match (by, group) {
+            (None, None) => LabelView::Stacks,
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "by= and group= do not go together",
+                    "by=route ranks route values (format=text or json); group=route roots the stacks at them (svg, folded, json)",
+                ))
+            }
+            (Some(key), None) if matches!(format, Format::Text | Format::Json) => {
+                LabelView::By(key.to_owned())
+            }
+            (Some(_), None) => {
+                return Err(ApiError::bad_request(
+                    format!("by= needs format=text or format=json, not {}", format.name()),
+                    "for a flame graph or folded stacks rooted at each label value, use group= instead",
+                ))
+            }
+            (None, Some(key)) if matches!(format, Format::Svg | Format::Folded | Format::Json) => {
+                LabelView::Group(key.to_owned())
+            }
+            (None, Some(_)) if format == Format::Pprof => {
+                return Err(ApiError::bad_request(
+                    "group= does not apply to format=pprof",
+                    "pprof keeps every label: go tool pprof -tags lists them, -tagfocus route=/items/{id} filters by one",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::bad_request(
+                    format!("group= needs format=svg, folded or json, not {}", format.name()),
+                    "for a table of label values, use by= instead",
+                ))
+            }
+        };
+        let wall = query.choice("mode", false, &[("cpu", false), ("wall", true)])?;
+        let threads = query.choice(
+            "threads",
+            WallThreads::All,
+            &[("all", WallThreads::All), ("workers", WallThreads::Workers)],
+        )?;
+        if !wall && query.get("threads").is_some() {
+            return Err(ApiError::bad_request(
+                "threads= applies to mode=wall",
+                "CPU profiles sample whichever thread uses CPU; ask for mode=wall&threads=workers",
+            ));
+        }
         Ok(ProfileParams {
             seconds: query.number("seconds", default_seconds.min(max_seconds), 1..=max_seconds)?,
             hz: query.number("hz", DEFAULT_PROFILE_HZ, 1..=MAX_PROFILE_HZ)?,
-            format: query.format(default_format)?,
+            format,
             symbolize: query.flag("symbolize", true)?,
             view: query.view()?,
+            labels,
+            mode: if wall {
+                ProfileMode::Wall(threads)
+            } else {
+                ProfileMode::Cpu
+            },
         })
+    }
+}
+
+/// Renders `profile` as `params` ask: every stack, totals by a label, or
+/// stacks grouped under a label, each trimmed and focused by `view`.
+pub(crate) fn render_view(
+    profile: &Profile,
+    format: Format,
+    labels: &LabelView,
+    view: &View,
+) -> Result<Bytes, crate::Error> {
+    match labels {
+        LabelView::Stacks => profile.render_bytes(format, view),
+        LabelView::Group(key) => profile.grouped_by_label(key).render_bytes(format, view),
+        LabelView::By(key) => {
+            let totals = profile.totals_by_label(key);
+            if format == Format::Json {
+                serde_json::to_vec_pretty(&totals)
+                    .map(Bytes::from)
+                    .map_err(|source| crate::Error::Encode {
+                        format: "json",
+                        source: source.into(),
+                    })
+            } else {
+                Ok(Bytes::from(totals.to_string()))
+            }
+        }
     }
 }
 
@@ -99,12 +196,16 @@ async fn cpu(
         default_format,
         state.config.max_profile_seconds,
     )?;
+    let kind = match params.mode {
+        ProfileMode::Wall(_) => "wall",
+        _ => "cpu",
+    };
     if is_head(&method) {
         // The headers a GET would send, without running a profile.
         return Ok(file_response(
             Vec::new(),
             params.format,
-            "cpu",
+            kind,
             SystemTime::now(),
         ));
     }
@@ -113,6 +214,7 @@ async fn cpu(
         .acquire(Duration::from_secs(params.seconds))?;
     let mut request = ProfileRequest::new(Duration::from_secs(params.seconds))
         .hz(params.hz)
+        .mode(params.mode)
         .symbolize(params.symbolize);
     if let Peer(Some(addr)) = peer {
         request = request.requester(addr);
@@ -123,6 +225,7 @@ async fn cpu(
         format,
         symbolize,
         view,
+        labels,
         ..
     } = params;
     // Symbolization and encoding run on the agent's blocking pool, never on
@@ -133,10 +236,10 @@ async fn cpu(
         } else {
             raw.to_unsymbolized_profile()
         };
-        profile.render_bytes(format, &view)
+        render_view(&profile, format, &labels, &view)
     })
     .await??;
-    Ok(file_response(bytes, format, "cpu", started_at))
+    Ok(file_response(bytes, format, kind, started_at))
 }
 
 /// `GET /debug/pprof/symbol`: tells pprof clients that symbol lookup is
@@ -200,9 +303,12 @@ async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
 /// agent serves.
 pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
     let status = state.cpu.status();
-    let sampler = match status.running_hz {
-        Some(hz) => format!("running at {hz} Hz for {} request(s)", status.subscribers),
-        None => "idle".to_owned(),
+    let sampler = match (status.running_hz, status.running_mode) {
+        (Some(hz), Some(mode)) => format!(
+            "running a {mode} profile at {hz} Hz for {} request(s)",
+            status.subscribers
+        ),
+        _ => "idle".to_owned(),
     };
     let max = state.config.max_profile_seconds;
     let heap = match state.heap.state() {
@@ -220,7 +326,7 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
 <style>body{{font-family:sans-serif;max-width:60em;margin:1em auto}}td,th{{padding:.2em .8em;text-align:left}}code{{background:#eee;padding:0 .2em}}</style>
 </head><body>
 <h1>/debug/pprof/</h1>
-<p>stethoscope {version} in pid {pid}. CPU sampler: {sampler}.</p>
+<p>stethoscope {version} in pid {pid}. Sampler: {sampler}.</p>
 <p>Types of profiles available:</p>
 <table>
 <tr><th>Profile</th><th>Formats</th><th>Description</th></tr>
@@ -231,8 +337,12 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
 <a href="profile?seconds=30&amp;format=json">json</a></td>
 <td>CPU profile. <code>seconds</code> (1–{max}, default {DEFAULT_PROFILE_SECONDS}),
 <code>hz</code> (1–{MAX_PROFILE_HZ}, default {DEFAULT_PROFILE_HZ}), <code>format</code> (pprof, svg, folded, text, json; default pprof),
-<code>symbolize</code> (default true; false leaves addresses and build IDs for server-side symbolization).
-Requests at the same hz share one sampler; another hz gets 409 while it runs.</td></tr>
+<code>symbolize</code> (default true; false leaves addresses and build IDs for server-side symbolization),
+<code>by</code> (a label key: CPU per <a href="profile?seconds=30&amp;format=text&amp;by=route">route</a>, method, task… with text or json),
+<code>group</code> (a label key: one flame-graph root per value, with svg, folded or json),
+<code>mode</code> (cpu, or <a href="profile?seconds=10&amp;mode=wall&amp;format=svg">wall</a>: every thread sampled at hz whether running or waiting, labelled state=running|waiting|parked),
+<code>threads</code> (with mode=wall: all, or workers — tokio worker threads only).
+Requests at the same hz and mode share one sampler; another hz or mode gets 409 while it runs.</td></tr>
 <tr><td><a href="flamegraph?seconds=10">flamegraph</a></td><td>svg</td>
 <td>The same CPU profile as an interactive flame graph (default {DEFAULT_FLAMEGRAPH_SECONDS} s).</td></tr>
 <tr><td><a href="heap">heap</a></td>
@@ -301,6 +411,26 @@ mod tests {
         assert!(!parse("symbolize=false").unwrap().symbolize);
         assert!(!parse("symbolize=0").unwrap().symbolize);
         assert_eq!(parse("seconds=").unwrap().seconds, 30);
+        assert_eq!(
+            parse("by=route&format=text").unwrap().labels,
+            LabelView::By("route".into())
+        );
+        assert_eq!(
+            parse("group=tenant&format=svg").unwrap().labels,
+            LabelView::Group("tenant".into())
+        );
+        assert_eq!(parse("format=json").unwrap().labels, LabelView::Stacks);
+        assert_eq!(parse("").unwrap().mode, ProfileMode::Cpu);
+        assert_eq!(
+            parse("mode=wall").unwrap().mode,
+            ProfileMode::Wall(WallThreads::All)
+        );
+        assert_eq!(
+            parse("mode=wall&threads=workers&by=state&format=text")
+                .unwrap()
+                .mode,
+            ProfileMode::Wall(WallThreads::Workers)
+        );
     }
 
     #[test]
@@ -317,6 +447,16 @@ mod tests {
             "hz=ten",
             "format=pdf",
             "symbolize=maybe",
+            "by=route",
+            "by=route&format=svg",
+            "group=route",
+            "group=route&format=text",
+            "by=route&group=route&format=json",
+            "by=a%01b&format=text",
+            "mode=walls",
+            "threads=workers",
+            "mode=cpu&threads=all",
+            "mode=wall&threads=some",
         ] {
             assert!(
                 matches!(parse(bad), Err(ApiError::BadRequest { .. })),
@@ -352,6 +492,13 @@ mod tests {
 
         const QUERY: &[&str] = &[
             "seconds",
+            "by",
+            "group",
+            "route",
+            "mode",
+            "wall",
+            "threads",
+            "workers",
             "hz",
             "format",
             "symbolize",

@@ -165,6 +165,20 @@ impl Query {
         }
     }
 
+    /// `key` as a name (a label key, for instance): at most `max_bytes`,
+    /// no control characters; `None` when absent.
+    pub(crate) fn name(&self, key: &str, max_bytes: usize) -> Result<Option<&str>, ApiError> {
+        match self.get(key) {
+            Some(value) if value.len() > max_bytes || value.chars().any(char::is_control) => {
+                Err(ApiError::bad_request(
+                    format!("{key}={} is not a usable name", clip(value)),
+                    format!("{key} is a label key of at most {max_bytes} bytes, e.g. {key}=route"),
+                ))
+            }
+            value => Ok(value),
+        }
+    }
+
     /// `key` as a boolean (`true`/`false`, `1`/`0`, `yes`/`no`).
     pub(crate) fn flag(&self, key: &str, default: bool) -> Result<bool, ApiError> {
         match self.get(key) {
@@ -208,6 +222,10 @@ mod tests {
         assert!(hint.contains("svg, text"), "{hint}");
         assert!(q.flag("t", false).unwrap());
         assert!(q.flag("u", false).is_err());
+        assert_eq!(q.name("f", 8).unwrap(), Some("svg"));
+        assert_eq!(q.name("absent", 8).unwrap(), None);
+        assert!(q.name("f", 2).is_err());
+        assert!(Query::parse(Some("k=a%0Ab")).name("k", 8).is_err());
     }
 
     proptest! {
@@ -218,6 +236,7 @@ mod tests {
                 let _ = q.number("n", 1u32, 1..=1000);
                 let _ = q.choice("n", 0, &[("svg", 1)]);
                 let _ = q.flag("n", true);
+                let _ = q.name("n", 8);
             });
         }
     }

@@ -51,6 +51,29 @@ pub(crate) fn capture_signal() -> libc::c_int {
     libc::SIGRTMIN() + CAPTURE_SIGNAL_OFFSET
 }
 
+/// Offset from `SIGRTMIN` of the signal the wall-clock sampler's timer
+/// thread sends to every sampled thread at each tick (`SIGRTMIN + 6`, next
+/// to the capture signal and away from the ends other tools pick first).
+#[cfg(feature = "cpu")]
+pub(crate) const WALL_SIGNAL_OFFSET: libc::c_int = 6;
+
+/// The wall-clock sampling signal's number in this process (`SIGRTMIN + 6`).
+#[cfg(feature = "cpu")]
+pub(crate) fn wall_signal() -> libc::c_int {
+    libc::SIGRTMIN() + WALL_SIGNAL_OFFSET
+}
+
+/// The agent's signals other than `signal`: each of its handlers blocks the
+/// others while it runs, so one never unwinds from inside another.
+#[cfg(any(feature = "cpu", feature = "runtime"))]
+pub(crate) fn other_signals(signal: libc::c_int) -> Vec<libc::c_int> {
+    let mut all = vec![libc::SIGPROF, capture_signal()];
+    #[cfg(feature = "cpu")]
+    all.push(wall_signal());
+    all.retain(|&s| s != signal);
+    all
+}
+
 /// Number of CPUs this process may use (at least 1).
 #[cfg(any(feature = "cpu", feature = "runtime"))]
 pub(crate) fn cpu_count() -> usize {

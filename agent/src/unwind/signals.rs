@@ -1,7 +1,7 @@
 //! Installing the agent's signal handlers: never over another owner's
 //! handler, and never leaving a signal at `SIG_DFL` afterwards (a late
-//! signal would then kill the host). Shared by the SIGPROF sampler and the
-//! stuck-worker capture.
+//! signal would then kill the host). Shared by the SIGPROF sampler, the
+//! wall-clock sampler and the stuck-worker capture.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -30,13 +30,9 @@ pub(crate) fn is_free(signal: libc::c_int, handler: usize) -> Result<bool, io::E
 
 /// Installs `handler` (an `extern "C" fn(c_int, *mut siginfo_t, *mut
 /// c_void)` whose body is async-signal-safe) for `signal` with
-/// `SA_SIGINFO | SA_RESTART`, blocking `blocked` while it runs, unless
-/// another handler owns the signal.
-pub(crate) fn install(
-    signal: libc::c_int,
-    handler: usize,
-    blocked: libc::c_int,
-) -> Result<(), InstallError> {
+/// `SA_SIGINFO | SA_RESTART`, blocking the agent's other signals while it
+/// runs, unless another handler owns the signal.
+pub(crate) fn install(signal: libc::c_int, handler: usize) -> Result<(), InstallError> {
     if !is_free(signal, handler).map_err(InstallError::Os)? {
         return Err(InstallError::Taken);
     }
@@ -49,7 +45,9 @@ pub(crate) fn install(
         action.sa_sigaction = handler;
         action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaddset(&mut action.sa_mask, blocked);
+        for blocked in super::other_signals(signal) {
+            libc::sigaddset(&mut action.sa_mask, blocked);
+        }
         if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
             return Err(InstallError::Os(io::Error::last_os_error()));
         }
@@ -67,4 +65,18 @@ pub(crate) fn ignore(signal: libc::c_int) {
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(signal, &action, std::ptr::null_mut());
     }
+}
+
+/// Whether `signal` is currently ignored, from the kernel's view of this
+/// process (`SigIgn:` in `/proc/self/status`).
+#[cfg(test)]
+pub(crate) fn is_ignored(signal: libc::c_int) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1u64 << (signal - 1)) != 0)
 }

@@ -1,9 +1,18 @@
 //! Overhead benchmark: the same CPU-bound workload with no agent, with an
-//! idle agent, and while the agent profiles at 99 Hz, interleaved over
-//! several rounds; then the cost of turning a 30 s profile into reports.
+//! idle agent, while the agent profiles at 99 Hz, while it profiles at
+//! 99 Hz a workload that switches labels every ~16 µs (as a labelled future
+//! does every poll), and while it takes a wall-clock profile of every
+//! thread at 99 Hz, interleaved over several rounds; then the cost of
+//! turning a 30 s profile into reports.
+//!
+//! With `--tokio 1` every workload thread runs its loop as a future on a
+//! current-thread tokio runtime of its own (a tokio worker), yielding every
+//! 16 calls, so each poll is ~16 µs of work; the labelled mode then labels
+//! the future (a label switch per poll), and a wall-clock mode limited to
+//! the tokio workers (`threads=workers`) is added.
 //!
 //! ```text
-//! cargo run --release -p stethoscope-examples --bin overhead -- [--rounds 9] [--secs 3] [--report-secs 30] [--threads N]
+//! cargo run --release -p stethoscope-examples --bin overhead -- [--rounds 9] [--secs 3] [--report-secs 30] [--threads N] [--tokio 1]
 //! ```
 
 use std::io::{Read, Write};
@@ -13,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stethoscope::cpu::{CpuProfiler, ProfileRequest};
+use stethoscope::labels::Labels;
 use stethoscope::profile::{release_debug_info, symbolizer_stats, Format};
 use stethoscope::Agent;
 use stethoscope_examples::bench::median;
@@ -26,6 +36,9 @@ enum Mode {
     NoAgent,
     IdleAgent,
     Profiling99Hz,
+    Labelled99Hz,
+    Wall99Hz,
+    WallWorkers99Hz,
 }
 
 impl Mode {
@@ -34,6 +47,20 @@ impl Mode {
             Mode::NoAgent => "no agent",
             Mode::IdleAgent => "agent idle",
             Mode::Profiling99Hz => "agent profiling at 99 Hz",
+            Mode::Labelled99Hz => "labelled, profiling 99 Hz",
+            Mode::Wall99Hz => "wall-clock 99 Hz, all thr.",
+            Mode::WallWorkers99Hz => "wall-clock 99 Hz, workers",
+        }
+    }
+
+    /// The profile request this mode makes, if any.
+    fn query(self) -> Option<&'static str> {
+        match self {
+            Mode::NoAgent | Mode::IdleAgent => None,
+            Mode::Profiling99Hz => Some("hz=99"),
+            Mode::Labelled99Hz => Some("hz=99&format=text&by=route"),
+            Mode::Wall99Hz => Some("hz=99&mode=wall"),
+            Mode::WallWorkers99Hz => Some("hz=99&mode=wall&threads=workers"),
         }
     }
 }
@@ -43,6 +70,8 @@ struct Options {
     secs: u64,
     report_secs: u64,
     threads: usize,
+    /// Run the workload as futures on tokio workers.
+    tokio: bool,
 }
 
 fn parse_options() -> Options {
@@ -51,6 +80,7 @@ fn parse_options() -> Options {
         secs: 3,
         report_secs: 30,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        tokio: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -64,6 +94,7 @@ fn parse_options() -> Options {
             "--secs" => options.secs = value.max(1),
             "--report-secs" => options.report_secs = value.max(1),
             "--threads" => options.threads = value.max(1) as usize,
+            "--tokio" => options.tokio = value != 0,
             other => {
                 eprintln!("unknown option {other}");
                 std::process::exit(2)
@@ -90,8 +121,65 @@ struct Run {
     handler_share: f64,
 }
 
-/// Runs the call-tree workload on `threads` threads for `secs`.
-fn run_workload(threads: usize, secs: u64) -> Run {
+/// How the workload's threads run their loop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Shape {
+    /// Labels switched every 16 calls (~16 µs).
+    labelled: bool,
+    /// As a future on a current-thread tokio runtime (a tokio worker)
+    /// yielding every 16 calls, instead of a plain loop.
+    tokio: bool,
+}
+
+/// Sixteen call-tree walks.
+fn sixteen_calls(seed: &mut u64, sink: &mut u64) {
+    for _ in 0..16 {
+        *seed = seed.wrapping_add(1);
+        *sink ^= walk_call_tree(*seed, WORK);
+    }
+}
+
+/// One workload thread's loop until `stop`; returns the calls made.
+fn workload_loop(t: usize, stop: &AtomicBool, shape: Shape) -> u64 {
+    let mut n = 0u64;
+    let mut sink = 0u64;
+    let mut seed = t as u64 * 0x9e37_79b9;
+    let labels = if shape.labelled {
+        Labels::new([("route", format!("/bench/{t}"))])
+    } else {
+        Labels::none()
+    };
+    if shape.tokio {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        // Every poll of the future (16 calls, then a yield) switches to
+        // its labels and back; the first poll also makes the agent see
+        // this thread as a tokio worker.
+        runtime.block_on(labels.instrument(async {
+            while !stop.load(Ordering::Relaxed) {
+                sixteen_calls(&mut seed, &mut sink);
+                n += 16;
+                tokio::task::yield_now().await;
+            }
+        }));
+    } else {
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..16 {
+                let _poll = shape.labelled.then(|| labels.enter());
+                sixteen_calls(&mut seed, &mut sink);
+            }
+            n += 256;
+        }
+    }
+    std::hint::black_box(sink);
+    n
+}
+
+/// Runs the call-tree workload on `threads` threads for `secs`; with
+/// `shape.labelled`, every 16 calls (~16 µs) run under their thread's own
+/// `route` label, entered and left like a labelled future's poll.
+fn run_workload(threads: usize, secs: u64, shape: Shape) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     let worker_cpu_ns = Arc::new(AtomicU64::new(0));
@@ -108,17 +196,7 @@ fn run_workload(threads: usize, secs: u64) -> Run {
                 .name(format!("bench-{t}"))
                 .spawn(move || {
                     let cpu_before = thread_cpu_time();
-                    let mut n = 0u64;
-                    let mut sink = 0u64;
-                    let mut seed = t as u64 * 0x9e37_79b9;
-                    while !stop.load(Ordering::Relaxed) {
-                        for _ in 0..256 {
-                            seed = seed.wrapping_add(1);
-                            sink ^= walk_call_tree(seed, WORK);
-                        }
-                        n += 256;
-                    }
-                    std::hint::black_box(sink);
+                    let n = workload_loop(t, &stop, shape);
                     calls.fetch_add(n, Ordering::Relaxed);
                     let spent = thread_cpu_time().saturating_sub(cpu_before);
                     cpu.fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
@@ -151,8 +229,9 @@ fn run_workload(threads: usize, secs: u64) -> Run {
     }
 }
 
-/// A raw HTTP GET, reading the whole response; returns (status line, body length).
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, usize)> {
+/// A raw HTTP GET, reading the whole response; returns (status line,
+/// response length, response text).
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, usize, String)> {
     let mut stream = TcpStream::connect(addr)?;
     write!(
         stream,
@@ -160,38 +239,43 @@ fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, usize)> {
     )?;
     let mut bytes = Vec::new();
     stream.read_to_end(&mut bytes)?;
-    let text = String::from_utf8_lossy(&bytes);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let status = text.lines().next().unwrap_or("").to_owned();
-    Ok((status, bytes.len()))
+    Ok((status, bytes.len(), text))
 }
 
 fn measure(mode: Mode, options: &Options) -> Run {
-    match mode {
-        Mode::NoAgent => run_workload(options.threads, options.secs),
-        Mode::IdleAgent => {
-            let agent = start_agent();
-            let rate = run_workload(options.threads, options.secs);
-            drop(agent);
-            rate
-        }
-        Mode::Profiling99Hz => {
-            let agent = start_agent();
-            let addr = agent.local_addr();
-            let path = format!("/debug/pprof/profile?seconds={}&hz=99", options.secs);
-            let request = std::thread::spawn(move || http_get(addr, &path));
-            let profiler = CpuProfiler::global();
-            while profiler.status().subscribers == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let rate = run_workload(options.threads, options.secs);
-            match request.join() {
-                Ok(Ok((status, _))) if status.contains(" 200 ") => {}
-                other => eprintln!("profile request failed: {other:?}"),
-            }
-            drop(agent);
-            rate
-        }
+    let labelled = mode == Mode::Labelled99Hz;
+    let shape = Shape {
+        labelled,
+        tokio: options.tokio,
+    };
+    let Some(query) = mode.query() else {
+        let agent = (mode == Mode::IdleAgent).then(start_agent);
+        let rate = run_workload(options.threads, options.secs, shape);
+        drop(agent);
+        return rate;
+    };
+    let agent = start_agent();
+    let addr = agent.local_addr();
+    let path = format!("/debug/pprof/profile?seconds={}&{query}", options.secs);
+    let request = std::thread::spawn(move || http_get(addr, &path));
+    let profiler = CpuProfiler::global();
+    while profiler.status().subscribers == 0 {
+        std::thread::sleep(Duration::from_millis(1));
     }
+    let rate = run_workload(options.threads, options.secs, shape);
+    match request.join() {
+        // The labelled workload's routes must show up in the profile.
+        Ok(Ok((status, _, text))) if status.contains(" 200 ") => {
+            if labelled && !text.contains("/bench/0") {
+                eprintln!("the labelled profile has no /bench/0 route:\n{text}");
+            }
+        }
+        other => eprintln!("profile request failed: {other:?}"),
+    }
+    drop(agent);
+    rate
 }
 
 fn start_agent() -> Agent {
@@ -230,7 +314,7 @@ fn report_generation(options: &Options, rss: &RssLog) {
         let threads = options.threads;
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let _ = run_workload(threads, 1);
+                let _ = run_workload(threads, 1, Shape::default());
             }
         })
     };
@@ -321,7 +405,7 @@ fn served_reports_memory(options: &Options, rss: &RssLog) {
         let threads = options.threads;
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let _ = run_workload(threads, 1);
+                let _ = run_workload(threads, 1, Shape::default());
             }
         })
     };
@@ -344,7 +428,7 @@ fn served_reports_memory(options: &Options, rss: &RssLog) {
         std::thread::sleep(Duration::from_millis(20));
     }
     for request in requests {
-        if let Ok((format, Ok((status, bytes)))) = request.join() {
+        if let Ok((format, Ok((status, bytes, _)))) = request.join() {
             println!("served {format}: {status}, {bytes} bytes");
         }
     }
@@ -416,20 +500,30 @@ fn main() {
     }
     // Warm up caches and the CPU frequency governor, and load symbols once
     // so that the first profiling round does not pay the one-time DWARF load.
-    let _ = run_workload(options.threads, 1);
+    let _ = run_workload(options.threads, 1, Shape::default());
     {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let warm = std::thread::spawn(|| run_workload(1, 2));
+        let warm = std::thread::spawn(|| run_workload(1, 2, Shape::default()));
         let _ = runtime
             .block_on(CpuProfiler::global().profile(ProfileRequest::new(Duration::from_secs(1))));
         let _ = warm.join();
     }
     rss.after_first_profile = rss_bytes();
 
-    let modes = [Mode::NoAgent, Mode::IdleAgent, Mode::Profiling99Hz];
+    let mut modes = vec![
+        Mode::NoAgent,
+        Mode::IdleAgent,
+        Mode::Profiling99Hz,
+        Mode::Labelled99Hz,
+        Mode::Wall99Hz,
+    ];
+    if options.tokio {
+        // Only tokio workers are seen as workers.
+        modes.push(Mode::WallWorkers99Hz);
+    }
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); modes.len()];
     for round in 0..options.rounds {
         for k in 0..modes.len() {
@@ -448,7 +542,7 @@ fn main() {
                 .join(", ")
         );
     }
-    // Rounds run the three modes back to back, so a per-round ratio cancels
+    // Rounds run the modes back to back, so a per-round ratio cancels
     // slow drift of the machine; the median of those ratios is the result.
     println!(
         "\n## Throughput: median over {} rounds of the per-round ratio to 'no agent'",
@@ -502,9 +596,11 @@ fn main() {
     println!(
         "\nratio/overhead: calls per wall second vs 'no agent' in the same round (this machine's \
          run-to-run noise is the ratio range). per-CPU ratio: calls per second of the workers' own \
-         CPU time. handler: time inside the SIGPROF handler as measured by the sampler \
-         ({:.1} µs per sample over {} samples), relative to the workers' CPU. agent thr: CPU of all \
-         other threads (control, HTTP, symbolizer) relative to the workers'. measured = handler + agent thr.",
+         CPU time. handler: time inside the sampler's signal handler as measured by the sampler \
+         ({:.1} µs per sample over {} samples, all modes), relative to the workers' CPU; in wall-clock \
+         mode it runs on every sampled thread, so its share on the agent's own threads is also in \
+         agent thr. agent thr: CPU of all other threads (control, HTTP, symbolizer, wall-clock \
+         timer) relative to the workers'. measured = handler + agent thr.",
         status.handler_time.as_secs_f64() * 1e6 / status.samples_recorded.max(1) as f64,
         status.samples_recorded
     );

@@ -1,18 +1,24 @@
-//! Linux SIGPROF sampler: a process CPU-time timer (`ITIMER_PROF`), a
-//! signal handler that unwinds with framehop into a lock-free ring, and the
-//! unwind tables of every loaded module, prepared before the first signal.
+//! Linux samplers. CPU: a process CPU-time timer (`ITIMER_PROF`) and a
+//! SIGPROF handler. Wall-clock: a timer thread signalling each chosen
+//! thread (`wall`). Both handlers unwind with framehop into a lock-free
+//! ring, with the unwind tables of every loaded module prepared before the
+//! first signal.
 #![allow(unsafe_code)]
 
 mod handler;
 mod ring;
+mod wall;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::{ProfileMode, WallThreads};
+use crate::config::MAX_WALL_THREADS;
 use crate::unwind::signals::{self, InstallError};
-use crate::unwind::{cpu_count, Unwinding};
+use crate::unwind::{cpu_count, wall_signal, Unwinding};
 use crate::Error;
-use handler::HandlerState;
+use handler::{Gate, HandlerState, Target};
+use wall::WallTimer;
 
 pub(crate) use ring::RawSample;
 
@@ -24,9 +30,13 @@ pub(crate) struct SamplerCounters {
     pub(crate) handler_ns: u64,
 }
 
-/// Ring slots per session: at 250 signals/s on each of 16 busy CPUs this is
-/// ~250 ms of samples, ten times the control thread's drain interval.
+/// Ring slots per CPU session: at 250 signals/s on each of 16 busy CPUs
+/// this is ~250 ms of samples, ten times the control thread's drain
+/// interval. Wall-clock sessions size theirs for `hz` × threads.
 const RING_SLOTS: usize = 1024;
+
+/// Most ring slots of a wall-clock session (~8.7 MB).
+const MAX_WALL_RING_SLOTS: usize = 8192;
 
 /// Most handlers that can unwind at the same instant; a signal arriving
 /// while all are busy is counted as dropped.
@@ -61,12 +71,15 @@ pub(crate) mod clock {
     }
 }
 
-/// A running sampler. Sampling stops when it is dropped, and SIGPROF is
+/// A running sampler. Sampling stops when it is dropped, and its signal is
 /// left ignored (never `SIG_DFL`, whose action would kill the process if a
 /// late signal arrived).
 pub(crate) struct Sampler {
     state: *mut HandlerState,
     footprint_bytes: usize,
+    gate: Gate,
+    /// Wall-clock mode: the timer thread (stopped first when dropped).
+    timer: Option<WallTimer>,
 }
 
 // SAFETY: `state` is only dereferenced immutably (all shared fields are
@@ -74,26 +87,100 @@ pub(crate) struct Sampler {
 unsafe impl Send for Sampler {}
 
 impl Sampler {
-    /// Prepares unwind tables and starts sampling at `hz` per CPU-second.
-    pub(crate) fn start(hz: u32) -> Result<Self, Error> {
-        check_no_foreign_profiler()?;
-        let unwinding = Unwinding::prepare(MAX_CONCURRENT_UNWINDS.min(cpu_count().max(2)))?;
-        let ring = ring::SampleRing::new(RING_SLOTS);
-        let footprint_bytes = unwinding.footprint_bytes() + ring.footprint_bytes();
-        let state = handler::publish(Box::new(HandlerState {
-            unwinding,
-            ring,
-            recorded: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            handler_ns: AtomicU64::new(0),
-        }));
-        let sampler = Sampler {
+    /// Prepares unwind tables and starts sampling at `hz`: per CPU-second
+    /// in CPU mode, per second of real time per thread in wall-clock mode.
+    pub(crate) fn start(hz: u32, mode: ProfileMode) -> Result<Self, Error> {
+        match mode {
+            ProfileMode::Cpu => Self::start_cpu(hz),
+            ProfileMode::Wall(threads) => Self::start_wall(hz, threads),
+        }
+    }
+
+    fn prepare(gate: Gate, ring_slots: usize, targets: usize) -> Result<Self, Error> {
+        // Wall-clock signals wake many threads at once: a handler preempted
+        // on one CPU may still hold its context while others run.
+        let concurrency = match gate {
+            Gate::Cpu => MAX_CONCURRENT_UNWINDS.min(cpu_count().max(2)),
+            Gate::Wall => MAX_CONCURRENT_UNWINDS.min(2 * cpu_count().max(2)),
+        };
+        let unwinding = Unwinding::prepare(concurrency)?;
+        let ring = ring::SampleRing::new(ring_slots);
+        let targets: Box<[Target]> = (0..targets).map(|_| Target::default()).collect();
+        let footprint_bytes = unwinding.footprint_bytes()
+            + ring.footprint_bytes()
+            + targets.len() * std::mem::size_of::<Target>();
+        let state = handler::publish(
+            gate,
+            Box::new(HandlerState {
+                unwinding,
+                ring,
+                recorded: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                handler_ns: AtomicU64::new(0),
+                targets,
+                pid: std::process::id() as i32,
+            }),
+        );
+        Ok(Sampler {
             state,
             footprint_bytes,
-        };
+            gate,
+            timer: None,
+        })
+    }
+
+    fn start_cpu(hz: u32) -> Result<Self, Error> {
+        check_no_foreign_profiler()?;
+        let sampler = Self::prepare(Gate::Cpu, RING_SLOTS, 0)?;
         install_handler()?;
         set_timer(hz)?;
-        tracing::debug!(hz, footprint_bytes, "CPU sampler armed");
+        tracing::debug!(
+            hz,
+            footprint_bytes = sampler.footprint_bytes,
+            "CPU sampler armed"
+        );
+        Ok(sampler)
+    }
+
+    fn start_wall(hz: u32, threads: WallThreads) -> Result<Self, Error> {
+        let signal = wall_signal();
+        let handler = handler::on_wall_signal as *const () as usize;
+        if !signals::is_free(signal, handler).map_err(|source| Error::Os {
+            call: "sigaction",
+            source,
+        })? {
+            return Err(Error::ForeignProfiler(
+                "the wall-clock signal (SIGRTMIN+6) has another handler in this process",
+            ));
+        }
+        let expected = match threads {
+            WallThreads::All => super::threads::all_threads().len(),
+            WallThreads::Workers => super::threads::workers().len(),
+        };
+        let per_drain = (hz as usize).saturating_mul(expected.max(1)) / 10;
+        let ring_slots = per_drain.clamp(RING_SLOTS, MAX_WALL_RING_SLOTS);
+        let mut sampler = Self::prepare(Gate::Wall, ring_slots, MAX_WALL_THREADS)?;
+        signals::install(signal, handler).map_err(|error| match error {
+            InstallError::Taken => Error::ForeignProfiler(
+                "the wall-clock signal (SIGRTMIN+6) has another handler in this process",
+            ),
+            InstallError::Os(source) => Error::Os {
+                call: "sigaction",
+                source,
+            },
+        })?;
+        let timer =
+            WallTimer::start(sampler.state, signal, hz, threads).map_err(|source| Error::Os {
+                call: "spawning the wall-clock timer thread",
+                source,
+            })?;
+        sampler.timer = Some(timer);
+        tracing::debug!(
+            hz,
+            ?threads,
+            footprint_bytes = sampler.footprint_bytes,
+            "wall-clock sampler armed"
+        );
         Ok(sampler)
     }
 
@@ -125,13 +212,23 @@ impl Sampler {
 
 impl Drop for Sampler {
     fn drop(&mut self) {
-        if let Err(error) = set_timer(0) {
-            tracing::warn!(%error, "cannot disarm ITIMER_PROF");
+        match self.gate {
+            Gate::Cpu => {
+                if let Err(error) = set_timer(0) {
+                    tracing::warn!(%error, "cannot disarm ITIMER_PROF");
+                }
+                signals::ignore(libc::SIGPROF);
+            }
+            Gate::Wall => {
+                // No signal is sent once the timer thread has stopped;
+                // ignoring the signal discards any still queued.
+                drop(self.timer.take());
+                signals::ignore(wall_signal());
+            }
         }
-        signals::ignore(libc::SIGPROF);
         // Dropped here, after the handler can no longer see it.
-        drop(handler::retract(self.state));
-        tracing::debug!("CPU sampler stopped; SIGPROF ignored");
+        drop(handler::retract(self.gate, self.state));
+        tracing::debug!(gate = ?self.gate, "sampler stopped; its signal ignored");
     }
 }
 
@@ -180,12 +277,7 @@ fn on_sigprof_address() -> usize {
 /// Installs the SIGPROF handler. The runtime watchdog's stack capture
 /// waits until it returns instead of unwinding from inside it.
 fn install_handler() -> Result<(), Error> {
-    signals::install(
-        libc::SIGPROF,
-        on_sigprof_address(),
-        crate::unwind::capture_signal(),
-    )
-    .map_err(|error| match error {
+    signals::install(libc::SIGPROF, on_sigprof_address()).map_err(|error| match error {
         InstallError::Taken => foreign_handler(),
         InstallError::Os(source) => Error::Os {
             call: "sigaction",
@@ -221,12 +313,11 @@ fn set_timer(hz: u32) -> Result<(), Error> {
 /// `/proc/self/status`).
 #[cfg(test)]
 pub(crate) fn sigprof_ignored() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (libc::SIGPROF - 1)) != 0)
+    signals::is_ignored(libc::SIGPROF)
+}
+
+/// Whether the wall-clock signal is currently ignored.
+#[cfg(test)]
+pub(crate) fn wall_signal_ignored() -> bool {
+    signals::is_ignored(wall_signal())
 }

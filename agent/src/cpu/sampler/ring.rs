@@ -22,6 +22,11 @@ pub(crate) struct RawSample {
     pub(crate) tid: u32,
     /// Thread name, NUL-padded.
     pub(crate) thread_name: [u8; THREAD_NAME_LEN],
+    /// Label-set id of the code that was running (`crate::labels`).
+    pub(crate) labels: u32,
+    /// What the thread was doing, for wall-clock samples (a
+    /// `SampleState` code; 0 for CPU samples).
+    pub(crate) state: u8,
     /// Number of valid entries in `frames`.
     pub(crate) depth: usize,
     /// Lookup addresses, innermost first: the interrupted instruction, then
@@ -48,6 +53,16 @@ impl RawSample {
     /// The recorded frames, innermost first.
     pub(crate) fn frames(&self) -> &[u64] {
         &self.frames[..self.depth.min(MAX_DEPTH)]
+    }
+
+    /// The label-set id read from the thread's slot.
+    pub(crate) fn labels(&self) -> u32 {
+        self.labels
+    }
+
+    /// The thread's state code, for wall-clock samples.
+    pub(crate) fn state(&self) -> u8 {
+        self.state
     }
 }
 
@@ -102,6 +117,8 @@ impl SampleRing {
                     timestamp_ns: 0,
                     tid: 0,
                     thread_name: [0; THREAD_NAME_LEN],
+                    labels: 0,
+                    state: 0,
                     depth: 0,
                     frames: [0; MAX_DEPTH],
                 }),
