@@ -48,8 +48,13 @@ fn every_endpoint_keeps_its_json_keys() {
         let _ = get(service, &format!("/items/{i}"), None);
         let _ = get(service, "/flaky", None);
     }
-    let _ = get(service, "/checkout/7", None);
-    assert_eq!(get(service, "/block?ms=150", None).status, 200);
+    // Every 5th payments call takes 80 ms: at least one span is over the
+    // 50 ms slow-span threshold, whatever the machine's timing.
+    for cart in 1..=5 {
+        let _ = get(service, &format!("/checkout/{cart}"), None);
+    }
+    // 300 ms past the stall threshold: time for the capture on a busy machine.
+    assert_eq!(get(service, "/block?ms=400", None).status, 200);
     assert!(wait_until(std::time::Duration::from_secs(10), || {
         get(agent, "/debug/runtime", None).json()["stalls"]
             .as_array()
