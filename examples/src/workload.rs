@@ -316,7 +316,10 @@ pub fn leak_threads(count: usize) -> std::io::Result<usize> {
     for _ in 0..count {
         std::thread::Builder::new()
             .name("leaked".into())
-            .stack_size(64 * 1024)
+            // Small, as a leaking pool's threads often are, yet room for a
+            // debug build's allocator: jemalloc at -O0 uses ~55 KiB of stack
+            // for a new thread's first allocation (tcache set-up).
+            .stack_size(256 * 1024)
             .spawn(|| loop {
                 std::thread::park();
             })?;
