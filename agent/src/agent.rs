@@ -37,6 +37,8 @@ pub struct Agent {
 pub(crate) struct Capabilities {
     pub(crate) cpu: CpuProfiler,
     pub(crate) heap: HeapProfiler,
+    /// Profiles taken through `POST /debug/profiles` (the dashboard's).
+    pub(crate) kept: Arc<crate::profile::shelf::ProfileShelf>,
     #[cfg(feature = "resources")]
     pub(crate) resources: crate::resources::ResourceMonitor,
     #[cfg(feature = "red")]
@@ -135,6 +137,7 @@ impl Capabilities {
         let mut caps = Capabilities {
             cpu,
             heap,
+            kept: Arc::default(),
             #[cfg(feature = "resources")]
             resources,
             #[cfg(feature = "red")]

@@ -8,7 +8,9 @@
 stethoscope::heap_profiling!("prof:true,prof_active:true,lg_prof_sample:16");
 
 mod access;
+mod browser;
 mod cpu;
+mod dashboard;
 mod doctor;
 mod hardening;
 mod heap;

@@ -346,7 +346,7 @@ pub(crate) fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -
 }
 
 /// A client that returns every status as a response, bounded by 120 s.
-fn client() -> ureq::Agent {
+pub(crate) fn client() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
@@ -463,15 +463,25 @@ pub(crate) struct DemoProcess {
 
 impl DemoProcess {
     pub(crate) fn start() -> DemoProcess {
+        DemoProcess::start_with(&[])
+    }
+
+    /// The demo with `env` set on top of the defaults (e.g. a token).
+    pub(crate) fn start_with(env: &[(&str, &str)]) -> DemoProcess {
         use std::io::BufRead;
         use std::process::Stdio;
-        let mut child = Command::new(demo_binary())
+        let mut command = Command::new(demo_binary());
+        command
             .env("DEMO_ADDR", "127.0.0.1:0")
             .env("STETHOSCOPE_ADDR", "127.0.0.1:0")
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .env_remove("STETHOSCOPE_TOKEN")
-            .env_remove("STETHOSCOPE_ALLOW")
+            .env_remove("STETHOSCOPE_ALLOW");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

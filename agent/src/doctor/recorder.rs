@@ -73,7 +73,7 @@ fn agent_bytes(caps: &Capabilities) -> usize {
         .iter()
         .map(|s| s.profile.approx_bytes())
         .sum();
-    symbols + snapshots + caps.doctor.artifact_bytes()
+    symbols + snapshots + caps.doctor.artifact_bytes() + caps.kept.memory_bytes()
 }
 
 #[cfg(feature = "resources")]

@@ -273,6 +273,13 @@ impl SnapshotDiff {
             target_bytes: i64,
             /// Allocated by the agent itself (symbolizer, snapshots).
             agent: bool,
+            /// The innermost function the service wrote (the leaf when
+            /// every frame is a library's).
+            site: &'a str,
+            /// The stack in one line: its first three application
+            /// functions, innermost first, with the library function that
+            /// allocated in brackets (as the text view shows it).
+            summary: String,
             frames: Vec<&'a str>,
         }
         #[derive(Serialize)]
@@ -303,6 +310,13 @@ impl SnapshotDiff {
                     base_bytes: e.base_bytes,
                     target_bytes: e.target_bytes,
                     agent: is_agent_stack(&e.frames),
+                    site: e
+                        .frames
+                        .iter()
+                        .find(|f| !is_library_frame(f))
+                        .or_else(|| e.frames.first())
+                        .map_or("[unknown]", |f| &**f),
+                    summary: describe_stack(&e.frames),
                     frames: e.frames.iter().map(|f| &**f).collect(),
                 })
                 .collect(),

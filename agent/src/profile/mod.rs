@@ -14,6 +14,7 @@ mod labels;
 pub(crate) mod output;
 mod pprof;
 pub(crate) mod scheduler;
+pub(crate) mod shelf;
 mod top;
 mod view;
 

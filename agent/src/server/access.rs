@@ -18,7 +18,9 @@ use crate::config::BearerToken;
 /// Paths answered without a token, so that orchestrator probes need no
 /// secret; the handler then reveals nothing beyond liveness. The allowlist
 /// still applies.
-const TOKEN_EXEMPT: &[&str] = &["/health"];
+/// The dashboard's page is static (its data comes from token-checked
+/// requests it makes with the token the user types in).
+const TOKEN_EXEMPT: &[&str] = &["/health", "/debug", "/debug/"];
 
 /// Marks a request that came without a valid token (on a token-exempt path).
 #[derive(Debug, Clone, Copy)]

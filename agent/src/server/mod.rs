@@ -5,6 +5,7 @@
 mod access;
 mod compress;
 mod connections;
+mod dashboard;
 #[cfg(feature = "doctor")]
 mod doctor;
 mod error;
@@ -13,6 +14,7 @@ mod limits;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod pprof;
+mod profiles;
 mod query;
 #[cfg(feature = "red")]
 mod red;
@@ -100,6 +102,14 @@ pub(crate) fn router(state: AppState) -> Router {
     let body_timeout = state.config.body_read_timeout;
     Router::new()
         .route("/health", get(health))
+        .route("/debug", get(dashboard::page))
+        .route("/debug/", get(|| async { Redirect::permanent("/debug") }))
+        .route("/debug/dashboard.json", get(dashboard::tick))
+        .route(
+            "/debug/profiles",
+            get(profiles::list).post(profiles::take),
+        )
+        .route("/debug/profiles/{id}", get(profiles::get))
         .route(
             "/debug/pprof",
             get(|| async { Redirect::permanent("/debug/pprof/") }),

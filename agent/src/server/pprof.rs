@@ -327,6 +327,7 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
 </head><body>
 <h1>/debug/pprof/</h1>
 <p>stethoscope {version} in pid {pid}. Sampler: {sampler}.</p>
+<p><strong><a href="../../debug">The dashboard</a></strong>: the doctor's verdict, the last 15 minutes, the USE and RED tables, the runtime's workers, and CPU profiles and heap diffs in one page.</p>
 <p>Types of profiles available:</p>
 <table>
 <tr><th>Profile</th><th>Formats</th><th>Description</th></tr>
@@ -374,6 +375,7 @@ Heap profiling: {heap}.</td></tr>
 <li><a href="../red">/debug/red</a>: rate, errors and duration of requests per route.</li>
 <li><a href="../spans?format=text">/debug/spans</a>: how long each kind of traced operation (a span: a query, an upstream call) takes, and the slowest recent ones with their fields.</li>
 <li><a href="../log-level">/debug/log-level</a>: the tracing filter's directive; <code>PUT</code> a new one, with <code>?ttl=10m</code> to revert by itself.</li>
+<li><a href="../profiles">/debug/profiles</a>: CPU or wall-clock profiles kept on the agent (<code>POST ?seconds=10</code> takes one; <code>GET /debug/profiles/ID?format=svg|pprof|folded|text|json</code> renders it).</li>
 <li><a href="../../metrics">/metrics</a>: all of it for Prometheus.</li>
 </ul>
 </body></html>

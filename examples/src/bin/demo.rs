@@ -61,6 +61,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("demo service:     http://{service}/");
     println!("stethoscope agent: http://{debug}/debug/pprof/");
+    println!("dashboard:         http://{debug}/debug   <- open it in a browser");
     println!();
     println!("Try, in another terminal:");
     println!("  curl 'http://{debug}/debug/doctor?format=text'   # what is wrong, and what to do (see /trouble/* in http://{service}/)");

@@ -1,0 +1,125 @@
+//! `/debug/profiles`: CPU or wall-clock profiles taken on request and kept
+//! on the agent (a few, bounded in memory), so that one window can be
+//! looked at as a flame graph and downloaded as pprof, folded or text —
+//! what the dashboard's "CPU profile" button does.
+
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+
+use super::access::Peer;
+use super::error::{clip, ApiError};
+use super::limits::is_head;
+use super::pprof::{render_view, ProfileParams};
+use super::query::Query;
+use super::response::{file_response, json_response};
+use super::{blocking, AppState};
+use crate::config::DEFAULT_FLAMEGRAPH_SECONDS;
+use crate::cpu::{ProfileMode, ProfileRequest};
+use crate::profile::shelf::KeptFacts;
+use crate::profile::Format;
+
+/// `POST /debug/profiles?seconds=10&hz=99&mode=cpu|wall`: takes a profile
+/// (the one-sampler rule applies: 409 at another rate) and keeps it;
+/// answers 201 with what was kept and its URL in `Location`.
+pub(crate) async fn take(
+    State(state): State<AppState>,
+    peer: Peer,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let params = ProfileParams::parse(
+        &query,
+        DEFAULT_FLAMEGRAPH_SECONDS,
+        Format::Json,
+        state.config.max_profile_seconds,
+    )?;
+    let _slot = state
+        .profiles
+        .acquire(Duration::from_secs(params.seconds))?;
+    let mut request = ProfileRequest::new(Duration::from_secs(params.seconds))
+        .hz(params.hz)
+        .mode(params.mode)
+        .symbolize(params.symbolize);
+    if let Peer(Some(addr)) = peer {
+        request = request.requester(addr);
+    }
+    let raw = state.cpu.profile(request).await?;
+    let facts = KeptFacts {
+        mode: match raw.mode() {
+            ProfileMode::Wall(_) => "wall",
+            _ => "cpu",
+        },
+        hz: raw.hz(),
+        samples: raw.sample_count(),
+    };
+    let symbolize = params.symbolize;
+    let profile = blocking(move || {
+        if symbolize {
+            raw.to_profile()
+        } else {
+            raw.to_unsymbolized_profile()
+        }
+    })
+    .await?;
+    let info = state.kept.keep(profile, facts);
+    let mut response = json_response(&info);
+    *response.status_mut() = StatusCode::CREATED;
+    if let Ok(location) = HeaderValue::from_str(&info.url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `GET /debug/profiles`: the kept profiles, oldest first.
+pub(crate) async fn list(State(state): State<AppState>) -> Response {
+    json_response(&serde_json::json!({ "profiles": state.kept.list() }))
+}
+
+/// `GET /debug/profiles/{id}?format=svg|pprof|folded|text|json` (and the
+/// views of `/debug/pprof/profile`: `trim`, `focus`, `by`, `group`).
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    method: Method,
+    Path(id): Path<String>,
+    query: Query,
+) -> Result<Response, ApiError> {
+    let (info, profile) = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| state.kept.get(id))
+        .ok_or_else(|| {
+            let ids: Vec<String> = state.kept.list().iter().map(|k| k.id.to_string()).collect();
+            ApiError::Missing {
+                message: format!("no kept profile {:?}", clip(&id)),
+                hint: if ids.is_empty() {
+                    "no profiles are kept; POST /debug/profiles?seconds=10 takes one".to_owned()
+                } else {
+                    format!(
+                        "kept profiles: {} (the oldest go when more are taken)",
+                        ids.join(", ")
+                    )
+                },
+            }
+        })?;
+    let params = ProfileParams::parse(
+        &query,
+        DEFAULT_FLAMEGRAPH_SECONDS,
+        Format::Svg,
+        state.config.max_profile_seconds,
+    )?;
+    let name = format!("{}-{}", info.mode, info.id);
+    let taken_at: SystemTime = info.started_at;
+    if is_head(&method) {
+        return Ok(file_response(Vec::new(), params.format, &name, taken_at));
+    }
+    let ProfileParams {
+        format,
+        view,
+        labels,
+        ..
+    } = params;
+    let bytes = blocking(move || render_view(&profile, format, &labels, &view)).await??;
+    Ok(file_response(bytes, format, &name, taken_at))
+}
