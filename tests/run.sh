@@ -10,6 +10,9 @@
 #                its service is not started here, the tests run their own)
 #   graphviz   — `dot`, which `go tool pprof -svg` and the graph view of
 #                `go tool pprof -http` need (the README tour's web UI step)
+#   chromium, chromium-driver — a real headless browser, driven over
+#                WebDriver, that loads the dashboard at /debug, clicks its
+#                buttons and takes its screenshots
 #
 # Usage: bash tests/run.sh [extra cargo test arguments]
 set -euo pipefail
@@ -19,6 +22,8 @@ missing=()
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 command -v dot >/dev/null 2>&1 || missing+=(graphviz)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> installing ${missing[*]}"
     sudo=""
@@ -28,6 +33,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 echo "==> $(go version)"
 echo "==> $(prometheus --version 2>&1 | head -1)"
+echo "==> $(/usr/bin/chromium --version 2>/dev/null | head -1)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

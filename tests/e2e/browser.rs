@@ -105,8 +105,9 @@ impl Browser {
         let mut response = result.unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        let value: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("WebDriver {method} {path} answered {status} non-JSON ({e}): {text}"));
+        let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("WebDriver {method} {path} answered {status} non-JSON ({e}): {text}")
+        });
         assert!(
             status < 400,
             "WebDriver {method} {path} failed with {status}: {}",

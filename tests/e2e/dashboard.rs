@@ -44,11 +44,19 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
     let page = get(demo.agent, "/debug", None);
     assert_eq!(page.status, 200);
     assert!(page.body.len() <= 200 * 1024, "{} bytes", page.body.len());
-    assert!(page.header("content-type").unwrap_or("").starts_with("text/html"));
+    assert!(page
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("text/html"));
     let csp = page.header("content-security-policy").unwrap_or("");
-    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
     // The pprof index leads to it.
-    assert!(get(demo.agent, "/debug/pprof/", None).text().contains("href=\"../../debug\""));
+    assert!(get(demo.agent, "/debug/pprof/", None)
+        .text()
+        .contains("href=\"../../debug\""));
 
     let browser = Browser::start(1280, 900);
     browser.goto(&page_url(demo.agent));
@@ -84,8 +92,20 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
         "return [...document.querySelectorAll('figure.spark')].map((f) => f.dataset.series)",
         vec![],
     );
-    for series in ["cpu_cores", "rss_bytes", "lag_p99_ms", "rate", "errors", "request_p99_ms", "open_fds", "threads"] {
-        assert!(cards.to_string().contains(series), "no {series} card: {cards}");
+    for series in [
+        "cpu_cores",
+        "rss_bytes",
+        "lag_p99_ms",
+        "rate",
+        "errors",
+        "request_p99_ms",
+        "open_fds",
+        "threads",
+    ] {
+        assert!(
+            cards.to_string().contains(series),
+            "no {series} card: {cards}"
+        );
     }
     // The tables: USE rows, RED routes slowest first, the stall's culprit.
     browser.wait_for(
@@ -101,7 +121,10 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
         red_order[0], "GET /block",
         "the 300 ms route leads: {red_order}"
     );
-    let use_text = browser.execute("return document.getElementById('use-table').innerText", vec![]);
+    let use_text = browser.execute(
+        "return document.getElementById('use-table').innerText",
+        vec![],
+    );
     for resource in ["cpu", "memory", "file_descriptors", "executor"] {
         assert!(use_text.to_string().contains(resource), "{use_text}");
     }
@@ -113,10 +136,7 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
 
     // "CPU profile" for 3 s while the demo burns CPU: the flame graph in
     // the page names the hot function.
-    browser.execute(
-        "document.getElementById('cpu-seconds').value = '3'",
-        vec![],
-    );
+    browser.execute("document.getElementById('cpu-seconds').value = '3'", vec![]);
     let burn = {
         let service = demo.service;
         std::thread::spawn(move || get(service, "/burn?ms=6000", None))
@@ -142,7 +162,10 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
         "the flame graph does not name burn_hot: {} bytes",
         svg.len()
     );
-    let title = browser.execute("return document.getElementById('viewer-title').textContent", vec![]);
+    let title = browser.execute(
+        "return document.getElementById('viewer-title').textContent",
+        vec![],
+    );
     assert!(title.to_string().contains("CPU profile #"), "{title}");
     let downloads = browser.execute(
         "return document.getElementById('viewer-downloads').innerText",
@@ -154,7 +177,10 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
     assert_eq!(burn.join().expect("burn").status, 200);
     // The same window renders in every format on the agent.
     let kept = get(demo.agent, "/debug/profiles", None).json();
-    let url = kept["profiles"][0]["url"].as_str().unwrap_or_default().to_owned();
+    let url = kept["profiles"][0]["url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(url.starts_with("/debug/profiles/"), "{kept}");
     let pprof = get(demo.agent, &format!("{url}?format=pprof"), None);
     assert!(pprof.body.starts_with(&[0x1f, 0x8b]), "gzip pprof");
@@ -163,7 +189,10 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
         .contains("burn_hot"));
     let missing = get(demo.agent, "/debug/profiles/999", None);
     assert_eq!(missing.status, 404);
-    assert!(missing.json()["hint"].as_str().unwrap_or_default().contains("kept profiles"));
+    assert!(missing.json()["hint"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("kept profiles"));
 
     // Heap: a snapshot, a leak, a diff that names it.
     browser.click("#heap-button");
@@ -196,11 +225,17 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
         .find(|l| l.starts_with('+'))
         .unwrap_or_default()
         .to_owned();
-    assert!(first_row.contains("leak_chunks"), "the leak leads the diff: {diff}");
+    assert!(
+        first_row.contains("leak_chunks"),
+        "the leak leads the diff: {diff}"
+    );
     browser.enter_frame("#viewer-body iframe");
     let differential = browser.source();
     browser.leave_frame();
-    assert!(differential.contains("leak_chunks"), "differential flame graph");
+    assert!(
+        differential.contains("leak_chunks"),
+        "differential flame graph"
+    );
 
     // Pictures for a person to look at.
     let dir = scratch_dir("dashboard");
@@ -208,13 +243,20 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
     let phone = dir.join("dashboard-phone.png");
     browser.screenshot(&desktop, 1280);
     browser.screenshot(&phone, 390);
-    eprintln!("dashboard screenshots: {} {}", desktop.display(), phone.display());
+    eprintln!(
+        "dashboard screenshots: {} {}",
+        desktop.display(),
+        phone.display()
+    );
     // The phone layout does not scroll sideways.
     let overflow = browser.execute(
         "return document.documentElement.scrollWidth - window.innerWidth",
         vec![],
     );
-    assert!(overflow.as_i64().unwrap_or(1) <= 0, "horizontal overflow of {overflow} px at 390 px");
+    assert!(
+        overflow.as_i64().unwrap_or(1) <= 0,
+        "horizontal overflow of {overflow} px at 390 px"
+    );
 
     let errors = browser.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
@@ -229,8 +271,14 @@ fn behind_a_token_the_page_asks_for_it_and_never_puts_it_in_a_url() {
     // The page needs no token; its data does.
     assert_eq!(get(demo.agent, "/debug", None).status, 200);
     assert_eq!(get(demo.agent, "/debug/dashboard.json", None).status, 401);
-    assert_eq!(get(demo.agent, "/debug/dashboard.json", Some(token)).status, 200);
-    assert_eq!(send(demo.agent, "POST", "/debug/profiles", None).status, 401);
+    assert_eq!(
+        get(demo.agent, "/debug/dashboard.json", Some(token)).status,
+        200
+    );
+    assert_eq!(
+        send(demo.agent, "POST", "/debug/profiles", None).status,
+        401
+    );
 
     let browser = Browser::start(1024, 800);
     browser.goto(&page_url(demo.agent));
@@ -279,6 +327,13 @@ fn behind_a_token_the_page_asks_for_it_and_never_puts_it_in_a_url() {
         wait_until(Duration::from_secs(2), || !demo.lines().is_empty()),
         "the demo logs"
     );
-    let leaked: Vec<String> = demo.lines().into_iter().filter(|l| l.contains(token)).collect();
-    assert!(leaked.is_empty(), "the token is in the demo's log: {leaked:#?}");
+    let leaked: Vec<String> = demo
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(token))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the token is in the demo's log: {leaked:#?}"
+    );
 }

@@ -88,6 +88,10 @@ fn every_endpoint_keeps_its_json_keys() {
         ("GET", "/debug/heap/diff?base=1&target=2&format=json"),
         ("GET", "/debug/pprof/heap?format=json"),
         ("GET", "/debug/pprof/profile?seconds=1&format=json"),
+        ("POST", "/debug/profiles?seconds=1"),
+        ("GET", "/debug/profiles"),
+        ("GET", "/debug/dashboard.json"),
+        ("GET", "/debug/doctor"),
         ("GET", "/debug/nothing-here"),
     ];
     let mut found = BTreeSet::new();

@@ -158,7 +158,11 @@ mod tests {
     fn keeps_the_newest_within_count_and_ids_never_repeat() {
         let shelf = ProfileShelf::default();
         let ids: Vec<u64> = (0..MAX_KEPT_PROFILES + 2)
-            .map(|_| shelf.keep(named_profile(&[(&["main", "work"], 10)]), facts()).id)
+            .map(|_| {
+                shelf
+                    .keep(named_profile(&[(&["main", "work"], 10)]), facts())
+                    .id
+            })
             .collect();
         assert_eq!(ids, (1..=6).collect::<Vec<_>>());
         let kept: Vec<u64> = shelf.list().iter().map(|k| k.id).collect();

@@ -158,7 +158,9 @@ fn unix_ms(time: SystemTime) -> u64 {
 /// Where the history of this tick starts: just after `since` (the newest
 /// row the page has), never before the dashboard's window.
 fn history_start(since: Option<u64>, now: SystemTime) -> SystemTime {
-    let window_start = now.checked_sub(DASHBOARD_WINDOW).unwrap_or(SystemTime::UNIX_EPOCH);
+    let window_start = now
+        .checked_sub(DASHBOARD_WINDOW)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     match since {
         Some(ms) => {
             let after = SystemTime::UNIX_EPOCH + Duration::from_millis(ms.saturating_add(1));
@@ -172,7 +174,10 @@ fn history_start(since: Option<u64>, now: SystemTime) -> SystemTime {
 /// history rows newer than `since` (the last 15 minutes without it), the
 /// USE and RED tables, the runtime's workers and newest stalls, the heap
 /// snapshots and kept profiles — one request per refresh.
-pub(crate) async fn tick(State(state): State<AppState>, query: Query) -> Result<Response, ApiError> {
+pub(crate) async fn tick(
+    State(state): State<AppState>,
+    query: Query,
+) -> Result<Response, ApiError> {
     let since = match query.get("since") {
         None | Some("") => None,
         Some(text) => Some(text.parse::<u64>().map_err(|_| {
@@ -337,7 +342,11 @@ mod tests {
         // Nothing from elsewhere: no external scripts, styles, fonts or
         // images, and every request goes to this agent by a relative path.
         let namespace = PAGE.matches("http://www.w3.org/2000/svg").count();
-        assert_eq!(PAGE.matches("http").count(), namespace, "only the SVG namespace");
+        assert_eq!(
+            PAGE.matches("http").count(),
+            namespace,
+            "only the SVG namespace"
+        );
         for needle in ["//cdn", "@import", "url(", "@font-face"] {
             assert!(!PAGE.contains(needle), "the page refers to {needle}");
         }
@@ -365,8 +374,14 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_millis(recent + 1)
         );
         // A page that slept for an hour gets the window, not the hour.
-        assert_eq!(history_start(Some(unix_ms(now) - 3_600_000), now), window_start);
+        assert_eq!(
+            history_start(Some(unix_ms(now) - 3_600_000), now),
+            window_start
+        );
         assert_eq!(history_start(Some(0), now), window_start);
-        assert_eq!(history_start(Some(u64::MAX), now), SystemTime::UNIX_EPOCH + Duration::from_millis(u64::MAX));
+        assert_eq!(
+            history_start(Some(u64::MAX), now),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(u64::MAX)
+        );
     }
 }

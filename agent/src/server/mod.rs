@@ -105,10 +105,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/debug", get(dashboard::page))
         .route("/debug/", get(|| async { Redirect::permanent("/debug") }))
         .route("/debug/dashboard.json", get(dashboard::tick))
-        .route(
-            "/debug/profiles",
-            get(profiles::list).post(profiles::take),
-        )
+        .route("/debug/profiles", get(profiles::list).post(profiles::take))
         .route("/debug/profiles/{id}", get(profiles::get))
         .route(
             "/debug/pprof",
