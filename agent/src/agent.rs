@@ -64,6 +64,18 @@ struct Threads {
     _use_sampler: Option<crate::periodic::StopOnDrop>,
     #[cfg(feature = "doctor")]
     _doctor: Option<crate::periodic::StopOnDrop>,
+    _continuous: Option<ContinuousGuard>,
+}
+
+/// Turns the process's continuous profiling off when the agent that
+/// turned it on goes.
+#[derive(Debug)]
+struct ContinuousGuard(CpuProfiler);
+
+impl Drop for ContinuousGuard {
+    fn drop(&mut self) {
+        self.0.stop_continuous();
+    }
 }
 
 /// What a builder hands over to the capabilities it starts.
@@ -103,6 +115,10 @@ impl Capabilities {
             threads._watchdog = watchdog;
         }
         let cpu = CpuProfiler::global();
+        if let Some(settings) = &config.continuous {
+            cpu.start_continuous(settings.clone())?;
+            threads._continuous = Some(ContinuousGuard(cpu.clone()));
+        }
         let mut heap = HeapProfiler::with_capacity(config.heap_snapshots);
         if config.fast_heap_backtraces && heap.check().is_ok() {
             match heap.clone().with_fast_backtraces() {
@@ -455,6 +471,56 @@ impl AgentBuilder {
         self
     }
 
+    /// Turns continuous profiling on at `hz` (19 is a good rate: about
+    /// 0.05 % of a busy core): the CPU sampler runs all the time into a
+    /// ring of 10-second segments covering the last 15 minutes, so
+    /// `GET /debug/pprof/profile?since=-5m` answers at once with what the
+    /// process did, and the doctor pins the segments around each finding's
+    /// onset. On-demand profiles at other rates still run (the ring takes
+    /// their samples, weighted by period). A rate outside 1–1000 makes
+    /// [`start`](Self::start) fail. Off by default;
+    /// [`ENV_CONTINUOUS_HZ`](config::ENV_CONTINUOUS_HZ) sets it too.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), stethoscope::Error> {
+    /// let agent = stethoscope::Agent::builder()
+    ///     .listen("127.0.0.1:0")
+    ///     .continuous_profiling(19)
+    ///     .start()?;
+    /// assert_eq!(agent.cpu().status().continuous_hz, Some(19));
+    /// # agent.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn continuous_profiling(self, hz: u32) -> Self {
+        let settings = match self.config.continuous.clone() {
+            Some(settings) => crate::cpu::ContinuousSettings { hz, ..settings },
+            None => crate::cpu::ContinuousSettings::new(hz),
+        };
+        self.continuous(settings)
+    }
+
+    /// Turns continuous profiling on with every setting chosen: rate,
+    /// segment length, history kept, caps
+    /// ([`ContinuousSettings`](crate::cpu::ContinuousSettings)).
+    pub fn continuous(mut self, settings: crate::cpu::ContinuousSettings) -> Self {
+        if !(1..=crate::config::MAX_PROFILE_HZ).contains(&settings.hz) {
+            return self.defer(Error::InvalidSetting {
+                setting: "continuous_profiling",
+                reason: "the rate must be from 1 to 1000 Hz",
+            });
+        }
+        if settings.segment > settings.keep {
+            return self.defer(Error::InvalidSetting {
+                setting: "continuous_profiling",
+                reason: "a segment must not be longer than the history kept",
+            });
+        }
+        self.config.continuous = Some(settings);
+        self
+    }
+
     /// Most connections the debug server keeps open, within
     /// [`MAX_CONNECTIONS_RANGE`](config::MAX_CONNECTIONS_RANGE). When all
     /// are taken, a new connection replaces the oldest idle or slow one
@@ -692,7 +758,8 @@ impl AgentBuilder {
     /// [`ENV_MAX_PROFILE_SECONDS`](config::ENV_MAX_PROFILE_SECONDS), and the
     /// doctor's [`ENV_BUDGETS`](config::ENV_BUDGETS),
     /// [`ENV_HISTORY`](config::ENV_HISTORY) and
-    /// [`ENV_AUTO_CAPTURE`](config::ENV_AUTO_CAPTURE). They
+    /// [`ENV_AUTO_CAPTURE`](config::ENV_AUTO_CAPTURE), and
+    /// [`ENV_CONTINUOUS_HZ`](config::ENV_CONTINUOUS_HZ). They
     /// override earlier setters; later setters override them. Invalid
     /// values make [`start`](Self::start) fail and name the variable.
     pub fn with_default_env(self) -> Self {

@@ -436,6 +436,10 @@ pub const ENV_HISTORY: &str = "STETHOSCOPE_HISTORY";
 /// Environment variable turning the doctor's auto-capture `on` or `off`.
 pub const ENV_AUTO_CAPTURE: &str = "STETHOSCOPE_AUTO_CAPTURE";
 
+/// Environment variable turning continuous profiling on at a rate, e.g.
+/// `19` (Hz); `0` or `off` turns it off.
+pub const ENV_CONTINUOUS_HZ: &str = "STETHOSCOPE_CONTINUOUS_HZ";
+
 /// The bearer token clients must present, kept so that checking it reveals
 /// neither its content nor its length through timing.
 #[derive(Clone)]
@@ -496,6 +500,8 @@ pub(crate) struct Config {
     pub(crate) header_read_timeout: Duration,
     pub(crate) body_read_timeout: Duration,
     pub(crate) heap_snapshots: usize,
+    /// Continuous profiling, when on.
+    pub(crate) continuous: Option<crate::cpu::ContinuousSettings>,
     pub(crate) fast_heap_backtraces: bool,
     pub(crate) lag_resolution: Duration,
     pub(crate) stall_threshold: Duration,
@@ -515,6 +521,7 @@ impl Default for Config {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             heap_snapshots: DEFAULT_HEAP_SNAPSHOTS,
+            continuous: None,
             fast_heap_backtraces: true,
             lag_resolution: DEFAULT_LAG_RESOLUTION,
             stall_threshold: DEFAULT_STALL_THRESHOLD,
@@ -580,6 +587,25 @@ impl Config {
             match crate::doctor::parse_history_length(&length) {
                 Ok(rows) => self.doctor.history_rows = rows,
                 Err(error) => fail(error),
+            }
+        }
+        if let Some(rate) = var(ENV_CONTINUOUS_HZ) {
+            match rate.trim().to_ascii_lowercase().as_str() {
+                "0" | "off" | "false" | "no" => self.continuous = None,
+                text => match text.parse::<u32>() {
+                    Ok(hz) if (1..=MAX_PROFILE_HZ).contains(&hz) => {
+                        let settings = self
+                            .continuous
+                            .take()
+                            .unwrap_or_else(|| crate::cpu::ContinuousSettings::new(hz));
+                        self.continuous = Some(crate::cpu::ContinuousSettings { hz, ..settings });
+                    }
+                    _ => fail(Error::InvalidEnv {
+                        var: ENV_CONTINUOUS_HZ,
+                        value: rate,
+                        expected: "a rate from 1 to 1000 (Hz), e.g. 19, or off",
+                    }),
+                },
             }
         }
         if let Some(switch) = var(ENV_AUTO_CAPTURE) {

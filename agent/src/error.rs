@@ -175,6 +175,10 @@ pub enum Error {
     #[error("the CPU sampler stopped before the profile was complete")]
     SamplerStopped,
 
+    /// A look-back was asked for while continuous profiling is off.
+    #[error("continuous profiling is off: there is no recorded past to look back at")]
+    ContinuousProfilingOff,
+
     /// A log filter directive (`RUST_LOG` syntax) did not parse; the
     /// source is the parser's message.
     #[cfg(feature = "spans")]

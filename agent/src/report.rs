@@ -59,6 +59,17 @@ pub(crate) fn time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(&rfc3339(*t))
 }
 
+/// Serializes an optional `SystemTime` as RFC 3339 or `null`.
+pub(crate) fn optional_time<S: Serializer>(
+    t: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ stethoscope::heap_profiling!("prof:true,prof_active:true,lg_prof_sample:16");
 
 mod access;
 mod browser;
+mod continuous;
 mod cpu;
 mod dashboard;
 mod doctor;

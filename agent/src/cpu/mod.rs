@@ -33,6 +33,7 @@
 //! # }
 //! ```
 
+pub(crate) mod flight;
 mod mode;
 pub(crate) mod routes;
 #[cfg(all(feature = "cpu", native_unwind))]
@@ -54,6 +55,10 @@ use crate::profile::{Profile, ProfileMeta, RawStack, ValueType};
 use crate::Error;
 use session::Controller;
 
+pub use flight::{
+    ContinuousSettings, Coverage, FlightStatus, PinInfo, DEFAULT_CONTINUOUS_KEEP,
+    DEFAULT_CONTINUOUS_SEGMENT, DEFAULT_MAX_PINNED_SEGMENTS, DEFAULT_MAX_STACKS_PER_SEGMENT,
+};
 pub(crate) use mode::SampleState;
 pub use mode::{ProfileMode, WallThreads};
 
@@ -185,6 +190,86 @@ impl CpuProfiler {
     pub fn status(&self) -> SamplerStatus {
         self.controller.status()
     }
+
+    /// Turns continuous profiling on: the sampler runs at `settings.hz`
+    /// whenever no on-demand profile needs another rate, into a ring of
+    /// aggregated segments that [`look_back`](Self::look_back) reads.
+    /// Replaces the ring of an earlier call (its history is lost).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSetting`] for a rate outside 1–1000 Hz or a segment
+    /// longer than the ring; [`Error::Os`] if the sampler thread cannot
+    /// start.
+    pub fn start_continuous(&self, settings: ContinuousSettings) -> Result<(), Error> {
+        if !(1..=MAX_PROFILE_HZ).contains(&settings.hz) {
+            return Err(Error::InvalidSetting {
+                setting: "continuous profiling rate",
+                reason: "outside 1–1000 Hz",
+            });
+        }
+        if settings.segment > settings.keep {
+            return Err(Error::InvalidSetting {
+                setting: "continuous profiling ring",
+                reason: "a segment is longer than the history kept",
+            });
+        }
+        self.controller
+            .set_flight(Some(Arc::new(flight::FlightRecorder::new(settings))))
+    }
+
+    /// Turns continuous profiling off and drops its ring.
+    pub fn stop_continuous(&self) {
+        let _ = self.controller.set_flight(None);
+    }
+
+    /// The continuous profiler's ring: rate, segments, memory; `None` when
+    /// it is off.
+    pub fn continuous_status(&self) -> Option<FlightStatus> {
+        self.controller.flight().map(|f| f.status())
+    }
+
+    /// The profile the continuous profiler recorded between `from` and
+    /// `to` (whole segments overlapping the range), at once, with what it
+    /// covers: a range older than the ring gets what the ring holds, marked
+    /// partial.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ContinuousProfilingOff`] when continuous profiling is off.
+    pub fn look_back(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<(CpuProfile, Coverage), Error> {
+        let flight = self
+            .controller
+            .flight()
+            .ok_or(Error::ContinuousProfilingOff)?;
+        let now = (
+            SystemTime::now(),
+            sampler::clock::monotonic_ns(),
+            sampler::clock::process_cpu_ns(),
+        );
+        Ok(flight.look_back(from, to, now))
+    }
+
+    /// Keeps the continuous profiler's segments around `onset` past the
+    /// ring (an incident's profile); returns the pin's id, or `None` when
+    /// continuous profiling is off.
+    pub fn pin(&self, onset: SystemTime, reason: &str) -> Option<u64> {
+        self.controller.flight().map(|f| f.pin(onset, reason))
+    }
+
+    /// The pins kept, oldest first.
+    pub fn pins(&self) -> Vec<PinInfo> {
+        self.controller.flight().map_or_else(Vec::new, |f| f.pins())
+    }
+
+    /// The profile of a pin's segments.
+    pub fn pinned(&self, id: u64) -> Option<(CpuProfile, Coverage)> {
+        self.controller.flight()?.pinned(id)
+    }
 }
 
 /// A snapshot of the sampler's state.
@@ -197,6 +282,11 @@ pub struct SamplerStatus {
     pub running_mode: Option<ProfileMode>,
     /// Requests currently waiting for a profile.
     pub subscribers: usize,
+    /// The rate the sampler runs at now (the on-demand rate, or the
+    /// continuous profiler's when it is higher or alone), if it runs.
+    pub sampling_hz: Option<u32>,
+    /// The continuous profiler's rate, when it is on.
+    pub continuous_hz: Option<u32>,
     /// Sessions started since the process began (a session spans all the
     /// requests that overlap in time).
     pub sessions_started: u64,
@@ -225,6 +315,12 @@ pub struct CpuStack {
     pub labels: LabelSet,
     /// Samples that hit this stack.
     pub samples: u64,
+    /// Its weight: the sum of its samples' periods in nanoseconds
+    /// (`samples × 1 s / hz` when the rate did not change). The measured CPU
+    /// time is shared by weight, so samples taken at different rates (a
+    /// continuous profile that an on-demand one sped up) count by the time
+    /// they stand for.
+    pub weight: u64,
 }
 
 /// The raw result of one profile window, before symbolization.
@@ -238,6 +334,8 @@ pub struct CpuProfile {
     samples: u64,
     dropped: u64,
     stacks: Vec<CpuStack>,
+    /// Lines for the profile's comments (a look-back's coverage).
+    notes: Vec<String>,
 }
 
 impl CpuProfile {
@@ -291,6 +389,12 @@ impl CpuProfile {
     /// Distinct stacks, most sampled first.
     pub fn stacks(&self) -> &[CpuStack] {
         &self.stacks
+    }
+
+    /// What the profile says about itself besides its window (a look-back's
+    /// coverage and rates).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// Symbolizes the stacks into a [`Profile`] that renders in every format.
@@ -374,36 +478,37 @@ impl CpuProfile {
         } else {
             self.samples as f64 / self.cpu_time.as_secs_f64()
         };
-        let meta = self.meta(
-            "cpu",
-            period_ns,
-            "CPU profile",
-            vec![
-                self.window_comment(""),
-                format!(
-                    "{} samples ({:.0}/s of CPU), {} dropped; process CPU {:.3} s ({:.0}% of one core)",
-                    self.samples,
-                    effective_hz,
-                    self.dropped,
-                    self.cpu_time.as_secs_f64(),
-                    100.0 * self.cpu_time.as_secs_f64() / self.duration.as_secs_f64().max(1e-9)
-                ),
-                "cpu values are samples scaled to the process CPU time measured over the window".to_owned(),
-            ],
-            symbolize,
-        );
+        let mut comments = vec![
+            self.window_comment(""),
+            format!(
+                "{} samples ({:.0}/s of CPU), {} dropped; process CPU {:.3} s ({:.0}% of one core)",
+                self.samples,
+                effective_hz,
+                self.dropped,
+                self.cpu_time.as_secs_f64(),
+                100.0 * self.cpu_time.as_secs_f64() / self.duration.as_secs_f64().max(1e-9)
+            ),
+            "cpu values are samples scaled to the process CPU time measured over the window"
+                .to_owned(),
+        ];
+        comments.extend(self.notes.iter().cloned());
+        let meta = self.meta("cpu", period_ns, "CPU profile", comments, symbolize);
+        // Distribute the measured CPU time exactly, by weight: each stack
+        // gets its share, the last one the remainder of the divisions.
+        let total_weight: u128 = self.stacks.iter().map(|s| u128::from(s.weight)).sum();
         let mut remaining = cpu_ns;
-        let mut samples_left = self.samples;
+        let mut weight_left = total_weight;
         let stacks = self.stacks.iter().map(|stack| {
-            // Distribute the measured CPU time exactly: each stack gets its
-            // share, the last one the remainder of the integer division.
-            let share = if samples_left == stack.samples {
+            let weight = u128::from(stack.weight);
+            let share = if weight_left == weight {
                 remaining
             } else {
-                period_ns.saturating_mul(i64::try_from(stack.samples).unwrap_or(i64::MAX))
+                (u128::try_from(cpu_ns.max(0)).unwrap_or(0) * weight)
+                    .checked_div(total_weight)
+                    .map_or(0, |share| i64::try_from(share).unwrap_or(i64::MAX))
             };
             remaining = remaining.saturating_sub(share);
-            samples_left = samples_left.saturating_sub(stack.samples);
+            weight_left = weight_left.saturating_sub(weight);
             Self::stack_of(stack, share)
         });
         Profile::build(meta, stacks)

@@ -78,6 +78,7 @@ mod tests {
             frames: Arc::from([1u64].as_slice()),
             labels: labels.set(),
             samples,
+            weight: samples * 10_000_000,
         };
         let items = Labels::new([("method", "GET"), ("route", "/items/{id}")]);
         let profile = CpuProfile {
@@ -88,6 +89,7 @@ mod tests {
             cpu_time: Duration::from_millis(100),
             samples: 10,
             dropped: 0,
+            notes: Vec::new(),
             stacks: vec![
                 stack(items, 6),
                 stack(items.with([("tenant", "a")]), 2),

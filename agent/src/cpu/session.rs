@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
+use super::flight::FlightRecorder;
 use super::sampler::{clock, Sampler, SamplerCounters};
 use super::window::{Finished, PendingWindow, StackTable, Window, WindowEnd, WindowStart};
 use super::{CpuProfile, ProfileMode, ProfileRequest, SamplerStatus};
@@ -28,6 +29,10 @@ use crate::Error;
 
 /// How often the control thread drains the ring while a session runs.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How often it drains when only the continuous profiler samples (at a
+/// low rate: a few samples per thread between drains).
+const CONTINUOUS_DRAIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Time after a window's end before its profile is assembled, so that a
 /// handler that stamped a sample just before the end has published it.
@@ -43,12 +48,32 @@ struct State {
     sessions_started: u64,
     /// Totals of finished sampler sessions.
     finished: SamplerCounters,
+    /// The continuous profiler's ring, when it is on: it keeps a sampler
+    /// running at its rate whenever no on-demand window needs another.
+    flight: Option<Arc<FlightRecorder>>,
+}
+
+/// The rate the sampler runs at for on-demand windows at `hz` in `mode`:
+/// theirs, or the continuous profiler's when it is higher (CPU only; the
+/// ring is weighted by period, so it takes any rate).
+fn sampler_hz(hz: u32, mode: ProfileMode, flight: Option<&Arc<FlightRecorder>>) -> u32 {
+    match (mode, flight) {
+        (ProfileMode::Cpu, Some(flight)) => hz.max(flight.settings().hz),
+        _ => hz,
+    }
 }
 
 #[derive(Debug)]
 struct Session {
+    /// The rate the sampler runs at.
     hz: u32,
     mode: ProfileMode,
+    /// The rate on-demand windows asked for (`None`: only the continuous
+    /// profiler samples).
+    window_hz: Option<u32>,
+    /// The control thread must restart the sampler at `hz` in `mode` (set
+    /// only while no window runs).
+    restart: bool,
     /// Windows added by requesters, not yet adopted by the control thread.
     pending: Vec<PendingWindow>,
     /// Windows the control thread is serving.
@@ -63,10 +88,12 @@ struct Session {
 }
 
 impl Session {
-    fn new(hz: u32, mode: ProfileMode) -> Self {
+    fn new(hz: u32, mode: ProfileMode, window_hz: Option<u32>) -> Self {
         Session {
             hz,
             mode,
+            window_hz,
+            restart: false,
             pending: Vec::new(),
             active: 0,
             active_deadline_ns: 0,
@@ -115,23 +142,33 @@ impl Controller {
             reply,
         };
         let mut state = self.lock();
+        let hz = sampler_hz(request.hz, request.mode, state.flight.as_ref());
         let joined = match state.session.as_mut() {
-            Some(session) if session.hz == request.hz && session.mode == request.mode => true,
-            Some(session) if session.stopping && session.pending.is_empty() => {
-                // Winding down with nobody waiting: restart at the new rate.
-                session.hz = request.hz;
-                session.mode = request.mode;
-                false
+            Some(session) if session.active > 0 || !session.pending.is_empty() => {
+                if session.window_hz != Some(request.hz) || session.mode != request.mode {
+                    return Err(Error::ProfilerBusy {
+                        running_hz: session.window_hz.unwrap_or(session.hz),
+                        running_mode: session.mode,
+                        retry_after: session.busy_for(clock::monotonic_ns()),
+                    });
+                }
+                true
             }
             Some(session) => {
-                return Err(Error::ProfilerBusy {
-                    running_hz: session.hz,
-                    running_mode: session.mode,
-                    retry_after: session.busy_for(clock::monotonic_ns()),
-                });
+                // No window runs: only the continuous profiler samples, or
+                // the sampler is winding down. Take it over at this rate.
+                session.window_hz = Some(request.hz);
+                if (session.hz, session.mode) != (hz, request.mode) {
+                    session.hz = hz;
+                    session.mode = request.mode;
+                    // A stopping sampler restarts for the pending window
+                    // by itself.
+                    session.restart = !session.stopping;
+                }
+                false
             }
             None => {
-                state.session = Some(Session::new(request.hz, request.mode));
+                state.session = Some(Session::new(hz, request.mode, Some(request.hz)));
                 let controller = Arc::clone(self);
                 let spawned = std::thread::Builder::new()
                     .name("stethoscope-cpu".into())
@@ -166,9 +203,14 @@ impl Controller {
         let state = self.lock();
         let session = state.session.as_ref();
         let current = session.map(|s| s.counters).unwrap_or_default();
+        // On-demand windows' rate and mode; a session that only feeds the
+        // continuous profiler is reported there.
+        let on_demand = session.and_then(|s| s.window_hz.map(|hz| (hz, s.mode)));
         SamplerStatus {
-            running_hz: session.map(|s| s.hz),
-            running_mode: session.map(|s| s.mode),
+            running_hz: on_demand.map(|(hz, _)| hz),
+            running_mode: on_demand.map(|(_, mode)| mode),
+            sampling_hz: session.filter(|s| !s.stopping).map(|s| s.hz),
+            continuous_hz: state.flight.as_ref().map(|f| f.settings().hz),
             subscribers: session.map_or(0, |s| s.active + s.pending.len()),
             sessions_started: state.sessions_started,
             samples_recorded: state.finished.recorded + current.recorded,
@@ -176,6 +218,58 @@ impl Controller {
             handler_time: Duration::from_nanos(state.finished.handler_ns + current.handler_ns),
             footprint_bytes: session.map_or(0, |s| s.footprint_bytes),
         }
+    }
+
+    /// Turns the continuous profiler on (with its ring) or off. On, it
+    /// keeps a sampler running at its rate whenever no on-demand window
+    /// needs another; off, the sampler stops with the last window.
+    pub(crate) fn set_flight(
+        self: &Arc<Self>,
+        flight: Option<Arc<FlightRecorder>>,
+    ) -> Result<(), Error> {
+        let mut state = self.lock();
+        state.flight = flight.clone();
+        if let Some(flight) = flight {
+            let hz = flight.settings().hz;
+            match state.session.as_mut() {
+                None => {
+                    state.session = Some(Session::new(hz, ProfileMode::Cpu, None));
+                    let controller = Arc::clone(self);
+                    let spawned = std::thread::Builder::new()
+                        .name("stethoscope-cpu".into())
+                        .spawn(move || controller.run());
+                    if let Err(source) = spawned {
+                        state.session = None;
+                        state.flight = None;
+                        return Err(Error::Os {
+                            call: "spawning the CPU sampler thread",
+                            source,
+                        });
+                    }
+                }
+                Some(session) => {
+                    let idle = session.active == 0 && session.pending.is_empty();
+                    if idle
+                        && !session.stopping
+                        && (session.hz, session.mode) != (hz, ProfileMode::Cpu)
+                    {
+                        session.hz = hz;
+                        session.mode = ProfileMode::Cpu;
+                        session.restart = true;
+                    }
+                    // A window's sampler at a lower rate picks the ring's
+                    // rate up at its next start.
+                }
+            }
+        }
+        drop(state);
+        self.wake.notify_all();
+        Ok(())
+    }
+
+    /// The continuous profiler's ring, when it is on.
+    pub(crate) fn flight(&self) -> Option<Arc<FlightRecorder>> {
+        self.lock().flight.clone()
     }
 
     /// The control thread: one sampler session after another while
@@ -190,25 +284,33 @@ impl Controller {
                 Ok(sampler) => sampler,
                 Err(error) => {
                     tracing::warn!(%error, hz, %mode, "sampler could not start");
-                    let pending = self
-                        .lock()
-                        .session
-                        .take()
-                        .map(|s| s.pending)
-                        .unwrap_or_default();
+                    let pending = {
+                        let mut state = self.lock();
+                        // The continuous profiler cannot run either.
+                        state.flight = None;
+                        state.session.take().map(|s| s.pending).unwrap_or_default()
+                    };
                     for window in pending {
                         window.fail(error.for_another_waiter());
                     }
                     return;
                 }
             };
-            {
+            let flight = {
                 let mut state = self.lock();
                 state.sessions_started += 1;
                 if let Some(session) = state.session.as_mut() {
                     session.footprint_bytes = sampler.footprint_bytes();
                     session.counters = SamplerCounters::default();
                 }
+                state.flight.clone()
+            };
+            if let (Some(flight), ProfileMode::Cpu) = (&flight, mode) {
+                flight.resume(
+                    SystemTime::now(),
+                    clock::monotonic_ns(),
+                    clock::process_cpu_ns(),
+                );
             }
             if !self.serve(sampler) {
                 return;
@@ -216,16 +318,20 @@ impl Controller {
         }
     }
 
-    /// Serves windows until none is left; returns whether requests arrived
-    /// while the sampler was stopping (the caller then starts it again).
+    /// Serves windows (and the continuous profiler's ring) until none is
+    /// left; returns whether the sampler must start again (requests arrived
+    /// while it was stopping, or the rate or mode changes).
     fn serve(&self, mut sampler: Sampler) -> bool {
         let mut windows: Vec<Window> = Vec::new();
         let mut table = StackTable::default();
         let mut announced: HashSet<u64> = HashSet::new();
         loop {
-            let now_ns = {
+            let (now_ns, hz, flight) = {
                 let mut state = self.lock();
-                let idle = state.session.as_ref().is_none_or(|s| s.pending.is_empty());
+                let idle = state
+                    .session
+                    .as_ref()
+                    .is_none_or(|s| s.pending.is_empty() && !s.restart);
                 if idle {
                     let wait = next_wake_in(&windows, clock::monotonic_ns());
                     state = self
@@ -235,10 +341,18 @@ impl Controller {
                         .0;
                 }
                 let counters = sampler.counters();
+                let flight = state.flight.clone();
                 let Some(session) = state.session.as_mut() else {
                     // Only this thread clears the session; stop if it is gone.
                     return false;
                 };
+                if session.restart && windows.is_empty() {
+                    // Another rate or mode: pending windows start on the
+                    // new sampler.
+                    session.restart = false;
+                    drop(state);
+                    return self.switch(sampler, flight.as_ref());
+                }
                 let now_ns = clock::monotonic_ns();
                 if !session.pending.is_empty() {
                     // The process CPU clock is a system call: read it only
@@ -264,9 +378,22 @@ impl Controller {
                 session.active_deadline_ns =
                     windows.iter().map(|w| w.deadline_ns).max().unwrap_or(0);
                 session.counters = counters;
-                now_ns
+                if windows.is_empty() {
+                    session.window_hz = None;
+                    if let Some(flight) = &flight {
+                        let ring = (flight.settings().hz, ProfileMode::Cpu);
+                        if (session.hz, session.mode) != ring {
+                            // Back to the continuous profiler's rate.
+                            (session.hz, session.mode) = ring;
+                            drop(state);
+                            return self.switch(sampler, Some(flight));
+                        }
+                    }
+                }
+                let feeds_ring = session.mode == ProfileMode::Cpu;
+                (now_ns, session.hz, flight.filter(|_| feeds_ring))
             };
-            if windows.is_empty() {
+            if windows.is_empty() && flight.is_none() {
                 return self.stop(sampler, Vec::new());
             }
 
@@ -284,27 +411,38 @@ impl Controller {
 
             let symbolize = windows.iter().any(|w| w.symbolize);
             let mut fresh_addresses = Vec::new();
-            sampler.drain(|sample| {
-                let (id, is_new) = table.intern(
-                    sample.thread_name(),
-                    sample.frames(),
-                    sample.labels(),
-                    sample.state(),
-                );
-                if is_new && symbolize {
-                    fresh_addresses.extend(
-                        sample
-                            .frames()
-                            .iter()
-                            .copied()
-                            .filter(|a| announced.insert(*a)),
+            {
+                let mut ring = flight.as_ref().map(|f| f.batch());
+                sampler.drain(|sample| {
+                    let (id, is_new) = table.intern(
+                        sample.thread_name(),
+                        sample.frames(),
+                        sample.labels(),
+                        sample.state(),
                     );
-                }
-                let timestamp = sample.timestamp_ns();
-                for window in windows.iter_mut().filter(|w| w.covers(timestamp)) {
-                    window.count(id);
-                }
-            });
+                    if is_new && symbolize {
+                        fresh_addresses.extend(
+                            sample
+                                .frames()
+                                .iter()
+                                .copied()
+                                .filter(|a| announced.insert(*a)),
+                        );
+                    }
+                    let timestamp = sample.timestamp_ns();
+                    if let (Some(ring), Some(key)) = (ring.as_mut(), table.get(id)) {
+                        ring.record(key, hz, timestamp);
+                    }
+                    for window in windows.iter_mut().filter(|w| w.covers(timestamp)) {
+                        window.count(id);
+                    }
+                });
+            }
+            if let Some(flight) = &flight {
+                flight.tick(clock::monotonic_ns(), || {
+                    (SystemTime::now(), clock::process_cpu_ns())
+                });
+            }
             // Resolve while the window is still open, off this thread, so the
             // report at the end finds the symbols cached.
             Symbolizer::global().prefetch(fresh_addresses);
@@ -317,7 +455,11 @@ impl Controller {
             windows = open;
             let finished: Vec<Finished> =
                 done.into_iter().filter_map(|w| w.finish(&table)).collect();
-            if windows.is_empty() && !finished.is_empty() && !self.has_pending() {
+            if windows.is_empty()
+                && !finished.is_empty()
+                && !self.has_pending()
+                && self.lock().flight.is_none()
+            {
                 return self.stop(sampler, finished);
             }
             deliver(finished);
@@ -336,15 +478,39 @@ impl Controller {
             .is_some_and(|s| !s.pending.is_empty())
     }
 
+    /// Stops the sampler to start it again at the session's (new) rate or
+    /// mode; the ring is not fed in between.
+    fn switch(&self, sampler: Sampler, flight: Option<&Arc<FlightRecorder>>) -> bool {
+        if let Some(flight) = flight {
+            flight.pause(clock::monotonic_ns(), clock::process_cpu_ns());
+        }
+        let counters = sampler.counters();
+        drop(sampler);
+        let mut state = self.lock();
+        state.finished.recorded += counters.recorded;
+        state.finished.dropped += counters.dropped;
+        state.finished.handler_ns += counters.handler_ns;
+        tracing::debug!("CPU sampler restarts at another rate or mode");
+        state.session.is_some()
+    }
+
     /// Stops the sampler, then delivers `finished`. The sampler is dropped
     /// outside the state lock, with the session marked `stopping` meanwhile.
     /// Delivery comes last, so a requester that has its profile finds the
     /// sampler free (its next request at another hz does not meet a stale
-    /// 409). Returns whether requests arrived meanwhile, in which case the
-    /// caller starts a new sampler for them.
+    /// 409). Returns whether requests arrived meanwhile (or the continuous
+    /// profiler was turned on), in which case the caller starts a new
+    /// sampler for them.
     fn stop(&self, sampler: Sampler, finished: Vec<Finished>) -> bool {
-        if let Some(session) = self.lock().session.as_mut() {
-            session.stopping = true;
+        let flight = {
+            let mut state = self.lock();
+            if let Some(session) = state.session.as_mut() {
+                session.stopping = true;
+            }
+            state.flight.clone()
+        };
+        if let Some(flight) = flight {
+            flight.pause(clock::monotonic_ns(), clock::process_cpu_ns());
         }
         let counters = sampler.counters();
         drop(sampler);
@@ -353,9 +519,20 @@ impl Controller {
             state.finished.recorded += counters.recorded;
             state.finished.dropped += counters.dropped;
             state.finished.handler_ns += counters.handler_ns;
+            let flight_hz = state.flight.as_ref().map(|f| f.settings().hz);
             match state.session.as_mut() {
                 Some(session) if !session.pending.is_empty() => {
                     session.stopping = false;
+                    session.restart = false;
+                    session.counters = SamplerCounters::default();
+                    true
+                }
+                Some(session) if flight_hz.is_some() => {
+                    session.stopping = false;
+                    session.restart = false;
+                    session.window_hz = None;
+                    session.hz = flight_hz.unwrap_or(session.hz);
+                    session.mode = ProfileMode::Cpu;
                     session.counters = SamplerCounters::default();
                     true
                 }
@@ -408,8 +585,12 @@ fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Sleep until the next drain, window deadline or publication.
+/// Sleep until the next drain, window deadline or publication (only the
+/// continuous profiler: a slower drain).
 fn next_wake_in(windows: &[Window], now_ns: u64) -> Duration {
+    if windows.is_empty() {
+        return CONTINUOUS_DRAIN_INTERVAL;
+    }
     let grace = duration_ns(PUBLISH_GRACE);
     let next = windows
         .iter()

@@ -244,6 +244,7 @@ impl Window {
     /// window, which `CpuProfile` spreads over the samples.
     pub(crate) fn finish(self, table: &StackTable) -> Option<Finished> {
         let end = self.end?;
+        let period_ns = 1_000_000_000 / u64::from(self.hz.max(1));
         let mut label_sets: HashMap<(u32, u8), LabelSet> = HashMap::new();
         let mut stacks: Vec<CpuStack> = self
             .counts
@@ -265,11 +266,13 @@ impl Window {
                     frames: Arc::clone(&key.frames),
                     labels,
                     samples,
+                    weight: samples.saturating_mul(period_ns),
                 })
             })
             .collect();
         stacks.sort_by_key(|s| std::cmp::Reverse(s.samples));
         let profile = CpuProfile {
+            notes: Vec::new(),
             started_at: self.start.wall,
             duration: Duration::from_nanos(end.at_ns.saturating_sub(self.start.at_ns)),
             hz: self.hz,

@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 use super::recorder::Recorder;
 use super::{
     diagnose, Artifact, ArtifactKind, CaptureLimiter, Change, Current, DoctorReport,
-    DoctorSettings, History, HistoryColumns, Rule, RuleStates, Series, Status, Transition,
+    DoctorSettings, History, HistoryColumns, Rule, RuleStates, Series, Severity, Status,
+    Transition,
 };
 use crate::agent::Capabilities;
 use crate::profile::Profile;
@@ -234,6 +235,7 @@ impl Doctor {
             self.record_transition(transition);
         }
         for transition in transitions.iter().filter(|t| t.change == Change::Opened) {
+            self.pin_for(caps, transition);
             self.capture_for(caps, transition, now);
         }
         for (rule, resource) in follow_ups {
@@ -294,6 +296,36 @@ impl Doctor {
                     .sort_by(|a, b| b.severity.cmp(&a.severity).then(a.since.cmp(&b.since)));
             }
         }
+    }
+
+    /// Pins the continuous profiler's segments around a new finding's
+    /// onset (when continuous profiling is on), so its profile outlives the
+    /// ring; the pin is the finding's `profile_segment` artifact.
+    fn pin_for(&self, caps: &Capabilities, t: &Transition) {
+        if t.severity == Severity::Info {
+            return;
+        }
+        let reason = format!("{} {}", t.rule.id(), t.resource);
+        let Some(id) = caps.cpu.pin(t.since, &reason) else {
+            return;
+        };
+        tracing::info!(
+            target: "stethoscope::doctor",
+            rule = t.rule.id(),
+            resource = %t.resource,
+            pin = id,
+            "continuous profile around the onset pinned"
+        );
+        self.attach(
+            t.rule,
+            &t.resource,
+            Artifact::new(
+                ArtifactKind::ProfileSegment,
+                format!("/debug/pprof/profile?pin={id}&format=svg"),
+                t.since,
+            )
+            .id(id.to_string()),
+        );
     }
 
     /// Captures what explains a finding that just opened, if the policy

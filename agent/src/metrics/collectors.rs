@@ -50,6 +50,26 @@ impl Collect for SamplerCollector {
             "Memory held by the running sampler session (0 when idle).",
         ))
         .count(&[], status.footprint_bytes as u64);
+        if let Some(ring) = self.0.continuous_status() {
+            out.family(Desc::gauge(
+                "stethoscope_continuous_profile_memory_bytes",
+                Some("bytes"),
+                "Memory held by the continuous profiler's ring of segments (and its pins), estimated.",
+            ))
+            .count(&[], ring.memory_bytes as u64);
+            out.family(Desc::gauge(
+                "stethoscope_continuous_profile_history_seconds",
+                Some("seconds"),
+                "History the continuous profiler's ring holds.",
+            ))
+            .value(&[], ring.history_ms as f64 / 1000.0);
+            out.family(Desc::gauge(
+                "stethoscope_continuous_profile_hz",
+                None,
+                "The continuous profiler's sampling rate.",
+            ))
+            .count(&[], u64::from(ring.hz));
+        }
     }
 }
 

@@ -293,6 +293,11 @@ impl From<Error> for ApiError {
                 message: "the profiler stopped (agent shutting down)".into(),
                 hint: "retry once the agent is up".into(),
             },
+            off @ Error::ContinuousProfilingOff => ApiError::bad_request(
+                off.to_string(),
+                "start the agent with AgentBuilder::continuous_profiling(19) or \
+                 STETHOSCOPE_CONTINUOUS_HZ=19; without it, profile the next seconds with ?seconds=30",
+            ),
             since @ Error::InvalidSince { .. } => ApiError::bad_request(
                 since.to_string(),
                 "since is a time relative to now (-90s, -5m, -1h30m) or an RFC 3339 time \

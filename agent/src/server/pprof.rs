@@ -200,6 +200,16 @@ async fn cpu(
         ProfileMode::Wall(_) => "wall",
         _ => "cpu",
     };
+    if let Some(past) = Past::parse(&query, SystemTime::now())? {
+        if params.mode != ProfileMode::Cpu {
+            return Err(ApiError::bad_request(
+                "look-back (since, start, end, pin) reads the continuous CPU profile; mode=wall cannot look back",
+                "drop mode=wall, or profile the next seconds with mode=wall&seconds=10",
+            )
+            .into());
+        }
+        return look_back(&state, &method, past, params).await;
+    }
     if is_head(&method) {
         // The headers a GET would send, without running a profile.
         return Ok(file_response(
@@ -240,6 +250,162 @@ async fn cpu(
     })
     .await??;
     Ok(file_response(bytes, format, kind, started_at))
+}
+
+/// A profile of the past, from the continuous profiler's ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Past {
+    /// The segments overlapping `from..to`.
+    Range { from: SystemTime, to: SystemTime },
+    /// A pinned incident's segments.
+    Pin(u64),
+}
+
+impl Past {
+    /// Reads `since` (relative such as `-5m`, or RFC 3339), `start` and
+    /// `end` (either form), or `pin`; `None` when none is given (a profile
+    /// of the next `seconds`).
+    pub(crate) fn parse(query: &Query, now: SystemTime) -> Result<Option<Past>, ApiError> {
+        let time = |name: &str| -> Result<Option<SystemTime>, ApiError> {
+            query
+                .get(name)
+                .map(|text| {
+                    crate::doctor::parse_since(text, now).map_err(|error| {
+                        let reason = match &error {
+                            crate::Error::InvalidSince { reason, .. } => *reason,
+                            _ => "it is not a time",
+                        };
+                        ApiError::bad_request(
+                            format!("{name}={}: {reason}", clip(text)),
+                            "times are relative to now (-90s, -5m, -1h30m) or RFC 3339 \
+                             (2024-05-01T12:00:00Z); e.g. ?since=-5m, or ?start=-10m&end=-5m",
+                        )
+                    })
+                })
+                .transpose()
+        };
+        if let Some(pin) = query.get("pin") {
+            if ["since", "start", "end"]
+                .iter()
+                .any(|k| query.get(k).is_some())
+            {
+                return Err(ApiError::bad_request(
+                    "pin= does not go with since, start or end",
+                    "a pin is a whole incident: ?pin=ID (ids are in the doctor's findings)",
+                ));
+            }
+            let id = pin.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    format!("pin={} is not a pin id", clip(pin)),
+                    "pin ids are whole numbers, listed under a finding's artifacts in /debug/doctor",
+                )
+            })?;
+            return Ok(Some(Past::Pin(id)));
+        }
+        let (since, start, end) = (time("since")?, time("start")?, time("end")?);
+        let from =
+            match (since, start) {
+                (None, None) if end.is_none() => return Ok(None),
+                (None, None) => {
+                    return Err(ApiError::bad_request(
+                        "end= needs start= (or since=)",
+                        "e.g. ?start=-10m&end=-5m",
+                    ))
+                }
+                (Some(_), Some(_)) => return Err(ApiError::bad_request(
+                    "since= and start= do not go together",
+                    "since=-5m is the last five minutes; start=-10m&end=-5m a window in the past",
+                )),
+                (Some(from), None) | (None, Some(from)) => from,
+            };
+        let to = end.unwrap_or(now);
+        if from >= to {
+            return Err(ApiError::bad_request(
+                "the window is empty or reversed: its start is not before its end",
+                "start must come before end, e.g. ?start=-10m&end=-5m",
+            ));
+        }
+        Ok(Some(Past::Range { from, to }))
+    }
+}
+
+/// Answers a look-back at once from the continuous profiler's ring, in
+/// any format, saying in a header and the profile's comments what it
+/// covers.
+async fn look_back(
+    state: &AppState,
+    method: &Method,
+    past: Past,
+    params: ProfileParams,
+) -> Result<Response, PprofError> {
+    let (raw, coverage) = match past {
+        Past::Range { from, to } => state.cpu.look_back(from, to)?,
+        Past::Pin(id) => state.cpu.pinned(id).ok_or_else(|| {
+            let ids: Vec<String> = state.cpu.pins().iter().map(|p| p.id.to_string()).collect();
+            ApiError::Missing {
+                message: format!("no pinned profile {id}"),
+                hint: if ids.is_empty() {
+                    "nothing is pinned: the doctor pins the continuous profile when a finding opens"
+                        .to_owned()
+                } else {
+                    format!(
+                        "pinned: {} (the oldest go when more are pinned)",
+                        ids.join(", ")
+                    )
+                },
+            }
+        })?,
+    };
+    let header = coverage_header(&coverage);
+    let started_at = raw.started_at();
+    let ProfileParams {
+        format,
+        symbolize,
+        view,
+        labels,
+        ..
+    } = params;
+    let mut response = if is_head(method) {
+        file_response(Vec::new(), format, "cpu", started_at)
+    } else {
+        let bytes = super::blocking(move || {
+            let profile = if symbolize {
+                raw.to_profile()
+            } else {
+                raw.to_unsymbolized_profile()
+            };
+            render_view(&profile, format, &labels, &view)
+        })
+        .await??;
+        file_response(bytes, format, "cpu", started_at)
+    };
+    if let Ok(value) = axum::http::HeaderValue::from_str(&header) {
+        response.headers_mut().insert(COVERAGE_HEADER, value);
+    }
+    Ok(response)
+}
+
+/// The header that says what a look-back covers.
+pub(crate) const COVERAGE_HEADER: &str = "x-stethoscope-coverage";
+
+/// `full; from=…; to=…; segments=N` or `partial; …; note="…"`.
+fn coverage_header(coverage: &crate::cpu::Coverage) -> String {
+    let time = |t: Option<SystemTime>| t.map_or("none".to_owned(), crate::profile::rfc3339);
+    let mut header = format!(
+        "{}; from={}; to={}; segments={}",
+        if coverage.partial { "partial" } else { "full" },
+        time(coverage.from),
+        time(coverage.to),
+        coverage.segments
+    );
+    if let Some(note) = &coverage.note {
+        let ascii: String = note
+            .chars()
+            .map(|c| if c.is_ascii() && c != '"' { c } else { '\'' })
+            .collect();
+        header.push_str(&format!("; note=\"{ascii}\""));
+    }
+    header
 }
 
 /// `GET /debug/pprof/symbol`: tells pprof clients that symbol lookup is
@@ -311,6 +477,17 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
         _ => "idle".to_owned(),
     };
     let max = state.config.max_profile_seconds;
+    let continuous = match state.cpu.continuous_status() {
+        Some(ring) => format!(
+            r#"on at {} Hz: {} segments, {:.0} s of history, {} stacks, {:.1} MiB; <a href="profile?since=-5m&amp;format=svg">the last 5 minutes</a> (<code>since</code>, <code>start</code>, <code>end</code>, or <code>pin</code> for a doctor finding's incident)"#,
+            ring.hz,
+            ring.segments,
+            ring.history_ms as f64 / 1000.0,
+            ring.stacks,
+            ring.memory_bytes as f64 / 1048576.0
+        ),
+        None => "off (AgentBuilder::continuous_profiling(19) or STETHOSCOPE_CONTINUOUS_HZ=19 turns it on)".to_owned(),
+    };
     let heap = match state.heap.state() {
         Ok(heap) => format!(
             "{}, one sample per {} KiB on average, stacks by {}",
@@ -326,7 +503,7 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
 <style>body{{font-family:sans-serif;max-width:60em;margin:1em auto}}td,th{{padding:.2em .8em;text-align:left}}code{{background:#eee;padding:0 .2em}}</style>
 </head><body>
 <h1>/debug/pprof/</h1>
-<p>stethoscope {version} in pid {pid}. Sampler: {sampler}.</p>
+<p>stethoscope {version} in pid {pid}. Sampler: {sampler}. Continuous profiling: {continuous}.</p>
 <p><strong><a href="../../debug">The dashboard</a></strong>: the doctor's verdict, the last 15 minutes, the USE and RED tables, the runtime's workers, and CPU profiles and heap diffs in one page.</p>
 <p>Types of profiles available:</p>
 <table>

@@ -46,6 +46,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let pool = stethoscope_examples::demo::DemoPool::new(stethoscope_examples::demo::POOL_SIZE);
     let agent = stethoscope::Agent::builder()
+        // The flight recorder: /debug/pprof/profile?since=-5m answers at
+        // once (STETHOSCOPE_CONTINUOUS_HZ=0 turns it off).
+        .continuous_profiling(19)
         .with_default_env()
         .resource(pool.clone()) // the `db_pool` row of /debug/use
         .log_level(log_level)
@@ -65,6 +68,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("Try, in another terminal:");
     println!("  curl 'http://{debug}/debug/doctor?format=text'   # what is wrong, and what to do (see /trouble/* in http://{service}/)");
+    println!("  curl -o past.svg 'http://{debug}/debug/pprof/profile?since=-5m&format=svg'   # what it did in the last 5 minutes (continuous profile)");
     println!("  curl 'http://{service}/burn?ms=5000' & curl -o cpu.svg 'http://{debug}/debug/pprof/profile?seconds=5&format=svg'");
     println!("  curl 'http://{service}/burn?ms=5000' & curl 'http://{debug}/debug/pprof/profile?seconds=5&format=text'");
     println!("  curl 'http://{service}/burn?ms=5000' & go tool pprof -top 'http://{debug}/debug/pprof/profile?seconds=5'");

@@ -1,0 +1,997 @@
+//! The flight recorder: continuous low-rate CPU sampling aggregated into a
+//! ring of segments (10 s each, 15 minutes kept by default), so that "what
+//! was it doing five minutes ago?" is answered at once, from memory.
+//!
+//! The one sampler feeds it: at the ring's rate when nothing else runs, at
+//! an on-demand profile's higher rate while one does. Every sample carries
+//! the period it was taken at as its weight, so a segment that saw both
+//! rates attributes CPU by time, not by count; a segment's CPU time is the
+//! process's measured CPU clock over it, minus the time the ring was not
+//! fed (a wall-clock profile held the sampler), so each view stays true.
+//!
+//! Memory is bounded: distinct stacks per segment are capped (the rest go
+//! to a `[truncated]` bucket that keeps their weight), stacks are shared
+//! between segments, and expired segments free theirs. Segments around a
+//! doctor finding's onset can be pinned, so an incident's profile outlives
+//! the ring.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher as _;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::window::StackKey;
+use super::{CpuProfile, CpuStack, ProfileMode};
+
+/// The thread name of the bucket that keeps the weight of the stacks over
+/// a segment's cap.
+pub(crate) const TRUNCATED: &str = "[truncated]";
+
+/// How the continuous profiler runs.
+///
+/// ```
+/// use std::time::Duration;
+/// use stethoscope::cpu::ContinuousSettings;
+///
+/// let settings = ContinuousSettings::new(19).segment(Duration::from_secs(10)).keep(Duration::from_secs(900));
+/// assert_eq!(settings.hz, 19);
+/// assert_eq!(settings.segments(), 90);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ContinuousSettings {
+    /// Samples per second of CPU time when nothing else samples (1–1000).
+    pub hz: u32,
+    /// Length of one aggregated segment: the time resolution of look-back.
+    pub segment: Duration,
+    /// How much history the ring keeps.
+    pub keep: Duration,
+    /// Distinct stacks a segment keeps; the rest are counted in one
+    /// `[truncated]` stack.
+    pub max_stacks_per_segment: usize,
+    /// Segments that pinned incidents may hold in all; the oldest pin goes
+    /// first.
+    pub max_pinned_segments: usize,
+}
+
+/// Default segment length.
+pub const DEFAULT_CONTINUOUS_SEGMENT: Duration = Duration::from_secs(10);
+/// Default history kept.
+pub const DEFAULT_CONTINUOUS_KEEP: Duration = Duration::from_secs(15 * 60);
+/// Default cap of distinct stacks per segment.
+pub const DEFAULT_MAX_STACKS_PER_SEGMENT: usize = 4096;
+/// Default number of segments pins may hold.
+pub const DEFAULT_MAX_PINNED_SEGMENTS: usize = 24;
+
+impl ContinuousSettings {
+    /// Continuous profiling at `hz` with the default segment (10 s), ring
+    /// (15 min) and caps.
+    pub fn new(hz: u32) -> Self {
+        ContinuousSettings {
+            hz,
+            segment: DEFAULT_CONTINUOUS_SEGMENT,
+            keep: DEFAULT_CONTINUOUS_KEEP,
+            max_stacks_per_segment: DEFAULT_MAX_STACKS_PER_SEGMENT,
+            max_pinned_segments: DEFAULT_MAX_PINNED_SEGMENTS,
+        }
+    }
+
+    /// Sets the segment length (at least 1 s).
+    #[must_use]
+    pub fn segment(mut self, segment: Duration) -> Self {
+        self.segment = segment.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Sets how much history is kept (at least one segment).
+    #[must_use]
+    pub fn keep(mut self, keep: Duration) -> Self {
+        self.keep = keep;
+        self
+    }
+
+    /// Sets the cap of distinct stacks per segment (at least 16).
+    #[must_use]
+    pub fn max_stacks_per_segment(mut self, stacks: usize) -> Self {
+        self.max_stacks_per_segment = stacks.max(16);
+        self
+    }
+
+    /// Sets how many segments pins may hold in all.
+    #[must_use]
+    pub fn max_pinned_segments(mut self, segments: usize) -> Self {
+        self.max_pinned_segments = segments;
+        self
+    }
+
+    /// Segments the ring holds.
+    pub fn segments(&self) -> usize {
+        let segment = self.segment.as_nanos().max(1);
+        usize::try_from(self.keep.as_nanos().div_ceil(segment))
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+}
+
+/// A stack the ring holds, shared by every segment that counted it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RingStack {
+    thread: Arc<str>,
+    frames: Arc<[u64]>,
+    /// Label-set id ([`crate::labels`]).
+    labels: u32,
+}
+
+impl RingStack {
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + 16 + self.frames.len() * 8 + 16
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Count {
+    stack: Arc<RingStack>,
+    samples: u64,
+    /// Sum of the periods (ns) of the samples: their weight.
+    weight: u64,
+}
+
+/// One segment of the ring.
+#[derive(Debug)]
+struct Segment {
+    wall_start: SystemTime,
+    start_ns: u64,
+    end_ns: u64,
+    cpu_start_ns: u64,
+    cpu_end_ns: u64,
+    /// Time and CPU time of the segment during which the ring was not fed.
+    uncovered_ns: u64,
+    uncovered_cpu_ns: u64,
+    counts: HashMap<usize, Count>,
+    samples: u64,
+    weight: u64,
+    truncated: Option<Count>,
+    /// Lowest and highest rate the samples were taken at.
+    rates: (u32, u32),
+    /// Closed segments: the counts as a list, heaviest first.
+    closed: Vec<Count>,
+}
+
+impl Segment {
+    fn open(wall: SystemTime, now_ns: u64, cpu_ns: u64) -> Self {
+        Segment {
+            wall_start: wall,
+            start_ns: now_ns,
+            end_ns: now_ns,
+            cpu_start_ns: cpu_ns,
+            cpu_end_ns: cpu_ns,
+            uncovered_ns: 0,
+            uncovered_cpu_ns: 0,
+            counts: HashMap::new(),
+            samples: 0,
+            weight: 0,
+            truncated: None,
+            rates: (u32::MAX, 0),
+            closed: Vec::new(),
+        }
+    }
+
+    fn wall_end(&self) -> SystemTime {
+        self.wall_start + Duration::from_nanos(self.end_ns.saturating_sub(self.start_ns))
+    }
+
+    fn cpu_ns(&self) -> u64 {
+        self.cpu_end_ns
+            .saturating_sub(self.cpu_start_ns)
+            .saturating_sub(self.uncovered_cpu_ns)
+    }
+
+    fn covered_ns(&self) -> u64 {
+        self.end_ns
+            .saturating_sub(self.start_ns)
+            .saturating_sub(self.uncovered_ns)
+    }
+
+    fn close(&mut self, now_ns: u64, cpu_ns: u64) {
+        self.end_ns = now_ns;
+        self.cpu_end_ns = cpu_ns;
+        let mut closed: Vec<Count> = self.counts.drain().map(|(_, c)| c).collect();
+        closed.extend(self.truncated.take());
+        closed.sort_by_key(|c| std::cmp::Reverse(c.weight));
+        closed.shrink_to_fit();
+        self.closed = closed;
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Count> {
+        self.closed
+            .iter()
+            .chain(self.counts.values())
+            .chain(self.truncated.as_ref())
+    }
+
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.closed.capacity() * std::mem::size_of::<Count>()
+            + self.counts.capacity() * (std::mem::size_of::<Count>() + 16)
+    }
+}
+
+/// A pin: closed segments kept past the ring for a finding.
+#[derive(Debug)]
+struct Pin {
+    id: u64,
+    reason: String,
+    /// Wall-clock range the pin wants.
+    from: SystemTime,
+    to: SystemTime,
+    segments: Vec<Arc<Segment>>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    open: Option<Segment>,
+    closed: VecDeque<Arc<Segment>>,
+    pins: VecDeque<Pin>,
+    next_pin: u64,
+    /// Stack hash → stacks with that hash.
+    stacks: HashMap<u64, Vec<Arc<RingStack>>>,
+    stack_bytes: usize,
+    hasher: RandomState,
+    /// Since when (monotonic ns, process CPU ns) the ring is not fed.
+    paused: Option<(u64, u64)>,
+}
+
+/// What a look-back covers, against what was asked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Coverage {
+    /// Start asked for.
+    #[serde(serialize_with = "crate::report::time")]
+    pub requested_from: SystemTime,
+    /// End asked for.
+    #[serde(serialize_with = "crate::report::time")]
+    pub requested_to: SystemTime,
+    /// Start of the first segment answered (segments are whole).
+    #[serde(serialize_with = "crate::report::optional_time")]
+    pub from: Option<SystemTime>,
+    /// End of the last segment answered.
+    #[serde(serialize_with = "crate::report::optional_time")]
+    pub to: Option<SystemTime>,
+    /// Segments answered.
+    pub segments: usize,
+    /// The ring held less than was asked (the start is older than its
+    /// oldest segment, or the ring was not fed for part of the window).
+    pub partial: bool,
+    /// Why it is partial, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A pinned incident, as the doctor lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct PinInfo {
+    /// Id for `GET /debug/pprof/profile?pin=ID`.
+    pub id: u64,
+    /// What it was pinned for.
+    pub reason: String,
+    /// Range it covers so far.
+    #[serde(serialize_with = "crate::report::time")]
+    pub from: SystemTime,
+    /// End of the range.
+    #[serde(serialize_with = "crate::report::time")]
+    pub to: SystemTime,
+    /// Segments held.
+    pub segments: usize,
+}
+
+/// The flight recorder's state for `/metrics` and `/debug/pprof/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct FlightStatus {
+    /// The ring's own rate.
+    pub hz: u32,
+    /// Segments held (closed, plus the open one).
+    pub segments: usize,
+    /// Segments held by pins only.
+    pub pinned_segments: usize,
+    /// Distinct stacks held.
+    pub stacks: usize,
+    /// Memory held, estimated.
+    pub memory_bytes: usize,
+    /// Seconds of history held.
+    pub history_ms: u64,
+}
+
+/// The continuous profiler's ring.
+#[derive(Debug)]
+pub(crate) struct FlightRecorder {
+    settings: ContinuousSettings,
+    ring: Mutex<Ring>,
+}
+
+/// One drain's worth of samples, recorded under one lock.
+pub(crate) struct Batch<'a> {
+    ring: MutexGuard<'a, Ring>,
+    settings: &'a ContinuousSettings,
+}
+
+impl Batch<'_> {
+    /// Counts one sample of `key` taken at `hz` at `timestamp_ns`.
+    pub(crate) fn record(&mut self, key: &StackKey, hz: u32, timestamp_ns: u64) {
+        let ring = &mut *self.ring;
+        if ring.paused.is_some() {
+            return;
+        }
+        let Some(segment) = ring.open.as_mut() else {
+            return;
+        };
+        if timestamp_ns < segment.start_ns {
+            // Taken before this segment opened (drained late): the closed
+            // segment's time, which is sealed; it is dropped.
+            return;
+        }
+        let weight = 1_000_000_000 / u64::from(hz.max(1));
+        segment.samples += 1;
+        segment.weight += weight;
+        segment.rates = (segment.rates.0.min(hz), segment.rates.1.max(hz));
+        let hash = ring
+            .hasher
+            .hash_one((&*key.thread, &*key.frames, key.labels));
+        let stack = {
+            let candidates = ring.stacks.entry(hash).or_default();
+            match candidates.iter().find(|s| {
+                *s.thread == *key.thread && *s.frames == *key.frames && s.labels == key.labels
+            }) {
+                Some(stack) => Arc::clone(stack),
+                None => {
+                    let stack = Arc::new(RingStack {
+                        thread: Arc::clone(&key.thread),
+                        frames: Arc::clone(&key.frames),
+                        labels: key.labels,
+                    });
+                    ring.stack_bytes += stack.bytes();
+                    candidates.push(Arc::clone(&stack));
+                    stack
+                }
+            }
+        };
+        let slot = Arc::as_ptr(&stack) as usize;
+        let cap = self.settings.max_stacks_per_segment;
+        if let Some(count) = segment.counts.get_mut(&slot) {
+            count.samples += 1;
+            count.weight += weight;
+        } else if segment.counts.len() < cap {
+            segment.counts.insert(
+                slot,
+                Count {
+                    stack,
+                    samples: 1,
+                    weight,
+                },
+            );
+        } else {
+            let truncated = segment.truncated.get_or_insert_with(|| Count {
+                stack: Arc::new(RingStack {
+                    thread: Arc::from(TRUNCATED),
+                    frames: Arc::from(Vec::new()),
+                    labels: 0,
+                }),
+                samples: 0,
+                weight: 0,
+            });
+            truncated.samples += 1;
+            truncated.weight += weight;
+        }
+    }
+}
+
+impl FlightRecorder {
+    pub(crate) fn new(settings: ContinuousSettings) -> Self {
+        FlightRecorder {
+            settings,
+            ring: Mutex::new(Ring {
+                open: None,
+                closed: VecDeque::new(),
+                pins: VecDeque::new(),
+                next_pin: 0,
+                stacks: HashMap::new(),
+                stack_bytes: 0,
+                hasher: RandomState::new(),
+                // Not fed until the sampler runs.
+                paused: Some((0, 0)),
+            }),
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &ContinuousSettings {
+        &self.settings
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a drain's samples under one lock.
+    pub(crate) fn batch(&self) -> Batch<'_> {
+        Batch {
+            ring: self.lock(),
+            settings: &self.settings,
+        }
+    }
+
+    /// The sampler feeds the ring from now on (`cpu_ns`: the process CPU
+    /// clock now).
+    pub(crate) fn resume(&self, wall: SystemTime, now_ns: u64, cpu_ns: u64) {
+        let mut ring = self.lock();
+        let Some((since_ns, since_cpu)) = ring.paused.take() else {
+            return;
+        };
+        match ring.open.as_mut() {
+            Some(segment) => {
+                segment.uncovered_ns += now_ns.saturating_sub(since_ns.max(segment.start_ns));
+                segment.uncovered_cpu_ns +=
+                    cpu_ns.saturating_sub(since_cpu.max(segment.cpu_start_ns));
+            }
+            None => ring.open = Some(Segment::open(wall, now_ns, cpu_ns)),
+        }
+    }
+
+    /// The ring is not fed from now on (the sampler stopped or samples
+    /// wall-clock time).
+    pub(crate) fn pause(&self, now_ns: u64, cpu_ns: u64) {
+        let mut ring = self.lock();
+        if ring.paused.is_none() {
+            ring.paused = Some((now_ns, cpu_ns));
+        }
+    }
+
+    /// Closes the open segment when it is due, expires old segments and
+    /// fills pins; `clock` reads (wall, process CPU ns) when needed.
+    pub(crate) fn tick(&self, now_ns: u64, clock: impl Fn() -> (SystemTime, u64)) {
+        let mut ring = self.lock();
+        let length = u64::try_from(self.settings.segment.as_nanos()).unwrap_or(u64::MAX);
+        let due = ring
+            .open
+            .as_ref()
+            .is_some_and(|s| now_ns.saturating_sub(s.start_ns) >= length);
+        if !due {
+            return;
+        }
+        let (wall, cpu_ns) = clock();
+        let Some(mut segment) = ring.open.take() else {
+            return;
+        };
+        // Time the ring was not fed, up to the close.
+        if let Some((since_ns, since_cpu)) = ring.paused.as_mut() {
+            segment.uncovered_ns += now_ns.saturating_sub((*since_ns).max(segment.start_ns));
+            segment.uncovered_cpu_ns +=
+                cpu_ns.saturating_sub((*since_cpu).max(segment.cpu_start_ns));
+            *since_ns = now_ns;
+            *since_cpu = cpu_ns;
+        }
+        segment.close(now_ns, cpu_ns);
+        let segment = Arc::new(segment);
+        for pin in ring.pins.iter_mut() {
+            if segment.wall_start < pin.to && segment.wall_end() > pin.from {
+                pin.segments.push(Arc::clone(&segment));
+            }
+        }
+        ring.closed.push_back(segment);
+        ring.open = Some(Segment::open(wall, now_ns, cpu_ns));
+        let keep = self.settings.segments().saturating_sub(1).max(1);
+        let mut expired = false;
+        while ring.closed.len() > keep {
+            ring.closed.pop_front();
+            expired = true;
+        }
+        if expired {
+            Self::free_stacks(&mut ring);
+        }
+    }
+
+    /// Drops stacks only the interner still holds.
+    fn free_stacks(ring: &mut Ring) {
+        let mut freed = 0;
+        ring.stacks.retain(|_, candidates| {
+            candidates.retain(|s| {
+                let held = Arc::strong_count(s) > 1;
+                if !held {
+                    freed += s.bytes();
+                }
+                held
+            });
+            !candidates.is_empty()
+        });
+        ring.stack_bytes = ring.stack_bytes.saturating_sub(freed);
+    }
+
+    /// What the ring holds now.
+    pub(crate) fn status(&self) -> FlightStatus {
+        let ring = self.lock();
+        let held: std::collections::HashSet<*const Segment> =
+            ring.closed.iter().map(Arc::as_ptr).collect();
+        let pinned_only: Vec<&Arc<Segment>> = ring
+            .pins
+            .iter()
+            .flat_map(|p| p.segments.iter())
+            .filter(|s| !held.contains(&Arc::as_ptr(s)))
+            .collect();
+        let segments_bytes: usize = ring
+            .closed
+            .iter()
+            .map(|s| s.bytes())
+            .chain(pinned_only.iter().map(|s| s.bytes()))
+            .chain(ring.open.as_ref().map(Segment::bytes))
+            .sum();
+        let stacks: usize = ring.stacks.values().map(Vec::len).sum();
+        let history_ms = match (ring.closed.front(), ring.open.as_ref()) {
+            (Some(first), Some(open)) => {
+                open.end_ns
+                    .max(open.start_ns)
+                    .saturating_sub(first.start_ns)
+                    / 1_000_000
+            }
+            (None, Some(open)) => open.end_ns.saturating_sub(open.start_ns) / 1_000_000,
+            (Some(first), None) => ring.closed.back().map_or(0, |last| {
+                last.end_ns.saturating_sub(first.start_ns) / 1_000_000
+            }),
+            (None, None) => 0,
+        };
+        FlightStatus {
+            hz: self.settings.hz,
+            segments: ring.closed.len() + usize::from(ring.open.is_some()),
+            pinned_segments: pinned_only.len(),
+            stacks,
+            memory_bytes: segments_bytes + ring.stack_bytes + ring.stacks.capacity() * 40,
+            history_ms,
+        }
+    }
+
+    /// The profile of the segments overlapping `from..to` (wall clock), as
+    /// of `now_ns` (monotonic) and `cpu_now_ns` (the open segment's CPU so
+    /// far), with what it covers.
+    pub(crate) fn look_back(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+        now: (SystemTime, u64, u64),
+    ) -> (CpuProfile, Coverage) {
+        let ring = self.lock();
+        let (wall_now, now_ns, cpu_now) = now;
+        // The open segment as of now.
+        let open = ring.open.as_ref().map(|s| {
+            let mut uncovered_ns = s.uncovered_ns;
+            let mut uncovered_cpu = s.uncovered_cpu_ns;
+            if let Some((since_ns, since_cpu)) = ring.paused {
+                uncovered_ns += now_ns.saturating_sub(since_ns.max(s.start_ns));
+                uncovered_cpu += cpu_now.saturating_sub(since_cpu.max(s.cpu_start_ns));
+            }
+            (s, now_ns, cpu_now, uncovered_ns, uncovered_cpu)
+        });
+        let mut chosen: Vec<SegmentView<'_>> = ring
+            .closed
+            .iter()
+            .map(|s| SegmentView {
+                wall_start: s.wall_start,
+                wall_end: s.wall_end(),
+                cpu_ns: s.cpu_ns(),
+                covered_ns: s.covered_ns(),
+                length_ns: s.end_ns.saturating_sub(s.start_ns),
+                samples: s.samples,
+                rates: s.rates,
+                entries: Box::new(s.entries()),
+            })
+            .collect();
+        if let Some((s, end_ns, cpu_end, uncovered_ns, uncovered_cpu)) = open {
+            let length = end_ns.saturating_sub(s.start_ns);
+            chosen.push(SegmentView {
+                wall_start: s.wall_start,
+                wall_end: s.wall_start + Duration::from_nanos(length),
+                cpu_ns: cpu_end
+                    .saturating_sub(s.cpu_start_ns)
+                    .saturating_sub(uncovered_cpu),
+                covered_ns: length.saturating_sub(uncovered_ns),
+                length_ns: length,
+                samples: s.samples,
+                rates: s.rates,
+                entries: Box::new(s.entries()),
+            });
+        }
+        let _ = wall_now;
+        chosen.retain(|s| s.wall_start < to && s.wall_end > from && s.length_ns > 0);
+        let oldest = ring
+            .closed
+            .front()
+            .map(|s| s.wall_start)
+            .or(ring.open.as_ref().map(|s| s.wall_start));
+        build(self.settings.hz, from, to, oldest, chosen)
+    }
+
+    /// Pins the segments around `onset` (from one segment before it to one
+    /// after) for `reason`; segments still to close join as they close.
+    /// Returns the pin's id. The oldest pins go when the pinned segments
+    /// exceed the cap.
+    pub(crate) fn pin(&self, onset: SystemTime, reason: &str) -> u64 {
+        let segment = self.settings.segment;
+        let from = onset.checked_sub(segment).unwrap_or(onset);
+        let to = onset + segment;
+        let mut ring = self.lock();
+        ring.next_pin += 1;
+        let id = ring.next_pin;
+        let segments: Vec<Arc<Segment>> = ring
+            .closed
+            .iter()
+            .filter(|s| s.wall_start < to && s.wall_end() > from)
+            .cloned()
+            .collect();
+        ring.pins.push_back(Pin {
+            id,
+            reason: reason.to_owned(),
+            from,
+            to,
+            segments,
+        });
+        // Room for the segments of the newest pins: drop the oldest pins.
+        let per_pin = 3;
+        while ring.pins.len() > 1
+            && ring.pins.len() * per_pin > self.settings.max_pinned_segments.max(per_pin)
+        {
+            ring.pins.pop_front();
+        }
+        id
+    }
+
+    /// Pins kept, oldest first.
+    pub(crate) fn pins(&self) -> Vec<PinInfo> {
+        self.lock()
+            .pins
+            .iter()
+            .map(|p| PinInfo {
+                id: p.id,
+                reason: p.reason.clone(),
+                from: p.segments.first().map_or(p.from, |s| s.wall_start),
+                to: p.segments.last().map_or(p.from, |s| s.wall_end()),
+                segments: p.segments.len(),
+            })
+            .collect()
+    }
+
+    /// The profile of a pin's segments.
+    pub(crate) fn pinned(&self, id: u64) -> Option<(CpuProfile, Coverage)> {
+        let ring = self.lock();
+        let pin = ring.pins.iter().find(|p| p.id == id)?;
+        let views: Vec<SegmentView<'_>> = pin
+            .segments
+            .iter()
+            .map(|s| SegmentView {
+                wall_start: s.wall_start,
+                wall_end: s.wall_end(),
+                cpu_ns: s.cpu_ns(),
+                covered_ns: s.covered_ns(),
+                length_ns: s.end_ns.saturating_sub(s.start_ns),
+                samples: s.samples,
+                rates: s.rates,
+                entries: Box::new(s.entries()),
+            })
+            .collect();
+        let oldest = views.first().map(|s| s.wall_start);
+        Some(build(self.settings.hz, pin.from, pin.to, oldest, views))
+    }
+}
+
+/// A segment as a look-back reads it.
+struct SegmentView<'a> {
+    wall_start: SystemTime,
+    wall_end: SystemTime,
+    cpu_ns: u64,
+    covered_ns: u64,
+    length_ns: u64,
+    samples: u64,
+    rates: (u32, u32),
+    entries: Box<dyn Iterator<Item = &'a Count> + 'a>,
+}
+
+/// Merges segments into one profile: counts and weights per stack, CPU
+/// time summed; says what is covered.
+fn build(
+    hz: u32,
+    from: SystemTime,
+    to: SystemTime,
+    oldest: Option<SystemTime>,
+    segments: Vec<SegmentView<'_>>,
+) -> (CpuProfile, Coverage) {
+    let mut merged: HashMap<usize, (Arc<RingStack>, u64, u64)> = HashMap::new();
+    let (mut cpu_ns, mut samples, mut covered_ns, mut length_ns) = (0u64, 0u64, 0u64, 0u64);
+    let mut rates = (u32::MAX, 0u32);
+    let first = segments.first().map(|s| s.wall_start);
+    let last = segments.last().map(|s| s.wall_end);
+    let count = segments.len();
+    for segment in segments {
+        cpu_ns += segment.cpu_ns;
+        samples += segment.samples;
+        covered_ns += segment.covered_ns;
+        length_ns += segment.length_ns;
+        if segment.samples > 0 {
+            rates = (rates.0.min(segment.rates.0), rates.1.max(segment.rates.1));
+        }
+        for entry in segment.entries {
+            let slot = merged
+                .entry(Arc::as_ptr(&entry.stack) as usize)
+                .or_insert_with(|| (Arc::clone(&entry.stack), 0, 0));
+            slot.1 += entry.samples;
+            slot.2 += entry.weight;
+        }
+    }
+    let mut stacks: Vec<CpuStack> = merged
+        .into_values()
+        .map(|(stack, samples, weight)| CpuStack {
+            thread: Arc::clone(&stack.thread),
+            frames: Arc::clone(&stack.frames),
+            labels: crate::labels::resolve(stack.labels),
+            samples,
+            weight,
+        })
+        .collect();
+    stacks.sort_by_key(|s| std::cmp::Reverse(s.weight));
+    let mut notes = Vec::new();
+    let mut partial = false;
+    if count == 0 {
+        partial = true;
+        notes.push("the ring holds nothing in this window".to_owned());
+    } else if oldest.is_some_and(|oldest| from < oldest) && first == oldest {
+        partial = true;
+        notes.push(format!(
+            "the ring starts at {}: the window's first {} are not covered",
+            crate::profile::rfc3339(first.unwrap_or(from)),
+            humantime::format_duration(Duration::from_secs(
+                first
+                    .and_then(|f| f.duration_since(from).ok())
+                    .map_or(0, |d| d.as_secs())
+            ))
+        ));
+    }
+    if covered_ns + 1_000_000_000 < length_ns {
+        partial = true;
+        notes.push(format!(
+            "{:.1} s of the {:.1} s were not sampled (the sampler was stopped or took a wall-clock profile)",
+            (length_ns - covered_ns) as f64 / 1e9,
+            length_ns as f64 / 1e9
+        ));
+    }
+    let rate_note = if rates.1 > rates.0 {
+        format!(
+            "continuous profile: {count} segments, sampled at {} Hz and at {} Hz during on-demand profiles (each sample weighted by its period)",
+            rates.0, rates.1
+        )
+    } else {
+        format!("continuous profile: {count} segments at {hz} Hz")
+    };
+    notes.insert(0, rate_note);
+    let started_at = first.unwrap_or(from);
+    let duration = match (first, last) {
+        (Some(first), Some(last)) => last.duration_since(first).unwrap_or_default(),
+        _ => Duration::ZERO,
+    };
+    let profile = CpuProfile {
+        started_at,
+        duration,
+        hz,
+        mode: ProfileMode::Cpu,
+        cpu_time: Duration::from_nanos(cpu_ns),
+        samples,
+        dropped: 0,
+        stacks,
+        notes: notes.clone(),
+    };
+    let coverage = Coverage {
+        requested_from: from,
+        requested_to: to,
+        from: first,
+        to: last,
+        segments: count,
+        partial,
+        note: partial.then(|| notes[1..].join("; ")),
+    };
+    (profile, coverage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(thread: &str, frames: &[u64]) -> StackKey {
+        StackKey {
+            thread: Arc::from(thread),
+            frames: Arc::from(frames),
+            labels: 0,
+            state: 0,
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    fn recorder(segment_s: u64, keep_s: u64) -> FlightRecorder {
+        let settings = ContinuousSettings::new(19)
+            .segment(Duration::from_secs(segment_s))
+            .keep(Duration::from_secs(keep_s));
+        let recorder = FlightRecorder::new(settings);
+        recorder.resume(t0(), 0, 0);
+        recorder
+    }
+
+    /// One second of samples at `hz`: `a` share on stack A, the rest B; the
+    /// process burns one core.
+    fn second(recorder: &FlightRecorder, at_s: u64, hz: u32, a_share: f64) {
+        let mut batch = recorder.batch();
+        for i in 0..hz {
+            let stack = if f64::from(i) < a_share * f64::from(hz) {
+                key("w", &[1, 2])
+            } else {
+                key("w", &[3, 2])
+            };
+            batch.record(&stack, hz, at_s * S + u64::from(i) * (S / u64::from(hz)));
+        }
+        drop(batch);
+        let next = (at_s + 1) * S;
+        recorder.tick(next, || (t0() + Duration::from_secs(at_s + 1), next));
+    }
+
+    fn share(profile: &CpuProfile, frames: &[u64]) -> f64 {
+        let total: u64 = profile.stacks().iter().map(|s| s.weight).sum();
+        let part: u64 = profile
+            .stacks()
+            .iter()
+            .filter(|s| *s.frames == *frames)
+            .map(|s| s.weight)
+            .sum();
+        part as f64 / total as f64
+    }
+
+    #[test]
+    fn phases_are_told_apart_by_window_and_cpu_stays_true() {
+        let recorder = recorder(10, 900);
+        for s in 0..30 {
+            second(&recorder, s, 19, 1.0);
+        }
+        for s in 30..60 {
+            second(&recorder, s, 19, 0.0);
+        }
+        let now = (t0() + Duration::from_secs(60), 60 * S, 60 * S);
+        let (a, coverage) = recorder.look_back(t0(), t0() + Duration::from_secs(30), now);
+        assert!(!coverage.partial, "{coverage:?}");
+        assert_eq!(coverage.segments, 3);
+        assert!(share(&a, &[1, 2]) > 0.99);
+        assert_eq!(a.cpu_time(), Duration::from_secs(30));
+        let (b, _) = recorder.look_back(
+            t0() + Duration::from_secs(30),
+            t0() + Duration::from_secs(60),
+            now,
+        );
+        assert!(share(&b, &[3, 2]) > 0.99);
+        let (mix, _) = recorder.look_back(
+            t0() + Duration::from_secs(20),
+            t0() + Duration::from_secs(40),
+            now,
+        );
+        assert!((share(&mix, &[1, 2]) - 0.5).abs() < 0.01);
+        assert_eq!(mix.cpu_time(), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_faster_sampler_is_weighted_by_its_period() {
+        let recorder = recorder(10, 900);
+        // 5 s of A at 19 Hz, then 5 s of B at 999 Hz (an on-demand profile).
+        for s in 0..5 {
+            second(&recorder, s, 19, 1.0);
+        }
+        for s in 5..10 {
+            second(&recorder, s, 999, 0.0);
+        }
+        let now = (t0() + Duration::from_secs(10), 10 * S, 10 * S);
+        let (p, _) = recorder.look_back(t0(), t0() + Duration::from_secs(10), now);
+        assert!(
+            (share(&p, &[1, 2]) - 0.5).abs() < 0.01,
+            "{}",
+            share(&p, &[1, 2])
+        );
+        assert!(p.notes.iter().any(|n| n.contains("19 Hz and at 999 Hz")));
+    }
+
+    #[test]
+    fn asking_for_more_than_the_ring_holds_says_so() {
+        let recorder = recorder(10, 30);
+        for s in 0..100 {
+            second(&recorder, s, 19, 0.5);
+        }
+        let now = (t0() + Duration::from_secs(100), 100 * S, 100 * S);
+        let status = recorder.status();
+        assert!(status.segments <= 3, "{status:?}");
+        let (p, coverage) = recorder.look_back(t0(), t0() + Duration::from_secs(100), now);
+        assert!(coverage.partial);
+        assert!(
+            coverage
+                .note
+                .as_deref()
+                .unwrap_or("")
+                .contains("ring starts at"),
+            "{coverage:?}"
+        );
+        assert!(p.cpu_time() <= Duration::from_secs(30));
+        // Stacks of expired segments are freed.
+        assert_eq!(status.stacks, 2);
+    }
+
+    #[test]
+    fn pauses_are_not_charged_to_the_samples() {
+        let recorder = recorder(10, 900);
+        for s in 0..4 {
+            second(&recorder, s, 19, 1.0);
+        }
+        // 4 s of a wall-clock profile: no CPU samples, CPU keeps burning.
+        recorder.pause(4 * S, 4 * S);
+        for s in 4..8 {
+            recorder.tick((s + 1) * S, || (t0(), (s + 1) * S));
+        }
+        recorder.resume(t0() + Duration::from_secs(8), 8 * S, 8 * S);
+        for s in 8..10 {
+            second(&recorder, s, 19, 0.0);
+        }
+        let now = (t0() + Duration::from_secs(10), 10 * S, 10 * S);
+        let (p, coverage) = recorder.look_back(t0(), t0() + Duration::from_secs(10), now);
+        assert_eq!(p.cpu_time(), Duration::from_secs(6));
+        assert!(coverage.partial, "{coverage:?}");
+        assert!((share(&p, &[1, 2]) - 4.0 / 6.0).abs() < 0.02);
+    }
+
+    #[test]
+    fn stacks_over_the_cap_keep_their_weight_in_one_bucket() {
+        let settings = ContinuousSettings::new(19).max_stacks_per_segment(16);
+        let recorder = FlightRecorder::new(settings);
+        recorder.resume(t0(), 0, 0);
+        let mut batch = recorder.batch();
+        for i in 0..100u64 {
+            batch.record(&key("w", &[i, 7]), 19, i);
+        }
+        drop(batch);
+        let (p, _) = recorder.look_back(t0(), t0() + Duration::from_secs(1), (t0(), S, S));
+        assert_eq!(p.stacks().len(), 17);
+        let truncated = p.stacks().iter().find(|s| &*s.thread == TRUNCATED).unwrap();
+        assert_eq!(truncated.samples, 84);
+        assert_eq!(p.sample_count(), 100);
+    }
+
+    #[test]
+    fn pins_outlive_the_ring_and_the_oldest_pin_goes_first() {
+        let settings = ContinuousSettings::new(19)
+            .segment(Duration::from_secs(10))
+            .keep(Duration::from_secs(30))
+            .max_pinned_segments(6);
+        let recorder = FlightRecorder::new(settings);
+        recorder.resume(t0(), 0, 0);
+        for s in 0..25 {
+            second(&recorder, s, 19, 1.0);
+        }
+        let id = recorder.pin(
+            t0() + Duration::from_secs(25),
+            "event_loop_blocked executor",
+        );
+        for s in 25..200 {
+            second(&recorder, s, 19, 0.0);
+        }
+        let (p, coverage) = recorder.pinned(id).unwrap();
+        assert_eq!(coverage.segments, 3, "{coverage:?}");
+        assert!(share(&p, &[1, 2]) > 0.3, "the onset's segment is kept");
+        let second_pin = recorder.pin(t0() + Duration::from_secs(190), "b");
+        let third = recorder.pin(t0() + Duration::from_secs(195), "c");
+        assert!(recorder.pinned(id).is_none(), "the oldest pin went");
+        assert!(recorder.pinned(second_pin).is_some() && recorder.pinned(third).is_some());
+    }
+}
