@@ -218,6 +218,14 @@ impl Browser {
             .to_owned()
     }
 
+    /// The source of the document in the frame matching `css`.
+    pub(crate) fn frame_source(&self, css: &str) -> String {
+        self.enter_frame(css);
+        let source = self.source();
+        self.leave_frame();
+        source
+    }
+
     /// Resizes the window (CSS pixels).
     pub(crate) fn resize(&self, width: u32, height: u32) {
         self.call(

@@ -206,6 +206,21 @@ fn look_back_windows_see_each_phase_and_the_mix_with_true_cpu_time() {
         svg.contains("copy_buffers"),
         "the flame graph of the last 20 s"
     );
+    // A scraper's read: the newest closed segment alone.
+    let latest = get(
+        addr,
+        "/debug/pprof/profile?segment=latest&format=json",
+        None,
+    );
+    assert_eq!(latest.status, 200, "{}", latest.text());
+    let header = latest.header("x-stethoscope-coverage").unwrap_or_default();
+    assert!(header.contains("segments=1"), "{header}");
+    let (from, to) = covered(header);
+    assert_eq!(
+        to.duration_since(from).map(|d| d.as_secs()).unwrap_or(0),
+        2,
+        "{header}"
+    );
     // The index and /metrics report the ring.
     let index = get(addr, "/debug/pprof/", None).text();
     assert!(
@@ -404,6 +419,8 @@ fn junk_windows_get_400_with_a_hint_and_an_agent_without_a_ring_says_so() {
         ("pin=abc", "not a pin id"),
         ("pin=1&since=-1m", "does not go with"),
         ("since=-1m&mode=wall", "cannot look back"),
+        ("segment=first", "not known"),
+        ("segment=latest&since=-1m", "does not go with"),
     ] {
         // Parameters are checked before the ring is consulted.
         let agent = Agent::builder()

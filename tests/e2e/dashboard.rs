@@ -153,10 +153,7 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
         Duration::from_secs(60),
         "return document.querySelector('#viewer-body iframe') !== null",
     );
-    browser.enter_frame("#viewer-body iframe");
-    let svg = browser.source();
-    browser.leave_frame();
-    std::fs::write(std::env::temp_dir().join("dashboard-flame.html"), &svg).ok();
+    let svg = browser.frame_source("#viewer-body iframe");
     assert!(
         svg.contains("<svg") && svg.contains("burn_hot"),
         "the flame graph does not name burn_hot: {} bytes",
@@ -175,8 +172,29 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
         assert!(downloads.to_string().contains(format), "{downloads}");
     }
     assert_eq!(burn.join().expect("burn").status, 200);
+    // The demo records continuously: the last 5 minutes come at once and
+    // hold the burn too.
+    browser.wait_for(
+        "the recorded option",
+        Duration::from_secs(10),
+        "return !document.querySelector('#cpu-mode option[value=past]').disabled",
+    );
+    browser.execute("document.getElementById('cpu-mode').value = 'past'", vec![]);
+    browser.click("#cpu-button");
+    browser.wait_for(
+        "the last 5 minutes",
+        Duration::from_secs(30),
+        "return document.getElementById('viewer-title').textContent.includes('last 5 minutes')",
+    );
+    let past = browser.frame_source("#viewer-body iframe");
+    assert!(
+        past.contains("burn_hot"),
+        "the recorded past names burn_hot"
+    );
+    browser.execute("document.getElementById('cpu-mode').value = 'cpu'", vec![]);
     // The same window renders in every format on the agent.
     let kept = get(demo.agent, "/debug/profiles", None).json();
+    assert_eq!(kept["profiles"].as_array().map(Vec::len), Some(2), "{kept}");
     let url = kept["profiles"][0]["url"]
         .as_str()
         .unwrap_or_default()
@@ -229,9 +247,7 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
         first_row.contains("leak_chunks"),
         "the leak leads the diff: {diff}"
     );
-    browser.enter_frame("#viewer-body iframe");
-    let differential = browser.source();
-    browser.leave_frame();
+    let differential = browser.frame_source("#viewer-body iframe");
     assert!(
         differential.contains("leak_chunks"),
         "differential flame graph"

@@ -198,7 +198,8 @@ impl Segment {
     fn close(&mut self, now_ns: u64, cpu_ns: u64) {
         self.end_ns = now_ns;
         self.cpu_end_ns = cpu_ns;
-        let mut closed: Vec<Count> = self.counts.drain().map(|(_, c)| c).collect();
+        // The map's table goes with it: closed segments keep a list.
+        let mut closed: Vec<Count> = std::mem::take(&mut self.counts).into_values().collect();
         closed.extend(self.truncated.take());
         closed.sort_by_key(|c| std::cmp::Reverse(c.weight));
         closed.shrink_to_fit();
@@ -572,20 +573,8 @@ impl FlightRecorder {
             }
             (s, now_ns, cpu_now, uncovered_ns, uncovered_cpu)
         });
-        let mut chosen: Vec<SegmentView<'_>> = ring
-            .closed
-            .iter()
-            .map(|s| SegmentView {
-                wall_start: s.wall_start,
-                wall_end: s.wall_end(),
-                cpu_ns: s.cpu_ns(),
-                covered_ns: s.covered_ns(),
-                length_ns: s.end_ns.saturating_sub(s.start_ns),
-                samples: s.samples,
-                rates: s.rates,
-                entries: Box::new(s.entries()),
-            })
-            .collect();
+        let mut chosen: Vec<SegmentView<'_>> =
+            ring.closed.iter().map(|s| SegmentView::of(s)).collect();
         if let Some((s, end_ns, cpu_end, uncovered_ns, uncovered_cpu)) = open {
             let length = end_ns.saturating_sub(s.start_ns);
             chosen.push(SegmentView {
@@ -609,6 +598,24 @@ impl FlightRecorder {
             .map(|s| s.wall_start)
             .or(ring.open.as_ref().map(|s| s.wall_start));
         build(self.settings.hz, from, to, oldest, chosen)
+    }
+
+    /// The newest closed segment alone: what a scraper that comes once a
+    /// segment reads, so that its profiles neither overlap nor leave gaps.
+    pub(crate) fn latest(&self) -> (CpuProfile, Coverage) {
+        let ring = self.lock();
+        let views: Vec<SegmentView<'_>> = ring
+            .closed
+            .back()
+            .map(|s| SegmentView::of(s))
+            .into_iter()
+            .collect();
+        let (from, to) = views
+            .first()
+            .map_or((SystemTime::now(), SystemTime::now()), |s| {
+                (s.wall_start, s.wall_end)
+            });
+        build(self.settings.hz, from, to, Some(from), views)
     }
 
     /// Pins the segments around `onset` (from one segment before it to one
@@ -664,20 +671,7 @@ impl FlightRecorder {
     pub(crate) fn pinned(&self, id: u64) -> Option<(CpuProfile, Coverage)> {
         let ring = self.lock();
         let pin = ring.pins.iter().find(|p| p.id == id)?;
-        let views: Vec<SegmentView<'_>> = pin
-            .segments
-            .iter()
-            .map(|s| SegmentView {
-                wall_start: s.wall_start,
-                wall_end: s.wall_end(),
-                cpu_ns: s.cpu_ns(),
-                covered_ns: s.covered_ns(),
-                length_ns: s.end_ns.saturating_sub(s.start_ns),
-                samples: s.samples,
-                rates: s.rates,
-                entries: Box::new(s.entries()),
-            })
-            .collect();
+        let views: Vec<SegmentView<'_>> = pin.segments.iter().map(|s| SegmentView::of(s)).collect();
         let oldest = views.first().map(|s| s.wall_start);
         Some(build(self.settings.hz, pin.from, pin.to, oldest, views))
     }
@@ -693,6 +687,22 @@ struct SegmentView<'a> {
     samples: u64,
     rates: (u32, u32),
     entries: Box<dyn Iterator<Item = &'a Count> + 'a>,
+}
+
+impl<'a> SegmentView<'a> {
+    /// A closed segment as it was sealed.
+    fn of(s: &'a Segment) -> Self {
+        SegmentView {
+            wall_start: s.wall_start,
+            wall_end: s.wall_end(),
+            cpu_ns: s.cpu_ns(),
+            covered_ns: s.covered_ns(),
+            length_ns: s.end_ns.saturating_sub(s.start_ns),
+            samples: s.samples,
+            rates: s.rates,
+            entries: Box::new(s.entries()),
+        }
+    }
 }
 
 /// Merges segments into one profile: counts and weights per stack, CPU
@@ -993,5 +1003,41 @@ mod tests {
         let third = recorder.pin(t0() + Duration::from_secs(195), "c");
         assert!(recorder.pinned(id).is_none(), "the oldest pin went");
         assert!(recorder.pinned(second_pin).is_some() && recorder.pinned(third).is_some());
+    }
+
+    /// Fills a default ring (90 segments of 10 s) with `per_segment`
+    /// samples a segment drawn from `distinct` stacks 24 frames deep.
+    fn filled(per_segment: u64, distinct: u64) -> FlightStatus {
+        let recorder = FlightRecorder::new(ContinuousSettings::new(19));
+        recorder.resume(t0(), 0, 0);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for segment in 0..100u64 {
+            let mut batch = recorder.batch();
+            for i in 0..per_segment {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let which = (seed >> 33) % distinct;
+                let frames: Vec<u64> = (0..24).map(|d| which * 64 + d).collect();
+                batch.record(&key("worker", &frames), 19, segment * 10 * S + i);
+            }
+            drop(batch);
+            let next = (segment + 1) * 10 * S;
+            recorder.tick(next, || (t0() + Duration::from_nanos(next), next));
+        }
+        recorder.status()
+    }
+
+    #[test]
+    fn fifteen_minutes_of_five_thousand_stacks_fit_in_16_mib() {
+        // Two busy threads at 19 Hz: 380 samples a segment.
+        let typical = filled(380, 5_000);
+        assert_eq!(typical.segments, 90);
+        assert!(typical.memory_bytes <= 16 << 20, "{typical:?}");
+        // Every segment at its cap of distinct stacks (a 999 Hz profile
+        // running all along): still bounded.
+        let worst = filled(20_000, 5_000);
+        assert!(worst.memory_bytes <= 16 << 20, "{worst:?}");
+        assert!(worst.stacks <= 5_000, "{worst:?}");
     }
 }

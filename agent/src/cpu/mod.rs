@@ -254,6 +254,20 @@ impl CpuProfiler {
         Ok(flight.look_back(from, to, now))
     }
 
+    /// The continuous profiler's newest closed segment alone (for a
+    /// scraper that comes once a segment).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ContinuousProfilingOff`] when continuous profiling is off.
+    pub fn latest_segment(&self) -> Result<(CpuProfile, Coverage), Error> {
+        let flight = self
+            .controller
+            .flight()
+            .ok_or(Error::ContinuousProfilingOff)?;
+        Ok(flight.latest())
+    }
+
     /// Keeps the continuous profiler's segments around `onset` past the
     /// ring (an incident's profile); returns the pin's id, or `None` when
     /// continuous profiling is off.

@@ -94,6 +94,8 @@ struct Process {
 struct Sampler {
     running_hz: Option<u32>,
     running_mode: Option<&'static str>,
+    /// The continuous profiler's rate, when it records.
+    continuous_hz: Option<u32>,
     profiles_running: usize,
 }
 
@@ -205,6 +207,7 @@ pub(crate) async fn tick(
         sampler: Sampler {
             running_hz: status.running_hz,
             running_mode: status.running_mode.map(crate::cpu::ProfileMode::query),
+            continuous_hz: status.continuous_hz,
             profiles_running: state.profiles.running(),
         },
         doctor: doctor_part(&state),

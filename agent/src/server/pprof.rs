@@ -259,6 +259,8 @@ pub(crate) enum Past {
     Range { from: SystemTime, to: SystemTime },
     /// A pinned incident's segments.
     Pin(u64),
+    /// The newest closed segment (`segment=latest`, for scrapers).
+    Latest,
 }
 
 impl Past {
@@ -284,6 +286,24 @@ impl Past {
                 })
                 .transpose()
         };
+        if let Some(segment) = query.get("segment") {
+            if segment != "latest" {
+                return Err(ApiError::bad_request(
+                    format!("segment={} is not known", clip(segment)),
+                    "segment=latest is the newest closed segment of the continuous profile",
+                ));
+            }
+            if ["since", "start", "end", "pin"]
+                .iter()
+                .any(|k| query.get(k).is_some())
+            {
+                return Err(ApiError::bad_request(
+                    "segment=latest does not go with since, start, end or pin",
+                    "scrapers read ?segment=latest once a segment; people ask ?since=-5m",
+                ));
+            }
+            return Ok(Some(Past::Latest));
+        }
         if let Some(pin) = query.get("pin") {
             if ["since", "start", "end"]
                 .iter()
@@ -340,6 +360,7 @@ async fn look_back(
 ) -> Result<Response, PprofError> {
     let (raw, coverage) = match past {
         Past::Range { from, to } => state.cpu.look_back(from, to)?,
+        Past::Latest => state.cpu.latest_segment()?,
         Past::Pin(id) => state.cpu.pinned(id).ok_or_else(|| {
             let ids: Vec<String> = state.cpu.pins().iter().map(|p| p.id.to_string()).collect();
             ApiError::Missing {

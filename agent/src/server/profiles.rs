@@ -12,7 +12,7 @@ use axum::response::Response;
 use super::access::Peer;
 use super::error::{clip, ApiError};
 use super::limits::is_head;
-use super::pprof::{render_view, ProfileParams};
+use super::pprof::{render_view, Past, ProfileParams};
 use super::query::Query;
 use super::response::{file_response, json_response};
 use super::{blocking, AppState};
@@ -23,7 +23,9 @@ use crate::profile::Format;
 
 /// `POST /debug/profiles?seconds=10&hz=99&mode=cpu|wall`: takes a profile
 /// (the one-sampler rule applies: 409 at another rate) and keeps it;
-/// answers 201 with what was kept and its URL in `Location`.
+/// answers 201 with what was kept and its URL in `Location`. With `since`,
+/// `start`/`end` or `pin`, keeps the continuous profiler's past instead, at
+/// once.
 pub(crate) async fn take(
     State(state): State<AppState>,
     peer: Peer,
@@ -35,6 +37,18 @@ pub(crate) async fn take(
         Format::Json,
         state.config.max_profile_seconds,
     )?;
+    if let Some(past) = Past::parse(&query, SystemTime::now())? {
+        // The continuous profiler's past, kept like a fresh profile.
+        let (raw, _coverage) = match past {
+            Past::Range { from, to } => state.cpu.look_back(from, to)?,
+            Past::Latest => state.cpu.latest_segment()?,
+            Past::Pin(id) => state.cpu.pinned(id).ok_or_else(|| ApiError::Missing {
+                message: format!("no pinned profile {id}"),
+                hint: "pins are listed under a finding's artifacts in /debug/doctor".to_owned(),
+            })?,
+        };
+        return keep(&state, raw, params.symbolize).await;
+    }
     let _slot = state
         .profiles
         .acquire(Duration::from_secs(params.seconds))?;
@@ -46,6 +60,15 @@ pub(crate) async fn take(
         request = request.requester(addr);
     }
     let raw = state.cpu.profile(request).await?;
+    keep(&state, raw, params.symbolize).await
+}
+
+/// Symbolizes `raw` off the server thread and keeps it: 201 with its URL.
+async fn keep(
+    state: &AppState,
+    raw: crate::cpu::CpuProfile,
+    symbolize: bool,
+) -> Result<Response, ApiError> {
     let facts = KeptFacts {
         mode: match raw.mode() {
             ProfileMode::Wall(_) => "wall",
@@ -54,7 +77,6 @@ pub(crate) async fn take(
         hz: raw.hz(),
         samples: raw.sample_count(),
     };
-    let symbolize = params.symbolize;
     let profile = blocking(move || {
         if symbolize {
             raw.to_profile()

@@ -23,25 +23,7 @@ use axum::extract::Path;
 use axum::routing::get;
 use axum::Router;
 use stethoscope::Agent;
-use stethoscope_examples::bench::{arg, median};
-
-/// Nanoseconds on CPU of this process's threads named `name` (as the
-/// kernel keeps it: the first 15 bytes).
-fn thread_cpu_ns(name: &str) -> u64 {
-    let name = &name[..name.len().min(15)];
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim_end() == name)
-        })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
+use stethoscope_examples::bench::{arg, median, thread_cpu_ns};
 
 /// `GET path` on a fresh connection: milliseconds and the body.
 fn fetch(addr: SocketAddr, path: &str) -> Option<(f64, Vec<u8>)> {

@@ -23,25 +23,8 @@
 use std::time::{Duration, Instant};
 
 use stethoscope::Agent;
-use stethoscope_examples::bench::{arg, median};
+use stethoscope_examples::bench::{arg, median, thread_cpu_ns};
 use stethoscope_examples::workload::process_cpu_time;
-
-/// Nanoseconds on CPU of this process's threads named `name`, from the
-/// scheduler's exact accounting (`/proc/self/task/*/schedstat`).
-fn thread_cpu_ns(name: &str) -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    tasks
-        .flatten()
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim_end() == name)
-        })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
 
 /// CPU milliseconds per second of a thread that does nothing but wake up
 /// every `every` (a condition-variable timed wait, like the watchdog's):
