@@ -231,21 +231,15 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
         Duration::from_secs(60),
         "return document.getElementById('viewer-title').textContent.includes('Heap growth')",
     );
-    let diff = browser.execute(
-        "return document.querySelector('#viewer-body table').innerText",
+    // The stacks, most growth first.
+    let rows = browser.execute(
+        "return [...document.querySelectorAll('#viewer-body table.diff tbody tr')].map((tr) => tr.textContent)",
         vec![],
     );
-    // Caption, header, then the stacks, most growth first.
-    let first_row = diff
-        .as_str()
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with('+'))
-        .unwrap_or_default()
-        .to_owned();
+    let first_row = rows[0].as_str().unwrap_or_default();
     assert!(
-        first_row.contains("leak_chunks"),
-        "the leak leads the diff: {diff}"
+        first_row.starts_with('+') && first_row.contains("leak_chunks"),
+        "the leak leads the diff: {rows}"
     );
     let differential = browser.frame_source("#viewer-body iframe");
     assert!(

@@ -26,6 +26,10 @@ use serde::Serialize;
 use super::window::StackKey;
 use super::{CpuProfile, CpuStack, ProfileMode};
 
+/// Time a window may miss (before the ring's first segment, or unsampled
+/// while the sampler switched rates) and still count as fully covered.
+const PARTIAL_TOLERANCE: Duration = Duration::from_secs(1);
+
 /// The thread name of the bucket that keeps the weight of the stacks over
 /// a segment's cap.
 pub(crate) const TRUNCATED: &str = "[truncated]";
@@ -752,19 +756,21 @@ fn build(
     if count == 0 {
         partial = true;
         notes.push("the ring holds nothing in this window".to_owned());
-    } else if oldest.is_some_and(|oldest| from < oldest) && first == oldest {
+    } else if oldest
+        .is_some_and(|oldest| oldest.duration_since(from).unwrap_or_default() > PARTIAL_TOLERANCE)
+        && first == oldest
+    {
         partial = true;
         notes.push(format!(
-            "the ring starts at {}: the window's first {} are not covered",
+            "the ring starts at {}: the window's first {:.1} s are not covered",
             crate::profile::rfc3339(first.unwrap_or(from)),
-            humantime::format_duration(Duration::from_secs(
-                first
-                    .and_then(|f| f.duration_since(from).ok())
-                    .map_or(0, |d| d.as_secs())
-            ))
+            first
+                .and_then(|f| f.duration_since(from).ok())
+                .map_or(0.0, |d| d.as_secs_f64())
         ));
     }
-    if covered_ns + 1_000_000_000 < length_ns {
+    let tolerance_ns = u64::try_from(PARTIAL_TOLERANCE.as_nanos()).unwrap_or(u64::MAX);
+    if covered_ns.saturating_add(tolerance_ns) < length_ns {
         partial = true;
         notes.push(format!(
             "{:.1} s of the {:.1} s were not sampled (the sampler was stopped or took a wall-clock profile)",
