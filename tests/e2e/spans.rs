@@ -342,3 +342,68 @@ fn the_demo_times_its_queries_and_upstream_calls_and_exports_them() {
     let (ok, report) = promtool_check(&metrics);
     assert!(ok, "promtool check metrics failed:\n{report}");
 }
+
+/// Two spans of known CPU weight on one thread, 3:1.
+fn crunch_in_spans(stop: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+        tracing::info_span!("parse").in_scope(|| {
+            stethoscope_examples::workload::spin(Duration::from_millis(15));
+        });
+        tracing::info_span!("render").in_scope(|| {
+            stethoscope_examples::workload::spin(Duration::from_millis(5));
+        });
+    }
+}
+
+#[test]
+fn span_names_label_cpu_samples_and_rank_by_span() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use stethoscope::spans::SpanSettings;
+    let _quiet = profiler_lock();
+    let timings = SpanTimings::with_settings(SpanSettings::default().label_samples(true));
+    let agent = Agent::builder()
+        .listen("127.0.0.1:0")
+        .spans(timings.clone())
+        .start()
+        .expect("agent");
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (stop, layer) = (Arc::clone(&stop), timings.layer());
+        std::thread::Builder::new()
+            .name("spanned".into())
+            .spawn(move || {
+                let subscriber = tracing_subscriber::registry().with(layer);
+                tracing::subscriber::with_default(subscriber, || crunch_in_spans(&stop));
+            })
+            .expect("spawn")
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let table = get(
+        agent.local_addr(),
+        "/debug/pprof/profile?seconds=3&hz=199&format=json&by=span",
+        None,
+    )
+    .json();
+    stop.store(true, Ordering::Relaxed);
+    worker.join().expect("worker");
+    let cpu_of = |value: &str| {
+        table["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["value"] == value)
+            .and_then(|v| v["values"][1].as_f64())
+            .unwrap_or(0.0)
+    };
+    let (parse, render) = (cpu_of("parse"), cpu_of("render"));
+    assert!(parse > 0.0 && render > 0.0, "{table}");
+    let share = parse / (parse + render);
+    assert!(
+        (share - 0.75).abs() <= 0.07,
+        "parse's share of the spans' CPU {share:.3}: {table}"
+    );
+    drop(agent);
+}

@@ -39,9 +39,20 @@ impl SpanLayer {
     }
 }
 
+thread_local! {
+    /// The label ids span entries replaced on this thread, innermost last
+    /// (enter and exit of a span happen on one thread, properly nested).
+    static REPLACED: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Timing of one open span, kept in its extensions.
 #[derive(Debug)]
 struct Timing {
+    /// `span=<name>` when samples are labelled with spans (0: not).
+    label: u32,
+    /// The last (labels on entry, merged labels) pair: a span entered again
+    /// under the same route merges nothing.
+    merged: (u32, u32),
     created: Instant,
     /// Threads currently inside the span (re-entry counts too).
     entered: u32,
@@ -67,7 +78,14 @@ where
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let now = Instant::now();
         let Some(span) = ctx.span(id) else { return };
+        let label = if self.recorder.labels_samples() {
+            crate::labels::Labels::new([("span", span.name())]).id
+        } else {
+            0
+        };
         let mut timing = Timing {
+            label,
+            merged: (u32::MAX, 0),
             created: now,
             entered: 0,
             since: now,
@@ -107,6 +125,16 @@ where
                 timing.since = now;
             }
             timing.entered = timing.entered.saturating_add(1);
+            if timing.label != 0 {
+                use crate::labels::slot;
+                slot::note_thread();
+                let outer = slot::current();
+                if timing.merged.0 != outer {
+                    timing.merged = (outer, crate::labels::merge(outer, timing.label));
+                }
+                let replaced = slot::enter(timing.merged.1);
+                REPLACED.with(|stack| stack.borrow_mut().push(replaced));
+            }
         }
     }
 
@@ -119,6 +147,11 @@ where
                 timing.busy_ns = timing.busy_ns.saturating_add(nanos(timing.since, now));
             }
             timing.entered = timing.entered.saturating_sub(1);
+            if timing.label != 0 {
+                if let Some(replaced) = REPLACED.with(|stack| stack.borrow_mut().pop()) {
+                    crate::labels::slot::restore(replaced);
+                }
+            }
         }
     }
 
@@ -202,6 +235,38 @@ mod tests {
 
     fn ms(d: Duration) -> f64 {
         d.as_secs_f64() * 1e3
+    }
+
+    #[test]
+    fn spans_label_the_samples_inside_them_and_restore_on_exit() {
+        use crate::labels::Labels;
+        let _serial = tracing_test_lock();
+        let timings = SpanTimings::with_settings(SpanSettings::default().label_samples(true));
+        let route = Labels::new([("route", "/orders/{id}")]);
+        with_timings(&timings, || {
+            let _request = route.enter();
+            let outer = tracing::info_span!("checkout");
+            let inner = tracing::info_span!("db_query");
+            for _ in 0..3 {
+                let _o = outer.enter();
+                assert_eq!(Labels::current().set().get("span"), Some("checkout"));
+                assert_eq!(Labels::current().set().get("route"), Some("/orders/{id}"));
+                {
+                    let _i = inner.enter();
+                    assert_eq!(Labels::current().set().get("span"), Some("db_query"));
+                    assert_eq!(Labels::current().set().get("route"), Some("/orders/{id}"));
+                }
+                assert_eq!(Labels::current().set().get("span"), Some("checkout"));
+            }
+            assert_eq!(Labels::current(), route);
+        });
+        // Off by default: spans leave the labels alone.
+        let plain = SpanTimings::new();
+        with_timings(&plain, || {
+            let span = tracing::info_span!("checkout");
+            let _e = span.enter();
+            assert_eq!(Labels::current(), Labels::none());
+        });
     }
 
     #[test]

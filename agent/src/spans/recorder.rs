@@ -65,6 +65,9 @@ pub struct SpanSettings {
     /// Spans leave the slow-span log this long after they closed.
     #[serde(rename = "slow_window_s", serialize_with = "crate::report::secs")]
     pub slow_window: Duration,
+    /// CPU and wall-clock samples taken inside a span carry `span=<name>`
+    /// (the innermost span's), added to the route and task labels.
+    pub label_samples: bool,
 }
 
 impl Default for SpanSettings {
@@ -74,6 +77,7 @@ impl Default for SpanSettings {
             slow_threshold: DEFAULT_SLOW_SPAN_THRESHOLD,
             slowest_per_name: DEFAULT_SLOW_SPANS_PER_NAME,
             slow_window: DEFAULT_SLOW_SPAN_WINDOW,
+            label_samples: false,
         }
     }
 }
@@ -109,6 +113,23 @@ impl SpanSettings {
     #[must_use]
     pub fn slow_window(mut self, window: Duration) -> Self {
         self.slow_window = window;
+        self
+    }
+
+    /// Labels every CPU and wall-clock sample taken inside a span with
+    /// `span=<name>` of the innermost span (added to `route`, `method`,
+    /// `task` and the service's own labels), so `by=span` ranks spans by
+    /// CPU and `-tagfocus span=db_query` keeps one. Off by default: it
+    /// costs a thread-local switch per enter and exit (and one label-set
+    /// merge per span and route, cached).
+    ///
+    /// ```
+    /// use stethoscope::spans::SpanSettings;
+    /// assert!(SpanSettings::default().label_samples(true).label_samples);
+    /// ```
+    #[must_use]
+    pub fn label_samples(mut self, label: bool) -> Self {
+        self.label_samples = label;
         self
     }
 }
@@ -263,6 +284,13 @@ pub(crate) struct Recorder {
     /// Rung when a span is entered: wakes the agent's dormant stall
     /// watchdog when work arrives after a quiet spell.
     pub(crate) alarm: OnceLock<Arc<crate::periodic::Alarm>>,
+}
+
+impl Recorder {
+    /// Whether samples inside spans carry `span=<name>`.
+    pub(crate) fn labels_samples(&self) -> bool {
+        self.settings.label_samples
+    }
 }
 
 /// Cold-path bookkeeping, under the registration lock.

@@ -37,7 +37,11 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // usual fmt output, and the agent's span timings (for /debug/spans).
     let directive = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
     let (log_filter, log_level) = stethoscope::spans::log_filter(&directive)?;
-    let span_timings = stethoscope::spans::SpanTimings::new();
+    // Spans time the demo's queries and upstream calls, and label the CPU
+    // samples taken inside them (`by=span`).
+    let span_timings = stethoscope::spans::SpanTimings::with_settings(
+        stethoscope::spans::SpanSettings::default().label_samples(true),
+    );
     tracing_subscriber::registry()
         .with(log_filter)
         .with(tracing_subscriber::fmt::layer())

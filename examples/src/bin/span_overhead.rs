@@ -7,7 +7,7 @@
 //! per-name counters shared).
 //!
 //! ```text
-//! cargo run --release -p stethoscope-examples --bin span_overhead -- [--rounds 11] [--spans 200000]
+//! cargo run --release -p stethoscope-examples --bin span_overhead -- [--rounds 11] [--spans 200000] [--label-samples 0|1]
 //! ```
 
 use std::time::Instant;
@@ -62,7 +62,10 @@ fn run(dispatch: &Dispatch, work: Work, n: usize) -> f64 {
 fn main() {
     let rounds = arg("--rounds", 11).max(1);
     let n = arg("--spans", 200_000).max(1);
-    let timings = SpanTimings::new();
+    // `--label-samples 1`: spans also label CPU samples (span=<name>).
+    let timings = SpanTimings::with_settings(
+        stethoscope::spans::SpanSettings::default().label_samples(arg("--label-samples", 0) == 1),
+    );
     let plain = Dispatch::new(tracing_subscriber::registry());
     let layered = Dispatch::new(tracing_subscriber::registry().with(timings.layer()));
 
