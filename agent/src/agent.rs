@@ -472,7 +472,8 @@ impl AgentBuilder {
     }
 
     /// Turns continuous profiling on at `hz` (19 is a good rate: about
-    /// 0.05 % of a busy core): the CPU sampler runs all the time into a
+    /// 0.07 % of one core with two busy threads): the CPU sampler runs all
+    /// the time into a
     /// ring of 10-second segments covering the last 15 minutes, so
     /// `GET /debug/pprof/profile?since=-5m` answers at once with what the
     /// process did, and the doctor pins the segments around each finding's
