@@ -214,14 +214,13 @@ impl Doctor {
     /// One second: a row, an evaluation, the transitions' consequences.
     pub(crate) fn tick(&self, caps: &Capabilities, recorder: &mut Recorder, now: SystemTime) {
         let config = &self.inner.settings.config;
-        let (transitions, follow_ups) = {
+        let (report, transitions, follow_ups) = {
             let mut state = self.state();
             let state = &mut *state;
             let (row, current) = recorder.read(caps, &mut state.history, config.stall_recency, now);
             state.history.push(&row);
             let (report, transitions) =
                 diagnose(&state.history, &current, config, &mut state.rules, now);
-            state.latest = Some(report);
             let due: Vec<(Rule, String)> = state
                 .follow_ups
                 .iter()
@@ -229,14 +228,30 @@ impl Doctor {
                 .map(|(rule, resource, _)| (*rule, resource.clone()))
                 .collect();
             state.follow_ups.retain(|(_, _, at)| *at > now);
-            (transitions, due)
+            (report, transitions, due)
         };
         for transition in &transitions {
             self.record_transition(transition);
         }
-        for transition in transitions.iter().filter(|t| t.change == Change::Opened) {
+        let opened: Vec<&Transition> = transitions
+            .iter()
+            .filter(|t| t.change == Change::Opened)
+            .collect();
+        for transition in &opened {
             self.pin_for(caps, transition);
             self.capture_for(caps, transition, now);
+        }
+        {
+            // Published with what was attached at once (the stall's stack,
+            // the pinned profile): a reader never sees a new finding
+            // without them. Captures on their own thread attach later.
+            let mut state = self.state();
+            let state = &mut *state;
+            let mut report = report;
+            for t in &opened {
+                refresh_finding(&mut report, &state.rules, t.rule, &t.resource);
+            }
+            state.latest = Some(report);
         }
         for (rule, resource) in follow_ups {
             self.follow_up(caps, rule, &resource);
@@ -277,23 +292,8 @@ impl Doctor {
         let state = &mut *state;
         if state.rules.attach(rule, resource, artifact) {
             // The latest report shows it at once, not a second later.
-            let findings = state.rules.findings();
             if let Some(report) = state.latest.as_mut() {
-                report
-                    .findings
-                    .retain(|f| !(f.rule == rule && f.resource == resource));
-                report.findings.extend(
-                    findings
-                        .into_iter()
-                        .filter(|f| f.rule == rule && f.resource == resource)
-                        .map(|mut f| {
-                            f.resolve_next();
-                            f
-                        }),
-                );
-                report
-                    .findings
-                    .sort_by(|a, b| b.severity.cmp(&a.severity).then(a.since.cmp(&b.since)));
+                refresh_finding(report, &state.rules, rule, resource);
             }
         }
     }
@@ -513,4 +513,25 @@ enum Capture {
     HeapSnapshot,
     FollowUpSnapshot,
     CpuProfile,
+}
+
+/// Replaces `report`'s finding of `rule` on `resource` with the rules'
+/// current one (artifacts included), keeping the report's order.
+fn refresh_finding(report: &mut DoctorReport, rules: &RuleStates, rule: Rule, resource: &str) {
+    report
+        .findings
+        .retain(|f| !(f.rule == rule && f.resource == resource));
+    report.findings.extend(
+        rules
+            .findings()
+            .into_iter()
+            .filter(|f| f.rule == rule && f.resource == resource)
+            .map(|mut f| {
+                f.resolve_next();
+                f
+            }),
+    );
+    report
+        .findings
+        .sort_by(|a, b| b.severity.cmp(&a.severity).then(a.since.cmp(&b.since)));
 }
