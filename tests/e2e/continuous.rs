@@ -221,7 +221,9 @@ fn look_back_windows_see_each_phase_and_the_mix_with_true_cpu_time() {
         2,
         "{header}"
     );
-    // The index and /metrics report the ring.
+    // /health, the index and /metrics report the ring.
+    let health = get(addr, "/health", None).json();
+    assert_eq!(health["cpu_sampler"]["continuous_hz"], 19, "{health}");
     let index = get(addr, "/debug/pprof/", None).text();
     assert!(
         index.contains("Continuous profiling: on at 19 Hz"),

@@ -88,6 +88,11 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
          return lines.length >= 4 ? lines.length : 0",
     );
     assert!(drawn.as_u64().unwrap_or(0) >= 4, "{drawn}");
+    let header = browser.execute("return document.getElementById('proc').textContent", vec![]);
+    assert!(
+        header.to_string().contains("recording CPU at 19 Hz"),
+        "the demo's continuous profiling shows: {header}"
+    );
     let cards = browser.execute(
         "return [...document.querySelectorAll('figure.spark')].map((f) => f.dataset.series)",
         vec![],

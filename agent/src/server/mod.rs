@@ -197,6 +197,8 @@ struct SamplerHealth {
     /// `mode=cpu`, `mode=wall` or `mode=wall&threads=workers`.
     running_mode: Option<&'static str>,
     subscribers: usize,
+    /// The continuous profiler's rate when it records.
+    continuous_hz: Option<u32>,
 }
 
 async fn health(
@@ -222,6 +224,7 @@ async fn health(
             running_hz: cpu.running_hz,
             running_mode: cpu.running_mode.map(crate::cpu::ProfileMode::query),
             subscribers: cpu.subscribers,
+            continuous_hz: cpu.continuous_hz,
         },
         connections: state.connections.stats(),
         profiles_running: state.profiles.running(),
