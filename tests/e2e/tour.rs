@@ -233,8 +233,11 @@ fn heap_steps_snapshot_leak_diff_and_go_pprof() {
         .next()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
+    // The demo samples one allocation per 512 KiB on average: 640 chunks of
+    // 64 KiB give ~75 samples, an estimate within ±11 % (one standard
+    // deviation); ±35 % is three of them.
     assert!(
-        (32.0..=48.0).contains(&mib),
+        (26.0..=54.0).contains(&mib),
         "{mib} MiB for a 40 MiB leak:\n{diff}"
     );
 
