@@ -430,6 +430,12 @@ impl CpuProfile {
         self.build_profile(false)
     }
 
+    /// [`to_profile`](Self::to_profile) or
+    /// [`to_unsymbolized_profile`](Self::to_unsymbolized_profile).
+    pub(crate) fn to_profile_symbolized(&self, symbolize: bool) -> Profile {
+        self.build_profile(symbolize)
+    }
+
     fn build_profile(&self, symbolize: bool) -> Profile {
         match self.mode {
             ProfileMode::Cpu => self.build_cpu_profile(symbolize),

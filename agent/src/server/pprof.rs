@@ -219,6 +219,20 @@ async fn cpu(
             SystemTime::now(),
         ));
     }
+    let raw = take_profile(&state, &params, peer).await?;
+    let started_at = raw.started_at();
+    let format = params.format;
+    let bytes = render_raw(raw, params).await?;
+    Ok(file_response(bytes, format, kind, started_at))
+}
+
+/// Profiles the next `params.seconds` (a profile slot held meanwhile, the
+/// one-sampler rule applied).
+pub(crate) async fn take_profile(
+    state: &AppState,
+    params: &ProfileParams,
+    peer: Peer,
+) -> Result<crate::cpu::CpuProfile, ApiError> {
     let _slot = state
         .profiles
         .acquire(Duration::from_secs(params.seconds))?;
@@ -229,8 +243,12 @@ async fn cpu(
     if let Peer(Some(addr)) = peer {
         request = request.requester(addr);
     }
-    let raw = state.cpu.profile(request).await?;
-    let started_at = raw.started_at();
+    Ok(state.cpu.profile(request).await?)
+}
+
+/// Symbolizes (or not) and renders `raw` as `params` ask, on the agent's
+/// blocking pool, never on the host's runtime.
+async fn render_raw(raw: crate::cpu::CpuProfile, params: ProfileParams) -> Result<Bytes, ApiError> {
     let ProfileParams {
         format,
         symbolize,
@@ -238,18 +256,15 @@ async fn cpu(
         labels,
         ..
     } = params;
-    // Symbolization and encoding run on the agent's blocking pool, never on
-    // the host's runtime.
-    let bytes = super::blocking(move || {
-        let profile = if symbolize {
-            raw.to_profile()
-        } else {
-            raw.to_unsymbolized_profile()
-        };
-        render_view(&profile, format, &labels, &view)
+    Ok(super::blocking(move || {
+        render_view(
+            &raw.to_profile_symbolized(symbolize),
+            format,
+            &labels,
+            &view,
+        )
     })
-    .await??;
-    Ok(file_response(bytes, format, kind, started_at))
+    .await??)
 }
 
 /// A profile of the past, from the continuous profiler's ring.
@@ -264,6 +279,29 @@ pub(crate) enum Past {
 }
 
 impl Past {
+    /// The profile of this past from the continuous profiler, with what it
+    /// covers.
+    pub(crate) fn read(
+        self,
+        state: &AppState,
+    ) -> Result<(crate::cpu::CpuProfile, crate::cpu::Coverage), ApiError> {
+        Ok(match self {
+            Past::Range { from, to } => state.cpu.look_back(from, to)?,
+            Past::Latest => state.cpu.latest_segment()?,
+            Past::Pin(id) => state.cpu.pinned(id).ok_or_else(|| {
+                let ids: Vec<String> = state.cpu.pins().iter().map(|p| p.id.to_string()).collect();
+                ApiError::Missing {
+                    message: format!("no pinned profile {id}"),
+                    hint: if ids.is_empty() {
+                        "nothing is pinned: the doctor pins the continuous profile when a finding opens".to_owned()
+                    } else {
+                        format!("pinned: {} (the oldest go when more are pinned)", ids.join(", "))
+                    },
+                }
+            })?,
+        })
+    }
+
     /// Reads `since` (relative such as `-5m`, or RFC 3339), `start` and
     /// `end` (either form), or `pin`; `None` when none is given (a profile
     /// of the next `seconds`).
@@ -358,47 +396,14 @@ async fn look_back(
     past: Past,
     params: ProfileParams,
 ) -> Result<Response, PprofError> {
-    let (raw, coverage) = match past {
-        Past::Range { from, to } => state.cpu.look_back(from, to)?,
-        Past::Latest => state.cpu.latest_segment()?,
-        Past::Pin(id) => state.cpu.pinned(id).ok_or_else(|| {
-            let ids: Vec<String> = state.cpu.pins().iter().map(|p| p.id.to_string()).collect();
-            ApiError::Missing {
-                message: format!("no pinned profile {id}"),
-                hint: if ids.is_empty() {
-                    "nothing is pinned: the doctor pins the continuous profile when a finding opens"
-                        .to_owned()
-                } else {
-                    format!(
-                        "pinned: {} (the oldest go when more are pinned)",
-                        ids.join(", ")
-                    )
-                },
-            }
-        })?,
-    };
+    let (raw, coverage) = past.read(state)?;
     let header = coverage_header(&coverage);
     let started_at = raw.started_at();
-    let ProfileParams {
-        format,
-        symbolize,
-        view,
-        labels,
-        ..
-    } = params;
+    let format = params.format;
     let mut response = if is_head(method) {
         file_response(Vec::new(), format, "cpu", started_at)
     } else {
-        let bytes = super::blocking(move || {
-            let profile = if symbolize {
-                raw.to_profile()
-            } else {
-                raw.to_unsymbolized_profile()
-            };
-            render_view(&profile, format, &labels, &view)
-        })
-        .await??;
-        file_response(bytes, format, "cpu", started_at)
+        file_response(render_raw(raw, params).await?, format, "cpu", started_at)
     };
     if let Ok(value) = axum::http::HeaderValue::from_str(&header) {
         response.headers_mut().insert(COVERAGE_HEADER, value);

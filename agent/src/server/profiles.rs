@@ -3,7 +3,7 @@
 //! looked at as a flame graph and downloaded as pprof, folded or text —
 //! what the dashboard's "CPU profile" button does.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -12,12 +12,12 @@ use axum::response::Response;
 use super::access::Peer;
 use super::error::{clip, ApiError};
 use super::limits::is_head;
-use super::pprof::{render_view, Past, ProfileParams};
+use super::pprof::{render_view, take_profile, Past, ProfileParams};
 use super::query::Query;
 use super::response::{file_response, json_response};
 use super::{blocking, AppState};
 use crate::config::DEFAULT_FLAMEGRAPH_SECONDS;
-use crate::cpu::{ProfileMode, ProfileRequest};
+use crate::cpu::ProfileMode;
 use crate::profile::shelf::KeptFacts;
 use crate::profile::Format;
 
@@ -37,29 +37,11 @@ pub(crate) async fn take(
         Format::Json,
         state.config.max_profile_seconds,
     )?;
-    if let Some(past) = Past::parse(&query, SystemTime::now())? {
+    let raw = match Past::parse(&query, SystemTime::now())? {
         // The continuous profiler's past, kept like a fresh profile.
-        let (raw, _coverage) = match past {
-            Past::Range { from, to } => state.cpu.look_back(from, to)?,
-            Past::Latest => state.cpu.latest_segment()?,
-            Past::Pin(id) => state.cpu.pinned(id).ok_or_else(|| ApiError::Missing {
-                message: format!("no pinned profile {id}"),
-                hint: "pins are listed under a finding's artifacts in /debug/doctor".to_owned(),
-            })?,
-        };
-        return keep(&state, raw, params.symbolize).await;
-    }
-    let _slot = state
-        .profiles
-        .acquire(Duration::from_secs(params.seconds))?;
-    let mut request = ProfileRequest::new(Duration::from_secs(params.seconds))
-        .hz(params.hz)
-        .mode(params.mode)
-        .symbolize(params.symbolize);
-    if let Peer(Some(addr)) = peer {
-        request = request.requester(addr);
-    }
-    let raw = state.cpu.profile(request).await?;
+        Some(past) => past.read(&state)?.0,
+        None => take_profile(&state, &params, peer).await?,
+    };
     keep(&state, raw, params.symbolize).await
 }
 
@@ -77,14 +59,7 @@ async fn keep(
         hz: raw.hz(),
         samples: raw.sample_count(),
     };
-    let profile = blocking(move || {
-        if symbolize {
-            raw.to_profile()
-        } else {
-            raw.to_unsymbolized_profile()
-        }
-    })
-    .await?;
+    let profile = blocking(move || raw.to_profile_symbolized(symbolize)).await?;
     let info = state.kept.keep(profile, facts);
     let mut response = json_response(&info);
     *response.status_mut() = StatusCode::CREATED;
