@@ -57,3 +57,61 @@ pub(crate) fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         .collect();
     move |name| map.get(name).cloned()
 }
+
+/// A thread reading another thread's CPU clock (its scheduler accounting,
+/// `/proc/self/task/<tid>/schedstat`) every 2 ms until dropped or
+/// finished: what that thread really got between two instants, whatever
+/// else the machine ran meanwhile.
+#[cfg(target_os = "linux")]
+pub(crate) struct ThreadCpuWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(std::time::SystemTime, Duration)>>>,
+}
+
+#[cfg(target_os = "linux")]
+impl ThreadCpuWatch {
+    /// Watches thread `tid` of this process.
+    pub(crate) fn start(tid: u32) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let path = format!("/proc/self/task/{tid}/schedstat");
+        let thread = std::thread::spawn(move || {
+            let mut readings = Vec::new();
+            let started = Instant::now();
+            while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                let Some(ns) = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                else {
+                    break;
+                };
+                readings.push((std::time::SystemTime::now(), Duration::from_nanos(ns)));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            readings
+        });
+        ThreadCpuWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching; the CPU the thread got from `from` for `length`
+    /// (the readings nearest inside the interval).
+    pub(crate) fn between(mut self, from: std::time::SystemTime, length: Duration) -> Duration {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let readings = self
+            .thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
+        let to = from + length;
+        let first = readings.iter().find(|(at, _)| *at >= from);
+        let last = readings.iter().rev().find(|(at, _)| *at <= to);
+        match (first, last) {
+            (Some(first), Some(last)) => last.1.saturating_sub(first.1),
+            _ => Duration::ZERO,
+        }
+    }
+}

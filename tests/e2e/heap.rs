@@ -370,6 +370,13 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
                 continue;
             }
             assert_eq!(reply.status, 200, "CPU profile: {}", reply.text());
+            // The sampler served the window it was asked for, however long
+            // the report then took to render under this load.
+            let window_ms = reply.json()["duration_ms"].as_f64().unwrap_or(0.0);
+            assert!(
+                (1_950.0..=2_500.0).contains(&window_ms),
+                "a 2 s window lasted {window_ms} ms"
+            );
             let routes = reply.json()["values"].clone();
             let has_route = routes
                 .as_array()
@@ -451,11 +458,14 @@ fn cpu_and_heap_profiling_soak_together_under_allocation_load() {
         wall_signal_ignored(),
         "SIGRTMIN+6 is SIG_IGN after the soak"
     );
-    // 2 s windows back to back, each followed by its report: in a debug
-    // build under this load a report takes a few seconds.
+    // How many 2 s windows fit depends on how long their reports take to
+    // render in a debug build under this load (3 to 10 s a report, machine
+    // by machine): what must hold is that every request was answered (a
+    // hang fails its 120 s timeout), every window lasted as asked (above),
+    // and both kinds took turns.
     assert!(
-        cpu_answered >= (secs / 10) as u32,
-        "{cpu_answered} CPU profiles in {secs} s"
+        cpu_answered >= 2,
+        "{cpu_answered} CPU and wall-clock profiles in {secs} s"
     );
     assert!(heap_answered >= 3, "{heap_answered} heap requests");
     assert_eq!(get(addr, "/health", None).status, 200);

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use stethoscope::cpu::CpuProfiler;
 use stethoscope::Agent;
@@ -217,12 +217,13 @@ fn signal_ignored(signal: libc::c_int) -> bool {
 /// Threads running a workload until stopped.
 pub(crate) struct Burners {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<Duration>>,
+    threads: Vec<std::thread::JoinHandle<CpuTrace>>,
 }
 
 impl Burners {
     /// `count` threads named `name` calling `work` (one slice of CPU) in a
-    /// loop, for at most `limit` of wall time.
+    /// loop, for at most `limit` of wall time. Each keeps a trace of its
+    /// own CPU clock, read after every slice.
     pub(crate) fn start(count: usize, name: &str, limit: Duration, work: fn()) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..count)
@@ -232,11 +233,13 @@ impl Burners {
                     .name(name.to_owned())
                     .spawn(move || {
                         let started = Instant::now();
-                        let cpu = stethoscope_examples::workload::thread_cpu_time();
+                        let mut trace = CpuTrace::default();
+                        trace.record(stethoscope_examples::workload::thread_cpu_time());
                         while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
                             work();
+                            trace.record(stethoscope_examples::workload::thread_cpu_time());
                         }
-                        stethoscope_examples::workload::thread_cpu_time() - cpu
+                        trace
                     })
                     .expect("spawn burner")
             })
@@ -246,17 +249,195 @@ impl Burners {
 
     /// Stops the threads and returns the CPU time they burned together.
     pub(crate) fn stop(self) -> Duration {
+        self.stop_traced().iter().map(CpuTrace::total).sum()
+    }
+
+    /// Stops the threads and returns each one's trace of its CPU clock.
+    pub(crate) fn stop_traced(self) -> Vec<CpuTrace> {
         self.stop.store(true, Ordering::Relaxed);
         self.threads
             .into_iter()
             .map(|t| t.join().expect("burner"))
-            .sum()
+            .collect()
     }
+}
+
+/// A CPU clock read over wall time: (wall time, CPU time) in order, so the
+/// CPU a thread or the process got between two instants (a profile's
+/// window, say) can be read off afterwards, whenever the window began.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct CpuTrace(Vec<(SystemTime, Duration)>);
+
+impl CpuTrace {
+    /// Adds a reading taken now.
+    pub(crate) fn record(&mut self, cpu: Duration) {
+        self.0.push((SystemTime::now(), cpu));
+    }
+
+    /// The CPU clock at `t`, interpolated linearly between the readings
+    /// around it (the first or last reading outside them).
+    pub(crate) fn at(&self, t: SystemTime) -> Duration {
+        let Some(after) = self.0.iter().position(|(at, _)| *at >= t) else {
+            return self.0.last().map_or(Duration::ZERO, |r| r.1);
+        };
+        if after == 0 {
+            return self.0[0].1;
+        }
+        let ((t0, c0), (t1, c1)) = (self.0[after - 1], self.0[after]);
+        let span = t1.duration_since(t0).unwrap_or_default().as_secs_f64();
+        let into = t.duration_since(t0).unwrap_or_default().as_secs_f64();
+        let fraction = if span > 0.0 { into / span } else { 1.0 };
+        c0 + (c1.saturating_sub(c0)).mul_f64(fraction.clamp(0.0, 1.0))
+    }
+
+    /// CPU time from `from` to `to`.
+    pub(crate) fn between(&self, from: SystemTime, to: SystemTime) -> Duration {
+        self.at(to).saturating_sub(self.at(from))
+    }
+
+    /// CPU time from the first reading to the last.
+    pub(crate) fn total(&self) -> Duration {
+        match (self.0.first(), self.0.last()) {
+            (Some(first), Some(last)) => last.1.saturating_sub(first.1),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// A thread reading this process's CPU clock every 2 ms until stopped.
+pub(crate) struct ProcessCpuWatch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<CpuTrace>,
+}
+
+impl ProcessCpuWatch {
+    pub(crate) fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut trace = CpuTrace::default();
+            let started = Instant::now();
+            // Bounded: no test watches for longer than ten minutes.
+            while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(600) {
+                trace.record(stethoscope_examples::workload::process_cpu_time());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            trace.record(stethoscope_examples::workload::process_cpu_time());
+            trace
+        });
+        ProcessCpuWatch { stop, thread }
+    }
+
+    pub(crate) fn stop(self) -> CpuTrace {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("CPU watch")
+    }
+}
+
+/// The window of a pprof profile as `go tool pprof -raw` prints it
+/// (`Time:` and `Duration:`): its wall-clock start and end.
+pub(crate) fn pprof_window(raw: &str) -> (SystemTime, SystemTime) {
+    let field = |name: &str| {
+        raw.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in go tool pprof -raw:\n{raw}"))
+    };
+    // `2026-12-06 04:01:20.285123456 +0000 UTC`: Go's default time format.
+    let time = field("Time:");
+    let mut parts = time.split_whitespace();
+    let (date, clock) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let offset = parts.next().unwrap_or("+0000");
+    let start = humantime::parse_rfc3339_weak(&format!("{date} {clock}"))
+        .unwrap_or_else(|e| panic!("pprof time {time:?}: {e}"));
+    // go tool pprof prints local time; undo the offset it names.
+    let sign = if offset.starts_with('-') { -1 } else { 1 };
+    let digits = offset.trim_start_matches(['+', '-']);
+    let hours: i64 = digits.get(..2).and_then(|h| h.parse().ok()).unwrap_or(0);
+    let minutes: i64 = digits.get(2..4).and_then(|m| m.parse().ok()).unwrap_or(0);
+    let shift = Duration::from_secs(((hours * 60 + minutes) * 60) as u64);
+    let start = if sign > 0 {
+        start - shift
+    } else {
+        start + shift
+    };
+    let duration =
+        go_duration(field("Duration:")).unwrap_or_else(|| panic!("pprof duration in:\n{raw}"));
+    (start, start + duration)
+}
+
+/// A Go `time.Duration` string (`6.00312s`, `1m2.5s`, `850ms`), or the
+/// truncated form `go tool pprof -raw` prints (`%.4v`: `6.00` for 6.003 s,
+/// seconds without the unit; 10 ms precision for windows under 10 s).
+fn go_duration(text: &str) -> Option<Duration> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Some(Duration::from_secs_f64(seconds));
+    }
+    let mut total = 0.0;
+    let mut number = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_digit() || n == '.' {
+                break;
+            }
+            unit.push(n);
+            chars.next();
+        }
+        let value: f64 = number.parse().ok()?;
+        number.clear();
+        total += value
+            * match unit.as_str() {
+                "h" => 3600.0,
+                "m" => 60.0,
+                "s" => 1.0,
+                "ms" => 1e-3,
+                "us" | "µs" => 1e-6,
+                "ns" => 1e-9,
+                _ => return None,
+            };
+    }
+    number.is_empty().then(|| Duration::from_secs_f64(total))
+}
+
+/// Waits until `n` on-demand windows are being sampled (the sampler has
+/// started and stamped their start).
+pub(crate) fn wait_for_active_windows(n: usize) {
+    let profiler = CpuProfiler::global();
+    assert!(
+        wait_until(Duration::from_secs(60), || profiler.status().active_windows
+            >= n),
+        "the profile window did not start: {:?}",
+        profiler.status()
+    );
 }
 
 /// One 20 ms slice of the 3:1 ground-truth workload.
 pub(crate) fn burn_slice() {
     stethoscope_examples::workload::burn(Duration::from_millis(20));
+}
+
+/// 1 ms of the 3:1 workload, then 2 ms asleep: a thread that runs in
+/// bursts shorter than a scheduler tick.
+pub(crate) fn bursty_slice() {
+    stethoscope_examples::workload::burn(Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(2));
+}
+
+/// About 5 ms of reading a small file and copying it around: in and out of
+/// the kernel all the time, like a service doing I/O.
+pub(crate) fn syscall_slice() {
+    let start = stethoscope_examples::workload::thread_cpu_time();
+    while stethoscope_examples::workload::thread_cpu_time() - start < Duration::from_millis(5) {
+        let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let copies: Vec<String> = (0..16).map(|_| text.clone()).collect();
+        std::hint::black_box(copies);
+    }
 }
 
 /// About 20 ms of walks down the call tree (`descend` is inlined into
@@ -528,6 +709,20 @@ impl DemoProcess {
         demo.service = address(&demo, "demo service:").expect("demo service address");
         demo.agent = address(&demo, "stethoscope agent:").expect("agent address");
         demo
+    }
+
+    /// CPU time the demo's threads have consumed, from the scheduler's
+    /// exact accounting (`/proc/<pid>/task/*/schedstat`).
+    pub(crate) fn cpu_time(&self) -> Duration {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return Duration::ZERO;
+        };
+        let ns: u64 = tasks
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Duration::from_nanos(ns)
     }
 
     /// Every line the demo wrote so far (stdout and stderr).

@@ -10,10 +10,18 @@ use crate::support::*;
 
 /// Starts `GET {path}` on the demo service in the background (the tour's
 /// `curl … &`) and waits `lead` so that the work is under way.
-fn busy(demo: &DemoProcess, path: &str, lead: Duration) -> std::thread::JoinHandle<Reply> {
+fn busy(demo: &DemoProcess, path: &str) -> std::thread::JoinHandle<Reply> {
     let (service, path) = (demo.service, path.to_owned());
+    let before = demo.cpu_time();
     let handle = std::thread::spawn(move || get(service, &path, None));
-    std::thread::sleep(lead);
+    // The work has begun once the demo has burned 50 ms more CPU than it
+    // had: on a slow or busy machine that takes longer than on a quiet one,
+    // and a profile that starts earlier would see mostly idle time.
+    assert!(
+        wait_until(Duration::from_secs(20), || demo.cpu_time()
+            >= before + Duration::from_millis(50)),
+        "the demo did not start working on the request"
+    );
     handle
 }
 
@@ -90,7 +98,7 @@ fn cpu_steps_flame_graph_top_table_go_pprof_and_memcpy() {
 
     // Flame graph: the handler's work sits a few frames from the thread's
     // root, the async plumbing under it folded into one marker each run.
-    let burn = busy(&demo, "/burn?ms=3500", Duration::from_millis(200));
+    let burn = busy(&demo, "/burn?ms=3500");
     let folded = get(
         demo.agent,
         "/debug/pprof/profile?seconds=2&format=folded",
@@ -118,7 +126,7 @@ fn cpu_steps_flame_graph_top_table_go_pprof_and_memcpy() {
         "{folded}"
     );
     // trim=none shows every frame again: burn_hot deep under the runtime.
-    let burn = busy(&demo, "/burn?ms=2500", Duration::from_millis(200));
+    let burn = busy(&demo, "/burn?ms=2500");
     let full = get(
         demo.agent,
         "/debug/pprof/profile?seconds=1&format=folded&trim=none",
@@ -134,7 +142,7 @@ fn cpu_steps_flame_graph_top_table_go_pprof_and_memcpy() {
 
     // The top table leads with the service's code: 3/4 burn_hot, 1/4
     // burn_cold, in its first 20 lines.
-    let burn = busy(&demo, "/burn?ms=3500", Duration::from_millis(200));
+    let burn = busy(&demo, "/burn?ms=3500");
     let text = get(
         demo.agent,
         "/debug/pprof/profile?seconds=2&format=text",
@@ -156,7 +164,7 @@ fn cpu_steps_flame_graph_top_table_go_pprof_and_memcpy() {
     );
 
     // go tool pprof reads the endpoint directly, with readable names.
-    let burn = busy(&demo, "/burn?ms=3500", Duration::from_millis(200));
+    let burn = busy(&demo, "/burn?ms=3500");
     let (ok, top, stderr) = go_pprof(&["-top", &url(demo.agent, "/debug/pprof/profile?seconds=2")]);
     burn.join().expect("burn");
     assert!(ok, "{stderr}");
@@ -177,14 +185,14 @@ fn cpu_steps_flame_graph_top_table_go_pprof_and_memcpy() {
     );
 
     // The web UI's graph view needs Graphviz; -svg is the same graph.
-    let burn = busy(&demo, "/burn?ms=2500", Duration::from_millis(200));
+    let burn = busy(&demo, "/burn?ms=2500");
     let (ok, svg, stderr) = go_pprof(&["-svg", &url(demo.agent, "/debug/pprof/profile?seconds=1")]);
     burn.join().expect("burn");
     assert!(ok, "go tool pprof -svg (is graphviz installed?): {stderr}");
     assert!(svg.contains("<svg") && svg.contains("burn_hot"), "{stderr}");
 
     // memcpy is attributed to its Rust caller, within `head -12`.
-    let copy = busy(&demo, "/memcpy?ms=3000", Duration::from_millis(200));
+    let copy = busy(&demo, "/memcpy?ms=3000");
     let text = get(
         demo.agent,
         "/debug/pprof/profile?seconds=2&format=text",

@@ -325,8 +325,9 @@ pub(crate) struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// Counts one sample of `key` taken at `hz` at `timestamp_ns`.
-    pub(crate) fn record(&mut self, key: &StackKey, hz: u32, timestamp_ns: u64) {
+    /// Counts one sample of `key` taken at `hz` at `timestamp_ns`, standing
+    /// for `periods` sampling periods.
+    pub(crate) fn record(&mut self, key: &StackKey, hz: u32, periods: u32, timestamp_ns: u64) {
         let ring = &mut *self.ring;
         if ring.paused.is_some() {
             return;
@@ -339,7 +340,7 @@ impl Batch<'_> {
             // segment's time, which is sealed; it is dropped.
             return;
         }
-        let weight = 1_000_000_000 / u64::from(hz.max(1));
+        let weight = u64::from(periods.max(1)) * (1_000_000_000 / u64::from(hz.max(1)));
         segment.samples += 1;
         segment.weight += weight;
         segment.rates = (segment.rates.0.min(hz), segment.rates.1.max(hz));
@@ -853,7 +854,7 @@ mod tests {
             } else {
                 key("w", &[3, 2])
             };
-            batch.record(&stack, hz, at_s * S + u64::from(i) * (S / u64::from(hz)));
+            batch.record(&stack, hz, 1, at_s * S + u64::from(i) * (S / u64::from(hz)));
         }
         drop(batch);
         let next = (at_s + 1) * S;
@@ -974,7 +975,7 @@ mod tests {
         recorder.resume(t0(), 0, 0);
         let mut batch = recorder.batch();
         for i in 0..100u64 {
-            batch.record(&key("w", &[i, 7]), 19, i);
+            batch.record(&key("w", &[i, 7]), 19, 1, i);
         }
         drop(batch);
         let (p, _) = recorder.look_back(t0(), t0() + Duration::from_secs(1), (t0(), S, S));
@@ -1025,7 +1026,7 @@ mod tests {
                     .wrapping_add(1_442_695_040_888_963_407);
                 let which = (seed >> 33) % distinct;
                 let frames: Vec<u64> = (0..24).map(|d| which * 64 + d).collect();
-                batch.record(&key("worker", &frames), 19, segment * 10 * S + i);
+                batch.record(&key("worker", &frames), 19, 1, segment * 10 * S + i);
             }
             drop(batch);
             let next = (segment + 1) * 10 * S;

@@ -1,8 +1,9 @@
 //! On-demand CPU and wall-clock profiling.
 //!
 //! A process-wide sampler, started by the first request and stopped when the
-//! last one ends: `ITIMER_PROF` delivers SIGPROF to the thread that is using
-//! CPU, and the handler unwinds that thread's stack with
+//! last one ends: a CPU-clock timer per thread delivers SIGPROF to its thread
+//! every `1/hz` of that thread's CPU time (each sample weighted by the periods
+//! the kernel could not deliver), and the handler unwinds the stack with
 //! [framehop](https://docs.rs/framehop) (DWARF CFI from `.eh_frame`, no libgcc,
 //! no locks, no allocation) into a lock-free ring, with the thread's
 //! [labels](crate::labels). Requests at the same frequency share the sampler
@@ -296,6 +297,9 @@ pub struct SamplerStatus {
     pub running_mode: Option<ProfileMode>,
     /// Requests currently waiting for a profile.
     pub subscribers: usize,
+    /// Of those, the windows being sampled now: the sampler has started
+    /// and stamped their start (the others wait for it to start).
+    pub active_windows: usize,
     /// The rate the sampler runs at now (the on-demand rate, or the
     /// continuous profiler's when it is higher or alone), if it runs.
     pub sampling_hz: Option<u32>,
@@ -614,26 +618,36 @@ pub(crate) mod tests {
     async fn samples_a_spinning_thread_and_releases_sigprof() {
         let _sampler = exclusive_sampler().await;
         let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let spinner = {
             let stop = std::sync::Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("spinner".into())
                 .spawn(move || {
+                    let _ = tid_tx.send(super::threads::current_tid());
                     let _labels = crate::labels::scope([("job", "spin")]);
                     spin_in_a_named_function(&stop)
                 })
                 .unwrap()
         };
+        // What the spinner really gets: the unit tests run in parallel on
+        // few cores, so it never has one to itself.
+        let watch = crate::testing::ThreadCpuWatch::start(tid_rx.recv().unwrap());
         let profiler = CpuProfiler::global();
         let raw = profiler
-            .profile(ProfileRequest::new(Duration::from_millis(700)).hz(250))
+            .profile(ProfileRequest::new(Duration::from_millis(1500)).hz(250))
             .await
             .unwrap();
+        let spinner_cpu = watch.between(raw.started_at(), raw.duration());
         stop.store(true, Ordering::Relaxed);
         spinner.join().unwrap();
 
         assert!(raw.sample_count() >= 20, "{} samples", raw.sample_count());
-        assert!(raw.cpu_time() >= Duration::from_millis(500));
+        assert!(
+            raw.cpu_time() >= spinner_cpu,
+            "the process's CPU {:?} includes the spinner's {spinner_cpu:?}",
+            raw.cpu_time()
+        );
         let profile = raw.to_profile();
         let on_spinner: Vec<_> = profile
             .samples
@@ -650,11 +664,22 @@ pub(crate) mod tests {
             })
             .map(|s| s.values[0])
             .sum();
-        // The spinner had a core to itself for the whole window (the other
-        // core also runs the symbolizer's first DWARF load in this process).
+        // The spinner's share of the samples, in CPU time, matches what its
+        // own clock says it got in the window: within four standard
+        // deviations of the sampling noise (1/sqrt(samples)), plus the
+        // watcher's 2 ms readings at each end.
         assert!(
-            total_on_spinner as f64 >= 0.35 * raw.sample_count() as f64,
-            "{total_on_spinner} of {} samples on the spinner",
+            total_on_spinner >= 20,
+            "{total_on_spinner} samples on the spinner, which got {spinner_cpu:?} of CPU"
+        );
+        let attributed = raw.cpu_time().as_secs_f64() * total_on_spinner as f64
+            / raw.sample_count().max(1) as f64;
+        let truth = spinner_cpu.as_secs_f64();
+        let tolerance = 4.0 / (total_on_spinner as f64).sqrt() * truth + 0.004;
+        assert!(
+            (attributed - truth).abs() <= tolerance,
+            "the spinner's samples stand for {attributed:.3} s, its clock says {truth:.3} s \
+             (± {tolerance:.3} s; {total_on_spinner} of {} samples)",
             raw.sample_count()
         );
         assert!(

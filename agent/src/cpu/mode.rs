@@ -10,8 +10,8 @@ use crate::profile::Profile;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ProfileMode {
-    /// CPU time: `ITIMER_PROF` interrupts whichever thread is using CPU,
-    /// `hz` times per second of the process's CPU time.
+    /// CPU time: each thread is interrupted `hz` times per second of its
+    /// own CPU time (a CPU-clock timer per thread).
     #[default]
     Cpu,
     /// Wall-clock time: the chosen threads are each interrupted `hz` times

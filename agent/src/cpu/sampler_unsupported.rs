@@ -38,7 +38,14 @@ impl RawSample {
     pub(crate) fn state(&self) -> u8 {
         match *self {}
     }
+    pub(crate) fn periods(&self) -> u32 {
+        match *self {}
+    }
 }
+
+/// How often the control thread would look for new threads.
+pub(crate) const THREAD_REFRESH_INTERVAL: std::time::Duration =
+    std::time::Duration::from_millis(100);
 
 impl Sampler {
     pub(crate) fn start(_hz: u32, _mode: super::ProfileMode) -> Result<Self, Error> {
@@ -54,6 +61,9 @@ impl Sampler {
         match *self {}
     }
     pub(crate) fn counters(&self) -> SamplerCounters {
+        match *self {}
+    }
+    pub(crate) fn refresh_threads(&mut self) {
         match *self {}
     }
 }

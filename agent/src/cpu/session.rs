@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 
 use super::flight::FlightRecorder;
-use super::sampler::{clock, Sampler, SamplerCounters};
+use super::sampler::{clock, Sampler, SamplerCounters, THREAD_REFRESH_INTERVAL};
 use super::window::{Finished, PendingWindow, StackTable, Window, WindowEnd, WindowStart};
 use super::{CpuProfile, ProfileMode, ProfileRequest, SamplerStatus};
 use crate::symbols::symbolize::Symbolizer;
@@ -212,6 +212,7 @@ impl Controller {
             sampling_hz: session.filter(|s| !s.stopping).map(|s| s.hz),
             continuous_hz: state.flight.as_ref().map(|f| f.settings().hz),
             subscribers: session.map_or(0, |s| s.active + s.pending.len()),
+            active_windows: session.map_or(0, |s| s.active),
             sessions_started: state.sessions_started,
             samples_recorded: state.finished.recorded + current.recorded,
             samples_dropped: state.finished.dropped + current.dropped,
@@ -325,6 +326,7 @@ impl Controller {
         let mut windows: Vec<Window> = Vec::new();
         let mut table = StackTable::default();
         let mut announced: HashSet<u64> = HashSet::new();
+        let mut threads_refreshed_ns = clock::monotonic_ns();
         loop {
             let (now_ns, hz, flight) = {
                 let mut state = self.lock();
@@ -397,6 +399,11 @@ impl Controller {
                 return self.stop(sampler, Vec::new());
             }
 
+            if now_ns.saturating_sub(threads_refreshed_ns) >= duration_ns(THREAD_REFRESH_INTERVAL) {
+                // Threads started since the last look get their CPU timer.
+                sampler.refresh_threads();
+                threads_refreshed_ns = now_ns;
+            }
             let dropped = sampler.counters().dropped;
             for window in windows
                 .iter_mut()
@@ -429,12 +436,12 @@ impl Controller {
                                 .filter(|a| announced.insert(*a)),
                         );
                     }
-                    let timestamp = sample.timestamp_ns();
+                    let (timestamp, periods) = (sample.timestamp_ns(), sample.periods());
                     if let (Some(ring), Some(key)) = (ring.as_mut(), table.get(id)) {
-                        ring.record(key, hz, timestamp);
+                        ring.record(key, hz, periods, timestamp);
                     }
                     for window in windows.iter_mut().filter(|w| w.covers(timestamp)) {
-                        window.count(id);
+                        window.count(id, periods);
                     }
                 });
             }

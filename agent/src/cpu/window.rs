@@ -191,7 +191,8 @@ pub(crate) struct Window {
     pub(crate) start: WindowStart,
     pub(crate) deadline_ns: u64,
     pub(crate) end: Option<WindowEnd>,
-    counts: HashMap<u32, u64>,
+    /// Samples and sampling periods per stack.
+    counts: HashMap<u32, (u64, u64)>,
     samples: u64,
     reply: Reply,
 }
@@ -224,8 +225,11 @@ impl Window {
         timestamp_ns >= self.start.at_ns && self.end.is_none_or(|end| timestamp_ns < end.at_ns)
     }
 
-    pub(crate) fn count(&mut self, stack: u32) {
-        *self.counts.entry(stack).or_insert(0) += 1;
+    /// Counts one sample of `stack` standing for `periods` sampling periods.
+    pub(crate) fn count(&mut self, stack: u32, periods: u32) {
+        let count = self.counts.entry(stack).or_insert((0, 0));
+        count.0 += 1;
+        count.1 += u64::from(periods);
         self.samples += 1;
     }
 
@@ -249,7 +253,7 @@ impl Window {
         let mut stacks: Vec<CpuStack> = self
             .counts
             .iter()
-            .filter_map(|(&id, &samples)| {
+            .filter_map(|(&id, &(samples, periods))| {
                 let key = table.get(id)?;
                 let labels = label_sets
                     .entry((key.labels, key.state))
@@ -266,7 +270,7 @@ impl Window {
                     frames: Arc::clone(&key.frames),
                     labels,
                     samples,
-                    weight: samples.saturating_mul(period_ns),
+                    weight: periods.saturating_mul(period_ns),
                 })
             })
             .collect();
@@ -360,7 +364,7 @@ mod tests {
         });
         assert!(w.covers(499) && !w.covers(500));
         for _ in 0..4 {
-            w.count(id);
+            w.count(id, 1);
         }
         let finished = w.finish(&table).unwrap();
         let profile = finished.profile.clone();
@@ -387,14 +391,14 @@ mod tests {
         let (old, _) = table.intern(b"t", &[1, 2], 0, 0);
         let (kept, _) = table.intern(b"t", &[3, 4], 0, 0);
         let (mut w, _rx) = window(0, 1);
-        w.count(kept);
-        w.count(kept);
+        w.count(kept, 1);
+        w.count(kept, 1);
         let mut windows = vec![w];
         table.compact(&mut windows);
         assert_eq!(table.len(), 1);
         let (id, is_new) = table.intern(b"t", &[3, 4], 0, 0);
         assert!(!is_new, "the kept stack is still known");
-        assert_eq!(windows[0].counts.get(&id), Some(&2));
+        assert_eq!(windows[0].counts.get(&id), Some(&(2, 2)));
         let (_, is_new) = table.intern(b"t", &[1, 2], 0, 0);
         assert!(is_new, "the dropped stack is forgotten");
         let _ = old;

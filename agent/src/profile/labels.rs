@@ -22,6 +22,8 @@ pub struct LabelTotals {
     pub title: String,
     /// The profile's comments (window, rates).
     pub comments: Vec<String>,
+    /// Length of the profile's window, in milliseconds.
+    pub duration_ms: f64,
     /// The label key.
     pub key: String,
     /// What each value measures, in the order of every `values` list.
@@ -92,6 +94,7 @@ impl Profile {
         });
         LabelTotals {
             title: self.title.clone(),
+            duration_ms: self.duration.as_secs_f64() * 1e3,
             comments: self.comments.clone(),
             key: key.to_owned(),
             sample_types: self.sample_types.iter().map(|t| t.kind.clone()).collect(),

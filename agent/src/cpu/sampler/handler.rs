@@ -121,13 +121,49 @@ pub(crate) fn retract(gate: Gate, raw: *mut HandlerState) -> Option<Box<HandlerS
     Some(unsafe { Box::from_raw(raw) })
 }
 
+/// The `siginfo_t` layout of a POSIX timer's signal (the kernel's
+/// `_timer` member), the same on x86_64 and aarch64.
+#[repr(C)]
+struct TimerInfo {
+    signo: libc::c_int,
+    errno: libc::c_int,
+    code: libc::c_int,
+    _pad: libc::c_int,
+    timer: libc::c_int,
+    overrun: libc::c_int,
+    _rest: [u64; 13],
+}
+
+const _: () = assert!(std::mem::size_of::<TimerInfo>() == 128);
+
+/// `si_code` of a POSIX timer's signal.
+const SI_TIMER: libc::c_int = -2;
+
+/// Sampling periods a SIGPROF stands for: 1, plus the periods a per-thread
+/// CPU timer expired while its signal waited (`si_overrun`). `ITIMER_PROF`
+/// signals count one.
+fn periods_of(info: *const libc::siginfo_t) -> u32 {
+    if info.is_null() {
+        return 1;
+    }
+    // SAFETY: the kernel passes a valid 128-byte siginfo_t to SA_SIGINFO
+    // handlers; `TimerInfo` has its size and the `_timer` layout, read
+    // only when `si_code` says it is a timer's.
+    let info = unsafe { &*info.cast::<TimerInfo>() };
+    if info.code != SI_TIMER {
+        return 1;
+    }
+    u32::try_from(info.overrun).unwrap_or(0).saturating_add(1)
+}
+
 /// The SIGPROF handler installed with `SA_SIGINFO`.
 pub(crate) extern "C" fn on_sigprof(
     _signal: libc::c_int,
-    _info: *mut libc::siginfo_t,
+    info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
-    CPU_GATE.enter_signal(context, |state, context| state.record(context, 0));
+    let periods = periods_of(info);
+    CPU_GATE.enter_signal(context, |state, context| state.record(context, 0, periods));
 }
 
 /// The wall-clock signal's handler installed with `SA_SIGINFO`.
@@ -156,15 +192,16 @@ pub(crate) extern "C" fn on_wall_signal(
             // A signal for a slot since given to another thread.
             return;
         }
-        state.record(context, (value & 0xff) as u8);
+        state.record(context, (value & 0xff) as u8, 1);
         target.pending.store(false, Ordering::Release);
     });
 }
 
 impl HandlerState {
     /// Records the interrupted thread's stack and labels; `state` is the
-    /// wall-clock timer's reading of the thread (0 for CPU samples).
-    fn record(&self, context: &libc::ucontext_t, state: u8) {
+    /// wall-clock timer's reading of the thread (0 for CPU samples),
+    /// `periods` the sampling periods the sample stands for.
+    fn record(&self, context: &libc::ucontext_t, state: u8, periods: u32) {
         let timestamp_ns = clock::monotonic_ns();
         let Some(mut claimed) = self.unwinding.claim() else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -185,6 +222,7 @@ impl HandlerState {
         }
         sample.labels = crate::labels::slot::read_in_signal_handler();
         sample.state = state;
+        sample.periods = periods;
         sample.depth = claimed.walk(context, &mut sample.frames);
         slot.publish();
         drop(claimed);

@@ -1,5 +1,5 @@
-//! Linux samplers. CPU: a process CPU-time timer (`ITIMER_PROF`) and a
-//! SIGPROF handler. Wall-clock: a timer thread signalling each chosen
+//! Linux samplers. CPU: a CPU-time timer per thread (`timers`, falling
+//! back to the process-wide `ITIMER_PROF`) and a SIGPROF handler. Wall-clock: a timer thread signalling each chosen
 //! thread (`wall`). Both handlers unwind with framehop into a lock-free
 //! ring, with the unwind tables of every loaded module prepared before the
 //! first signal.
@@ -7,6 +7,7 @@
 
 mod handler;
 mod ring;
+mod timers;
 mod wall;
 
 use std::io;
@@ -18,7 +19,10 @@ use crate::unwind::signals::{self, InstallError};
 use crate::unwind::{cpu_count, wall_signal, Unwinding};
 use crate::Error;
 use handler::{Gate, HandlerState, Target};
+use timers::ThreadTimers;
 use wall::WallTimer;
+
+pub(crate) use timers::REFRESH_INTERVAL as THREAD_REFRESH_INTERVAL;
 
 pub(crate) use ring::RawSample;
 
@@ -80,6 +84,18 @@ pub(crate) struct Sampler {
     gate: Gate,
     /// Wall-clock mode: the timer thread (stopped first when dropped).
     timer: Option<WallTimer>,
+    /// CPU mode: what sends SIGPROF.
+    cpu_timer: Option<CpuTimer>,
+}
+
+/// What sends SIGPROF in CPU mode.
+#[derive(Debug)]
+enum CpuTimer {
+    /// A CPU-clock timer per thread (thread-directed signals, overruns
+    /// counted).
+    PerThread(ThreadTimers),
+    /// The process-wide `ITIMER_PROF`, where per-thread timers are refused.
+    Process,
 }
 
 // SAFETY: `state` is only dereferenced immutably (all shared fields are
@@ -97,12 +113,11 @@ impl Sampler {
     }
 
     fn prepare(gate: Gate, ring_slots: usize, targets: usize) -> Result<Self, Error> {
-        // Wall-clock signals wake many threads at once: a handler preempted
-        // on one CPU may still hold its context while others run.
-        let concurrency = match gate {
-            Gate::Cpu => MAX_CONCURRENT_UNWINDS.min(cpu_count().max(2)),
-            Gate::Wall => MAX_CONCURRENT_UNWINDS.min(2 * cpu_count().max(2)),
-        };
+        // Signals go to threads, not CPUs (per-thread CPU timers, the
+        // wall-clock timer thread): a handler preempted on one CPU may still
+        // hold its context while others run, and a dropped sample loses the
+        // periods it stood for.
+        let concurrency = MAX_CONCURRENT_UNWINDS.min(2 * cpu_count().max(2));
         let unwinding = Unwinding::prepare(concurrency)?;
         let ring = ring::SampleRing::new(ring_slots);
         let targets: Box<[Target]> = (0..targets).map(|_| Target::default()).collect();
@@ -126,20 +141,51 @@ impl Sampler {
             footprint_bytes,
             gate,
             timer: None,
+            cpu_timer: None,
         })
     }
 
     fn start_cpu(hz: u32) -> Result<Self, Error> {
         check_no_foreign_profiler()?;
-        let sampler = Self::prepare(Gate::Cpu, RING_SLOTS, 0)?;
+        let mut sampler = Self::prepare(Gate::Cpu, RING_SLOTS, 0)?;
         install_handler()?;
-        set_timer(hz)?;
+        let cpu_timer = match ThreadTimers::start(hz, libc::SIGPROF) {
+            Ok(timers) => {
+                tracing::debug!(threads = timers.len(), "per-thread CPU timers armed");
+                CpuTimer::PerThread(timers)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "no per-thread CPU timers; sampling with ITIMER_PROF");
+                set_timer(hz)?;
+                CpuTimer::Process
+            }
+        };
+        sampler.cpu_timer = Some(cpu_timer);
         tracing::debug!(
             hz,
+            clock = sampler.clock(),
             footprint_bytes = sampler.footprint_bytes,
             "CPU sampler armed"
         );
         Ok(sampler)
+    }
+
+    /// What drives the sampler: `per-thread CPU timers`, `ITIMER_PROF`, or
+    /// `wall-clock timer thread`.
+    pub(crate) fn clock(&self) -> &'static str {
+        match self.cpu_timer {
+            Some(CpuTimer::PerThread(_)) => "per-thread CPU timers",
+            Some(CpuTimer::Process) => "ITIMER_PROF",
+            None => "wall-clock timer thread",
+        }
+    }
+
+    /// Gives threads started since the last call their CPU timer and
+    /// forgets exited ones (per-thread timers only).
+    pub(crate) fn refresh_threads(&mut self) {
+        if let Some(CpuTimer::PerThread(timers)) = &mut self.cpu_timer {
+            timers.refresh();
+        }
     }
 
     fn start_wall(hz: u32, threads: WallThreads) -> Result<Self, Error> {
@@ -214,8 +260,14 @@ impl Drop for Sampler {
     fn drop(&mut self) {
         match self.gate {
             Gate::Cpu => {
-                if let Err(error) = set_timer(0) {
-                    tracing::warn!(%error, "cannot disarm ITIMER_PROF");
+                match self.cpu_timer.take() {
+                    // Deleting a timer also discards its queued signal.
+                    Some(CpuTimer::PerThread(timers)) => drop(timers),
+                    Some(CpuTimer::Process) | None => {
+                        if let Err(error) = set_timer(0) {
+                            tracing::warn!(%error, "cannot disarm ITIMER_PROF");
+                        }
+                    }
                 }
                 signals::ignore(libc::SIGPROF);
             }

@@ -27,6 +27,10 @@ pub(crate) struct RawSample {
     /// What the thread was doing, for wall-clock samples (a
     /// `SampleState` code; 0 for CPU samples).
     pub(crate) state: u8,
+    /// Sampling periods this sample stands for: 1, plus the periods its
+    /// thread's CPU timer expired without a signal being delivered (the
+    /// timer's overrun count).
+    pub(crate) periods: u32,
     /// Number of valid entries in `frames`.
     pub(crate) depth: usize,
     /// Lookup addresses, innermost first: the interrupted instruction, then
@@ -63,6 +67,11 @@ impl RawSample {
     /// The thread's state code, for wall-clock samples.
     pub(crate) fn state(&self) -> u8 {
         self.state
+    }
+
+    /// Sampling periods the sample stands for (at least 1).
+    pub(crate) fn periods(&self) -> u32 {
+        self.periods.max(1)
     }
 }
 
@@ -119,6 +128,7 @@ impl SampleRing {
                     thread_name: [0; THREAD_NAME_LEN],
                     labels: 0,
                     state: 0,
+                    periods: 1,
                     depth: 0,
                     frames: [0; MAX_DEPTH],
                 }),
