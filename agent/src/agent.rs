@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::capabilities::{Capabilities, Settings, Threads, Wiring};
 use crate::config::{self, Config};
 use crate::cpu::CpuProfiler;
 use crate::heap::HeapProfiler;
@@ -29,172 +30,6 @@ pub struct Agent {
     caps: Capabilities,
     /// Stop the agent's threads (watchdog, USE sampling) when it goes away.
     _threads: Threads,
-}
-
-/// Handles to every capability of one agent, shared by the [`Agent`] and
-/// its debug server: the one place that lists them.
-#[derive(Debug, Clone)]
-pub(crate) struct Capabilities {
-    pub(crate) cpu: CpuProfiler,
-    pub(crate) heap: HeapProfiler,
-    /// Profiles taken through `POST /debug/profiles` (the dashboard's).
-    pub(crate) kept: Arc<crate::profile::shelf::ProfileShelf>,
-    #[cfg(feature = "resources")]
-    pub(crate) resources: crate::resources::ResourceMonitor,
-    #[cfg(feature = "red")]
-    pub(crate) red: crate::red::RedMetrics,
-    #[cfg(feature = "metrics")]
-    pub(crate) metrics: crate::metrics::MetricsRegistry,
-    #[cfg(feature = "runtime")]
-    pub(crate) runtime: crate::runtime::RuntimeMonitor,
-    #[cfg(feature = "spans")]
-    pub(crate) spans: Option<crate::spans::SpanTimings>,
-    #[cfg(feature = "spans")]
-    pub(crate) log_level: Option<crate::spans::LogLevel>,
-    #[cfg(feature = "doctor")]
-    pub(crate) doctor: crate::doctor::Doctor,
-}
-
-/// The agent's own threads, stopped on drop.
-#[derive(Debug, Default)]
-struct Threads {
-    #[cfg(feature = "runtime")]
-    _watchdog: Option<crate::runtime::WatchdogGuard>,
-    #[cfg(feature = "resources")]
-    _use_sampler: Option<crate::periodic::StopOnDrop>,
-    #[cfg(feature = "doctor")]
-    _doctor: Option<crate::periodic::StopOnDrop>,
-    _continuous: Option<ContinuousGuard>,
-}
-
-/// Turns the process's continuous profiling off when the agent that
-/// turned it on goes.
-#[derive(Debug)]
-struct ContinuousGuard(CpuProfiler);
-
-impl Drop for ContinuousGuard {
-    fn drop(&mut self) {
-        self.0.stop_continuous();
-    }
-}
-
-/// What a builder hands over to the capabilities it starts.
-#[derive(Debug, Default)]
-pub(crate) struct Wiring {
-    pub(crate) runtime: Option<tokio::runtime::Handle>,
-    #[cfg(feature = "resources")]
-    pub(crate) resources: Vec<Arc<dyn crate::resources::Resource>>,
-    #[cfg(feature = "spans")]
-    pub(crate) log_level: Option<crate::spans::LogLevel>,
-    #[cfg(feature = "spans")]
-    pub(crate) spans: Option<crate::spans::SpanTimings>,
-}
-
-impl Capabilities {
-    /// Starts every capability of `config`; the threads it starts stop
-    /// when the returned guard drops.
-    fn start(config: &Config, wiring: Wiring) -> Result<(Capabilities, Threads), Error> {
-        let runtime = wiring
-            .runtime
-            .or_else(|| tokio::runtime::Handle::try_current().ok());
-        // Filled in by the capabilities that start threads.
-        #[allow(unused_mut)]
-        let mut threads = Threads::default();
-        // Work arriving through the RED layer or a span wakes a dormant
-        // watchdog.
-        let alarm = Arc::new(crate::periodic::Alarm::default());
-        #[cfg(feature = "runtime")]
-        let (runtime_monitor, watchdog) = crate::runtime::RuntimeMonitor::start(
-            runtime.clone(),
-            config.lag_resolution,
-            config.stall_threshold,
-            Arc::clone(&alarm),
-        )?;
-        #[cfg(feature = "runtime")]
-        {
-            threads._watchdog = watchdog;
-        }
-        let cpu = CpuProfiler::global();
-        if let Some(settings) = &config.continuous {
-            cpu.start_continuous(settings.clone())?;
-            threads._continuous = Some(ContinuousGuard(cpu.clone()));
-        }
-        let mut heap = HeapProfiler::with_capacity(config.heap_snapshots);
-        if config.fast_heap_backtraces && heap.check().is_ok() {
-            match heap.clone().with_fast_backtraces() {
-                Ok(fast) => heap = fast,
-                Err(error) => {
-                    tracing::debug!(%error, "heap backtraces: keeping jemalloc's unwinder")
-                }
-            }
-        }
-        #[cfg(feature = "resources")]
-        let resources = {
-            let monitor = crate::resources::ResourceMonitor::new(runtime);
-            for resource in wiring.resources {
-                monitor.register_arc(resource)?;
-            }
-            threads._use_sampler = Some(monitor.sample_every(config::DEFAULT_USE_SAMPLE_INTERVAL)?);
-            monitor
-        };
-        #[cfg(not(feature = "resources"))]
-        drop(runtime);
-        #[cfg(feature = "red")]
-        let red = crate::red::RedMetrics::new();
-        #[cfg(feature = "red")]
-        red.ring_on_request(Arc::clone(&alarm));
-        #[cfg(feature = "spans")]
-        if let Some(spans) = &wiring.spans {
-            spans.ring_on_enter(Arc::clone(&alarm));
-        }
-        drop(alarm);
-        // The metrics registry is made last, from the others.
-        #[allow(unused_mut)]
-        let mut caps = Capabilities {
-            cpu,
-            heap,
-            kept: Arc::default(),
-            #[cfg(feature = "resources")]
-            resources,
-            #[cfg(feature = "red")]
-            red,
-            #[cfg(feature = "metrics")]
-            metrics: crate::metrics::MetricsRegistry::default(),
-            #[cfg(feature = "runtime")]
-            runtime: runtime_monitor,
-            #[cfg(feature = "spans")]
-            spans: wiring.spans,
-            #[cfg(feature = "spans")]
-            log_level: wiring.log_level,
-            #[cfg(feature = "doctor")]
-            doctor: crate::doctor::Doctor::new(config.doctor.clone()),
-        };
-        #[cfg(feature = "metrics")]
-        {
-            caps.metrics = crate::metrics::MetricsRegistry::of(&caps);
-        }
-        #[cfg(feature = "doctor")]
-        {
-            threads._doctor = Some(caps.doctor.start(caps.clone())?);
-        }
-        Ok((caps, threads))
-    }
-
-    /// The capabilities of an agent without a server, host runtime or
-    /// threads, for tests of the server.
-    #[cfg(test)]
-    pub(crate) fn for_tests() -> Capabilities {
-        let config = Config {
-            lag_resolution: std::time::Duration::from_millis(10),
-            stall_threshold: std::time::Duration::from_millis(100),
-            ..Config::default()
-        };
-        let (mut caps, threads) =
-            Capabilities::start(&config, Wiring::default()).expect("capabilities start");
-        drop(threads);
-        caps.heap = HeapProfiler::default();
-        caps
-    }
 }
 
 impl Agent {
@@ -282,7 +117,7 @@ cfg_feature! { "resources",
 cfg_feature! { "metrics",
     impl Agent {
         /// The collectors behind `/metrics`, to render the exposition from Rust.
-        pub fn metrics(&self) -> &crate::metrics::MetricsRegistry {
+        pub fn metrics(&self) -> &crate::metrics::MetricsHandle {
             &self.caps.metrics
         }
     }
@@ -292,13 +127,7 @@ cfg_feature! { "runtime",
     impl Agent {
         /// Executor lag, runtime health and stalls of the runtime the agent
         /// watches (see [`crate::runtime`]).
-        pub fn runtime(&self) -> &crate::runtime::RuntimeMonitor {
-            &self.caps.runtime
-        }
-
-        /// The former name of [`runtime`](Self::runtime).
-        #[deprecated(since = "0.1.0", note = "use Agent::runtime")]
-        pub fn executor(&self) -> &crate::runtime::RuntimeMonitor {
+        pub fn runtime(&self) -> &crate::runtime::RuntimeHealth {
             &self.caps.runtime
         }
 
@@ -358,22 +187,20 @@ cfg_feature! { "spans",
 /// range is remembered, and [`start`](AgentBuilder::start) returns the
 /// first one as an error naming the setting (or the environment variable).
 /// So a chain of setters reads straight through, and nothing runs with a
-/// half-applied configuration. The one exception is
-/// [`allow`](AgentBuilder::allow), which returns `Result` because it did
-/// before this rule was set; its error is the one `start` would report.
+/// half-applied configuration.
 ///
 /// ```
 /// let builder = stethoscope::Agent::builder()
 ///     .listen("127.0.0.1:6060")
 ///     .max_profile_seconds(120)
-///     .allow("10.0.0.0/8")?;
+///     .allow("10.0.0.0/8");
 /// # let _ = builder;
-/// # Ok::<(), stethoscope::Error>(())
 /// ```
 #[derive(Debug, Default)]
 #[must_use = "an AgentBuilder does nothing until .start() is called"]
 pub struct AgentBuilder {
     config: Config,
+    settings: Settings,
     wiring: Wiring,
     /// The first error of a setter, reported by `start()`.
     deferred: Option<Error>,
@@ -433,17 +260,21 @@ impl AgentBuilder {
 
     /// Adds a CIDR block (or single IP) to the allowlist; clients outside
     /// every block get 403. Default: empty, which allows every client that
-    /// can reach the address.
-    ///
-    /// # Errors
-    /// [`Error::InvalidCidr`] if `cidr` is neither a block nor an address.
+    /// can reach the address. An entry that is neither a block nor an
+    /// address makes [`start`](Self::start) fail with
+    /// [`Error::InvalidCidr`].
     ///
     /// # Security considerations
     /// The allowlist checks the TCP peer address; behind a proxy every
     /// request comes from the proxy.
-    pub fn allow(mut self, cidr: &str) -> Result<Self, Error> {
-        self.config.allow.push(config::parse_cidr(cidr)?);
-        Ok(self)
+    pub fn allow(mut self, cidr: &str) -> Self {
+        match config::parse_cidr(cidr) {
+            Ok(net) => {
+                self.config.allow.push(net);
+                self
+            }
+            Err(error) => self.defer(error),
+        }
     }
 
     /// Allows binding a non-loopback address without a token. Default `false`.
@@ -495,7 +326,7 @@ impl AgentBuilder {
     /// # }
     /// ```
     pub fn continuous_profiling(self, hz: u32) -> Self {
-        let settings = match self.config.continuous.clone() {
+        let settings = match self.settings.continuous.clone() {
             Some(settings) => crate::cpu::ContinuousSettings { hz, ..settings },
             None => crate::cpu::ContinuousSettings::new(hz),
         };
@@ -506,7 +337,7 @@ impl AgentBuilder {
     /// segment length, history kept, caps
     /// ([`ContinuousSettings`](crate::cpu::ContinuousSettings)).
     pub fn continuous(mut self, settings: crate::cpu::ContinuousSettings) -> Self {
-        if !(1..=crate::config::MAX_PROFILE_HZ).contains(&settings.hz) {
+        if !(1..=crate::cpu::MAX_PROFILE_HZ).contains(&settings.hz) {
             return self.defer(Error::InvalidSetting {
                 setting: "continuous_profiling",
                 reason: "the rate must be from 1 to 1000 Hz",
@@ -518,7 +349,7 @@ impl AgentBuilder {
                 reason: "a segment must not be longer than the history kept",
             });
         }
-        self.config.continuous = Some(settings);
+        self.settings.continuous = Some(settings);
         self
     }
 
@@ -556,16 +387,16 @@ impl AgentBuilder {
     }
 
     /// Heap snapshots kept before the oldest is evicted, from 1 to
-    /// [`MAX_HEAP_SNAPSHOTS`](config::MAX_HEAP_SNAPSHOTS).
-    /// Default [`DEFAULT_HEAP_SNAPSHOTS`](config::DEFAULT_HEAP_SNAPSHOTS).
+    /// [`MAX_HEAP_SNAPSHOTS`](crate::heap::MAX_HEAP_SNAPSHOTS).
+    /// Default [`DEFAULT_HEAP_SNAPSHOTS`](crate::heap::DEFAULT_HEAP_SNAPSHOTS).
     pub fn heap_snapshots(mut self, snapshots: usize) -> Self {
-        if !(1..=config::MAX_HEAP_SNAPSHOTS).contains(&snapshots) {
+        if !(1..=crate::heap::MAX_HEAP_SNAPSHOTS).contains(&snapshots) {
             return self.defer(Error::InvalidSetting {
                 setting: "heap_snapshots",
                 reason: "must be from 1 to 1024",
             });
         }
-        self.config.heap_snapshots = snapshots;
+        self.settings.heap_snapshots = snapshots;
         self
     }
 
@@ -578,7 +409,7 @@ impl AgentBuilder {
     /// certain (docs/overhead.md, "Heap profiling"). Turn it off to rule it
     /// out when investigating a heap profile.
     pub fn fast_heap_backtraces(mut self, enabled: bool) -> Self {
-        self.config.fast_heap_backtraces = enabled;
+        self.settings.fast_heap_backtraces = enabled;
         self
     }
 
@@ -670,47 +501,51 @@ impl AgentBuilder {
         self
     }
 
-    /// The host's tokio runtime, for the runtime health features: executor
+    /// The tokio runtime to watch for the runtime health features: executor
     /// lag (`/debug/lag`), runtime health and stalls (`/debug/runtime`), the
     /// `executor` USE row and the `stethoscope_tokio_*` metrics. Default:
     /// the runtime `start()` is called in, if any; without one these
     /// report "unavailable".
-    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+    pub fn watch_runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.wiring.runtime = Some(handle);
         self
     }
 
     /// How often the executor-lag probe runs and the watchdog looks at the
     /// runtime's workers, 1 ms to 1 s. Default
-    /// [`DEFAULT_LAG_RESOLUTION`](config::DEFAULT_LAG_RESOLUTION) (10 ms),
+    /// [`DEFAULT_LAG_RESOLUTION`](crate::runtime::DEFAULT_LAG_RESOLUTION) (10 ms),
     /// which costs about 0.1 % of a core on a small VM (docs/overhead.md).
     /// The watchdog looks and probes less often while workers are parked
     /// (docs/runtime.md).
+    #[cfg(feature = "runtime")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
     pub fn lag_resolution(mut self, resolution: std::time::Duration) -> Self {
-        let (low, high) = config::LAG_RESOLUTION_RANGE;
+        let (low, high) = crate::runtime::LAG_RESOLUTION_RANGE;
         if resolution < low || resolution > high {
             return self.defer(Error::InvalidSetting {
                 setting: "lag_resolution",
                 reason: "must be between 1 ms and 1 s",
             });
         }
-        self.config.lag_resolution = resolution;
+        self.settings.lag_resolution = resolution;
         self
     }
 
     /// A worker inside one poll for longer than this is a stall: its stack
     /// is captured and kept in `/debug/runtime`. At least twice the lag
     /// resolution (checked at start) and at most
-    /// [`MAX_STALL_THRESHOLD`](config::MAX_STALL_THRESHOLD). Default
-    /// [`DEFAULT_STALL_THRESHOLD`](config::DEFAULT_STALL_THRESHOLD) (100 ms).
+    /// [`MAX_STALL_THRESHOLD`](crate::runtime::MAX_STALL_THRESHOLD). Default
+    /// [`DEFAULT_STALL_THRESHOLD`](crate::runtime::DEFAULT_STALL_THRESHOLD) (100 ms).
+    #[cfg(feature = "runtime")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
     pub fn stall_threshold(mut self, threshold: std::time::Duration) -> Self {
-        if threshold > config::MAX_STALL_THRESHOLD {
+        if threshold > crate::runtime::MAX_STALL_THRESHOLD {
             return self.defer(Error::InvalidSetting {
                 setting: "stall_threshold",
                 reason: "must be at most 60 s",
             });
         }
-        self.config.stall_threshold = threshold;
+        self.settings.stall_threshold = threshold;
         self
     }
 
@@ -729,8 +564,10 @@ impl AgentBuilder {
     ///     .budget(Budget::cpu(0.6));
     /// # let _ = builder;
     /// ```
+    #[cfg(feature = "doctor")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "doctor")))]
     pub fn budget(mut self, budget: impl Into<crate::doctor::Budget>) -> Self {
-        match self.config.doctor.config.budgets.add(budget) {
+        match self.settings.doctor.config.budgets.add(budget) {
             Ok(()) => self,
             Err(error) => self.defer(error),
         }
@@ -738,37 +575,44 @@ impl AgentBuilder {
 
     /// Replaces the doctor's settings: rule thresholds and windows
     /// ([`DoctorConfig`](crate::doctor::DoctorConfig), budgets included),
-    /// the auto-capture policy and the history length (60 to 3600 rows,
-    /// one a second; others make [`start`](Self::start) fail). Default:
+    /// the auto-capture policy and the history length (within
+    /// [`HISTORY_ROWS_RANGE`](crate::doctor::HISTORY_ROWS_RANGE) rows, one
+    /// a second; others make [`start`](Self::start) fail). Default:
     /// [`DoctorSettings::default`](crate::doctor::DoctorSettings).
+    #[cfg(feature = "doctor")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "doctor")))]
     pub fn doctor(mut self, settings: crate::doctor::DoctorSettings) -> Self {
-        let (low, high) = config::HISTORY_ROWS_RANGE;
+        let (low, high) = crate::doctor::HISTORY_ROWS_RANGE;
         if !(low..=high).contains(&settings.history_rows) {
             return self.defer(Error::InvalidSetting {
                 setting: "doctor.history_rows",
                 reason: "must be from 60 to 3600 rows (one a second)",
             });
         }
-        self.config.doctor = settings;
+        self.settings.doctor = settings;
         self
     }
 
     /// Applies the `STETHOSCOPE_*` environment variables that are set:
     /// [`ENV_ADDR`](config::ENV_ADDR), [`ENV_TOKEN`](config::ENV_TOKEN),
     /// [`ENV_ALLOW`](config::ENV_ALLOW) (comma-separated),
-    /// [`ENV_MAX_PROFILE_SECONDS`](config::ENV_MAX_PROFILE_SECONDS), and the
-    /// doctor's [`ENV_BUDGETS`](config::ENV_BUDGETS),
+    /// [`ENV_MAX_PROFILE_SECONDS`](config::ENV_MAX_PROFILE_SECONDS),
+    /// [`ENV_CONTINUOUS_HZ`](config::ENV_CONTINUOUS_HZ), and the doctor's
+    /// [`ENV_BUDGETS`](config::ENV_BUDGETS),
     /// [`ENV_HISTORY`](config::ENV_HISTORY) and
-    /// [`ENV_AUTO_CAPTURE`](config::ENV_AUTO_CAPTURE), and
-    /// [`ENV_CONTINUOUS_HZ`](config::ENV_CONTINUOUS_HZ). They
-    /// override earlier setters; later setters override them. Invalid
-    /// values make [`start`](Self::start) fail and name the variable.
+    /// [`ENV_AUTO_CAPTURE`](config::ENV_AUTO_CAPTURE). They override
+    /// earlier setters; later setters override them. Invalid values make
+    /// [`start`](Self::start) fail and name the variable.
     pub fn with_default_env(self) -> Self {
         self.with_env(|name| std::env::var(name).ok())
     }
 
     fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
-        match self.config.apply_env(var) {
+        let (env, error) = self.config.apply_env(var);
+        if let Some(error) = error {
+            self = self.defer(error);
+        }
+        match self.settings.apply_env(env) {
             Some(error) => self.defer(error),
             None => self,
         }
@@ -792,7 +636,8 @@ impl AgentBuilder {
                 addr: config.listen,
             });
         }
-        if config.stall_threshold < 2 * config.lag_resolution {
+        #[cfg(feature = "runtime")]
+        if self.settings.stall_threshold < 2 * self.settings.lag_resolution {
             return Err(Error::InvalidSetting {
                 setting: "stall_threshold",
                 reason: "must be at least twice the lag resolution",
@@ -807,7 +652,7 @@ impl AgentBuilder {
         }
         let host_runtime =
             self.wiring.runtime.is_some() || tokio::runtime::Handle::try_current().is_ok();
-        let (caps, threads) = Capabilities::start(&config, self.wiring)?;
+        let (caps, threads) = Capabilities::start(&self.settings, self.wiring)?;
         let state = AppState {
             connections: Arc::new(server::ConnectionTable::new(config.max_connections)),
             profiles: server::ProfileSlots::new(config.max_concurrent_profiles),
@@ -873,7 +718,10 @@ mod tests {
             Agent::builder().max_profile_seconds(0).start(),
             Err(Error::InvalidSetting { .. })
         ));
-        assert!(Agent::builder().allow("300.0.0.1").is_err());
+        assert!(matches!(
+            Agent::builder().allow("300.0.0.1").start(),
+            Err(Error::InvalidCidr { .. })
+        ));
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub enum Error {
         /// Frequency of the running sampler.
         running_hz: u32,
         /// Mode of the running sampler.
-        running_mode: crate::cpu::ProfileMode,
+        running_mode: crate::mode::ProfileMode,
         /// Time until the running profiles end.
         retry_after: Duration,
     },

@@ -1,5 +1,5 @@
 //! The summary of a latency distribution that the RED layer, the span
-//! timings and the executor-lag probe all report (DESIGN §5.1: `count`,
+//! timings and the executor-lag probe all report (docs/endpoints.md: `count`,
 //! `min_ms`, …, `p999_ms`), and the lock-free histograms behind RED and
 //! the span timings.
 
@@ -27,7 +27,7 @@ pub(crate) use latency::{dense, quantile_of, Counts};
 /// assert_eq!(summary.count, 0);
 /// ```
 ///
-/// It serializes in the shape of DESIGN §5.1: `count` and `min_ms` …
+/// It serializes in the shape docs/endpoints.md gives: `count` and `min_ms` …
 /// `p999_ms` in float milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]

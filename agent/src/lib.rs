@@ -92,14 +92,16 @@ macro_rules! cfg_feature {
 }
 
 mod agent;
+mod capabilities;
 pub mod config;
 pub mod cpu;
-pub mod doctor;
+cfg_feature! { "doctor", pub mod doctor; }
 mod error;
 pub mod heap;
 pub mod histogram;
 pub mod labels;
 mod memory;
+mod mode;
 cfg_feature! { "metrics", pub mod metrics; }
 // The sampling thread and the watchdog's alarm are used by whichever of
 // their capabilities are built.
@@ -120,6 +122,13 @@ cfg_feature! { "spans", pub mod spans; }
 pub mod symbols;
 #[cfg(test)]
 mod testing;
+mod threads;
+// Text units are used by whichever reports are built.
+#[cfg_attr(
+    not(all(feature = "doctor", feature = "runtime", feature = "spans")),
+    allow(dead_code)
+)]
+mod units;
 #[cfg(any(
     all(native_unwind, any(feature = "cpu", feature = "runtime")),
     all(native_heap_hook, feature = "heap")

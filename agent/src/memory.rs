@@ -9,6 +9,9 @@
 //! the agent asks glibc to return what is free (`malloc_trim`), on its
 //! blocking pool. jemalloc returns dirty pages by itself after ten seconds
 //! (its decay), so nothing is done when jemalloc is the global allocator.
+//!
+//! Which allocator that is, is asked here too ([`jemalloc_is_global_allocator`]):
+//! the heap profiler and this module both need to know.
 
 /// A response at least this large is followed by a trim.
 pub(crate) const LARGE_RESPONSE_BYTES: u64 = 1 << 20;
@@ -18,7 +21,7 @@ pub(crate) const LARGE_RESPONSE_BYTES: u64 = 1 << 20;
 /// latency-sensitive threads, after rare large work.
 pub(crate) fn give_back_freed() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if !crate::heap::jemalloc_is_global_allocator() {
+    if !jemalloc_is_global_allocator() {
         let started = std::time::Instant::now();
         #[allow(unsafe_code)]
         // SAFETY: malloc_trim has no preconditions; it only returns free
@@ -39,4 +42,31 @@ pub(crate) fn give_back_freed_later() {
     } else {
         give_back_freed();
     }
+}
+
+/// Whether the process allocates through the jemalloc this crate links
+/// (`heap_profiling!` makes it the global allocator): an allocation through
+/// the global allocator must move jemalloc's count of the bytes this thread
+/// allocated (`thread.allocated`), which no other thread touches. The
+/// global allocator cannot change, so the answer is kept.
+#[cfg(all(feature = "heap", unix))]
+pub(crate) fn jemalloc_is_global_allocator() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        const PROBE: usize = 64 << 10;
+        #[allow(unsafe_code)]
+        // SAFETY: "thread.allocated" is a uint64_t.
+        let read = || unsafe { tikv_jemalloc_ctl::raw::read::<u64>(b"thread.allocated\0") };
+        let before = read();
+        let probe: Vec<u8> = std::hint::black_box(Vec::with_capacity(PROBE));
+        let after = read();
+        drop(probe);
+        matches!((before, after), (Ok(before), Ok(after)) if after >= before + PROBE as u64)
+    })
+}
+
+/// Without jemalloc support compiled in, it is not the allocator.
+#[cfg(not(all(feature = "heap", unix)))]
+pub(crate) fn jemalloc_is_global_allocator() -> bool {
+    false
 }

@@ -1,6 +1,6 @@
 //! How the agent's reports serialize, in one place: durations as float
-//! milliseconds (the `_ms` fields of DESIGN §5.1), times as RFC 3339 UTC
-//! with milliseconds. Every capability's report type derives `Serialize`
+//! milliseconds (the `_ms` fields of docs/endpoints.md), times as RFC 3339
+//! UTC with milliseconds ([`crate::units::rfc3339`]). Every capability's report type derives `Serialize`
 //! with these, so its JSON shape is its type.
 
 use std::time::{Duration, SystemTime};
@@ -30,33 +30,9 @@ pub(crate) fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error>
     s.serialize_f64(d.as_secs_f64())
 }
 
-/// A duration in the unit that keeps three significant digits: `850µs`,
-/// `4.20ms`, `37.5ms`, `1.25s`, `3.5m`, `2.0h`.
-pub(crate) fn human(d: Duration) -> String {
-    let secs = d.as_secs_f64();
-    if secs < 1e-3 {
-        format!("{:.0}µs", secs * 1e6)
-    } else if secs < 1e-2 {
-        format!("{:.2}ms", secs * 1e3)
-    } else if secs < 1.0 {
-        format!("{:.1}ms", secs * 1e3)
-    } else if secs < 60.0 {
-        format!("{secs:.2}s")
-    } else if secs < 3600.0 {
-        format!("{:.1}m", secs / 60.0)
-    } else {
-        format!("{:.1}h", secs / 3600.0)
-    }
-}
-
-/// A time as RFC 3339 UTC with millisecond precision.
-pub(crate) fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
-}
-
 /// Serializes a `SystemTime` as RFC 3339.
 pub(crate) fn time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339(*t))
+    s.serialize_str(&crate::units::rfc3339(*t))
 }
 
 /// Serializes an optional `SystemTime` as RFC 3339 or `null`.
@@ -65,7 +41,7 @@ pub(crate) fn optional_time<S: Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match t {
-        Some(t) => s.serialize_str(&rfc3339(*t)),
+        Some(t) => s.serialize_str(&crate::units::rfc3339(*t)),
         None => s.serialize_none(),
     }
 }
@@ -74,16 +50,6 @@ pub(crate) fn optional_time<S: Serializer>(
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
-
-    #[test]
-    fn human_units_keep_three_digits() {
-        assert_eq!(human(Duration::from_nanos(850_400)), "850µs");
-        assert_eq!(human(Duration::from_micros(2_346)), "2.35ms");
-        assert_eq!(human(Duration::from_micros(81_240)), "81.2ms");
-        assert_eq!(human(Duration::from_millis(1_500)), "1.50s");
-        assert_eq!(human(Duration::from_secs(900)), "15.0m");
-        assert_eq!(human(Duration::from_secs(7200)), "2.0h");
-    }
 
     #[test]
     fn durations_and_times_have_their_units() {

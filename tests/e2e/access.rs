@@ -27,7 +27,6 @@ fn a_client_outside_the_allowlist_gets_403_without_details() {
     let agent = Agent::builder()
         .listen("127.0.0.1:0")
         .allow("10.0.0.0/8")
-        .unwrap()
         .start()
         .unwrap();
     let reply = get(agent.local_addr(), "/health", None);

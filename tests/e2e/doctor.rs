@@ -78,7 +78,7 @@ impl Service {
         let runtime = service_runtime();
         let builder = Agent::builder()
             .listen("127.0.0.1:0")
-            .runtime(runtime.handle().clone())
+            .watch_runtime(runtime.handle().clone())
             .doctor(settings);
         let agent = configure(builder).start().expect("agent starts");
         let app = axum::Router::new()

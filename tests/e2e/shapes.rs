@@ -1,7 +1,7 @@
 //! The JSON every endpoint answers keeps its shape: every key path the
 //! demo's endpoints returned when this fixture was recorded is still there
 //! (new keys are welcome). Scripts and dashboards depend on these shapes
-//! (DESIGN §5.1).
+//! (docs/endpoints.md).
 //!
 //! Re-record after an intended change with
 //! `STETHOSCOPE_RECORD_SHAPES=1 cargo test -p stethoscope-tests --test e2e shapes`.

@@ -576,7 +576,7 @@ pub(crate) fn stacks_through<'a>(
 }
 
 /// Asserts that `h` has every field of the histogram summary shape of
-/// DESIGN §5.1 (used by RED latency and executor lag).
+/// docs/endpoints.md (used by RED latency and executor lag).
 pub(crate) fn assert_histogram_shape(h: &serde_json::Value, what: &str) {
     for field in [
         "count",

@@ -35,6 +35,8 @@
 //! ```
 
 pub(crate) mod flight;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod mode;
 pub(crate) mod routes;
 #[cfg(all(feature = "cpu", native_unwind))]
@@ -43,25 +45,59 @@ mod sampler;
 #[path = "sampler_unsupported.rs"]
 mod sampler;
 mod session;
-pub(crate) mod threads;
 mod window;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use crate::config::{DEFAULT_PROFILE_HZ, MAX_PROFILE_HZ};
 use crate::labels::LabelSet;
 use crate::profile::{Profile, ProfileMeta, RawStack, ValueType};
 use crate::Error;
 use session::Controller;
 
+pub use crate::mode::{ProfileMode, WallThreads};
 pub use flight::{
     ContinuousSettings, Coverage, FlightStatus, PinInfo, DEFAULT_CONTINUOUS_KEEP,
     DEFAULT_CONTINUOUS_SEGMENT, DEFAULT_MAX_PINNED_SEGMENTS, DEFAULT_MAX_STACKS_PER_SEGMENT,
 };
 pub(crate) use mode::SampleState;
-pub use mode::{ProfileMode, WallThreads};
+
+/// Window of `/debug/pprof/profile` when `seconds` is not given (Go's default).
+pub const DEFAULT_PROFILE_SECONDS: u64 = 30;
+
+/// Window of `/debug/pprof/flamegraph` when `seconds` is not given.
+pub const DEFAULT_FLAMEGRAPH_SECONDS: u64 = 10;
+
+/// Sampling frequency when `hz` is not given, in samples per second of CPU.
+///
+/// 99 rather than 100 so that sampling does not run in lockstep with periodic
+/// work of the host.
+pub const DEFAULT_PROFILE_HZ: u32 = 99;
+
+/// Highest sampling frequency a request may ask for.
+///
+/// The kernel's CPU timers fire at most once per scheduler tick per busy CPU
+/// (`CONFIG_HZ`, commonly 250), so higher values would not give more samples.
+pub const MAX_PROFILE_HZ: u32 = 1000;
+
+/// Most threads a wall-clock profile (`mode=wall`) samples; a process with
+/// more has its lowest thread ids sampled and the profile's comments say
+/// how many were left out.
+pub const MAX_WALL_THREADS: usize = 256;
+
+/// A continuous-profiling rate as `STETHOSCOPE_CONTINUOUS_HZ` gives it:
+/// `Some(Some(hz))` for 1..=[`MAX_PROFILE_HZ`], `Some(None)` for off
+/// (`0`, `off`, `false`, `no`), `None` for anything else.
+pub(crate) fn parse_continuous_hz(text: &str) -> Option<Option<u32>> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "0" | "off" | "false" | "no" => Some(None),
+        text => match text.parse::<u32>() {
+            Ok(hz) if (1..=MAX_PROFILE_HZ).contains(&hz) => Some(Some(hz)),
+            _ => None,
+        },
+    }
+}
 
 /// What to profile: a window length and a sampling frequency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -480,7 +516,7 @@ impl CpuProfile {
         format!(
             "window {:.2} s from {}, {} Hz {per}requested",
             self.duration.as_secs_f64(),
-            crate::profile::rfc3339(self.started_at),
+            crate::units::rfc3339(self.started_at),
             self.hz
         )
     }
@@ -502,8 +538,20 @@ impl CpuProfile {
         } else {
             self.samples as f64 / self.cpu_time.as_secs_f64()
         };
-        let mut comments = vec![
-            self.window_comment(""),
+        // A look-back's notes (its coverage first) lead; a live window's
+        // comments start with the window.
+        let window = if self.notes.is_empty() {
+            self.window_comment("")
+        } else {
+            format!(
+                "recorded {:.2} s from {}",
+                self.duration.as_secs_f64(),
+                crate::units::rfc3339(self.started_at)
+            )
+        };
+        let mut comments: Vec<String> = self.notes.clone();
+        comments.extend([
+            window,
             format!(
                 "{} samples ({:.0}/s of CPU), {} dropped; process CPU {:.3} s ({:.0}% of one core)",
                 self.samples,
@@ -514,8 +562,7 @@ impl CpuProfile {
             ),
             "cpu values are samples scaled to the process CPU time measured over the window"
                 .to_owned(),
-        ];
-        comments.extend(self.notes.iter().cloned());
+        ]);
         let meta = self.meta("cpu", period_ns, "CPU profile", comments, symbolize);
         // Distribute the measured CPU time exactly, by weight: each stack
         // gets its share, the last one the remainder of the divisions.
@@ -624,7 +671,7 @@ pub(crate) mod tests {
             std::thread::Builder::new()
                 .name("spinner".into())
                 .spawn(move || {
-                    let _ = tid_tx.send(super::threads::current_tid());
+                    let _ = tid_tx.send(crate::threads::current_tid());
                     let _labels = crate::labels::scope([("job", "spin")]);
                     spin_in_a_named_function(&stop)
                 })

@@ -116,6 +116,141 @@ impl Session {
     }
 }
 
+/// What [`Controller::admit`] decided.
+enum Admitted {
+    /// Drain the ring now (at monotonic `now_ns`), the sampler running at
+    /// `hz`, into the windows and, when it is fed, the continuous ring.
+    Drain {
+        now_ns: u64,
+        hz: u32,
+        flight: Option<Arc<FlightRecorder>>,
+    },
+    /// Restart the sampler at the session's new rate or mode.
+    Switch(Option<Arc<FlightRecorder>>),
+    /// The session is gone: stop.
+    Gone,
+}
+
+/// What the serving loop keeps between drains: the windows being served,
+/// the stacks they count, the addresses already sent to the symbolizer.
+struct Serving {
+    windows: Vec<Window>,
+    table: StackTable,
+    announced: HashSet<u64>,
+    threads_refreshed_ns: u64,
+}
+
+impl Serving {
+    fn new() -> Self {
+        Serving {
+            windows: Vec::new(),
+            table: StackTable::default(),
+            announced: HashSet::new(),
+            threads_refreshed_ns: clock::monotonic_ns(),
+        }
+    }
+
+    /// Gives threads started since the last look their CPU timer.
+    fn refresh_threads(&mut self, sampler: &mut Sampler, now_ns: u64) {
+        if now_ns.saturating_sub(self.threads_refreshed_ns) >= duration_ns(THREAD_REFRESH_INTERVAL)
+        {
+            sampler.refresh_threads();
+            self.threads_refreshed_ns = now_ns;
+        }
+    }
+
+    /// Stamps the end (time, process CPU, drops) of windows past their
+    /// deadline.
+    fn close_due_windows(&mut self, sampler: &Sampler, now_ns: u64) {
+        let dropped = sampler.counters().dropped;
+        for window in self
+            .windows
+            .iter_mut()
+            .filter(|w| w.end.is_none() && w.deadline_ns <= now_ns)
+        {
+            window.end = Some(WindowEnd {
+                at_ns: now_ns,
+                cpu_ns: clock::process_cpu_ns(),
+                dropped,
+            });
+        }
+    }
+
+    /// Counts every sample the handlers recorded since the last drain into
+    /// the windows that cover it and into the continuous ring, and sends
+    /// new addresses to the symbolizer while the windows are still open.
+    fn drain(&mut self, sampler: &mut Sampler, hz: u32, flight: Option<&Arc<FlightRecorder>>) {
+        let symbolize = self.windows.iter().any(|w| w.symbolize);
+        let mut fresh_addresses = Vec::new();
+        {
+            let Serving {
+                windows,
+                table,
+                announced,
+                ..
+            } = self;
+            let mut ring = flight.map(|f| f.batch());
+            sampler.drain(|sample| {
+                let (id, is_new) = table.intern(
+                    sample.thread_name(),
+                    sample.frames(),
+                    sample.labels(),
+                    sample.state(),
+                );
+                if is_new && symbolize {
+                    fresh_addresses.extend(
+                        sample
+                            .frames()
+                            .iter()
+                            .copied()
+                            .filter(|a| announced.insert(*a)),
+                    );
+                }
+                let (timestamp, periods) = (sample.timestamp_ns(), sample.periods());
+                if let (Some(ring), Some(key)) = (ring.as_mut(), table.get(id)) {
+                    ring.record(key, hz, periods, timestamp);
+                }
+                for window in windows.iter_mut().filter(|w| w.covers(timestamp)) {
+                    window.count(id, periods);
+                }
+            });
+        }
+        if let Some(flight) = flight {
+            flight.tick(clock::monotonic_ns(), || {
+                (SystemTime::now(), clock::process_cpu_ns())
+            });
+        }
+        // Resolve while the window is still open, off this thread, so the
+        // report at the end finds the symbols cached.
+        Symbolizer::global().prefetch(fresh_addresses);
+    }
+
+    /// Takes out the windows that ended at least [`PUBLISH_GRACE`] ago, as
+    /// profiles to deliver.
+    fn finished_windows(&mut self, now_ns: u64) -> Vec<Finished> {
+        let grace = duration_ns(PUBLISH_GRACE);
+        let (done, open): (Vec<Window>, Vec<Window>) = std::mem::take(&mut self.windows)
+            .into_iter()
+            .partition(|w| {
+                w.end
+                    .is_some_and(|end| end.at_ns.saturating_add(grace) <= now_ns)
+            });
+        self.windows = open;
+        done.into_iter()
+            .filter_map(|w| w.finish(&self.table))
+            .collect()
+    }
+
+    /// Drops stacks no open window counts once the table has grown large.
+    fn compact(&mut self) {
+        let referenced: usize = self.windows.iter().map(Window::distinct_stacks).sum();
+        if self.table.len() > COMPACT_ABOVE_STACKS && self.table.len() > 2 * referenced {
+            self.table.compact(&mut self.windows);
+            self.announced.clear();
+        }
+    }
+}
+
 /// Process-wide coordinator of CPU sampling.
 #[derive(Debug, Default)]
 pub(crate) struct Controller {
@@ -321,148 +456,26 @@ impl Controller {
 
     /// Serves windows (and the continuous profiler's ring) until none is
     /// left; returns whether the sampler must start again (requests arrived
-    /// while it was stopping, or the rate or mode changes).
+    /// while it was stopping, or the rate or mode changes). Each round:
+    /// [`admit`](Self::admit) windows (under the state lock), close the
+    /// windows that are due, drain the ring into windows and segments,
+    /// publish finished profiles.
     fn serve(&self, mut sampler: Sampler) -> bool {
-        let mut windows: Vec<Window> = Vec::new();
-        let mut table = StackTable::default();
-        let mut announced: HashSet<u64> = HashSet::new();
-        let mut threads_refreshed_ns = clock::monotonic_ns();
+        let mut serving = Serving::new();
         loop {
-            let (now_ns, hz, flight) = {
-                let mut state = self.lock();
-                let idle = state
-                    .session
-                    .as_ref()
-                    .is_none_or(|s| s.pending.is_empty() && !s.restart);
-                if idle {
-                    let wait = next_wake_in(&windows, clock::monotonic_ns());
-                    state = self
-                        .wake
-                        .wait_timeout(state, wait)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
-                let counters = sampler.counters();
-                let flight = state.flight.clone();
-                let Some(session) = state.session.as_mut() else {
-                    // Only this thread clears the session; stop if it is gone.
-                    return false;
-                };
-                if session.restart && windows.is_empty() {
-                    // Another rate or mode: pending windows start on the
-                    // new sampler.
-                    session.restart = false;
-                    drop(state);
-                    return self.switch(sampler, flight.as_ref());
-                }
-                let now_ns = clock::monotonic_ns();
-                if !session.pending.is_empty() {
-                    // The process CPU clock is a system call: read it only
-                    // when a window opens, not at every drain.
-                    let start = WindowStart {
-                        wall: SystemTime::now(),
-                        at_ns: now_ns,
-                        cpu_ns: clock::process_cpu_ns(),
-                        dropped: counters.dropped,
-                    };
-                    for pending in session.pending.drain(..) {
-                        windows.push(Window::start(pending, session.hz, session.mode, start));
-                    }
-                }
-                windows.retain(|w| {
-                    let gone = w.abandoned();
-                    if gone {
-                        tracing::info!(requester = ?w.requester, "CPU profile cancelled: requester went away");
-                    }
-                    !gone
-                });
-                session.active = windows.len();
-                session.active_deadline_ns =
-                    windows.iter().map(|w| w.deadline_ns).max().unwrap_or(0);
-                session.counters = counters;
-                if windows.is_empty() {
-                    session.window_hz = None;
-                    if let Some(flight) = &flight {
-                        let ring = (flight.settings().hz, ProfileMode::Cpu);
-                        if (session.hz, session.mode) != ring {
-                            // Back to the continuous profiler's rate.
-                            (session.hz, session.mode) = ring;
-                            drop(state);
-                            return self.switch(sampler, Some(flight));
-                        }
-                    }
-                }
-                let feeds_ring = session.mode == ProfileMode::Cpu;
-                (now_ns, session.hz, flight.filter(|_| feeds_ring))
+            let (now_ns, hz, flight) = match self.admit(&sampler, &mut serving.windows) {
+                Admitted::Drain { now_ns, hz, flight } => (now_ns, hz, flight),
+                Admitted::Switch(flight) => return self.switch(sampler, flight.as_ref()),
+                Admitted::Gone => return false,
             };
-            if windows.is_empty() && flight.is_none() {
+            if serving.windows.is_empty() && flight.is_none() {
                 return self.stop(sampler, Vec::new());
             }
-
-            if now_ns.saturating_sub(threads_refreshed_ns) >= duration_ns(THREAD_REFRESH_INTERVAL) {
-                // Threads started since the last look get their CPU timer.
-                sampler.refresh_threads();
-                threads_refreshed_ns = now_ns;
-            }
-            let dropped = sampler.counters().dropped;
-            for window in windows
-                .iter_mut()
-                .filter(|w| w.end.is_none() && w.deadline_ns <= now_ns)
-            {
-                window.end = Some(WindowEnd {
-                    at_ns: now_ns,
-                    cpu_ns: clock::process_cpu_ns(),
-                    dropped,
-                });
-            }
-
-            let symbolize = windows.iter().any(|w| w.symbolize);
-            let mut fresh_addresses = Vec::new();
-            {
-                let mut ring = flight.as_ref().map(|f| f.batch());
-                sampler.drain(|sample| {
-                    let (id, is_new) = table.intern(
-                        sample.thread_name(),
-                        sample.frames(),
-                        sample.labels(),
-                        sample.state(),
-                    );
-                    if is_new && symbolize {
-                        fresh_addresses.extend(
-                            sample
-                                .frames()
-                                .iter()
-                                .copied()
-                                .filter(|a| announced.insert(*a)),
-                        );
-                    }
-                    let (timestamp, periods) = (sample.timestamp_ns(), sample.periods());
-                    if let (Some(ring), Some(key)) = (ring.as_mut(), table.get(id)) {
-                        ring.record(key, hz, periods, timestamp);
-                    }
-                    for window in windows.iter_mut().filter(|w| w.covers(timestamp)) {
-                        window.count(id, periods);
-                    }
-                });
-            }
-            if let Some(flight) = &flight {
-                flight.tick(clock::monotonic_ns(), || {
-                    (SystemTime::now(), clock::process_cpu_ns())
-                });
-            }
-            // Resolve while the window is still open, off this thread, so the
-            // report at the end finds the symbols cached.
-            Symbolizer::global().prefetch(fresh_addresses);
-
-            let grace = duration_ns(PUBLISH_GRACE);
-            let (done, open): (Vec<Window>, Vec<Window>) = windows.into_iter().partition(|w| {
-                w.end
-                    .is_some_and(|end| end.at_ns.saturating_add(grace) <= now_ns)
-            });
-            windows = open;
-            let finished: Vec<Finished> =
-                done.into_iter().filter_map(|w| w.finish(&table)).collect();
-            if windows.is_empty()
+            serving.refresh_threads(&mut sampler, now_ns);
+            serving.close_due_windows(&sampler, now_ns);
+            serving.drain(&mut sampler, hz, flight.as_ref());
+            let finished = serving.finished_windows(now_ns);
+            if serving.windows.is_empty()
                 && !finished.is_empty()
                 && !self.has_pending()
                 && self.lock().flight.is_none()
@@ -470,11 +483,78 @@ impl Controller {
                 return self.stop(sampler, finished);
             }
             deliver(finished);
-            let referenced: usize = windows.iter().map(Window::distinct_stacks).sum();
-            if table.len() > COMPACT_ABOVE_STACKS && table.len() > 2 * referenced {
-                table.compact(&mut windows);
-                announced.clear();
+            serving.compact();
+        }
+    }
+
+    /// Under the state lock: waits for the next window end or request,
+    /// adopts pending windows (stamping their start), drops abandoned ones,
+    /// publishes the session's status, and says what to do next.
+    fn admit(&self, sampler: &Sampler, windows: &mut Vec<Window>) -> Admitted {
+        let mut state = self.lock();
+        let idle = state
+            .session
+            .as_ref()
+            .is_none_or(|s| s.pending.is_empty() && !s.restart);
+        if idle {
+            let wait = next_wake_in(windows, clock::monotonic_ns());
+            state = self
+                .wake
+                .wait_timeout(state, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let counters = sampler.counters();
+        let flight = state.flight.clone();
+        let Some(session) = state.session.as_mut() else {
+            // Only this thread clears the session; stop if it is gone.
+            return Admitted::Gone;
+        };
+        if session.restart && windows.is_empty() {
+            // Another rate or mode: pending windows start on the new sampler.
+            session.restart = false;
+            return Admitted::Switch(flight);
+        }
+        let now_ns = clock::monotonic_ns();
+        if !session.pending.is_empty() {
+            // The process CPU clock is a system call: read it only when a
+            // window opens, not at every drain.
+            let start = WindowStart {
+                wall: SystemTime::now(),
+                at_ns: now_ns,
+                cpu_ns: clock::process_cpu_ns(),
+                dropped: counters.dropped,
+            };
+            for pending in session.pending.drain(..) {
+                windows.push(Window::start(pending, session.hz, session.mode, start));
             }
+        }
+        windows.retain(|w| {
+            let gone = w.abandoned();
+            if gone {
+                tracing::info!(requester = ?w.requester, "CPU profile cancelled: requester went away");
+            }
+            !gone
+        });
+        session.active = windows.len();
+        session.active_deadline_ns = windows.iter().map(|w| w.deadline_ns).max().unwrap_or(0);
+        session.counters = counters;
+        if windows.is_empty() {
+            session.window_hz = None;
+            if let Some(flight) = &flight {
+                let ring = (flight.settings().hz, ProfileMode::Cpu);
+                if (session.hz, session.mode) != ring {
+                    // Back to the continuous profiler's rate.
+                    (session.hz, session.mode) = ring;
+                    return Admitted::Switch(Some(Arc::clone(flight)));
+                }
+            }
+        }
+        let feeds_ring = session.mode == ProfileMode::Cpu;
+        Admitted::Drain {
+            now_ns,
+            hz: session.hz,
+            flight: flight.filter(|_| feeds_ring),
         }
     }
 

@@ -218,9 +218,9 @@ impl SnapshotDiff {
         format!(
             "Heap growth from snapshot {} ({}) to {} ({}): {:+.1} MiB",
             self.base,
-            crate::profile::rfc3339(self.base_snapshot.taken_at),
+            crate::units::rfc3339(self.base_snapshot.taken_at),
             self.target,
-            crate::profile::rfc3339(self.target_snapshot.taken_at),
+            crate::units::rfc3339(self.target_snapshot.taken_at),
             self.growth_bytes as f64 / (1024.0 * 1024.0)
         )
     }
@@ -296,8 +296,8 @@ impl SnapshotDiff {
         let document = Document {
             base: self.base,
             target: self.target,
-            base_taken_at: crate::profile::rfc3339(self.base_snapshot.taken_at),
-            target_taken_at: crate::profile::rfc3339(self.target_snapshot.taken_at),
+            base_taken_at: crate::units::rfc3339(self.base_snapshot.taken_at),
+            target_taken_at: crate::units::rfc3339(self.target_snapshot.taken_at),
             growth_bytes: self.growth_bytes,
             growth_objects: self.growth_objects,
             stacks_changed: self.entries.len(),

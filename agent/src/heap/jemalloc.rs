@@ -23,27 +23,9 @@ fn ctl_error(call: &'static str, error: tikv_jemalloc_ctl::Error) -> Error {
     }
 }
 
-/// Whether the process allocates through this jemalloc: an allocation
-/// through the global allocator must move jemalloc's count of the bytes
-/// this thread allocated (`thread.allocated`), which no other thread
-/// touches. The global allocator cannot change, so the answer is kept.
-pub(crate) fn is_global_allocator() -> bool {
-    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ANSWER.get_or_init(|| {
-        const PROBE: usize = 64 << 10;
-        // SAFETY: "thread.allocated" is a uint64_t.
-        let read = || unsafe { raw::read::<u64>(b"thread.allocated\0") };
-        let before = read();
-        let probe: Vec<u8> = std::hint::black_box(Vec::with_capacity(PROBE));
-        let after = read();
-        drop(probe);
-        matches!((before, after), (Ok(before), Ok(after)) if after >= before + PROBE as u64)
-    })
-}
-
 /// Ok when heap profiles can be taken; else why not and what to change.
 pub(crate) fn check_available() -> Result<(), Error> {
-    if !is_global_allocator() {
+    if !crate::memory::jemalloc_is_global_allocator() {
         return Err(Error::HeapUnavailable {
             reason: "jemalloc is not the global allocator of this process",
             hint: NOT_GLOBAL_HINT,
@@ -68,7 +50,7 @@ pub(crate) fn check_available() -> Result<(), Error> {
 
 /// jemalloc's statistics, refreshed (`epoch` advanced) first.
 pub(crate) fn stats() -> Result<HeapStats, Error> {
-    if !is_global_allocator() {
+    if !crate::memory::jemalloc_is_global_allocator() {
         return Err(Error::HeapUnavailable {
             reason: "jemalloc is not the global allocator of this process",
             hint: NOT_GLOBAL_HINT,

@@ -23,11 +23,6 @@ pub(crate) fn check_available() -> Result<(), Error> {
     Err(unavailable())
 }
 
-/// Without jemalloc support compiled in, it is not the allocator.
-pub(crate) fn is_global_allocator() -> bool {
-    false
-}
-
 pub(crate) fn stats() -> Result<HeapStats, Error> {
     Err(unavailable())
 }

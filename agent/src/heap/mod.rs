@@ -44,8 +44,8 @@ mod jemalloc;
 #[cfg(not(all(feature = "heap", unix)))]
 #[path = "jemalloc_unsupported.rs"]
 mod jemalloc;
-
-pub(crate) use jemalloc::is_global_allocator as jemalloc_is_global_allocator;
+#[cfg(feature = "metrics")]
+mod metrics;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,7 +53,6 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::config::DEFAULT_HEAP_SNAPSHOTS;
 use crate::profile::{Profile, ProfileMeta, RawStack, ValueType};
 use crate::Error;
 pub use diff::{DiffEntry, DiffTarget, SnapshotDiff};
@@ -62,6 +61,12 @@ pub use diff::{DiffEntry, DiffTarget, SnapshotDiff};
 /// tikv-jemallocator's jemalloc, built with profiling and statistics.
 #[cfg(all(feature = "heap", unix))]
 pub use tikv_jemallocator::Jemalloc;
+
+/// Heap snapshots an agent keeps before evicting the oldest.
+pub const DEFAULT_HEAP_SNAPSHOTS: usize = 16;
+
+/// Most heap snapshots an agent may be configured to keep.
+pub const MAX_HEAP_SNAPSHOTS: usize = 1024;
 
 /// jemalloc's startup options used by [`heap_profiling!`](crate::heap_profiling):
 /// profiling on and active, one sample per 512 KiB allocated on average.
@@ -295,7 +300,7 @@ impl HeapSnapshot {
     pub fn info(&self) -> SnapshotInfo {
         SnapshotInfo {
             id: self.id,
-            taken_at: crate::profile::rfc3339(self.taken_at),
+            taken_at: crate::units::rfc3339(self.taken_at),
             total_bytes: self.total_bytes,
             total_objects: self.total_objects,
             stacks: self.profile.samples.len(),
@@ -558,7 +563,7 @@ fn heap_profile(dump: &dump::HeapDump, taken_at: SystemTime, symbolize: bool) ->
         vec![
             format!(
                 "live heap at {}: {:.1} MiB in {:.0} objects, {} stacks (estimated)",
-                crate::profile::rfc3339(taken_at),
+                crate::units::rfc3339(taken_at),
                 total_bytes / (1024.0 * 1024.0),
                 total_objects,
                 dump.stacks.len()
@@ -724,8 +729,8 @@ mod tests {
         }
     }
 
-    fn frame(name: &str) -> crate::profile::SymbolizedFrame {
-        crate::profile::SymbolizedFrame {
+    fn frame(name: &str) -> crate::symbols::SymbolizedFrame {
+        crate::symbols::SymbolizedFrame {
             function: name.into(),
             file: None,
             line: None,

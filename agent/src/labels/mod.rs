@@ -53,5 +53,7 @@ pub use future::{scope, task, with_labels, LabelGuard, Labelled};
 pub use set::{LabelSet, MAX_LABEL_BYTES, RESERVED_KEYS};
 #[cfg(feature = "red")]
 pub(crate) use table::intern_sorted;
-pub(crate) use table::{merge, resolve};
+#[cfg(feature = "spans")]
+pub(crate) use table::merge;
+pub(crate) use table::resolve;
 pub use table::{Labels, MAX_LABEL_SETS, OVERFLOW_VALUE};

@@ -19,7 +19,8 @@
 use std::cell::Cell;
 use std::sync::atomic::{compiler_fence, AtomicU32, Ordering};
 
-use super::table::NO_LABELS;
+/// The id of "no labels" (interned sets are numbered from 1).
+pub(crate) const NO_LABELS: u32 = 0;
 
 thread_local! {
     /// The label-set id of the code running on this thread (0: none).
@@ -71,7 +72,7 @@ pub(crate) fn note_thread() {
     if !SEEN.with(Cell::get) {
         SEEN.with(|seen| seen.set(true));
         if tokio::runtime::worker_index().is_some() {
-            crate::cpu::threads::register_current_worker();
+            crate::threads::register_current_worker();
         }
     }
 }

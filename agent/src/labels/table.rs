@@ -16,6 +16,7 @@ use std::hash::BuildHasher;
 use std::sync::{OnceLock, PoisonError, RwLock};
 
 use super::set::{normalize, LabelSet, RESERVED_KEYS};
+pub(crate) use super::slot::NO_LABELS;
 
 /// Most distinct label sets interned; later new sets fold into their
 /// overflow set.
@@ -27,9 +28,6 @@ pub const OVERFLOW_VALUE: &str = "<overflow>";
 /// Extra room for the overflow sets themselves (one per distinct key
 /// combination); beyond it everything folds into `labels=<overflow>`.
 const OVERFLOW_RESERVE: usize = 64;
-
-/// The id of the empty set: no labels.
-pub(crate) const NO_LABELS: u32 = 0;
 
 /// An interned label set: a `Copy` handle to apply to futures
 /// ([`instrument`](Labels::instrument)) and code ([`enter`](Labels::enter)).

@@ -1,7 +1,8 @@
 //! Prometheus / OpenMetrics exposition of everything the agent measures.
 //!
 //! Each capability contributes metric families through a small internal
-//! collector trait; the [`MetricsRegistry`] of an agent holds the
+//! collector trait, implemented next to it (`cpu/metrics.rs`,
+//! `heap/metrics.rs`, …); the [`MetricsHandle`] of an agent holds the
 //! collectors of the capabilities it runs and writes one exposition per
 //! scrape. No global recorder is installed, so the host's own metrics
 //! libraries are unaffected.
@@ -25,52 +26,34 @@
 //! # }
 //! ```
 
-mod collectors;
 mod encode;
 
 use std::sync::Arc;
 
-pub(crate) use collectors::{HeapCollector, SamplerCollector};
 pub use encode::ExpositionFormat;
-pub(crate) use encode::MetricWriter;
+pub(crate) use encode::{Desc, MetricWriter};
 
 /// Something that writes metric families at scrape time. Implemented by
-/// each capability's handle; a new capability adds its collector in
-/// [`MetricsRegistry::of`]. Collectors must be quick (they run on the
+/// each capability's handle, in that capability's `metrics.rs`; the agent
+/// hands the collectors of the capabilities it runs to
+/// [`MetricsHandle::new`]. Collectors must be quick (they run on the
 /// agent's thread for every scrape) and must not write a family another
 /// collector writes.
 pub(crate) trait Collect: Send + Sync + std::fmt::Debug {
     fn collect(&self, out: &mut MetricWriter);
 }
 
-/// The collectors of one agent; [`encode`](Self::encode) writes the
-/// exposition `/metrics` serves. Cheap to clone.
+/// A handle on the collectors of one agent: [`encode`](Self::encode)
+/// writes the exposition `/metrics` serves. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct MetricsRegistry {
+pub struct MetricsHandle {
     collectors: Arc<Vec<Arc<dyn Collect>>>,
 }
 
-impl MetricsRegistry {
-    /// The collectors of every capability of an agent.
-    pub(crate) fn of(caps: &crate::agent::Capabilities) -> Self {
-        #[allow(unused_mut)] // the capabilities pushed depend on features
-        let mut collectors: Vec<Arc<dyn Collect>> = vec![
-            Arc::new(SamplerCollector(caps.cpu.clone())),
-            Arc::new(HeapCollector(caps.heap.clone())),
-        ];
-        #[cfg(feature = "resources")]
-        collectors.push(Arc::new(caps.resources.clone()));
-        #[cfg(feature = "red")]
-        collectors.push(Arc::new(caps.red.clone()));
-        #[cfg(feature = "runtime")]
-        collectors.push(Arc::new(caps.runtime.clone()));
-        #[cfg(feature = "spans")]
-        if let Some(spans) = &caps.spans {
-            collectors.push(Arc::new(spans.clone()));
-        }
-        #[cfg(feature = "doctor")]
-        collectors.push(Arc::new(caps.doctor.clone()));
-        MetricsRegistry {
+impl MetricsHandle {
+    /// A handle writing the families of `collectors`, in this order.
+    pub(crate) fn new(collectors: Vec<Arc<dyn Collect>>) -> Self {
+        MetricsHandle {
             collectors: Arc::new(collectors),
         }
     }

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{Location, Mapping, Profile, Sample, SymbolizedFrame, ValueType};
+use super::{Location, Mapping, Profile, Sample, ValueType};
 use crate::labels::LabelSet;
 use crate::symbols::modules::{loaded_modules, vdso_symbols, LoadedModule};
 use crate::symbols::symbolize::Symbolizer;
+use crate::symbols::SymbolizedFrame;
 
 /// Everything about a profile except its stacks.
 #[derive(Debug, Clone)]

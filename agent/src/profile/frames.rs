@@ -390,7 +390,7 @@ pub(crate) fn fold_plumbing<'a>(
 
 /// Whether `name` is the agent's own code (not a wrapper it puts around
 /// the application's futures).
-fn is_agent(name: &str) -> bool {
+pub(crate) fn is_agent(name: &str) -> bool {
     let owner = owner(name);
     crate_of(name) == Some("stethoscope") && !AGENT_WRAPPERS.iter().any(|w| owner.starts_with(w))
 }

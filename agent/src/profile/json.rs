@@ -102,7 +102,7 @@ pub(super) fn render(
     serde_json::to_writer_pretty(out, &document).map_err(std::io::Error::from)
 }
 
-pub(crate) use crate::report::rfc3339;
+use crate::units::rfc3339;
 
 #[cfg(test)]
 mod tests {

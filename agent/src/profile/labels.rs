@@ -7,7 +7,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::top::format_value;
-use super::{Location, Profile, SymbolizedFrame};
+use super::{Location, Profile};
+use crate::symbols::SymbolizedFrame;
 
 /// The value shown for samples without the label asked for.
 pub const UNLABELLED: &str = "<none>";

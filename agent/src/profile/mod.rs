@@ -18,7 +18,6 @@ pub(crate) mod shelf;
 mod top;
 mod view;
 
-pub(crate) use json::rfc3339;
 pub use labels::{LabelTotal, LabelTotals, UNLABELLED};
 
 use std::sync::Arc;
@@ -26,14 +25,9 @@ use std::time::{Duration, SystemTime};
 
 pub(crate) use build::{ProfileMeta, RawStack};
 pub use view::{Trim, View};
-// Symbolization lives in `crate::symbols`; these names stay available here
-// for the profiles' users.
-pub use crate::symbols::{
-    function_names, release_debug_info, symbolizer_stats, SymbolizedFrame, SymbolizerStats,
-    DEBUG_INFO_IDLE_RELEASE, MAX_CACHED_ADDRESSES,
-};
 
 use crate::labels::LabelSet;
+use crate::symbols::SymbolizedFrame;
 use crate::Error;
 
 /// What a sample value measures, e.g. `cpu` in `nanoseconds`.

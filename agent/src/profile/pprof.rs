@@ -490,7 +490,7 @@ mod tests {
     #[test]
     fn an_inline_chain_is_one_location_with_several_lines() {
         let mut profile = sample_profile();
-        let inner = crate::profile::SymbolizedFrame {
+        let inner = crate::symbols::SymbolizedFrame {
             function: "inlined_callee".into(),
             file: Some("lib.rs".into()),
             line: Some(3),

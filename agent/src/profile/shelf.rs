@@ -136,6 +136,7 @@ impl ProfileShelf {
     }
 
     /// Memory the kept profiles hold, estimated.
+    #[cfg_attr(not(feature = "doctor"), allow(dead_code))]
     pub(crate) fn memory_bytes(&self) -> usize {
         self.lock().kept.iter().map(|k| k.info.memory_bytes).sum()
     }

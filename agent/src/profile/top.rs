@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 
-use super::frames::{is_library, is_plumbing};
+use super::frames::{is_agent, is_library, is_plumbing};
 use super::view::{Trim, View};
 use super::Profile;
 
@@ -118,8 +118,15 @@ pub(super) fn render(profile: &Profile, view: &View, rows: usize) -> String {
     }
     let _ = writeln!(out, "Total {kind}: {}", format_value(total, unit));
 
+    // The service's functions first, heaviest first; the agent's own (its
+    // symbolizer, say) after them, marked as the agent's.
     let mut by_code: Vec<(&str, &Tally<'_>)> = code.iter().map(|(k, v)| (*k, v)).collect();
-    by_code.sort_by(|a, b| b.1.total.cmp(&a.1.total).then(a.0.cmp(b.0)));
+    by_code.sort_by(|a, b| {
+        is_agent(a.0)
+            .cmp(&is_agent(b.0))
+            .then(b.1.total.cmp(&a.1.total))
+            .then(a.0.cmp(b.0))
+    });
     let _ = writeln!(
         out,
         "\nBy your code: each stack charged to the innermost function the service wrote \
@@ -132,9 +139,14 @@ pub(super) fn render(profile: &Profile, view: &View, rows: usize) -> String {
             Some((leaf, share)) => format!("  [{:.0}% in {leaf}]", share * 100.0),
             None => String::new(),
         };
+        let owner = if is_agent(name) {
+            "  (stethoscope agent)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "{:>12} {:>5.1}%  {name}{spent_in}",
+            "{:>12} {:>5.1}%  {name}{spent_in}{owner}",
             format_value(tally.total, unit),
             percent(tally.total),
         );
@@ -292,5 +304,26 @@ mod tests {
         assert_eq!(format_value(2_500_000, "nanoseconds"), "2.5ms");
         assert_eq!(format_value(3 * 1024 * 1024, "bytes"), "3.0MiB");
         assert_eq!(format_value(12, "count"), "12");
+    }
+
+    #[test]
+    fn the_agents_own_functions_come_after_the_services_and_say_so() {
+        let profile = named_profile(&[
+            (&["demo::work", "demo::handler", "start_thread"], 30),
+            (
+                &[
+                    "stethoscope::symbols::dwarf::UnitTables::build",
+                    "start_thread",
+                ],
+                50,
+            ),
+        ]);
+        let text = render(&profile, &View::default(), 10);
+        let code = table(&text, "By your code");
+        assert!(code[0].contains("demo::work"), "{text}");
+        assert!(
+            code[1].contains("UnitTables::build") && code[1].ends_with("(stethoscope agent)"),
+            "{text}"
+        );
     }
 }

@@ -20,6 +20,8 @@
 
 mod histogram;
 mod layer;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod recorder;
 
 pub use histogram::OTEL_DURATION_BUCKETS;
@@ -27,3 +29,7 @@ pub use layer::{RedLayer, RedService, ResponseFuture};
 #[cfg(feature = "metrics")]
 pub(crate) use recorder::BUCKET_BOUNDS;
 pub use recorder::{CpuWindow, RedMetrics, RedReport, RouteReport, OVERFLOW_ROUTE, UNMATCHED_ROUTE};
+
+/// Most (method, route, status) series the RED recorder keeps; requests
+/// that would create more are counted under the route `<overflow>`.
+pub const DEFAULT_RED_MAX_SERIES: usize = 2000;

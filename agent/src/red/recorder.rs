@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::histogram::{
     OtelBuckets, RateWindow, OTEL_BOUNDS_NS, RATE_WINDOW_SECS,
 };
-use crate::config::DEFAULT_RED_MAX_SERIES;
+use crate::red::DEFAULT_RED_MAX_SERIES;
 use crate::histogram::{HistogramSummary, LatencyHistogram};
 
 /// Route label of requests no route matched.
@@ -87,7 +87,7 @@ impl Default for RedMetrics {
 
 impl RedMetrics {
     /// An empty recorder keeping at most
-    /// [`DEFAULT_RED_MAX_SERIES`](crate::config::DEFAULT_RED_MAX_SERIES)
+    /// [`DEFAULT_RED_MAX_SERIES`](crate::red::DEFAULT_RED_MAX_SERIES)
     /// (method, route, status) series.
     pub fn new() -> Self {
         Self::with_max_series(DEFAULT_RED_MAX_SERIES)
@@ -509,7 +509,7 @@ impl std::fmt::Display for RedReport {
                 out,
                 "CPU s: in the last CPU profile window ({:.1} s from {})",
                 w.duration.as_secs_f64(),
-                crate::report::rfc3339(w.started_at)
+                crate::units::rfc3339(w.started_at)
             ),
             None => writeln!(out, "CPU s: no CPU profile has run yet"),
         }

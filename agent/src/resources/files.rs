@@ -37,13 +37,15 @@ pub(crate) struct ProcFiles {
     entries: HashMap<PathBuf, Entry>,
     slow: HashMap<PathBuf, (Instant, Result<String, io::ErrorKind>)>,
     buffer: Vec<u8>,
+    /// Read every file now, whatever was cached (a person asked).
+    fresh: bool,
 }
 
 impl ProcFiles {
     /// The current content of `path`.
     pub(crate) fn read(&mut self, path: &Path) -> io::Result<String> {
         match self.entries.get(path) {
-            Some(Entry::Missing { error, at }) if at.elapsed() < SLOW_REFRESH => {
+            Some(Entry::Missing { error, at }) if at.elapsed() < SLOW_REFRESH && !self.fresh => {
                 return Err(io::Error::from(*error))
             }
             Some(Entry::Open(file)) => match read_from_start(file, &mut self.buffer) {
@@ -80,7 +82,7 @@ impl ProcFiles {
 
     /// The content of a rarely changing file, at most [`SLOW_REFRESH`] old.
     pub(crate) fn read_slow(&mut self, path: &Path) -> io::Result<String> {
-        if let Some((at, content)) = self.slow.get(path) {
+        if let Some((at, content)) = self.slow.get(path).filter(|_| !self.fresh) {
             if at.elapsed() < SLOW_REFRESH {
                 return content.clone().map_err(io::Error::from);
             }
@@ -94,6 +96,13 @@ impl ProcFiles {
             ),
         );
         content
+    }
+
+    /// Whether the next reads bypass the cached content of slow files and
+    /// the memory of missing ones (a person's request), or may use them
+    /// (the periodic sampler, scrapes).
+    pub(crate) fn set_fresh(&mut self, fresh: bool) {
+        self.fresh = fresh;
     }
 
     /// Files kept open now.

@@ -17,7 +17,7 @@ use super::files::{reason, ProcFiles, SLOW_REFRESH};
 use super::readings::{
     DiskReadings, NetReadings, Pressure, ProcessReadings, Reading, Readings, SlowReadings,
 };
-use crate::config::{MIN_USE_WINDOW, USE_SLOW_SAMPLE_INTERVAL};
+use crate::resources::{MIN_USE_WINDOW, USE_SLOW_SAMPLE_INTERVAL};
 
 /// Threads whose `schedstat` is summed at most; beyond it the run delay is
 /// reported unavailable rather than making every scrape slow.
@@ -64,8 +64,16 @@ impl LinuxReader {
 
     /// Reads one sample. `cgroups` was discovered once at start. The slow
     /// values are read when `full` is asked for or when their last read is
-    /// [`USE_SLOW_SAMPLE_INTERVAL`] old.
-    pub(crate) fn read(&mut self, cgroups: &Reading<Cgroups>, full: bool) -> Readings {
+    /// [`USE_SLOW_SAMPLE_INTERVAL`] old; `fresh` reads every file now, even
+    /// those whose content is cached for up to that long.
+    pub(crate) fn read(&mut self, cgroups: &Reading<Cgroups>, full: bool, fresh: bool) -> Readings {
+        self.files.set_fresh(fresh);
+        let readings = self.read_all(cgroups, full || fresh);
+        self.files.set_fresh(false);
+        readings
+    }
+
+    fn read_all(&mut self, cgroups: &Reading<Cgroups>, full: bool) -> Readings {
         let at = Instant::now();
         let process = self.read_process();
         let files = &mut self.files;
@@ -443,9 +451,9 @@ IpExt: 5 99
     fn live_readings_of_this_process() {
         let cgroups = cgroup::discover_live();
         let mut reader = LinuxReader::new();
-        let _first = reader.read(&cgroups, true);
+        let _first = reader.read(&cgroups, true, false);
         // The second read goes through the kept files.
-        let r = reader.read(&cgroups, true);
+        let r = reader.read(&cgroups, true, false);
         assert!(r.slow_before.is_some() || r.slow.at.elapsed() < MIN_USE_WINDOW);
         let process = r.process.unwrap();
         assert!(process.resident_bytes > 1 << 20);
@@ -455,7 +463,7 @@ IpExt: 5 99
         assert!(r.host_memory_bytes.unwrap() > 1 << 28);
         assert!(r.slow.net.is_ok());
         // A periodic read reuses fresh slow readings.
-        let periodic = reader.read(&cgroups, false);
+        let periodic = reader.read(&cgroups, false, false);
         assert!(Arc::ptr_eq(&periodic.slow, &r.slow));
     }
 

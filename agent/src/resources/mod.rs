@@ -34,6 +34,8 @@
 
 mod cgroup;
 mod files;
+#[cfg(feature = "metrics")]
+mod metrics;
 #[cfg(target_os = "linux")]
 mod linux;
 mod readings;
@@ -44,13 +46,30 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
-use crate::config::MIN_USE_WINDOW;
 use crate::Error;
 pub(crate) use readings::Readings;
 
 #[cfg(target_os = "linux")]
 use linux::LinuxReader as Reader;
+
+/// Shortest window over which USE rates and utilizations (CPU, executor,
+/// disk, throttling) are computed: two samples of a cumulative counter
+/// closer than this give too coarse a rate (CPU time has 10 ms ticks).
+pub const MIN_USE_WINDOW: Duration = Duration::from_millis(200);
+
+/// How often the agent's own thread samples the cumulative counters behind
+/// USE utilizations, so `/debug/use` and `/metrics` describe the last
+/// second or so rather than the time since the previous request.
+pub const DEFAULT_USE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the agent's sampling thread also reads the values whose rates
+/// need no one-second resolution (network, disk and I/O counters, open
+/// descriptors, run-queue delay, PSI — itself a ten-second average —, the
+/// memory and pids cgroups, limits): every tenth sample. An on-demand
+/// `/debug/use` reads everything.
+pub const USE_SLOW_SAMPLE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Elsewhere nothing is read, so nothing is kept.
 #[cfg(not(target_os = "linux"))]
@@ -62,6 +81,19 @@ impl Reader {
     fn new() -> Self {
         Reader
     }
+}
+
+/// How much of the sources a sample reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Depth {
+    /// The fast sources; the slow ones when their last read is
+    /// [`USE_SLOW_SAMPLE_INTERVAL`] old (the once-a-second sampler).
+    Periodic,
+    /// Every source, slow files from their cache if read within
+    /// [`USE_SLOW_SAMPLE_INTERVAL`] (scrapes, the dashboard).
+    Full,
+    /// Every source, read now (a person's request).
+    Fresh,
 }
 
 /// Names of the built-in rows; user resources may not reuse them.
@@ -263,7 +295,7 @@ impl fmt::Display for UseReport {
 /// computed between two samples at least
 /// [`MIN_USE_WINDOW`] apart. The agent
 /// samples every
-/// [`DEFAULT_USE_SAMPLE_INTERVAL`](crate::config::DEFAULT_USE_SAMPLE_INTERVAL)
+/// [`DEFAULT_USE_SAMPLE_INTERVAL`](crate::resources::DEFAULT_USE_SAMPLE_INTERVAL)
 /// on its own thread, so its reports describe roughly the last second;
 /// a monitor used on its own measures since its previous report.
 #[derive(Debug, Clone)]
@@ -365,19 +397,19 @@ impl ResourceMonitor {
     /// Takes a periodic sample (slow values only when due) so the next
     /// report has a recent baseline.
     pub(crate) fn tick(&self) {
-        let _ = self.sample(false);
+        let _ = self.sample(Depth::Periodic);
     }
 
-    /// Reads a sample (with every slow value if `full`); returns it with
-    /// the newest earlier sample at least `MIN_USE_WINDOW` older, for rates.
-    pub(crate) fn sample(&self, full: bool) -> (Option<Arc<Readings>>, Arc<Readings>) {
+    /// Reads a sample as deep as `depth` asks; returns it with the newest
+    /// earlier sample at least `MIN_USE_WINDOW` older, for rates.
+    pub(crate) fn sample(&self, depth: Depth) -> (Option<Arc<Readings>>, Arc<Readings>) {
         let now = {
             let mut reader = self
                 .inner
                 .reading
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            Arc::new(self.read(&mut reader, full))
+            Arc::new(self.read(&mut reader, depth))
         };
         let mut window = self
             .inner
@@ -428,24 +460,30 @@ impl ResourceMonitor {
                 }
             }
         }
-        self.sample(true)
+        self.sample(Depth::Full)
     }
 
-    fn read(&self, reader: &mut Reader, full: bool) -> Readings {
+    fn read(&self, reader: &mut Reader, depth: Depth) -> Readings {
         #[cfg(target_os = "linux")]
-        let mut readings = reader.read(&self.inner.cgroups, full);
+        let mut readings = reader.read(
+            &self.inner.cgroups,
+            depth != Depth::Periodic,
+            depth == Depth::Fresh,
+        );
         #[cfg(not(target_os = "linux"))]
         let mut readings = {
-            let _ = (reader, full);
+            let _ = (reader, depth);
             Readings::unavailable(UNSUPPORTED)
         };
         readings.executor = runtime::read(self.inner.runtime.as_ref());
         readings
     }
 
-    /// The USE table now.
+    /// The USE table now: every source read at this call, limits and
+    /// cgroup files included (the periodic sampler and scrapes reuse the
+    /// slow sources for up to [`USE_SLOW_SAMPLE_INTERVAL`]).
     pub fn report(&self) -> UseReport {
-        let (base, now) = self.sample(true);
+        let (base, now) = self.sample(Depth::Fresh);
         self.table(base.as_deref(), &now)
     }
 
@@ -557,7 +595,7 @@ mod tests {
     #[test]
     fn rates_need_a_window_of_at_least_200_ms() {
         let monitor = ResourceMonitor::new(None);
-        let (base, _) = monitor.sample(true);
+        let (base, _) = monitor.sample(Depth::Full);
         assert!(base.is_none(), "the first samples are too close together");
         std::thread::sleep(MIN_USE_WINDOW + std::time::Duration::from_millis(20));
         let report = monitor.report();
@@ -566,5 +604,43 @@ mod tests {
         // A report right after still has a baseline: the previous sample.
         let again = monitor.report();
         assert!(again.resources[0].used.is_some());
+    }
+
+    /// A person's `/debug/use` reads the limits as they are now, even a
+    /// second after the periodic sampler cached them (the service lowered
+    /// its descriptor limit in between).
+    #[cfg(target_os = "linux")]
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_report_reads_the_limits_of_now() {
+        let monitor = ResourceMonitor::new(None);
+        let fd_limit = |report: &UseReport| {
+            report
+                .resources
+                .iter()
+                .find(|r| r.name == "file_descriptors")
+                .and_then(|r| r.limit)
+        };
+        let before = fd_limit(&monitor.report());
+        monitor.tick();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we own.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        let lowered = libc::rlimit {
+            rlim_cur: limit.rlim_cur - 7,
+            ..limit
+        };
+        // SAFETY: setrlimit with a valid struct; lowering the soft limit by
+        // seven descriptors is harmless to the other tests, and it is put
+        // back below.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }, 0);
+        let after = fd_limit(&monitor.report());
+        // SAFETY: as above, restoring what getrlimit returned.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+        assert_eq!(before, Some(limit.rlim_cur as f64));
+        assert_eq!(after, Some(lowered.rlim_cur as f64), "the limit of now");
     }
 }

@@ -6,7 +6,7 @@ use super::readings::{ExecutorReadings, Reading};
 pub(crate) fn read(handle: Option<&tokio::runtime::Handle>) -> Reading<ExecutorReadings> {
     let Some(handle) = handle else {
         return Err(
-            "no tokio runtime: start the agent inside one or pass AgentBuilder::runtime".into(),
+            "no tokio runtime: start the agent inside one or pass AgentBuilder::watch_runtime".into(),
         );
     };
     let metrics = handle.metrics();

@@ -347,7 +347,7 @@ mod tests {
             panic!("no frames: {answers:?}");
         };
         assert_eq!(answers[1], Captured::Gone);
-        let names = crate::profile::function_names(frames);
+        let names = crate::symbols::function_names(frames);
         assert!(
             names
                 .iter()
@@ -427,7 +427,7 @@ mod tests {
             let Captured::Frames(frames) = answer else {
                 panic!("no frames for {function}: {answers:?}");
             };
-            let names = crate::profile::function_names(frames);
+            let names = crate::symbols::function_names(frames);
             assert!(
                 names.iter().any(|(_, n)| n.contains(function)),
                 "{function} not in {names:?}"

@@ -2,9 +2,9 @@
 //! watchdog that captures the culprit stack.
 //!
 //! When the agent starts inside a tokio runtime (or is given one with
-//! [`AgentBuilder::runtime`](crate::AgentBuilder::runtime)), a thread of
+//! [`AgentBuilder::watch_runtime`](crate::AgentBuilder::watch_runtime)), a thread of
 //! its own, outside that runtime, looks at it every
-//! [`DEFAULT_LAG_RESOLUTION`](crate::config::DEFAULT_LAG_RESOLUTION):
+//! [`DEFAULT_LAG_RESOLUTION`](crate::runtime::DEFAULT_LAG_RESOLUTION):
 //!
 //! - **Executor lag.** It spawns a tiny probe task onto the runtime and
 //!   measures how long the task waits for its first poll — the delay any
@@ -18,7 +18,7 @@
 //!   Samples go into HDR histograms since start and over rolling 10 s,
 //!   1 min and 5 min windows ([`LagReport`]).
 //! - **Stalls.** A worker away from the scheduler longer than the stall
-//!   threshold ([`DEFAULT_STALL_THRESHOLD`](crate::config::DEFAULT_STALL_THRESHOLD))
+//!   threshold ([`DEFAULT_STALL_THRESHOLD`](crate::runtime::DEFAULT_STALL_THRESHOLD))
 //!   is stuck in one poll: the watchdog sends the worker's thread a
 //!   real-time signal whose handler unwinds that thread's stack — also when
 //!   it is blocked off-CPU in `sleep`, a mutex or synchronous I/O — and
@@ -50,6 +50,8 @@ mod capture;
 #[path = "capture_unsupported.rs"]
 mod capture;
 mod probe;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod render;
 mod stall;
 mod tasks;
@@ -75,12 +77,32 @@ pub use stall::{Attribution, Stall, StallThread, STALL_HISTORY};
 pub use tasks::{TaskMonitorReport, MAX_TASK_MONITORS};
 pub use window::LAG_BUCKETS;
 
+/// How often the executor-lag probe runs and the stuck-worker watchdog
+/// looks at the runtime's workers (Node's `monitorEventLoopDelay` default).
+pub const DEFAULT_LAG_RESOLUTION: Duration = Duration::from_millis(10);
+
+/// Shortest and longest lag resolution the builder accepts.
+pub const LAG_RESOLUTION_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(1));
+
+/// A worker that stays inside one poll longer than this is reported as a
+/// stall, with the stack it is stuck in.
+pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(100);
+
+/// Longest stall threshold the builder accepts.
+pub const MAX_STALL_THRESHOLD: Duration = Duration::from_secs(60);
+
+/// How long the watchdog keeps the unwind tables it copied for a stack
+/// capture after the last stall (~2 MiB), so a burst of stalls copies them
+/// once.
+pub const STALL_CAPTURE_KEEP: Duration = Duration::from_secs(60);
+
 const NO_RUNTIME: &str =
-    "no tokio runtime: start the agent inside one or pass AgentBuilder::runtime";
+    "no tokio runtime: start the agent inside one or pass AgentBuilder::watch_runtime";
 const SHUT_DOWN: &str = "the tokio runtime the agent watched has shut down";
 
-/// Executor lag over every window; its JSON is `/debug/lag`'s (DESIGN
-/// §5.1) and its `Display` the `format=text` table.
+/// Executor lag over every window; its JSON is `/debug/lag`'s (docs/endpoints.md)
+/// and its `Display` the `format=text` table.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct LagReport {
@@ -205,7 +227,7 @@ pub struct UnstableRuntimeMetrics {
 }
 
 /// Health of the host's tokio runtime; its JSON is `/debug/runtime`'s
-/// (DESIGN §5.1) and its `Display` the `format=text` report.
+/// (docs/endpoints.md) and its `Display` the `format=text` report.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RuntimeReport {
@@ -346,9 +368,13 @@ impl Inner {
 /// Executor lag, runtime health and stalls of the host's tokio runtime,
 /// and the task monitors handed out. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct RuntimeMonitor {
+pub struct RuntimeHealth {
     runtime: Option<Arc<Inner>>,
     tasks: TaskMonitors,
+    /// How often the probe and the watchdog look.
+    resolution: Duration,
+    /// A poll longer than this is a stall.
+    threshold: Duration,
 }
 
 /// Stops the watchdog when the agent goes away.
@@ -362,7 +388,7 @@ impl Drop for WatchdogGuard {
     }
 }
 
-impl RuntimeMonitor {
+impl RuntimeHealth {
     /// Watches `runtime` (none: every report is unavailable) from a thread
     /// of its own, every `resolution`; a poll longer than `threshold` is a
     /// stall. `alarm` wakes the watchdog from its dormant sleep (a quiet
@@ -376,9 +402,11 @@ impl RuntimeMonitor {
         let tasks = TaskMonitors::default();
         let Some(handle) = runtime else {
             return Ok((
-                RuntimeMonitor {
+                RuntimeHealth {
                     runtime: None,
                     tasks,
+                    resolution,
+                    threshold,
                 },
                 None,
             ));
@@ -406,9 +434,11 @@ impl RuntimeMonitor {
             source,
         })?;
         Ok((
-            RuntimeMonitor {
+            RuntimeHealth {
                 runtime: Some(Arc::clone(&inner)),
                 tasks,
+                resolution,
+                threshold,
             },
             Some(WatchdogGuard(inner)),
         ))
@@ -426,6 +456,16 @@ impl RuntimeMonitor {
             }),
             Some(inner) => Ok(inner),
         }
+    }
+
+    /// How often the lag probe runs and the watchdog looks.
+    pub(crate) fn resolution(&self) -> Duration {
+        self.resolution
+    }
+
+    /// A worker inside one poll for longer than this is a stall.
+    pub(crate) fn stall_threshold(&self) -> Duration {
+        self.threshold
     }
 
     /// Whether a runtime is watched; if not, why.

@@ -144,7 +144,7 @@ impl Drop for Probe {
 /// (the probe runs on host workers); 0 where there is none to signal.
 fn current_tid() -> u32 {
     thread_local! {
-        static TID: u32 = crate::cpu::threads::current_tid();
+        static TID: u32 = crate::threads::current_tid();
     }
     TID.with(|tid| *tid)
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use super::{LagReport, RuntimeReport, TimelinePoint};
 use crate::histogram::HistogramSummary;
 use crate::profile::frames::{fold_plumbing, is_library};
-use crate::report::{millis as ms, rfc3339};
+use crate::report::millis as ms;
+use crate::units::rfc3339;
 
 /// The windows as a fixed-width table.
 pub(crate) fn text(lag: &LagReport) -> String {
@@ -54,7 +55,6 @@ pub(crate) fn text(lag: &LagReport) -> String {
     out
 }
 
-/// The `/debug/runtime?format=text` report.
 /// Stalls listed in the text view, newest first.
 const STALLS_LISTED: usize = 10;
 /// Of those, the ones shown with their stack; older ones get one line.
@@ -62,16 +62,7 @@ const STALLS_WITH_STACKS: usize = 3;
 /// Frames shown per stack (after folding plumbing).
 const STALL_FRAMES: usize = 24;
 
-/// `d` as a person says it: `45 s`, `3 min`, `2 h`.
-fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=119 => format!("{s} s"),
-        120..=7199 => format!("{} min", s / 60),
-        _ => format!("{} h", s / 3600),
-    }
-}
-
+/// The `/debug/runtime?format=text` report.
 pub(crate) fn runtime_text(report: &RuntimeReport) -> String {
     let mut out = String::new();
     if let Some(reason) = report.reason {
@@ -121,7 +112,7 @@ pub(crate) fn runtime_text(report: &RuntimeReport) -> String {
         }
         let ago = now
             .duration_since(stall.started_at)
-            .map_or_else(|_| "just now".to_owned(), |d| format!("{} ago", human_duration(d)));
+            .map_or_else(|_| "just now".to_owned(), |d| format!("{} ago", crate::units::span(d)));
         let _ = writeln!(
             out,
             "\n{} ({ago}) worker {} {} {:.1} ms{} ({}, thread {})",
@@ -222,19 +213,6 @@ const SERIES: [Series; 3] = [
         value: |p| p.p50,
     },
 ];
-
-/// A lag in ms with precision that suits its size: `0.03 ms`, `12.4 ms`,
-/// `4047 ms`.
-fn human_ms(value: Duration) -> String {
-    let v = ms(value);
-    if v >= 100.0 {
-        format!("{v:.0} ms")
-    } else if v >= 1.0 {
-        format!("{v:.1} ms")
-    } else {
-        format!("{v:.2} ms")
-    }
-}
 
 /// The plot. Time runs left to right over the points' span (at most five
 /// minutes); lag is on a log scale from 10 µs up to the largest decade
@@ -378,9 +356,9 @@ pub(crate) fn svg(
     let row = |label: &str, h: &HistogramSummary| {
         format!(
             "{label:<10}  p50 {:>9}   p99 {:>9}   max {:>9}   {:>6} samples",
-            human_ms(h.p50),
-            human_ms(h.p99),
-            human_ms(h.max),
+            crate::units::duration_ms(h.p50),
+            crate::units::duration_ms(h.p99),
+            crate::units::duration_ms(h.max),
             h.count
         )
     };

@@ -15,7 +15,7 @@ use super::probe::ProbeState;
 use super::stall::{self, RawCandidate, StallJob};
 use super::workers::{WorkerCounters, WorkerEvent, WorkerTrack};
 use super::{Inner, WorkerView};
-use crate::config::STALL_CAPTURE_KEEP;
+use crate::runtime::STALL_CAPTURE_KEEP;
 use crate::periodic::Wake;
 
 /// With a worker parked, a probe runs every this many resolutions.

@@ -26,9 +26,11 @@ pub(crate) const PAGE: &str = include_str!("dashboard.html");
 pub(crate) const DASHBOARD_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// Stalls listed with their stacks.
+#[cfg(feature = "runtime")]
 const STALLS_SHOWN: usize = 3;
 
 /// Frames of a stall's stack shown (after folding the plumbing).
+#[cfg(feature = "runtime")]
 const STALL_FRAMES: usize = 16;
 
 /// What the page's Content-Security-Policy allows: its own inline code,
@@ -106,6 +108,7 @@ struct Heap {
 
 /// A stall as the page shows it: who, how long, the application function
 /// it was in, the stack with its plumbing folded.
+#[cfg(feature = "runtime")]
 #[derive(Debug, Serialize)]
 struct StallView {
     id: u64,
@@ -142,6 +145,12 @@ struct Tick {
 
 /// Serializes a report to a value once, so the tick's parts share one
 /// shape whatever the features.
+#[cfg(any(
+    feature = "doctor",
+    feature = "resources",
+    feature = "red",
+    feature = "runtime"
+))]
 fn value<T: Serialize>(report: &T) -> Part<serde_json::Value> {
     match serde_json::to_value(report) {
         Ok(value) => Part::Ready(value),
@@ -194,7 +203,7 @@ pub(crate) async fn tick(
     // thread, like every report that reads files.
     let task_state = state.clone();
     let use_table = blocking(move || use_part(&task_state)).await?;
-    let status = state.cpu.status();
+    let status = state.caps.cpu.status();
     let tick = Tick {
         now_ms: unix_ms(now),
         process: Process {
@@ -215,20 +224,20 @@ pub(crate) async fn tick(
         use_table,
         red: red_part(&state),
         runtime: runtime_part(&state),
-        heap: match state.heap.snapshot_list() {
+        heap: match state.caps.heap.snapshot_list() {
             Ok(list) => Part::Ready(Heap {
                 snapshots: list.snapshots,
             }),
             Err(error) => Part::unavailable(crate::error::one_line(&error)),
         },
-        profiles: state.kept.list(),
+        profiles: state.caps.kept.list(),
     };
     Ok(json_response(&tick))
 }
 
 #[cfg(feature = "doctor")]
 fn doctor_part(state: &AppState) -> Part<serde_json::Value> {
-    value(&state.doctor.diagnose())
+    value(&state.caps.doctor.diagnose())
 }
 
 #[cfg(not(feature = "doctor"))]
@@ -258,7 +267,7 @@ const DASHBOARD_SERIES: &[crate::doctor::Series] = {
 
 #[cfg(feature = "doctor")]
 fn history_part(state: &AppState, from: SystemTime) -> Part<serde_json::Value> {
-    value(&state.doctor.history(Some(from), DASHBOARD_SERIES))
+    value(&state.caps.doctor.history(Some(from), DASHBOARD_SERIES))
 }
 
 #[cfg(not(feature = "doctor"))]
@@ -270,8 +279,8 @@ fn history_part(_state: &AppState, _from: SystemTime) -> Part<serde_json::Value>
 fn use_part(state: &AppState) -> Part<serde_json::Value> {
     // The USE sampler's latest reading (once a second); a new one only if
     // it is late.
-    let (base, now) = state.resources.recent(Duration::from_millis(1500));
-    value(&state.resources.table(base.as_deref(), &now))
+    let (base, now) = state.caps.resources.recent(Duration::from_millis(1500));
+    value(&state.caps.resources.table(base.as_deref(), &now))
 }
 
 #[cfg(not(feature = "resources"))]
@@ -281,7 +290,7 @@ fn use_part(_state: &AppState) -> Part<serde_json::Value> {
 
 #[cfg(feature = "red")]
 fn red_part(state: &AppState) -> Part<serde_json::Value> {
-    value(&state.red.report())
+    value(&state.caps.red.report())
 }
 
 #[cfg(not(feature = "red"))]
@@ -292,7 +301,7 @@ fn red_part(_state: &AppState) -> Part<serde_json::Value> {
 #[cfg(feature = "runtime")]
 fn runtime_part(state: &AppState) -> Part<serde_json::Value> {
     use crate::profile::frames::{fold_plumbing, is_library};
-    let executor = &state.runtime;
+    let executor = &state.caps.runtime;
     let Ok(mut report) = executor.report() else {
         return Part::unavailable(executor.unavailable_reason().unwrap_or("unavailable"));
     };

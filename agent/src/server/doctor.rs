@@ -10,11 +10,12 @@ use axum::response::Response;
 
 use super::error::{clip, ApiError};
 use super::limits::is_head;
+use super::query::parse_since;
 use super::query::Query;
 use super::response::{file_response, json_response, report_response};
 use super::{blocking, AppState};
-use crate::doctor::{parse_series, parse_since};
 use crate::profile::Format;
+use crate::Error;
 
 /// `GET /debug/doctor?format=json|text`.
 pub(crate) async fn doctor(
@@ -22,7 +23,7 @@ pub(crate) async fn doctor(
     query: Query,
 ) -> Result<Response, ApiError> {
     let view = query.report_view()?;
-    Ok(report_response(&state.doctor.diagnose(), view))
+    Ok(report_response(&state.caps.doctor.diagnose(), view))
 }
 
 /// `GET /debug/history?since=-5m&series=cpu_cores,lag_p99_ms&format=json`.
@@ -36,9 +37,10 @@ pub(crate) async fn history(
         .map(|text| parse_since(text, SystemTime::now()))
         .transpose()?;
     let series = state
+        .caps
         .doctor
         .with_history(|history| parse_series(query.get("series").unwrap_or(""), history))?;
-    let columns = state.doctor.history(since, &series);
+    let columns = state.caps.doctor.history(since, &series);
     Ok(json_response(&columns))
 }
 
@@ -52,6 +54,7 @@ pub(crate) async fn artifact(
 ) -> Result<Response, ApiError> {
     let known = || {
         let ids: Vec<String> = state
+            .caps
             .doctor
             .cpu_artifact_ids()
             .iter()
@@ -67,7 +70,7 @@ pub(crate) async fn artifact(
     let profile = id
         .parse::<u64>()
         .ok()
-        .and_then(|id| state.doctor.cpu_artifact(id))
+        .and_then(|id| state.caps.doctor.cpu_artifact(id))
         .ok_or_else(|| ApiError::Missing {
             message: format!("no doctor artifact {:?}", clip(&id)),
             hint: known(),
@@ -81,4 +84,97 @@ pub(crate) async fn artifact(
     let taken_at = profile.started_at;
     let bytes = blocking(move || profile.render_bytes(format, &view)).await??;
     Ok(file_response(bytes, format, &name, taken_at))
+}
+
+/// Parses `series`: a comma-separated list of series names; empty means
+/// every series the history records.
+///
+/// # Errors
+///
+/// [`Error::UnknownSeries`] for the first unknown name, listing the valid ones.
+pub(crate) fn parse_series(
+    text: &str,
+    history: &crate::doctor::History,
+) -> Result<Vec<crate::doctor::Series>, Error> {
+    let mut series = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let Some(s) = history.series_named(name) else {
+            let known: Vec<String> = history
+                .all_series()
+                .into_iter()
+                .filter_map(|s| history.series_name(s))
+                .collect();
+            return Err(Error::UnknownSeries {
+                name: name.chars().take(100).collect(),
+                known: known.join(", "),
+            });
+        };
+        if !series.contains(&s) {
+            series.push(s);
+        }
+    }
+    if series.is_empty() {
+        return Ok(history.all_series());
+    }
+    Ok(series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_series;
+    use crate::doctor::History;
+
+    #[test]
+    fn series_lists_resolve_dedupe_and_default_to_everything() {
+        let mut history = History::new(60);
+        history.resource_slot("db_pool").unwrap();
+        let series = parse_series(
+            "rss_bytes,lag_p99_ms, rss_bytes,db_pool.saturation",
+            &history,
+        )
+        .unwrap();
+        assert_eq!(series.len(), 3);
+        assert_eq!(parse_series("", &history).unwrap(), history.all_series());
+        assert_eq!(parse_series(" , ", &history).unwrap(), history.all_series());
+        let error = parse_series("rss_bytes,rss", &history)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"rss\""), "{error}");
+        assert!(
+            error.contains("rss_bytes") && error.contains("db_pool.utilization"),
+            "{error}"
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use crate::testing::{bounded, input_of};
+        use proptest::prelude::*;
+
+        const SERIES: &[&str] = &[
+            "cpu_cores",
+            "rss_bytes",
+            ",",
+            " ",
+            "db_pool",
+            ".utilization",
+            ".saturation",
+            "lag_p99_ms",
+            "%",
+            "_",
+        ];
+
+        proptest! {
+            #[test]
+            fn series_never_panic(value in input_of(SERIES)) {
+                let mut history = History::new(60);
+                history.resource_slot("db_pool");
+                bounded("series", &value, || {
+                    if let Ok(series) = parse_series(&value, &history) {
+                        assert!(!series.is_empty());
+                    }
+                });
+            }
+        }
+    }
 }

@@ -69,7 +69,7 @@ pub(crate) async fn pprof_heap(
     query: Query,
 ) -> Result<Response, PprofError> {
     let params = HeapParams::parse(&query, Format::Pprof)?;
-    state.heap.check()?;
+    state.caps.heap.check()?;
     if is_head(&method) {
         return Ok(file_response(
             Vec::new(),
@@ -78,7 +78,7 @@ pub(crate) async fn pprof_heap(
             std::time::SystemTime::now(),
         ));
     }
-    let heap = state.heap.clone();
+    let heap = state.caps.heap.clone();
     let (bytes, taken_at) = blocking(move || -> Result<_, Error> {
         let profile = heap.profile(params.symbolize)?;
         Ok((
@@ -96,14 +96,14 @@ pub(crate) async fn stats(
     query: Query,
 ) -> Result<Response, ApiError> {
     let view = query.report_view()?;
-    let heap = state.heap.clone();
+    let heap = state.caps.heap.clone();
     let stats = blocking(move || heap.stats()).await??;
     Ok(report_response(&stats, view))
 }
 
 /// `GET /debug/heap/profiling`: whether allocations are being sampled.
 pub(crate) async fn profiling_state(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let heap = state.heap.clone();
+    let heap = state.caps.heap.clone();
     let current = blocking(move || heap.state()).await??;
     Ok(json_response(&current))
 }
@@ -141,14 +141,14 @@ pub(crate) async fn set_profiling(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let active = parse_toggle(&body)?;
-    let heap = state.heap.clone();
+    let heap = state.caps.heap.clone();
     let current = blocking(move || heap.set_active(active)).await??;
     Ok(json_response(&current))
 }
 
 /// `POST /debug/heap/snapshots`: takes and keeps a snapshot.
 pub(crate) async fn take_snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let heap = state.heap.clone();
+    let heap = state.caps.heap.clone();
     let snapshot = blocking(move || heap.take_snapshot()).await??;
     let info = snapshot.info();
     let mut response = json_response(&info);
@@ -161,7 +161,7 @@ pub(crate) async fn take_snapshot(State(state): State<AppState>) -> Result<Respo
 
 /// `GET /debug/heap/snapshots`: the snapshots kept, oldest first.
 pub(crate) async fn list_snapshots(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(json_response(&state.heap.snapshot_list()?))
+    Ok(json_response(&state.caps.heap.snapshot_list()?))
 }
 
 fn snapshot_id(raw: Result<Path<String>, PathRejection>) -> Result<u64, ApiError> {
@@ -185,7 +185,7 @@ pub(crate) async fn get_snapshot(
 ) -> Result<Response, ApiError> {
     let id = snapshot_id(id)?;
     let params = HeapParams::parse(&query, Format::Json)?;
-    let snapshot = state.heap.snapshot(id)?;
+    let snapshot = state.caps.heap.snapshot(id)?;
     let HeapParams { format, view, .. } = params;
     if is_head(&method) {
         return Ok(file_response(
@@ -210,7 +210,7 @@ pub(crate) async fn delete_snapshot(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = snapshot_id(id)?;
-    let heap = state.heap.clone();
+    let heap = state.caps.heap.clone();
     // Freeing a snapshot of many stacks is work too: not on this thread.
     blocking(move || heap.delete_snapshot(id)).await??;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -230,7 +230,7 @@ pub(crate) async fn diff(
         )
     })?;
     let target = params.target.unwrap_or(DiffTarget::Now);
-    let heap = state.heap.clone();
+    let heap = state.caps.heap.clone();
     let HeapParams {
         format,
         limit,

@@ -29,7 +29,7 @@ pub(crate) async fn metrics(
             })?;
         }
     }
-    let metrics = state.metrics.clone();
+    let metrics = state.caps.metrics.clone();
     // Formatting (and on a cold cache, sampling /proc) off the server
     // thread; the compression layer gzips it for scrapers that accept it.
     let body = blocking(move || metrics.encode(format)).await?;

@@ -13,10 +13,10 @@ use super::limits::is_head;
 use super::query::Query;
 use super::response::{file_response, text_response};
 use super::AppState;
-use crate::config::{
+use crate::cpu::{ProfileMode, ProfileRequest, WallThreads};
+use crate::cpu::{
     DEFAULT_FLAMEGRAPH_SECONDS, DEFAULT_PROFILE_HZ, DEFAULT_PROFILE_SECONDS, MAX_PROFILE_HZ,
 };
-use crate::cpu::{ProfileMode, ProfileRequest, WallThreads};
 use crate::labels::MAX_LABEL_BYTES;
 use crate::profile::{Format, Profile, View};
 
@@ -243,7 +243,7 @@ pub(crate) async fn take_profile(
     if let Peer(Some(addr)) = peer {
         request = request.requester(addr);
     }
-    Ok(state.cpu.profile(request).await?)
+    Ok(state.caps.cpu.profile(request).await?)
 }
 
 /// Symbolizes (or not) and renders `raw` as `params` ask, on the agent's
@@ -286,10 +286,10 @@ impl Past {
         state: &AppState,
     ) -> Result<(crate::cpu::CpuProfile, crate::cpu::Coverage), ApiError> {
         Ok(match self {
-            Past::Range { from, to } => state.cpu.look_back(from, to)?,
-            Past::Latest => state.cpu.latest_segment()?,
-            Past::Pin(id) => state.cpu.pinned(id).ok_or_else(|| {
-                let ids: Vec<String> = state.cpu.pins().iter().map(|p| p.id.to_string()).collect();
+            Past::Range { from, to } => state.caps.cpu.look_back(from, to)?,
+            Past::Latest => state.caps.cpu.latest_segment()?,
+            Past::Pin(id) => state.caps.cpu.pinned(id).ok_or_else(|| {
+                let ids: Vec<String> = state.caps.cpu.pins().iter().map(|p| p.id.to_string()).collect();
                 ApiError::Missing {
                     message: format!("no pinned profile {id}"),
                     hint: if ids.is_empty() {
@@ -310,7 +310,7 @@ impl Past {
             query
                 .get(name)
                 .map(|text| {
-                    crate::doctor::parse_since(text, now).map_err(|error| {
+                    super::query::parse_since(text, now).map_err(|error| {
                         let reason = match &error {
                             crate::Error::InvalidSince { reason, .. } => *reason,
                             _ => "it is not a time",
@@ -416,7 +416,7 @@ pub(crate) const COVERAGE_HEADER: &str = "x-stethoscope-coverage";
 
 /// `full; from=…; to=…; segments=N` or `partial; …; note="…"`.
 fn coverage_header(coverage: &crate::cpu::Coverage) -> String {
-    let time = |t: Option<SystemTime>| t.map_or("none".to_owned(), crate::profile::rfc3339);
+    let time = |t: Option<SystemTime>| t.map_or("none".to_owned(), crate::units::rfc3339);
     let mut header = format!(
         "{}; from={}; to={}; segments={}",
         if coverage.partial { "partial" } else { "full" },
@@ -483,7 +483,7 @@ fn parse_addresses(list: &str) -> Result<Vec<u64>, ApiError> {
 
 async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
     let addresses = parse_addresses(&list)?;
-    let lines = super::blocking(move || crate::profile::function_names(&addresses)).await?;
+    let lines = super::blocking(move || crate::symbols::function_names(&addresses)).await?;
     let mut body = String::with_capacity(lines.len() * 48);
     for (address, name) in lines {
         body.push_str(&format!("{address:#x} {name}\n"));
@@ -494,7 +494,7 @@ async fn symbolize_addresses(list: String) -> Result<Response, PprofError> {
 /// `GET /debug/pprof/`: an index in the spirit of Go's, listing what this
 /// agent serves.
 pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
-    let status = state.cpu.status();
+    let status = state.caps.cpu.status();
     let sampler = match (status.running_hz, status.running_mode) {
         (Some(hz), Some(mode)) => format!(
             "running a {mode} profile at {hz} Hz for {} request(s)",
@@ -503,7 +503,7 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
         _ => "idle".to_owned(),
     };
     let max = state.config.max_profile_seconds;
-    let continuous = match state.cpu.continuous_status() {
+    let continuous = match state.caps.cpu.continuous_status() {
         Some(ring) => format!(
             r#"on at {} Hz: {} segments, {:.0} s of history, {} stacks, {:.1} MiB; <a href="profile?since=-5m&amp;format=svg">the last 5 minutes</a> (<code>since</code>, <code>start</code>, <code>end</code>, or <code>pin</code> for a doctor finding's incident)"#,
             ring.hz,
@@ -514,7 +514,7 @@ pub(crate) async fn index(State(state): State<AppState>) -> Html<String> {
         ),
         None => "off (AgentBuilder::continuous_profiling(19) or STETHOSCOPE_CONTINUOUS_HZ=19 turns it on)".to_owned(),
     };
-    let heap = match state.heap.state() {
+    let heap = match state.caps.heap.state() {
         Ok(heap) => format!(
             "{}, one sample per {} KiB on average, stacks by {}",
             if heap.active { "sampling" } else { "paused" },

@@ -16,8 +16,8 @@ use super::pprof::{render_view, take_profile, Past, ProfileParams};
 use super::query::Query;
 use super::response::{file_response, json_response};
 use super::{blocking, AppState};
-use crate::config::DEFAULT_FLAMEGRAPH_SECONDS;
 use crate::cpu::ProfileMode;
+use crate::cpu::DEFAULT_FLAMEGRAPH_SECONDS;
 use crate::profile::shelf::KeptFacts;
 use crate::profile::Format;
 
@@ -60,7 +60,7 @@ async fn keep(
         samples: raw.sample_count(),
     };
     let profile = blocking(move || raw.to_profile_symbolized(symbolize)).await?;
-    let info = state.kept.keep(profile, facts);
+    let info = state.caps.kept.keep(profile, facts);
     let mut response = json_response(&info);
     *response.status_mut() = StatusCode::CREATED;
     if let Ok(location) = HeaderValue::from_str(&info.url) {
@@ -71,7 +71,7 @@ async fn keep(
 
 /// `GET /debug/profiles`: the kept profiles, oldest first.
 pub(crate) async fn list(State(state): State<AppState>) -> Response {
-    json_response(&serde_json::json!({ "profiles": state.kept.list() }))
+    json_response(&serde_json::json!({ "profiles": state.caps.kept.list() }))
 }
 
 /// `GET /debug/profiles/{id}?format=svg|pprof|folded|text|json` (and the
@@ -85,9 +85,15 @@ pub(crate) async fn get(
     let (info, profile) = id
         .parse::<u64>()
         .ok()
-        .and_then(|id| state.kept.get(id))
+        .and_then(|id| state.caps.kept.get(id))
         .ok_or_else(|| {
-            let ids: Vec<String> = state.kept.list().iter().map(|k| k.id.to_string()).collect();
+            let ids: Vec<String> = state
+                .caps
+                .kept
+                .list()
+                .iter()
+                .map(|k| k.id.to_string())
+                .collect();
             ApiError::Missing {
                 message: format!("no kept profile {:?}", clip(&id)),
                 hint: if ids.is_empty() {

@@ -12,12 +12,14 @@ use std::convert::Infallible;
 use std::fmt::Display;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::error::{clip, ApiError};
 use crate::profile::{Format, Trim, View};
+use crate::Error;
 
 /// Longest `focus=` accepted: longer than any function name worth typing.
 const MAX_FOCUS_BYTES: usize = 512;
@@ -193,6 +195,60 @@ impl Query {
     }
 }
 
+// ---- Times: `since`, `start`, `end` of look-backs and the history ----
+
+/// How far in the future an absolute `since` may lie (clock skew between
+/// the client and the service) before it is refused.
+const FUTURE_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// Longest input the parsers look at; longer is refused unread.
+const MAX_INPUT: usize = 4096;
+
+/// Parses `since`: a time relative to `now` (`-90s`, `-5m`, `-1h`,
+/// `-1h30m`) or an RFC 3339 time (`2024-05-01T12:00:00Z`,
+/// `2024-05-01T14:00:00.250+02:00`). Times before the history's oldest row
+/// are fine (everything is returned); times in the future are not.
+///
+/// # Errors
+///
+/// [`Error::InvalidSince`] naming the problem and the accepted formats.
+pub(crate) fn parse_since(text: &str, now: SystemTime) -> Result<SystemTime, Error> {
+    let invalid = |reason: &'static str| Error::InvalidSince {
+        value: text.chars().take(100).collect(),
+        reason,
+    };
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if value.len() > MAX_INPUT {
+        return Err(invalid("it is too long"));
+    }
+    if let Some(ago) = value.strip_prefix('-') {
+        let ago = crate::units::parse_duration(ago.trim())
+            .ok_or_else(|| invalid("not a duration such as 90s, 5m or 1h30m after the minus"))?;
+        return Ok(now.checked_sub(ago).unwrap_or(UNIX_EPOCH).max(UNIX_EPOCH));
+    }
+    if let Some(time) = crate::units::parse_rfc3339(value) {
+        if now
+            .checked_add(FUTURE_TOLERANCE)
+            .is_some_and(|limit| time > limit)
+        {
+            return Err(invalid("it lies in the future"));
+        }
+        return Ok(time);
+    }
+    let bare = value.strip_prefix('+').unwrap_or(value);
+    if crate::units::parse_duration(bare).is_some() {
+        return Err(invalid(
+            "a relative time needs a minus sign (-5m is the last five minutes)",
+        ));
+    }
+    Err(invalid(
+        "it is neither a relative time nor an RFC 3339 time",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +294,133 @@ mod tests {
                 let _ = q.flag("n", true);
                 let _ = q.name("n", 8);
             });
+        }
+    }
+
+    mod since {
+        use super::super::*;
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+        fn now() -> SystemTime {
+            UNIX_EPOCH + Duration::from_secs(1_714_564_800) // 2024-05-01T12:00:00Z
+        }
+
+        #[test]
+        fn relative_times_count_back_from_now() {
+            for (text, secs) in [
+                ("-5m", 300),
+                ("-90s", 90),
+                ("-1h", 3600),
+                (" -1h30m ", 5400),
+                ("-1h 30m", 5400),
+                ("-0s", 0),
+            ] {
+                let since = parse_since(text, now()).unwrap();
+                assert_eq!(
+                    now().duration_since(since).unwrap().as_secs(),
+                    secs,
+                    "{text}"
+                );
+            }
+            assert_eq!(parse_since("-100000000h", now()).unwrap(), UNIX_EPOCH);
+        }
+
+        #[test]
+        fn rfc3339_times_with_offsets_and_fractions() {
+            let cases = [
+                ("2024-05-01T12:00:00Z", 1_714_564_800, 0),
+                ("2024-05-01t11:59:59.250z", 1_714_564_799, 250_000_000),
+                ("2024-05-01T14:00:00+02:00", 1_714_564_800, 0),
+                ("2024-05-01T07:30:00-04:30", 1_714_564_800, 0),
+                (
+                    "2024-05-01 12:00:00.123456789123Z",
+                    1_714_564_800,
+                    123_456_789,
+                ),
+                ("2024-02-29T00:00:00Z", 1_709_164_800, 0),
+                ("1969-12-31T23:59:59Z", 0, 0),
+            ];
+            for (text, secs, nanos) in cases {
+                assert_eq!(
+                    parse_since(text, now()).unwrap(),
+                    UNIX_EPOCH + Duration::new(secs, nanos),
+                    "{text}"
+                );
+            }
+        }
+
+        #[test]
+        fn junk_and_future_times_are_refused_with_the_formats() {
+            for (text, reason) in [
+                ("", "empty"),
+                ("5m", "minus sign"),
+                ("+5m", "minus sign"),
+                ("-5", "not a duration"),
+                ("-", "not a duration"),
+                ("--5m", "not a duration"),
+                ("-5 parsecs", "not a duration"),
+                ("2024-05-01T12:00:02Z", "future"),
+                ("2999-01-01T00:00:00Z", "future"),
+                ("2024-02-30T00:00:00Z", "neither"),
+                ("2023-02-29T00:00:00Z", "neither"),
+                ("2024-05-01T24:00:00Z", "neither"),
+                ("2024-05-01T12:00:00", "neither"),
+                ("2024-05-01T12:00:00+2:00", "neither"),
+                ("2024-05-01T12:00:00.Z", "neither"),
+                ("2024-05-01T12:00:00+02:00junk", "neither"),
+                ("yesterday", "neither"),
+                ("1714564800", "neither"),
+            ] {
+                let error = parse_since(text, now()).unwrap_err();
+                let message = error.to_string();
+                assert!(message.contains(reason), "{text}: {message}");
+                assert!(
+                    message.contains("-5m") && message.contains("RFC 3339"),
+                    "{message}"
+                );
+            }
+        }
+
+        mod properties {
+            use super::*;
+            use crate::testing::{bounded, input_of};
+            use proptest::prelude::*;
+
+            const SINCE: &[&str] = &[
+                "-",
+                "+",
+                "m",
+                "s",
+                "h",
+                "ms",
+                "min",
+                "d",
+                "T",
+                "Z",
+                "z",
+                ":",
+                ".",
+                "2024-",
+                "05-",
+                "01T",
+                "12:00:00",
+                "+02:00",
+                " ",
+                "99999999999999999999",
+                "0",
+            ];
+
+            proptest! {
+                #[test]
+                fn since_never_panics_nor_points_to_the_future(value in input_of(SINCE)) {
+                    bounded("since", &value, || {
+                        if let Ok(since) = parse_since(&value, now()) {
+                            assert!(since <= now() + FUTURE_TOLERANCE, "{value:?}");
+                            assert!(since >= UNIX_EPOCH, "{value:?}");
+                        }
+                    });
+                }
+            }
         }
     }
 }

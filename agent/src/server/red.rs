@@ -12,6 +12,6 @@ use super::AppState;
 /// `GET /debug/red?format=json|text`.
 pub(crate) async fn red(State(state): State<AppState>, query: Query) -> Result<Response, ApiError> {
     let view = query.report_view()?;
-    let report = state.red.report();
+    let report = state.caps.red.report();
     Ok(report_response(&report, view))
 }

@@ -1,4 +1,4 @@
-//! `/debug/use`: the USE table as JSON (the shape of DESIGN §5.1, the
+//! `/debug/use`: the USE table as JSON (the shape docs/endpoints.md gives, the
 //! report type's own) or a text table.
 
 use axum::extract::State;
@@ -16,7 +16,7 @@ pub(crate) async fn use_table(
 ) -> Result<Response, ApiError> {
     let view = query.report_view()?;
     // A few dozen small /proc and /sys reads: off the server thread.
-    let resources = state.resources.clone();
+    let resources = state.caps.resources.clone();
     let report = blocking(move || resources.report()).await?;
     Ok(report_response(&report, view))
 }

@@ -25,8 +25,9 @@ enum View {
 fn unavailable(reason: &str) -> ApiError {
     ApiError::Unavailable {
         message: format!("executor lag is unavailable: {reason}"),
-        hint: "start the agent inside the service's tokio runtime or pass AgentBuilder::runtime"
-            .into(),
+        hint:
+            "start the agent inside the service's tokio runtime or pass AgentBuilder::watch_runtime"
+                .into(),
     }
 }
 
@@ -42,7 +43,7 @@ pub(crate) async fn lag(State(state): State<AppState>, query: Query) -> Result<R
             ("svg", View::Svg),
         ],
     )?;
-    let executor = &state.runtime;
+    let executor = &state.caps.runtime;
     let report = match executor.lag() {
         Ok(report) => report,
         Err(_) => {
@@ -50,7 +51,7 @@ pub(crate) async fn lag(State(state): State<AppState>, query: Query) -> Result<R
             return match view {
                 View::Json => Ok(json_response(&LagReport::unavailable(
                     reason,
-                    state.config.lag_resolution,
+                    state.caps.runtime.resolution(),
                 ))),
                 _ => Err(unavailable(reason)),
             };
@@ -79,7 +80,7 @@ pub(crate) async fn runtime(
     query: Query,
 ) -> Result<Response, ApiError> {
     let view = query.report_view()?;
-    let executor = &state.runtime;
+    let executor = &state.caps.runtime;
     let report = match executor.report() {
         Ok(report) => report,
         Err(_) => {
@@ -89,7 +90,7 @@ pub(crate) async fn runtime(
             }
             RuntimeReport::unavailable(
                 reason,
-                state.config.stall_threshold,
+                state.caps.runtime.stall_threshold(),
                 executor.task_monitors(),
             )
         }

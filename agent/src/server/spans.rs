@@ -13,7 +13,8 @@ use super::error::ApiError;
 use super::query::{Query, ReportView};
 use super::response::{json_response, report_response};
 use super::{blocking, AppState};
-use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_LOG_DIRECTIVE_BYTES};
+use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
+use crate::spans::MAX_LOG_DIRECTIVE_BYTES;
 use crate::spans::{parse_ttl, LogLevelStatus, SpanSummary};
 use crate::Error;
 
@@ -83,7 +84,7 @@ pub(crate) async fn spans(
     query: Query,
 ) -> Result<Response, ApiError> {
     let params = spans_params(&query)?;
-    let mut report = match state.spans.clone() {
+    let mut report = match state.caps.spans.clone() {
         Some(timings) => blocking(move || timings.report()).await?,
         None => {
             let mut report = crate::spans::SpanTimings::new().report();
@@ -130,7 +131,7 @@ const DROPPED_HINT: &str = "the filter was dropped: it is not part of the instal
 
 /// `GET /debug/log-level`.
 pub(crate) async fn log_level(State(state): State<AppState>) -> Response {
-    match &state.log_level {
+    match &state.caps.log_level {
         Some(level) => {
             let status = level.status();
             json_response(&LogLevelAnswer {
@@ -221,7 +222,7 @@ pub(crate) async fn set_log_level(
     query: Query,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(level) = state.log_level.clone() else {
+    let Some(level) = state.caps.log_level.clone() else {
         return Err(ApiError::NotImplemented {
             message: "no log filter is wired into the agent".into(),
             hint: LOG_LEVEL_HOWTO.into(),

@@ -6,7 +6,7 @@ use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
 
-use crate::config::MAX_SPAN_FIELDS_BYTES;
+use crate::spans::MAX_SPAN_FIELDS_BYTES;
 
 /// Ends a field name; never part of a name or value (replaced by a space).
 const NAME_END: char = '\u{1f}';

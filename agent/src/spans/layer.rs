@@ -13,7 +13,7 @@ use tracing_subscriber::Layer;
 
 use super::fields::{FieldRecorder, FieldText};
 use super::recorder::{Recorder, SlowRecord};
-use crate::config::MAX_SPAN_PARENTS;
+use crate::spans::MAX_SPAN_PARENTS;
 
 /// A [`tracing_subscriber::Layer`] that times every span the subscriber
 /// enables: total (creation to close) and busy (entered) time, errors, and

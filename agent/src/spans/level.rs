@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::Subscriber;
 use tracing_subscriber::{reload, EnvFilter};
 
-use crate::config::{MAX_LOG_DIRECTIVE_BYTES, MAX_LOG_LEVEL_TTL};
+use crate::spans::{MAX_LOG_DIRECTIVE_BYTES, MAX_LOG_LEVEL_TTL};
 use crate::Error;
 
 /// The reloadable filter layer [`log_filter`] returns, for the host's

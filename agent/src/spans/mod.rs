@@ -45,6 +45,8 @@
 mod callsites;
 mod fields;
 mod layer;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod level;
 mod recorder;
 mod report;
@@ -55,8 +57,39 @@ pub use level::{log_filter, LogFilter, LogLevel, LogLevelChange, LogLevelOrigin,
 pub use recorder::{SpanSettings, SpanTimings, OVERFLOW_NAME, SPAN_DURATION_BUCKETS};
 pub use report::{SlowSpan, SpanReport, SpanSummary};
 
+use std::time::Duration;
+
+/// Most distinct (target, span name) pairs the span timings keep; spans of
+/// further names are counted under the target and name `<overflow>`.
+pub const DEFAULT_SPAN_MAX_NAMES: usize = 1000;
+
+/// Spans that take at least this long (creation to close) are candidates
+/// for the slow-span log. Half of a typical 100 ms request budget: a query
+/// or upstream call this slow is worth reading about.
+pub const DEFAULT_SLOW_SPAN_THRESHOLD: Duration = Duration::from_millis(50);
+
+/// Slowest spans the slow-span log keeps per (target, span name).
+pub const DEFAULT_SLOW_SPANS_PER_NAME: usize = 10;
+
+/// How long a span stays in the slow-span log: "recent" means closed within
+/// this window (the doctor's history length).
+pub const DEFAULT_SLOW_SPAN_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Bytes of field text (`name=value …`) kept per span for the slow-span
+/// log; longer values are cut at a character boundary and marked with `…`.
+pub const MAX_SPAN_FIELDS_BYTES: usize = 256;
+
+/// Ancestor span names a slow-span record keeps, nearest first.
+pub const MAX_SPAN_PARENTS: usize = 8;
+
+/// Longest `ttl` a log-level change may ask for before it reverts.
+pub const MAX_LOG_LEVEL_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Longest log filter directive `PUT /debug/log-level` accepts, in bytes.
+pub const MAX_LOG_DIRECTIVE_BYTES: usize = 4096;
+
 /// The name of the span the current thread is in, if any — the hook for
-/// labelling CPU samples by span (DESIGN §10): where the label slot is set
+/// labelling CPU samples by span (docs/embedding.md, "Span timings"): where the label slot is set
 /// around each poll of an instrumented future, it can take this name as
 /// the `span` label.
 ///

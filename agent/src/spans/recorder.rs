@@ -16,10 +16,7 @@ use tracing::Metadata;
 use super::callsites::CallsiteTable;
 use super::fields::FieldText;
 use super::report::{SlowSpan, SpanReport, SpanSummary};
-use crate::config::{
-    DEFAULT_SLOW_SPANS_PER_NAME, DEFAULT_SLOW_SPAN_THRESHOLD, DEFAULT_SLOW_SPAN_WINDOW,
-    DEFAULT_SPAN_MAX_NAMES,
-};
+use crate::spans::{DEFAULT_SLOW_SPANS_PER_NAME, DEFAULT_SLOW_SPAN_THRESHOLD, DEFAULT_SLOW_SPAN_WINDOW, DEFAULT_SPAN_MAX_NAMES};
 use crate::histogram::{seconds_to_nanos, BucketCounts, LatencyHistogram};
 
 /// Target and name of the entry that counts spans beyond

@@ -9,7 +9,7 @@ use serde::ser::SerializeMap;
 
 use super::SpanSettings;
 use crate::histogram::HistogramSummary;
-use crate::report::{human, rfc3339};
+use crate::units::{human, rfc3339};
 
 /// Span timings at one moment: statistics per (target, name) and the
 /// slow-span log. Its JSON is `/debug/spans`'s and its `Display` the
@@ -112,10 +112,10 @@ pub struct SlowSpan {
     #[serde(serialize_with = "fields_object")]
     pub fields: Vec<(String, String)>,
     /// Whether fields were cut to
-    /// [`MAX_SPAN_FIELDS_BYTES`](crate::config::MAX_SPAN_FIELDS_BYTES).
+    /// [`MAX_SPAN_FIELDS_BYTES`](crate::spans::MAX_SPAN_FIELDS_BYTES).
     pub fields_truncated: bool,
     /// Names of the enclosing spans, nearest first (at most
-    /// [`MAX_SPAN_PARENTS`](crate::config::MAX_SPAN_PARENTS)).
+    /// [`MAX_SPAN_PARENTS`](crate::spans::MAX_SPAN_PARENTS)).
     pub parents: Vec<&'static str>,
 }
 

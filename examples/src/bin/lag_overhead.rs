@@ -123,7 +123,7 @@ fn round(
         .lag_resolution(resolution)
         .stall_threshold(Duration::from_millis(100).max(2 * resolution));
     if setup == Setup::Watching {
-        builder = builder.runtime(runtime.handle().clone());
+        builder = builder.watch_runtime(runtime.handle().clone());
     }
     let agent = (setup != Setup::None).then(|| builder.start().expect("agent starts"));
     // Let start-up work (first USE sample, thread creation) pass.
@@ -262,7 +262,11 @@ fn main() {
     );
     println!(
         "  doctor history:              {} KiB for 15 minutes, allocated at start",
-        stethoscope::doctor::History::new(stethoscope::config::DEFAULT_HISTORY_ROWS).memory_bytes()
+        stethoscope::Agent::builder()
+            .listen("127.0.0.1:0")
+            .start()
+            .map(|agent| agent.doctor().history_bytes())
+            .unwrap_or(0)
             / 1024
     );
     let looks = [50, 25, 10][busy];

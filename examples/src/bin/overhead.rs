@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use stethoscope::cpu::{CpuProfiler, ProfileRequest};
 use stethoscope::labels::Labels;
-use stethoscope::profile::{release_debug_info, symbolizer_stats, Format};
+use stethoscope::profile::Format;
+use stethoscope::symbols::{release_debug_info, symbolizer_stats};
 use stethoscope::Agent;
 use stethoscope_examples::bench::median;
 use stethoscope_examples::workload::{process_cpu_time, thread_cpu_time, walk_call_tree};
@@ -389,7 +390,7 @@ fn report_generation(options: &Options, rss: &RssLog) {
         mib(std::env::current_exe().and_then(std::fs::metadata).map_or(0, |m| m.len())),
         mib(before_release),
         mib(after_release),
-        stethoscope::profile::DEBUG_INFO_IDLE_RELEASE.as_secs(),
+        stethoscope::symbols::DEBUG_INFO_IDLE_RELEASE.as_secs(),
         mib(rss_bytes()),
     );
 }
@@ -484,7 +485,7 @@ fn main() {
     {
         let (anon, file) = (status_bytes("RssAnon:"), status_bytes("RssFile:"));
         let started = Instant::now();
-        let names = stethoscope::profile::function_names(&[
+        let names = stethoscope::symbols::function_names(&[
             walk_call_tree as *const () as usize as u64,
             run_workload as *const () as usize as u64,
             main as *const () as usize as u64,

@@ -14,7 +14,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{ProfileMode, WallThreads};
-use crate::config::MAX_WALL_THREADS;
+use crate::cpu::MAX_WALL_THREADS;
 use crate::unwind::signals::{self, InstallError};
 use crate::unwind::{cpu_count, wall_signal, Unwinding};
 use crate::Error;
@@ -200,8 +200,8 @@ impl Sampler {
             ));
         }
         let expected = match threads {
-            WallThreads::All => super::threads::all_threads().len(),
-            WallThreads::Workers => super::threads::workers().len(),
+            WallThreads::All => crate::threads::all_threads().len(),
+            WallThreads::Workers => crate::threads::workers().len(),
         };
         let per_drain = (hz as usize).saturating_mul(expected.max(1)) / 10;
         let ring_slots = per_drain.clamp(RING_SLOTS, MAX_WALL_RING_SLOTS);

@@ -89,7 +89,7 @@ impl ThreadTimers {
             listed: (0, Instant::now()),
         };
         // The calling thread first: if its timer cannot be made, none can.
-        let me = super::super::threads::current_tid();
+        let me = crate::threads::current_tid();
         timers.arm(me)?;
         timers.list();
         Ok(timers)
@@ -123,7 +123,7 @@ impl ThreadTimers {
     /// Lists the threads and arms or deletes timers accordingly.
     fn list(&mut self) {
         let count = self.thread_count().unwrap_or(0);
-        let alive = super::super::threads::all_threads();
+        let alive = crate::threads::all_threads();
         self.timers.retain(|tid, id| {
             let keep = alive.binary_search(tid).is_ok();
             if !keep {
@@ -213,7 +213,7 @@ mod tests {
         let (go, wait) = std::sync::mpsc::channel::<()>();
         let (ready, started) = std::sync::mpsc::channel::<u32>();
         let thread = std::thread::spawn(move || {
-            let _ = ready.send(super::super::super::threads::current_tid());
+            let _ = ready.send(crate::threads::current_tid());
             let _ = wait.recv();
         });
         let tid = started.recv().unwrap();
@@ -236,7 +236,7 @@ mod tests {
     fn the_thread_clock_id_is_the_kernels() {
         // pthread_getcpuclockid of the calling thread would give the
         // clock id glibc builds the same way.
-        let me = super::super::super::threads::current_tid();
+        let me = crate::threads::current_tid();
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,

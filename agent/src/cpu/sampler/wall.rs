@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use super::clock;
 use super::handler::{HandlerState, QueuedInfo, Target};
-use crate::cpu::threads::{self, RunState, StateReader};
 use crate::cpu::{SampleState, WallThreads};
+use crate::threads::{self, RunState, StateReader};
 
 /// How often the list of threads to sample is refreshed.
 const REFRESH_EVERY: Duration = Duration::from_millis(100);

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use super::{Rule, RuleInput, USE_TEXT};
-use crate::doctor::finding::{Evidence, Finding, Severity};
-use crate::doctor::history::Series;
-use crate::doctor::stats::{median, trend, trend_without_agent, Trend};
-use crate::doctor::units::{bytes, count, percent, span, span_s};
+use super::super::finding::{Evidence, Finding, Severity};
+use super::super::history::Series;
+use super::super::stats::{median, trend, trend_without_agent, Trend};
+use crate::units::{bytes, count, percent, span, span_s};
 use crate::doctor::MemoryLimitSource;
 
 /// Bucket of the memory and count slopes: medians of 10 seconds.
@@ -86,7 +86,7 @@ pub(super) fn eta_seconds(used: f64, limit: f64, slope_per_s: f64) -> Option<f64
 /// [`memory_growth_min_bytes`]: crate::doctor::DoctorConfig::memory_growth_min_bytes
 /// [`memory_growth_min_ratio`]: crate::doctor::DoctorConfig::memory_growth_min_ratio
 /// [`critical_eta`]: crate::doctor::DoctorConfig::critical_eta
-pub fn memory_growing(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn memory_growing(input: &RuleInput<'_>) -> Option<Finding> {
     let config = input.config;
     let window = config.memory_slope_window;
     let grows = |series| {
@@ -232,7 +232,7 @@ fn trend_of(input: &RuleInput<'_>, series: Series, window: Duration) -> Option<T
 /// [`memory_near_limit_ratio`]: crate::doctor::DoctorConfig::memory_near_limit_ratio
 /// [`memory_critical_ratio`]: crate::doctor::DoctorConfig::memory_critical_ratio
 /// [`oom_lookback`]: crate::doctor::DoctorConfig::oom_lookback
-pub fn memory_near_limit(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn memory_near_limit(input: &RuleInput<'_>) -> Option<Finding> {
     let config = input.config;
     let recent = input.lookback();
     let limit = memory_limit(input);
@@ -337,7 +337,7 @@ pub fn memory_near_limit(input: &RuleInput<'_>) -> Option<Finding> {
 ///
 /// [`fragmentation_ratio`]: crate::doctor::DoctorConfig::fragmentation_ratio
 /// [`fragmentation_min_bytes`]: crate::doctor::DoctorConfig::fragmentation_min_bytes
-pub fn allocator_fragmentation(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn allocator_fragmentation(input: &RuleInput<'_>) -> Option<Finding> {
     let config = input.config;
     let recent = input.lookback();
     let allocated = median(recent.values(Series::JemallocAllocatedBytes))?;
@@ -400,7 +400,7 @@ pub fn allocator_fragmentation(input: &RuleInput<'_>) -> Option<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::fixtures::{Noise, Scenario, MIB};
+    use crate::doctor::engine::fixtures::{Noise, Scenario, MIB};
 
     #[test]
     fn growth_fires_with_the_slope_and_time_to_the_limit() {

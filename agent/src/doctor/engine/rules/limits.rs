@@ -3,11 +3,11 @@
 
 use super::memory::{eta_seconds, growing};
 use super::{Rule, RuleInput, USE_TEXT};
-use crate::config::MAX_FINDINGS_PER_RULE;
-use crate::doctor::finding::{Evidence, Finding, Severity};
-use crate::doctor::history::Series;
-use crate::doctor::stats::{median, share};
-use crate::doctor::units::{count, percent, span, span_s};
+use super::super::defaults::MAX_FINDINGS_PER_RULE;
+use super::super::finding::{Evidence, Finding, Severity};
+use super::super::history::Series;
+use super::super::stats::{median, share};
+use crate::units::{count, percent, span, span_s};
 
 /// What differs between descriptors and threads.
 struct Counted {
@@ -197,13 +197,13 @@ fn capitalized(text: &str) -> String {
 ///
 /// [`limit_warning_ratio`]: crate::doctor::DoctorConfig::limit_warning_ratio
 /// [`limit_critical_ratio`]: crate::doctor::DoctorConfig::limit_critical_ratio
-pub fn fds_near_limit(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn fds_near_limit(input: &RuleInput<'_>) -> Option<Finding> {
     near_limit(input, &fds(input))
 }
 
 /// `threads_near_limit`: as [`fds_near_limit`], for threads and their
 /// limit (pids cgroup, `threads-max`).
-pub fn threads_near_limit(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn threads_near_limit(input: &RuleInput<'_>) -> Option<Finding> {
     near_limit(input, &threads(input))
 }
 
@@ -217,13 +217,13 @@ pub fn threads_near_limit(input: &RuleInput<'_>) -> Option<Finding> {
 /// [`fd_growth_min`]: crate::doctor::DoctorConfig::fd_growth_min
 /// [`count_growth_min_ratio`]: crate::doctor::DoctorConfig::count_growth_min_ratio
 /// [`critical_eta`]: crate::doctor::DoctorConfig::critical_eta
-pub fn fds_climbing(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn fds_climbing(input: &RuleInput<'_>) -> Option<Finding> {
     climbing(input, &fds(input))
 }
 
 /// `threads_climbing`: as [`fds_climbing`], for threads, with
 /// [`thread_growth_min`](crate::doctor::DoctorConfig::thread_growth_min).
-pub fn threads_climbing(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn threads_climbing(input: &RuleInput<'_>) -> Option<Finding> {
     climbing(input, &threads(input))
 }
 
@@ -235,7 +235,7 @@ pub fn threads_climbing(input: &RuleInput<'_>) -> Option<Finding> {
 ///
 /// [`resource_utilization`]: crate::doctor::DoctorConfig::resource_utilization
 /// [`resource_saturation`]: crate::doctor::DoctorConfig::resource_saturation
-pub fn resource_saturated(input: &RuleInput<'_>) -> Vec<Finding> {
+pub(crate) fn resource_saturated(input: &RuleInput<'_>) -> Vec<Finding> {
     let config = input.config;
     let recent = input.lookback();
     let mut saturated: Vec<(f64, Finding)> = Vec::new();
@@ -302,7 +302,7 @@ pub fn resource_saturated(input: &RuleInput<'_>) -> Vec<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::fixtures::{pool_slot, Noise, Scenario};
+    use crate::doctor::engine::fixtures::{pool_slot, Noise, Scenario};
     use crate::doctor::ResourceReading;
 
     #[test]

@@ -1,5 +1,5 @@
 //! The doctor's report: a verdict, the open findings, what is about to
-//! open — as JSON (DESIGN §5.1) and as text that reads like Clinic
+//! open — as JSON (docs/doctor.md) and as text that reads like Clinic
 //! Doctor's summary.
 
 use std::fmt::{self, Write as _};
@@ -7,12 +7,13 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
-use super::finding::{rfc3339, serialize_time, Finding, FindingState, Severity};
+use crate::units::rfc3339;
+use super::finding::{serialize_time, Finding, FindingState, Severity};
 use super::frames::tidy;
 use super::history::{from_unix_ms, History};
 use super::rules::{Rule, RuleInput};
 use super::state::{PendingCondition, RuleStates, Transition};
-use super::units::span;
+use crate::units::span;
 use super::{Current, DoctorConfig};
 
 /// The overall verdict.
@@ -122,7 +123,7 @@ impl From<PendingCondition> for PendingFinding {
 }
 
 /// `GET /debug/doctor`: `{"status", "findings": [...], "checked_at",
-/// "history", "pending", "rules_checked"}` (DESIGN §5.1, plus extra fields).
+/// "history", "pending", "rules_checked"}` (docs/doctor.md, plus extra fields).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct DoctorReport {
@@ -146,21 +147,7 @@ pub struct DoctorReport {
 ///
 /// Call it once a second (after each history row) so windows are timed
 /// accurately; calls in between (an HTTP request) are harmless.
-///
-/// ```
-/// use std::time::SystemTime;
-/// use stethoscope::doctor::{diagnose, Current, DoctorConfig, History, RuleStates, Status};
-///
-/// let history = History::new(900);
-/// let mut states = RuleStates::new();
-/// let (report, transitions) = diagnose(
-///     &history, &Current::default(), &DoctorConfig::default(), &mut states, SystemTime::now(),
-/// );
-/// assert_eq!(report.status, Status::Healthy);
-/// assert!(transitions.is_empty());
-/// println!("{report}"); // the text rendering
-/// ```
-pub fn diagnose(
+pub(crate) fn diagnose(
     history: &History,
     current: &Current,
     config: &DoctorConfig,
@@ -394,10 +381,10 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::doctor::finding::{Artifact, ArtifactKind};
-    use crate::doctor::fixtures::{Scenario, MIB};
-    use crate::doctor::history::Series;
-    use crate::doctor::state::Change;
+    use crate::doctor::engine::finding::{Artifact, ArtifactKind};
+    use crate::doctor::engine::fixtures::{Scenario, MIB};
+    use crate::doctor::engine::history::Series;
+    use crate::doctor::engine::state::Change;
     use crate::doctor::{Budget, ResourceReading, RouteReading, StallReading};
 
     #[test]
@@ -429,7 +416,7 @@ mod tests {
                 row.set(Series::MemoryBytes, 1000.0 * MIB);
                 row.set(Series::OpenFds, 60000.0);
                 row.set(
-                    Series::ResourceSaturation(crate::doctor::fixtures::pool_slot()),
+                    Series::ResourceSaturation(crate::doctor::engine::fixtures::pool_slot()),
                     9.0,
                 );
             }
@@ -649,5 +636,33 @@ mod tests {
         let each = cost_of_one_diagnosis(200);
         println!("one diagnosis of 900 rows, 16 resources, 50 routes: {each:?}");
         assert!(each < Duration::from_millis(5), "{each:?}");
+    }
+
+    #[test]
+    fn a_minute_of_a_blocked_executor_opens_one_warning() {
+        use super::super::{Current, DoctorConfig, History, Row, RuleStates, Series};
+        use std::time::Duration;
+        let mut history = History::new(900);
+        let mut states = RuleStates::new();
+        let config = DoctorConfig::default();
+        let start = SystemTime::now() - Duration::from_secs(60);
+        let mut opened = Vec::new();
+        for s in 0..60 {
+            let at = start + Duration::from_secs(s);
+            // The executor lags 250 ms every second: blocked.
+            history.push(
+                &Row::new(at)
+                    .with(Series::LagP50Ms, 30.0)
+                    .with(Series::LagMaxMs, 250.0),
+            );
+            let (report, transitions) =
+                diagnose(&history, &Current::default(), &config, &mut states, at);
+            opened.extend(transitions.iter().map(|t| t.rule));
+            if s == 59 {
+                assert_eq!(report.status, Status::Warning);
+                assert_eq!(report.findings[0].rule.id(), "event_loop_blocked");
+            }
+        }
+        assert_eq!(opened, [crate::doctor::Rule::EventLoopBlocked]);
     }
 }

@@ -22,7 +22,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::{
+use super::defaults::{
     DEFAULT_CPU_BUDGET, DEFAULT_MEMORY_BUDGET, DEFAULT_ROUTE_ERROR_RATIO_BUDGET,
     DEFAULT_ROUTE_P95_BUDGET,
 };

@@ -1,28 +1,16 @@
 //! What the doctor reports: findings with their evidence, advice, next
-//! steps and artifacts (DESIGN §5.1).
+//! steps and artifacts (docs/doctor.md).
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use super::rules::Rule;
-use crate::config::MAX_ARTIFACTS_PER_FINDING;
+use super::defaults::MAX_ARTIFACTS_PER_FINDING;
 
-/// The latest time RFC 3339 with a four-digit year can write.
-const LATEST_FORMATTABLE: Duration = Duration::from_secs(253_402_300_799);
-
-/// `time` in RFC 3339 with milliseconds, UTC; clamped to 1970 ..= 9999
-/// (outside of which the formatter would panic).
-pub(crate) fn rfc3339(time: SystemTime) -> String {
-    let time = time.clamp(UNIX_EPOCH, UNIX_EPOCH + LATEST_FORMATTABLE);
-    humantime::format_rfc3339_millis(time).to_string()
-}
-
-pub(crate) fn serialize_time<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339(*time))
-}
+pub(crate) use crate::report::time as serialize_time;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -64,7 +52,7 @@ pub enum FindingState {
     Clearing,
 }
 
-/// One problem the doctor found (DESIGN §5.1): which rule, how bad, about
+/// One problem the doctor found (docs/doctor.md): which rule, how bad, about
 /// what, the numbers behind it, what to do, and where to look next.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
@@ -318,20 +306,9 @@ impl Artifact {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
     use super::*;
 
-    #[test]
-    fn times_are_rfc3339_even_out_of_range() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
-            "1970-01-01T00:00:00.000Z"
-        );
-        assert!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 1000))
-                .starts_with("9999-12-31T23:59:59")
-        );
-    }
 
     #[test]
     fn placeholders_fill_from_artifacts_or_drop() {

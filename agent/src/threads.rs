@@ -1,6 +1,8 @@
-//! Which threads the wall-clock sampler signals, and what each is doing:
-//! the process's threads (`/proc/self/task`), the tokio worker threads
-//! seen so far, and a thread's scheduler state (`/proc/self/task/<tid>/stat`).
+//! The process's threads: their ids (`/proc/self/task`), the tokio worker
+//! threads seen so far, and a thread's scheduler state
+//! (`/proc/self/task/<tid>/stat`). A leaf: the samplers (which threads to
+//! time and signal), labels (which poller is a worker) and the runtime
+//! watchdog read it; it imports nothing of the crate.
 //!
 //! A thread counts as a tokio worker once it has polled a labelled future
 //! (every request through the RED layer does) or run the agent's lag

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 #[cfg(feature = "red")]
-use super::RouteReading;
-use super::{Current, History, Row, Series};
+use crate::doctor::RouteReading;
+use crate::doctor::{Current, History, Row, Series};
 #[cfg(feature = "resources")]
-use super::{MemoryLimitSource, ResourceReading};
-use crate::agent::Capabilities;
+use crate::doctor::{MemoryLimitSource, ResourceReading};
+use super::Sources;
 
 #[cfg(feature = "red")]
 /// RED routes the doctor follows (the busiest, by requests); the rest are
@@ -36,9 +36,10 @@ impl Recorder {
     /// One second of every signal, and the readings of now.
     pub(crate) fn read(
         &mut self,
-        caps: &Capabilities,
+        caps: &Sources,
         history: &mut History,
         stall_recency: Duration,
+        artifact_bytes: usize,
         now: SystemTime,
     ) -> (Row, Current) {
         let mut row = Row::new(now);
@@ -54,7 +55,7 @@ impl Recorder {
         read_runtime(caps, stall_recency, now, &mut row, &mut current);
         #[cfg(feature = "red")]
         self.red.read(&caps.red, now, &mut row, &mut current);
-        row.set(Series::AgentBytes, agent_bytes(caps) as f64);
+        row.set(Series::AgentBytes, (agent_bytes(caps) + artifact_bytes) as f64);
         #[cfg(not(feature = "resources"))]
         let _ = history;
         #[cfg(not(feature = "runtime"))]
@@ -64,8 +65,9 @@ impl Recorder {
 }
 
 /// Memory the agent holds that grows with use: the symbolizer's cache and
-/// debug-info indexes, heap snapshots, captured CPU profiles (estimates).
-fn agent_bytes(caps: &Capabilities) -> usize {
+/// debug-info indexes, heap snapshots, kept CPU profiles (estimates); the
+/// doctor adds its own captured profiles.
+fn agent_bytes(caps: &Sources) -> usize {
     let symbols = crate::symbols::symbolizer_stats().cache_bytes;
     let snapshots: usize = caps
         .heap
@@ -73,12 +75,12 @@ fn agent_bytes(caps: &Capabilities) -> usize {
         .iter()
         .map(|s| s.profile.approx_bytes())
         .sum();
-    symbols + snapshots + caps.doctor.artifact_bytes() + caps.kept.memory_bytes()
+    symbols + snapshots + caps.kept.memory_bytes()
 }
 
 #[cfg(feature = "resources")]
 fn read_resources(
-    caps: &Capabilities,
+    caps: &Sources,
     history: &mut History,
     row: &mut Row,
     current: &mut Current,
@@ -159,7 +161,7 @@ fn read_resources(
 
 #[cfg(feature = "runtime")]
 fn read_runtime(
-    caps: &Capabilities,
+    caps: &Sources,
     stall_recency: Duration,
     now: SystemTime,
     row: &mut Row,
@@ -191,7 +193,7 @@ fn read_runtime(
     row.set(Series::AliveTasks, sample.alive_tasks as f64);
     row.set(Series::StallsTotal, sample.stalls_total as f64);
     current.longest_stall = sample.longest_stall.map(|stall| {
-        super::StallReading::new(stall.worker, stall.started_at, stall.duration, stall.frames)
+        crate::doctor::StallReading::new(stall.worker, stall.started_at, stall.duration, stall.frames)
             .ongoing(stall.ongoing)
     });
 }

@@ -10,13 +10,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use super::recorder::Recorder;
+mod recorder;
+#[cfg(feature = "metrics")]
+mod metrics;
+
+use recorder::Recorder;
 use super::{
     diagnose, Artifact, ArtifactKind, CaptureLimiter, Change, Current, DoctorReport,
     DoctorSettings, History, HistoryColumns, Rule, RuleStates, Series, Severity, Status,
     Transition,
 };
-use crate::agent::Capabilities;
+use crate::cpu::CpuProfiler;
+use crate::heap::HeapProfiler;
+use crate::profile::shelf::ProfileShelf;
 use crate::profile::Profile;
 use crate::Error;
 
@@ -24,6 +30,22 @@ use crate::Error;
 pub const MAX_CPU_ARTIFACTS: usize = 4;
 /// Memory the kept CPU profiles may hold together.
 pub const MAX_CPU_ARTIFACT_BYTES: usize = 32 * 1024 * 1024;
+
+/// The capabilities the doctor reads once a second and captures with.
+#[derive(Debug, Clone)]
+pub(crate) struct Sources {
+    pub(crate) cpu: CpuProfiler,
+    pub(crate) heap: HeapProfiler,
+    /// Profiles kept through `POST /debug/profiles` (their memory counts
+    /// as the agent's).
+    pub(crate) kept: Arc<ProfileShelf>,
+    #[cfg(feature = "resources")]
+    pub(crate) resources: crate::resources::ResourceMonitor,
+    #[cfg(feature = "runtime")]
+    pub(crate) runtime: crate::runtime::RuntimeHealth,
+    #[cfg(feature = "red")]
+    pub(crate) red: crate::red::RedMetrics,
+}
 
 /// The agent's doctor: the history, the latest diagnosis and the evidence
 /// captured for findings. Cheap to clone. Get it with
@@ -103,7 +125,7 @@ impl Doctor {
 
     /// Starts the recorder thread, which reads `caps` once a second until
     /// the returned guard drops.
-    pub(crate) fn start(&self, caps: Capabilities) -> Result<crate::periodic::StopOnDrop, Error> {
+    pub(crate) fn start(&self, caps: Sources) -> Result<crate::periodic::StopOnDrop, Error> {
         let doctor = self.clone();
         let mut recorder = Recorder::default();
         crate::periodic::spawn_every("stethoscope-doctor", Duration::from_secs(1), move || {
@@ -113,6 +135,12 @@ impl Doctor {
             call: "spawning the doctor's thread",
             source,
         })
+    }
+
+    /// Memory the history holds (fixed at start: one row a second for
+    /// [`DoctorSettings::history_rows`]), in bytes.
+    pub fn history_bytes(&self) -> usize {
+        self.state().history.memory_bytes()
     }
 
     /// The settings the doctor runs with.
@@ -212,12 +240,18 @@ impl Doctor {
     }
 
     /// One second: a row, an evaluation, the transitions' consequences.
-    pub(crate) fn tick(&self, caps: &Capabilities, recorder: &mut Recorder, now: SystemTime) {
+    pub(crate) fn tick(&self, caps: &Sources, recorder: &mut Recorder, now: SystemTime) {
         let config = &self.inner.settings.config;
         let (report, transitions, follow_ups) = {
             let mut state = self.state();
             let state = &mut *state;
-            let (row, current) = recorder.read(caps, &mut state.history, config.stall_recency, now);
+            let (row, current) = recorder.read(
+                caps,
+                &mut state.history,
+                config.stall_recency,
+                self.artifact_bytes(),
+                now,
+            );
             state.history.push(&row);
             let (report, transitions) =
                 diagnose(&state.history, &current, config, &mut state.rules, now);
@@ -301,7 +335,7 @@ impl Doctor {
     /// Pins the continuous profiler's segments around a new finding's
     /// onset (when continuous profiling is on), so its profile outlives the
     /// ring; the pin is the finding's `profile_segment` artifact.
-    fn pin_for(&self, caps: &Capabilities, t: &Transition) {
+    fn pin_for(&self, caps: &Sources, t: &Transition) {
         if t.severity == Severity::Info {
             return;
         }
@@ -330,7 +364,7 @@ impl Doctor {
 
     /// Captures what explains a finding that just opened, if the policy
     /// and the rate limit allow.
-    fn capture_for(&self, caps: &Capabilities, t: &Transition, now: SystemTime) {
+    fn capture_for(&self, caps: &Sources, t: &Transition, now: SystemTime) {
         let kind = self
             .inner
             .limiter
@@ -375,7 +409,7 @@ impl Doctor {
     }
 
     /// The second heap snapshot of a memory finding still open.
-    fn follow_up(&self, caps: &Capabilities, rule: Rule, resource: &str) {
+    fn follow_up(&self, caps: &Sources, rule: Rule, resource: &str) {
         let open = self
             .state()
             .rules
@@ -387,7 +421,7 @@ impl Doctor {
         }
     }
 
-    fn on_capture_thread(&self, caps: &Capabilities, rule: Rule, resource: String, what: Capture) {
+    fn on_capture_thread(&self, caps: &Sources, rule: Rule, resource: String, what: Capture) {
         if self.inner.capturing.swap(true, Ordering::AcqRel) {
             tracing::debug!(target: "stethoscope::doctor", rule = rule.id(), "a capture already runs; skipped");
             return;
@@ -414,7 +448,7 @@ impl Doctor {
 
     fn capture(
         &self,
-        caps: &Capabilities,
+        caps: &Sources,
         rule: Rule,
         resource: &str,
         what: Capture,

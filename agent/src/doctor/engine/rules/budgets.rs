@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use super::{Rule, RuleInput, USE_TEXT};
-use crate::config::MAX_FINDINGS_PER_RULE;
-use crate::doctor::finding::{Evidence, Finding, Severity};
-use crate::doctor::history::Series;
-use crate::doctor::stats::median;
-use crate::doctor::units::{bytes, cores, duration_ms, percent, span};
+use super::super::defaults::MAX_FINDINGS_PER_RULE;
+use super::super::finding::{Evidence, Finding, Severity};
+use super::super::history::Series;
+use super::super::stats::median;
+use crate::units::{bytes, cores, duration_ms, percent, span};
 
 fn as_ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -21,7 +21,7 @@ fn as_ms(d: Duration) -> f64 {
 ///
 /// [`min_route_requests`]: crate::doctor::DoctorConfig::min_route_requests
 /// [`Budgets::for_route`]: crate::doctor::Budgets::for_route
-pub fn route_over_budget(input: &RuleInput<'_>) -> Vec<Finding> {
+pub(crate) fn route_over_budget(input: &RuleInput<'_>) -> Vec<Finding> {
     let config = input.config;
     let window = input.current.routes_window;
     let mut breaches: Vec<(f64, Finding)> = Vec::new();
@@ -145,7 +145,7 @@ pub fn route_over_budget(input: &RuleInput<'_>) -> Vec<Finding> {
 /// [`cpu_saturated_ratio`], where `cpu_saturated` takes over.
 ///
 /// [`cpu_saturated_ratio`]: crate::doctor::DoctorConfig::cpu_saturated_ratio
-pub fn cpu_over_budget(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn cpu_over_budget(input: &RuleInput<'_>) -> Option<Finding> {
     let config = input.config;
     let budget = config.budgets.cpu()?;
     let utilization = median(
@@ -204,7 +204,7 @@ pub fn cpu_over_budget(input: &RuleInput<'_>) -> Option<Finding> {
 /// [`memory_near_limit_ratio`], where `memory_near_limit` takes over.
 ///
 /// [`memory_near_limit_ratio`]: crate::doctor::DoctorConfig::memory_near_limit_ratio
-pub fn memory_over_budget(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn memory_over_budget(input: &RuleInput<'_>) -> Option<Finding> {
     let config = input.config;
     let budget = config.budgets.memory()?;
     let recent = input.lookback();
@@ -264,7 +264,7 @@ pub fn memory_over_budget(input: &RuleInput<'_>) -> Option<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::fixtures::{Scenario, MIB};
+    use crate::doctor::engine::fixtures::{Scenario, MIB};
     use crate::doctor::{Budget, RouteReading};
 
     #[test]

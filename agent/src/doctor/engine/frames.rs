@@ -115,7 +115,7 @@ pub(crate) fn blocking_advice(leafward: &[String]) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DEFAULT_LIBRARY_CRATES;
+    use super::super::defaults::DEFAULT_LIBRARY_CRATES;
 
     fn library() -> Vec<String> {
         DEFAULT_LIBRARY_CRATES

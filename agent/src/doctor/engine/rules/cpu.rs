@@ -2,10 +2,10 @@
 //! while the CPU idles (Clinic Doctor's I/O rule).
 
 use super::{Rule, RuleInput, CPU_PROFILE_SVG, CPU_PROFILE_TEXT, USE_TEXT};
-use crate::doctor::finding::{Evidence, Finding, Severity};
-use crate::doctor::history::Series;
-use crate::doctor::stats::median;
-use crate::doctor::units::{cores, count, duration_ms, ms, percent, span};
+use super::super::finding::{Evidence, Finding, Severity};
+use super::super::history::Series;
+use super::super::stats::median;
+use crate::units::{cores, count, duration_ms, ms, percent, span};
 use crate::doctor::RouteReading;
 
 /// `cpu_saturated`: holds now when, over the lookback, the median share of
@@ -15,7 +15,7 @@ use crate::doctor::RouteReading;
 ///
 /// [`cpu_throttled_ratio`]: crate::doctor::DoctorConfig::cpu_throttled_ratio
 /// [`cpu_saturated_ratio`]: crate::doctor::DoctorConfig::cpu_saturated_ratio
-pub fn cpu_saturated(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn cpu_saturated(input: &RuleInput<'_>) -> Option<Finding> {
     let config = input.config;
     let recent = input.lookback();
     let utilization = median(recent.ratios(Series::CpuCores, Series::CpuLimitCores));
@@ -139,7 +139,7 @@ fn is_slow(input: &RuleInput<'_>, route: &RouteReading) -> bool {
 /// [`io_cpu_ratio`]: crate::doctor::DoctorConfig::io_cpu_ratio
 /// [`io_lag_p99_ms`]: crate::doctor::DoctorConfig::io_lag_p99_ms
 /// [`slow_route_p99`]: crate::doctor::DoctorConfig::slow_route_p99
-pub fn io_bound(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn io_bound(input: &RuleInput<'_>) -> Option<Finding> {
     let config = input.config;
     let recent = input.lookback();
     let utilization = median(recent.ratios(Series::CpuCores, Series::CpuLimitCores))?;
@@ -242,7 +242,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::doctor::fixtures::Scenario;
+    use crate::doctor::engine::fixtures::Scenario;
 
     #[test]
     fn throttling_fires_with_the_quota_and_worker_advice() {

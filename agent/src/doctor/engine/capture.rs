@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use super::finding::ArtifactKind;
 use super::rules::Rule;
-use crate::config::{
+use super::defaults::{
     DEFAULT_AUTO_CAPTURE, DEFAULT_AUTO_CAPTURE_FOLLOW_UP, DEFAULT_AUTO_CAPTURE_HZ,
     DEFAULT_AUTO_CAPTURE_INTERVAL, DEFAULT_AUTO_CAPTURE_PROFILE, MAX_AUTO_CAPTURES_PER_HOUR,
 };
@@ -35,17 +35,17 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CapturePolicy {
-    /// Capture at all ([`DEFAULT_AUTO_CAPTURE`]; `STETHOSCOPE_AUTO_CAPTURE=off`).
+    /// Capture at all (`DEFAULT_AUTO_CAPTURE`; `STETHOSCOPE_AUTO_CAPTURE=off`).
     pub enabled: bool,
-    /// Length of a CPU profile ([`DEFAULT_AUTO_CAPTURE_PROFILE`]).
+    /// Length of a CPU profile (default 10 s).
     pub profile: Duration,
-    /// Its sampling rate ([`DEFAULT_AUTO_CAPTURE_HZ`]).
+    /// Its sampling rate (default DEFAULT_PROFILE_HZ).
     pub hz: u32,
-    /// Delay of the second heap snapshot ([`DEFAULT_AUTO_CAPTURE_FOLLOW_UP`]).
+    /// Delay of the second heap snapshot (default 5 min).
     pub follow_up: Duration,
-    /// Least time between two captures for one rule ([`DEFAULT_AUTO_CAPTURE_INTERVAL`]).
+    /// Least time between two captures for one rule (default 15 min).
     pub interval: Duration,
-    /// Most captures per hour ([`MAX_AUTO_CAPTURES_PER_HOUR`]).
+    /// Most captures per hour (default 8).
     pub per_hour: usize,
 }
 
@@ -66,18 +66,8 @@ impl Default for CapturePolicy {
 /// [`interval`](CapturePolicy::interval) and
 /// [`per_hour`](CapturePolicy::per_hour) in all. Stall stacks are kept by
 /// the watchdog anyway and cost nothing, so they are always allowed.
-///
-/// ```
-/// use std::time::{Duration, SystemTime};
-/// use stethoscope::doctor::{ArtifactKind, CaptureLimiter, CapturePolicy, Rule};
-///
-/// let mut limiter = CaptureLimiter::new(CapturePolicy::default());
-/// let now = SystemTime::now();
-/// assert_eq!(limiter.admit(Rule::MemoryGrowing, now), Some(ArtifactKind::HeapSnapshot));
-/// assert_eq!(limiter.admit(Rule::MemoryGrowing, now + Duration::from_secs(60)), None);
-/// ```
 #[derive(Debug, Clone)]
-pub struct CaptureLimiter {
+pub(crate) struct CaptureLimiter {
     policy: CapturePolicy,
     /// Times of the captures of the last hour, oldest first.
     recent: VecDeque<SystemTime>,
@@ -87,7 +77,7 @@ pub struct CaptureLimiter {
 
 impl CaptureLimiter {
     /// A limiter with `policy`.
-    pub fn new(policy: CapturePolicy) -> Self {
+    pub(crate) fn new(policy: CapturePolicy) -> Self {
         CaptureLimiter {
             recent: VecDeque::with_capacity(policy.per_hour),
             policy,
@@ -95,14 +85,9 @@ impl CaptureLimiter {
         }
     }
 
-    /// The policy.
-    pub fn policy(&self) -> &CapturePolicy {
-        &self.policy
-    }
-
     /// What to capture for a finding of `rule` that opened at `now`, if
     /// anything may be captured; counts the capture when it may.
-    pub fn admit(&mut self, rule: Rule, now: SystemTime) -> Option<ArtifactKind> {
+    pub(crate) fn admit(&mut self, rule: Rule, now: SystemTime) -> Option<ArtifactKind> {
         let kind = rule.capture().filter(|_| self.policy.enabled)?;
         if kind == ArtifactKind::StallStack {
             return Some(kind);

@@ -19,12 +19,12 @@ use std::time::{Duration, SystemTime};
 use super::finding::{Artifact, Finding, FindingState, Severity};
 use super::rules::Rule;
 use super::settings::RuleWindows;
-use crate::config::MAX_TRACKED_FINDINGS;
+use super::defaults::MAX_TRACKED_FINDINGS;
 
 /// Where one (rule, resource) condition stands.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub enum RuleState {
+pub(crate) enum RuleState {
     /// The condition holds, for less than the rule's window so far.
     Pending {
         /// When it was first seen to hold.
@@ -46,27 +46,17 @@ pub enum RuleState {
 
 /// Whether a finding opened or closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// Its condition held for the rule's window.
     Opened,
     /// Its condition was clear for the rule's window.
     Closed,
 }
 
-impl Change {
-    /// `opened` or `closed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Change::Opened => "opened",
-            Change::Closed => "closed",
-        }
-    }
-}
-
 /// A finding that opened or closed, for the log and `/metrics`.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub struct Transition {
+pub(crate) struct Transition {
     /// Opened or closed.
     pub change: Change,
     /// The rule.
@@ -122,7 +112,7 @@ struct Entry {
 /// [`MAX_TRACKED_FINDINGS`] at once. The doctor keeps one per agent and
 /// passes it to every [`diagnose`](super::diagnose).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RuleStates {
+pub(crate) struct RuleStates {
     entries: Vec<Entry>,
 }
 
@@ -132,22 +122,25 @@ fn elapsed(from: SystemTime, to: SystemTime) -> Duration {
 
 impl RuleStates {
     /// No condition seen yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         RuleStates::default()
     }
 
+    #[cfg(test)]
     /// Conditions tracked (pending, open or clearing).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     /// Whether nothing is tracked.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    #[cfg(test)]
     /// The state of one (rule, resource).
-    pub fn get(&self, rule: Rule, resource: &str) -> Option<&RuleState> {
+    pub(crate) fn get(&self, rule: Rule, resource: &str) -> Option<&RuleState> {
         self.position(rule, resource)
             .map(|i| &self.entries[i].state)
     }
@@ -162,7 +155,7 @@ impl RuleStates {
     /// whose condition holds now (every rule was evaluated); anything
     /// tracked and not among them is clear. Returns the findings that
     /// opened or closed.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         holding: Vec<Finding>,
         windows: &RuleWindows,
@@ -259,7 +252,7 @@ impl RuleStates {
 
     /// Adds an artifact to the open finding of (rule, resource); `false` if
     /// there is none (it closed meanwhile).
-    pub fn attach(&mut self, rule: Rule, resource: &str, artifact: Artifact) -> bool {
+    pub(crate) fn attach(&mut self, rule: Rule, resource: &str, artifact: Artifact) -> bool {
         let Some(index) = self.position(rule, resource) else {
             return false;
         };
@@ -273,7 +266,7 @@ impl RuleStates {
     }
 
     /// The open findings (clearing ones included), with their state set.
-    pub fn findings(&self) -> Vec<Finding> {
+    pub(crate) fn findings(&self) -> Vec<Finding> {
         self.entries
             .iter()
             .filter_map(|entry| match &entry.state {
@@ -291,7 +284,7 @@ impl RuleStates {
     }
 
     /// The conditions that hold but have not opened yet.
-    pub fn pending(&self, windows: &RuleWindows) -> Vec<PendingCondition> {
+    pub(crate) fn pending(&self, windows: &RuleWindows) -> Vec<PendingCondition> {
         self.entries
             .iter()
             .filter_map(|entry| match entry.state {
@@ -310,7 +303,7 @@ impl RuleStates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::finding::{ArtifactKind, Evidence};
+    use crate::doctor::engine::finding::{ArtifactKind, Evidence};
 
     fn t(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use super::budget::Budgets;
 use super::rules::Rule;
-use crate::config::*;
+use crate::Error;
+use super::defaults::*;
 
 /// The window of every rule: how long its condition must hold before its
 /// finding opens, and stay clear before it closes.
@@ -50,9 +51,8 @@ impl RuleWindows {
     }
 }
 
-/// Everything the rules compare against. Each field starts at the
-/// `DEFAULT_*` constant of [`crate::config`] its doc names; docs/doctor.md
-/// explains them.
+/// Everything the rules compare against. Each field's doc gives its
+/// default; docs/doctor.md explains them.
 ///
 /// ```
 /// use std::time::Duration;
@@ -65,71 +65,72 @@ impl RuleWindows {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct DoctorConfig {
-    /// How far back "now" reaches ([`DEFAULT_DOCTOR_LOOKBACK`]).
+    /// How far back "now" reaches (default 5 s).
     pub lookback: Duration,
-    /// Hysteresis window of each rule (`DEFAULT_WINDOW_*`).
+    /// Hysteresis window of each rule (defaults in docs/doctor.md).
     pub windows: RuleWindows,
-    /// Blocked: median of per-second lag p50 ([`DEFAULT_LAG_MEDIAN_MS`]).
+    /// Blocked: median of per-second lag p50 (default 10.0).
     pub lag_median_ms: f64,
-    /// Blocked: a second's lag max ([`DEFAULT_LAG_MAX_MS`]).
+    /// Blocked: a second's lag max (default 100.0).
     pub lag_max_ms: f64,
-    /// Blocked is critical from this delay ([`DEFAULT_LAG_CRITICAL_MS`]).
+    /// Blocked is critical from this delay (default 1000.0).
     pub lag_critical_ms: f64,
-    /// How recent a stall must be to count ([`DEFAULT_STALL_RECENCY`]).
+    /// How recent a stall must be to count (default 60 s).
     pub stall_recency: Duration,
-    /// Saturated: least busy worker's share ([`DEFAULT_WORKER_BUSY_RATIO`]).
+    /// Saturated: least busy worker's share (default 0.9).
     pub worker_busy_ratio: f64,
-    /// Saturated: queue trend window ([`DEFAULT_EXECUTOR_TREND_WINDOW`]).
+    /// Saturated: queue trend window (default 15 s).
     pub executor_trend_window: Duration,
-    /// Saturated: lag p99 ([`DEFAULT_SATURATED_LAG_P99_MS`]).
+    /// Saturated: lag p99 (default 10.0).
     pub saturated_lag_p99_ms: f64,
-    /// CPU saturated: share of the limit ([`DEFAULT_CPU_SATURATED_RATIO`]).
+    /// CPU saturated: share of the limit (default 0.9).
     pub cpu_saturated_ratio: f64,
-    /// CPU quota exhausted: throttled share ([`DEFAULT_CPU_THROTTLED_RATIO`]).
+    /// CPU quota exhausted: throttled share (default 0.25).
     pub cpu_throttled_ratio: f64,
-    /// I/O-bound: CPU below this share ([`DEFAULT_IO_CPU_RATIO`]).
+    /// I/O-bound: CPU below this share (default 0.5).
     pub io_cpu_ratio: f64,
-    /// I/O-bound: lag p99 below this ([`DEFAULT_IO_LAG_P99_MS`]).
+    /// I/O-bound: lag p99 below this (default 10.0).
     pub io_lag_p99_ms: f64,
-    /// I/O-bound: a route's p99 at least this ([`DEFAULT_SLOW_ROUTE_P99`]).
+    /// I/O-bound: a route's p99 at least this (default 500 ms).
     pub slow_route_p99: Duration,
-    /// Requests a route needs to be judged ([`DEFAULT_MIN_ROUTE_REQUESTS`]).
+    /// Requests a route needs to be judged (default 20).
     pub min_route_requests: u64,
-    /// Memory slope window ([`DEFAULT_MEMORY_SLOPE_WINDOW`]).
+    /// Memory slope window (default 10 min).
     pub memory_slope_window: Duration,
-    /// Least memory growth, bytes ([`DEFAULT_MEMORY_GROWTH_MIN_BYTES`]).
+    /// Least memory growth, bytes (default 8 MiB).
     pub memory_growth_min_bytes: f64,
-    /// Least relative memory growth ([`DEFAULT_MEMORY_GROWTH_MIN_RATIO`]).
+    /// Least relative memory growth (default 0.05).
     pub memory_growth_min_ratio: f64,
-    /// Growth is critical when the limit is this close ([`DEFAULT_CRITICAL_ETA`]).
+    /// Growth is critical when the limit is this close (default 30 min).
     pub critical_eta: Duration,
-    /// Memory near limit ([`DEFAULT_MEMORY_NEAR_LIMIT_RATIO`]).
+    /// Memory near limit (default 0.9).
     pub memory_near_limit_ratio: f64,
-    /// Memory near limit is critical ([`DEFAULT_MEMORY_CRITICAL_RATIO`]).
+    /// Memory near limit is critical (default 0.95).
     pub memory_critical_ratio: f64,
-    /// How long an OOM kill counts ([`DEFAULT_OOM_LOOKBACK`]).
+    /// How long an OOM kill counts (default 5 min).
     pub oom_lookback: Duration,
-    /// Fragmentation: resident / allocated ([`DEFAULT_FRAGMENTATION_RATIO`]).
+    /// Fragmentation: resident / allocated (default 1.5).
     pub fragmentation_ratio: f64,
-    /// Fragmentation: resident − allocated, bytes ([`DEFAULT_FRAGMENTATION_MIN_BYTES`]).
+    /// Fragmentation: resident − allocated, bytes (default 64 MiB).
     pub fragmentation_min_bytes: f64,
-    /// Descriptors/threads near limit ([`DEFAULT_LIMIT_WARNING_RATIO`]).
+    /// Descriptors/threads near limit (default 0.8).
     pub limit_warning_ratio: f64,
-    /// Descriptors/threads critical ([`DEFAULT_LIMIT_CRITICAL_RATIO`]).
+    /// Descriptors/threads critical (default 0.95).
     pub limit_critical_ratio: f64,
-    /// Descriptor/thread slope window ([`DEFAULT_COUNT_SLOPE_WINDOW`]).
+    /// Descriptor/thread slope window (default 10 min).
     pub count_slope_window: Duration,
-    /// Least descriptor growth ([`DEFAULT_FD_GROWTH_MIN`]).
+    /// Least descriptor growth (default 100.0).
     pub fd_growth_min: f64,
-    /// Least thread growth ([`DEFAULT_THREAD_GROWTH_MIN`]).
+    /// Least thread growth (default 50.0).
     pub thread_growth_min: f64,
-    /// Least relative descriptor/thread growth ([`DEFAULT_COUNT_GROWTH_MIN_RATIO`]).
+    /// Least relative descriptor/thread growth (default 0.1).
     pub count_growth_min_ratio: f64,
-    /// User resource utilization ([`DEFAULT_RESOURCE_UTILIZATION`]).
+    /// User resource utilization (default 0.95).
     pub resource_utilization: f64,
-    /// User resource waiters ([`DEFAULT_RESOURCE_SATURATION`]).
+    /// User resource waiters (default 0.0).
     pub resource_saturation: f64,
-    /// Crates whose frames are library code ([`DEFAULT_LIBRARY_CRATES`]).
+    /// Crates whose frames are library code (default: the runtime, web
+    /// framework and std crates docs/doctor.md lists).
     pub library_crates: Vec<String>,
     /// Route, CPU and memory budgets (the seeds' by default, see
     /// [`Budgets::default`]).
@@ -198,7 +199,44 @@ impl Default for DoctorSettings {
         DoctorSettings {
             config: DoctorConfig::default(),
             capture: super::CapturePolicy::default(),
-            history_rows: crate::config::DEFAULT_HISTORY_ROWS,
+            history_rows: DEFAULT_HISTORY_ROWS,
+        }
+    }
+}
+
+/// Parses the history length of [`ENV_HISTORY`](crate::config::ENV_HISTORY) (`15m`, `900s`, `1h`) into
+/// rows, one a second.
+///
+/// # Errors
+///
+/// [`Error::InvalidEnv`] unless it is a duration of whole seconds within
+/// [`HISTORY_ROWS_RANGE`].
+pub(crate) fn parse_history_length(text: &str) -> Result<usize, Error> {
+    let invalid = || Error::InvalidEnv {
+        var: crate::config::ENV_HISTORY,
+        value: text.chars().take(100).collect(),
+        expected: "a duration from 1m to 1h, e.g. 15m",
+    };
+    let length = crate::units::parse_duration(text.trim()).ok_or_else(invalid)?;
+    let rows = usize::try_from(length.as_secs()).map_err(|_| invalid())?;
+    if length.subsec_nanos() != 0 || !(HISTORY_ROWS_RANGE.0..=HISTORY_ROWS_RANGE.1).contains(&rows)
+    {
+        return Err(invalid());
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_length_is_a_duration_in_range() {
+        assert_eq!(parse_history_length("15m").unwrap(), 900);
+        assert_eq!(parse_history_length(" 1h ").unwrap(), 3600);
+        assert_eq!(parse_history_length("60s").unwrap(), 60);
+        for bad in ["", "59s", "2h", "15", "1.5s", "-15m", "lots"] {
+            assert!(parse_history_length(bad).is_err(), "{bad}");
         }
     }
 }

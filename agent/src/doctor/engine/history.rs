@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
-use crate::config::{DEFAULT_HISTORY_ROWS, HISTORY_ROWS_RANGE, MAX_HISTORY_RESOURCES};
+use super::defaults::{DEFAULT_HISTORY_ROWS, HISTORY_ROWS_RANGE, MAX_HISTORY_RESOURCES};
 
 /// Milliseconds since the Unix epoch (0 for earlier times).
 pub(crate) fn unix_ms(time: SystemTime) -> u64 {
@@ -30,7 +30,7 @@ pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
 pub struct ResourceSlot(u8);
 
 impl ResourceSlot {
-    /// Index from 0 to [`MAX_HISTORY_RESOURCES`] − 1.
+    /// Index from 0 to `MAX_HISTORY_RESOURCES` − 1.
     pub fn index(self) -> usize {
         usize::from(self.0)
     }
@@ -43,7 +43,7 @@ macro_rules! series {
         /// Built-in series have fixed, stable snake_case names (those of
         /// `GET /debug/history?series=`); the two series of a registered
         /// user resource are named `<resource>.utilization` and
-        /// `<resource>.saturation`. Units follow DESIGN §5.1: `_bytes`
+        /// `<resource>.saturation`. Units follow docs/endpoints.md: `_bytes`
         /// integers, `_ms` float milliseconds, ratios 0..1.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[non_exhaustive]
@@ -172,16 +172,6 @@ const SATURATION_SUFFIX: &str = ".saturation";
 
 /// One second of every signal, as the recorder gathers it. Every value
 /// starts unknown; [`Row::set`] fills those that could be read.
-///
-/// ```
-/// use std::time::SystemTime;
-/// use stethoscope::doctor::{Row, Series};
-///
-/// let mut row = Row::new(SystemTime::now());
-/// row.set(Series::RssBytes, 52_428_800.0);
-/// assert_eq!(row.get(Series::RssBytes), Some(52_428_800.0));
-/// assert_eq!(row.get(Series::LagP99Ms), None);
-/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     timestamp_ms: u64,
@@ -230,26 +220,12 @@ fn known(value: f64) -> Option<f64> {
 }
 
 /// The last minutes of every signal, one row a second, in a ring of fixed
-/// capacity (default [`DEFAULT_HISTORY_ROWS`], 15 minutes).
+/// capacity (default `DEFAULT_HISTORY_ROWS`, 15 minutes).
 ///
 /// Everything is allocated by [`new`](History::new): 8 bytes per series
 /// per row, [`memory_bytes`](History::memory_bytes) in all — about 443 KiB
 /// for 15 minutes. [`push`](History::push) overwrites the oldest row in
 /// place.
-///
-/// ```
-/// use std::time::{Duration, SystemTime};
-/// use stethoscope::doctor::{History, Row, Series};
-///
-/// let mut history = History::new(900);
-/// let start = SystemTime::now() - Duration::from_secs(10);
-/// for s in 0..10 {
-///     let at = start + Duration::from_secs(s);
-///     history.push(&Row::new(at).with(Series::LagP99Ms, 0.4));
-/// }
-/// let columns = history.columns(start + Duration::from_secs(5), &[Series::LagP99Ms]);
-/// assert_eq!(columns.timestamps_ms.len(), 5);
-/// ```
 pub struct History {
     capacity: usize,
     len: usize,
@@ -398,7 +374,7 @@ impl History {
     }
 
     /// The slot of the user resource `name`, registering it if there is
-    /// room: `None` once [`MAX_HISTORY_RESOURCES`] names are taken.
+    /// room: `None` once `MAX_HISTORY_RESOURCES` names are taken.
     /// Registering allocates the name once; later calls do not allocate.
     pub fn resource_slot(&mut self, name: &str) -> Option<ResourceSlot> {
         if let Some(slot) = self.find_resource(name) {
@@ -551,7 +527,7 @@ impl RowRef<'_> {
     }
 
     /// A copy of the row.
-    pub fn to_row(&self) -> Row {
+    pub fn to_row(self) -> Row {
         let mut row = Row::new(from_unix_ms(self.timestamp_ms()));
         let slot = self.history.physical(self.index);
         for (column, value) in row.values.iter_mut().enumerate() {

@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use super::{Rule, RuleInput, CPU_PROFILE_SVG};
-use crate::doctor::finding::{rfc3339, Evidence, Finding, Severity, StallEvidence};
-use crate::doctor::frames::{application_frame, blocking_advice, dependency_frame, tidy};
-use crate::doctor::history::Series;
-use crate::doctor::stats::{max, median, raw_slope};
-use crate::doctor::units::{cores, count, duration_ms, ms, percent, span};
+use crate::units::rfc3339;
+use super::super::finding::{Evidence, Finding, Severity, StallEvidence};
+use super::super::frames::{application_frame, blocking_advice, dependency_frame, tidy};
+use super::super::history::Series;
+use super::super::stats::{max, median, raw_slope};
+use crate::units::{cores, count, duration_ms, ms, percent, span};
 use crate::doctor::StallReading;
 
 /// Frames of a stall the text shows.
@@ -35,7 +36,7 @@ fn as_ms(d: Duration) -> f64 {
 ///
 /// [`lag_median_ms`]: crate::doctor::DoctorConfig::lag_median_ms
 /// [`lag_max_ms`]: crate::doctor::DoctorConfig::lag_max_ms
-pub fn event_loop_blocked(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn event_loop_blocked(input: &RuleInput<'_>) -> Option<Finding> {
     let config = input.config;
     let recent = input.lookback();
     let stall = recent_stall(input);
@@ -190,7 +191,7 @@ pub fn event_loop_blocked(input: &RuleInput<'_>) -> Option<Finding> {
 /// [`worker_busy_ratio`]: crate::doctor::DoctorConfig::worker_busy_ratio
 /// [`executor_trend_window`]: crate::doctor::DoctorConfig::executor_trend_window
 /// [`saturated_lag_p99_ms`]: crate::doctor::DoctorConfig::saturated_lag_p99_ms
-pub fn executor_saturated(input: &RuleInput<'_>) -> Option<Finding> {
+pub(crate) fn executor_saturated(input: &RuleInput<'_>) -> Option<Finding> {
     let config = input.config;
     let recent = input.lookback();
     let busy_min = median(recent.values(Series::WorkerBusyMin))?;
@@ -298,7 +299,7 @@ pub fn executor_saturated(input: &RuleInput<'_>) -> Option<Finding> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::fixtures::Scenario;
+    use crate::doctor::engine::fixtures::Scenario;
 
     fn sleep_stack() -> Vec<String> {
         [

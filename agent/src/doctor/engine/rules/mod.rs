@@ -18,17 +18,17 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-pub use budgets::{cpu_over_budget, memory_over_budget, route_over_budget};
-pub use cpu::{cpu_saturated, io_bound};
-pub use executor::{event_loop_blocked, executor_saturated};
-pub use limits::{
+pub(crate) use budgets::{cpu_over_budget, memory_over_budget, route_over_budget};
+pub(crate) use cpu::{cpu_saturated, io_bound};
+pub(crate) use executor::{event_loop_blocked, executor_saturated};
+pub(crate) use limits::{
     fds_climbing, fds_near_limit, resource_saturated, threads_climbing, threads_near_limit,
 };
-pub use memory::{allocator_fragmentation, memory_growing, memory_near_limit};
+pub(crate) use memory::{allocator_fragmentation, memory_growing, memory_near_limit};
 
 use super::history::{History, Window};
 use super::{Current, DoctorConfig, Finding};
-use crate::config::*;
+use super::super::defaults::*;
 
 /// A rule of the doctor, by its stable snake_case id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,356 @@
+//! Every capability of one agent, in one place: what the builder hands
+//! over ([`Settings`], [`Wiring`]), the handles the agent and its debug
+//! server share ([`Capabilities`]), and the threads they run ([`Threads`]).
+//! Each capability starts in a function of its own; this module sits above
+//! the capability modules and below the server and the agent.
+
+use std::sync::Arc;
+#[cfg(any(test, feature = "runtime"))]
+use std::time::Duration;
+
+use crate::cpu::{ContinuousSettings, CpuProfiler};
+use crate::heap::HeapProfiler;
+use crate::periodic::Alarm;
+use crate::profile::shelf::ProfileShelf;
+use crate::Error;
+
+/// The capabilities' settings, as the builder resolved them.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Heap snapshots kept before the oldest is evicted.
+    pub(crate) heap_snapshots: usize,
+    /// Whether the agent's own unwinder replaces jemalloc's.
+    pub(crate) fast_heap_backtraces: bool,
+    /// Continuous profiling, when on.
+    pub(crate) continuous: Option<ContinuousSettings>,
+    /// How often the lag probe and the watchdog look.
+    #[cfg(feature = "runtime")]
+    pub(crate) lag_resolution: Duration,
+    /// A poll longer than this is a stall.
+    #[cfg(feature = "runtime")]
+    pub(crate) stall_threshold: Duration,
+    #[cfg(feature = "doctor")]
+    pub(crate) doctor: crate::doctor::DoctorSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heap_snapshots: crate::heap::DEFAULT_HEAP_SNAPSHOTS,
+            fast_heap_backtraces: true,
+            continuous: None,
+            #[cfg(feature = "runtime")]
+            lag_resolution: crate::runtime::DEFAULT_LAG_RESOLUTION,
+            #[cfg(feature = "runtime")]
+            stall_threshold: crate::runtime::DEFAULT_STALL_THRESHOLD,
+            #[cfg(feature = "doctor")]
+            doctor: crate::doctor::DoctorSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Applies the capabilities' environment variables that are set; the
+    /// first invalid one is returned, naming the variable.
+    pub(crate) fn apply_env(&mut self, env: crate::config::CapabilityEnv) -> Option<Error> {
+        use crate::config::ENV_CONTINUOUS_HZ;
+        let mut first_error = None;
+        let mut fail = |error: Error| {
+            first_error.get_or_insert(error);
+        };
+        if let Some(rate) = env.continuous_hz {
+            match crate::cpu::parse_continuous_hz(&rate) {
+                Some(None) => self.continuous = None,
+                Some(Some(hz)) => {
+                    let settings = self
+                        .continuous
+                        .take()
+                        .unwrap_or_else(|| ContinuousSettings::new(hz));
+                    self.continuous = Some(ContinuousSettings { hz, ..settings });
+                }
+                None => fail(Error::InvalidEnv {
+                    var: ENV_CONTINUOUS_HZ,
+                    value: rate,
+                    expected: "a rate from 1 to 1000 (Hz), e.g. 19, or off",
+                }),
+            }
+        }
+        #[cfg(feature = "doctor")]
+        {
+            if let Some(budgets) = env.budgets {
+                // Names the bad part of the string (Error::InvalidBudget).
+                if let Err(error) = self.doctor.config.budgets.apply(&budgets) {
+                    fail(error);
+                }
+            }
+            if let Some(length) = env.history {
+                match crate::doctor::parse_history_length(&length) {
+                    Ok(rows) => self.doctor.history_rows = rows,
+                    Err(error) => fail(error),
+                }
+            }
+            if let Some(switch) = env.auto_capture {
+                match crate::config::parse_switch(&switch) {
+                    Some(enabled) => self.doctor.capture.enabled = enabled,
+                    None => fail(Error::InvalidEnv {
+                        var: crate::config::ENV_AUTO_CAPTURE,
+                        value: switch,
+                        expected: "on or off",
+                    }),
+                }
+            }
+        }
+        #[cfg(not(feature = "doctor"))]
+        let _ = (env.budgets, env.history, env.auto_capture);
+        first_error
+    }
+}
+
+/// What the host hands over for the capabilities to use.
+#[derive(Debug, Default)]
+pub(crate) struct Wiring {
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    #[cfg(feature = "resources")]
+    pub(crate) resources: Vec<Arc<dyn crate::resources::Resource>>,
+    #[cfg(feature = "spans")]
+    pub(crate) log_level: Option<crate::spans::LogLevel>,
+    #[cfg(feature = "spans")]
+    pub(crate) spans: Option<crate::spans::SpanTimings>,
+}
+
+/// Handles to every capability of one agent, shared by the agent and its
+/// debug server.
+#[derive(Debug, Clone)]
+pub(crate) struct Capabilities {
+    pub(crate) cpu: CpuProfiler,
+    pub(crate) heap: HeapProfiler,
+    /// Profiles taken through `POST /debug/profiles` (the dashboard's).
+    pub(crate) kept: Arc<ProfileShelf>,
+    #[cfg(feature = "resources")]
+    pub(crate) resources: crate::resources::ResourceMonitor,
+    #[cfg(feature = "red")]
+    pub(crate) red: crate::red::RedMetrics,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::MetricsHandle,
+    #[cfg(feature = "runtime")]
+    pub(crate) runtime: crate::runtime::RuntimeHealth,
+    #[cfg(feature = "spans")]
+    pub(crate) spans: Option<crate::spans::SpanTimings>,
+    #[cfg(feature = "spans")]
+    pub(crate) log_level: Option<crate::spans::LogLevel>,
+    #[cfg(feature = "doctor")]
+    pub(crate) doctor: crate::doctor::Doctor,
+}
+
+/// The agent's own threads, stopped when dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Threads {
+    #[cfg(feature = "runtime")]
+    _watchdog: Option<crate::runtime::WatchdogGuard>,
+    #[cfg(feature = "resources")]
+    _use_sampler: Option<crate::periodic::StopOnDrop>,
+    #[cfg(feature = "doctor")]
+    _doctor: Option<crate::periodic::StopOnDrop>,
+    _continuous: Option<ContinuousGuard>,
+}
+
+/// Turns the process's continuous profiling off when the agent that
+/// turned it on goes.
+#[derive(Debug)]
+struct ContinuousGuard(CpuProfiler);
+
+impl Drop for ContinuousGuard {
+    fn drop(&mut self) {
+        self.0.stop_continuous();
+    }
+}
+
+impl Capabilities {
+    /// Starts every capability; the threads they start stop when the
+    /// returned [`Threads`] drop.
+    pub(crate) fn start(settings: &Settings, wiring: Wiring) -> Result<(Self, Threads), Error> {
+        let mut threads = Threads::default();
+        #[cfg_attr(
+            not(any(feature = "runtime", feature = "resources")),
+            allow(unused_variables)
+        )]
+        let runtime = wiring
+            .runtime
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        // Work arriving through the RED layer or a span wakes a dormant
+        // watchdog.
+        #[cfg_attr(
+            not(any(feature = "runtime", feature = "red", feature = "spans")),
+            allow(unused_variables)
+        )]
+        let alarm = Arc::new(Alarm::default());
+        #[allow(unused_mut)] // set below by the features built
+        let mut caps = Capabilities {
+            cpu: start_cpu(settings, &mut threads)?,
+            heap: start_heap(settings),
+            kept: Arc::default(),
+            #[cfg(feature = "resources")]
+            resources: start_resources(runtime.clone(), wiring.resources, &mut threads)?,
+            #[cfg(feature = "red")]
+            red: start_red(&alarm),
+            #[cfg(feature = "metrics")]
+            metrics: crate::metrics::MetricsHandle::default(),
+            #[cfg(feature = "runtime")]
+            runtime: start_runtime(settings, runtime, &alarm, &mut threads)?,
+            #[cfg(feature = "spans")]
+            spans: start_spans(wiring.spans, &alarm),
+            #[cfg(feature = "spans")]
+            log_level: wiring.log_level,
+            #[cfg(feature = "doctor")]
+            doctor: crate::doctor::Doctor::new(settings.doctor.clone()),
+        };
+        // Made last, from the others.
+        #[cfg(feature = "metrics")]
+        {
+            caps.metrics = caps.metrics_handle();
+        }
+        #[cfg(feature = "doctor")]
+        {
+            threads._doctor = Some(caps.doctor.start(caps.doctor_sources())?);
+        }
+        Ok((caps, threads))
+    }
+
+    /// The collectors of every capability, for `/metrics`.
+    #[cfg(feature = "metrics")]
+    fn metrics_handle(&self) -> crate::metrics::MetricsHandle {
+        use crate::metrics::Collect;
+        #[allow(unused_mut)] // the capabilities pushed depend on features
+        let mut collectors: Vec<Arc<dyn Collect>> =
+            vec![Arc::new(self.cpu.clone()), Arc::new(self.heap.clone())];
+        #[cfg(feature = "resources")]
+        collectors.push(Arc::new(self.resources.clone()));
+        #[cfg(feature = "red")]
+        collectors.push(Arc::new(self.red.clone()));
+        #[cfg(feature = "runtime")]
+        collectors.push(Arc::new(self.runtime.clone()));
+        #[cfg(feature = "spans")]
+        if let Some(spans) = &self.spans {
+            collectors.push(Arc::new(spans.clone()));
+        }
+        #[cfg(feature = "doctor")]
+        collectors.push(Arc::new(self.doctor.clone()));
+        crate::metrics::MetricsHandle::new(collectors)
+    }
+
+    /// What the doctor reads once a second and captures with.
+    #[cfg(feature = "doctor")]
+    fn doctor_sources(&self) -> crate::doctor::Sources {
+        crate::doctor::Sources {
+            cpu: self.cpu.clone(),
+            heap: self.heap.clone(),
+            kept: Arc::clone(&self.kept),
+            #[cfg(feature = "resources")]
+            resources: self.resources.clone(),
+            #[cfg(feature = "runtime")]
+            runtime: self.runtime.clone(),
+            #[cfg(feature = "red")]
+            red: self.red.clone(),
+        }
+    }
+
+    /// The capabilities of an agent without a server, host runtime or
+    /// threads, for tests of the server.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Capabilities {
+        let settings = Settings {
+            #[cfg(feature = "runtime")]
+            lag_resolution: Duration::from_millis(10),
+            #[cfg(feature = "runtime")]
+            stall_threshold: Duration::from_millis(100),
+            ..Settings::default()
+        };
+        let (mut caps, threads) =
+            Capabilities::start(&settings, Wiring::default()).expect("capabilities start");
+        drop(threads);
+        caps.heap = HeapProfiler::default();
+        caps
+    }
+}
+
+/// The process's CPU profiler, recording continuously when asked to.
+fn start_cpu(settings: &Settings, threads: &mut Threads) -> Result<CpuProfiler, Error> {
+    let cpu = CpuProfiler::global();
+    if let Some(continuous) = &settings.continuous {
+        cpu.start_continuous(continuous.clone())?;
+        threads._continuous = Some(ContinuousGuard(cpu.clone()));
+    }
+    Ok(cpu)
+}
+
+/// The heap profiler, with the agent's unwinder for sampled allocations
+/// when jemalloc profiles and it is wanted.
+fn start_heap(settings: &Settings) -> HeapProfiler {
+    let heap = HeapProfiler::with_capacity(settings.heap_snapshots);
+    if !settings.fast_heap_backtraces || heap.check().is_err() {
+        return heap;
+    }
+    match heap.clone().with_fast_backtraces() {
+        Ok(fast) => fast,
+        Err(error) => {
+            tracing::debug!(%error, "heap backtraces: keeping jemalloc's unwinder");
+            heap
+        }
+    }
+}
+
+/// Executor lag, runtime health and the stall watchdog of `runtime`.
+#[cfg(feature = "runtime")]
+fn start_runtime(
+    settings: &Settings,
+    runtime: Option<tokio::runtime::Handle>,
+    alarm: &Arc<Alarm>,
+    threads: &mut Threads,
+) -> Result<crate::runtime::RuntimeHealth, Error> {
+    let (health, watchdog) = crate::runtime::RuntimeHealth::start(
+        runtime,
+        settings.lag_resolution,
+        settings.stall_threshold,
+        Arc::clone(alarm),
+    )?;
+    threads._watchdog = watchdog;
+    Ok(health)
+}
+
+/// USE readings, sampled on a thread of their own, with the host's
+/// resources.
+#[cfg(feature = "resources")]
+fn start_resources(
+    runtime: Option<tokio::runtime::Handle>,
+    resources: Vec<Arc<dyn crate::resources::Resource>>,
+    threads: &mut Threads,
+) -> Result<crate::resources::ResourceMonitor, Error> {
+    let monitor = crate::resources::ResourceMonitor::new(runtime);
+    for resource in resources {
+        monitor.register_arc(resource)?;
+    }
+    threads._use_sampler =
+        Some(monitor.sample_every(crate::resources::DEFAULT_USE_SAMPLE_INTERVAL)?);
+    Ok(monitor)
+}
+
+/// The RED recorder; every request wakes a dormant watchdog.
+#[cfg(feature = "red")]
+fn start_red(alarm: &Arc<Alarm>) -> crate::red::RedMetrics {
+    let red = crate::red::RedMetrics::new();
+    red.ring_on_request(Arc::clone(alarm));
+    red
+}
+
+/// The host's span timings, if it wired them; every span entered wakes a
+/// dormant watchdog.
+#[cfg(feature = "spans")]
+fn start_spans(
+    spans: Option<crate::spans::SpanTimings>,
+    alarm: &Arc<Alarm>,
+) -> Option<crate::spans::SpanTimings> {
+    if let Some(spans) = &spans {
+        spans.ring_on_enter(Arc::clone(alarm));
+    }
+    spans
+}
