@@ -137,6 +137,12 @@ cfg_feature! { "runtime",
         /// idle times and slow-poll ratio appear in `/debug/runtime` and
         /// `/metrics` under that name.
         ///
+        /// The type is tokio-metrics' own, not a wrapper: services that
+        /// already instrument with tokio-metrics keep their code, and its
+        /// `instrument` is what a wrapper would forward to. The cost is that
+        /// a tokio-metrics release with a new `TaskMonitor` is a
+        /// stethoscope release too.
+        ///
         /// ```
         /// # #[tokio::main(flavor = "current_thread")]
         /// # async fn main() -> Result<(), stethoscope::Error> {

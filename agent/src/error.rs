@@ -186,16 +186,17 @@ pub enum Error {
     InvalidLogDirective {
         /// The directive as given (whitespace around items removed).
         directive: String,
-        /// What the parser said.
+        /// What the parser said (tracing-subscriber's `ParseError`, boxed
+        /// so that this type does not tie stethoscope's version to theirs).
         #[source]
-        source: tracing_subscriber::filter::ParseError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The log filter cannot be changed: the subscriber it was installed in
     /// is gone (or it never was installed).
     #[cfg(feature = "spans")]
     #[error("cannot change the log filter")]
-    LogFilter(#[source] tracing_subscriber::reload::Error),
+    LogFilter(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// Encoding a report failed.
     #[error("cannot encode the {format} report")]

@@ -59,6 +59,13 @@ pub use diff::{DiffEntry, DiffTarget, SnapshotDiff};
 
 /// The allocator [`heap_profiling!`](crate::heap_profiling) installs:
 /// tikv-jemallocator's jemalloc, built with profiling and statistics.
+///
+/// Re-exported rather than wrapped: the macro expands in the service's
+/// crate, and the global allocator must be this exact type for the agent's
+/// `mallctl` calls to reach the jemalloc it links; a service that names it
+/// itself (`#[global_allocator] static A: stethoscope::heap::Jemalloc`)
+/// gets the one stethoscope was built with, whatever tikv-jemallocator
+/// version it depends on.
 #[cfg(all(feature = "heap", unix))]
 pub use tikv_jemallocator::Jemalloc;
 

@@ -90,7 +90,7 @@ fn parse(directive: &str) -> Result<EnvFilter, Error> {
         .parse(directive)
         .map_err(|source| Error::InvalidLogDirective {
             directive: directive.to_owned(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -323,7 +323,7 @@ impl LogLevel {
         self.shared
             .filter
             .reload(filter)
-            .map_err(Error::LogFilter)?;
+            .map_err(|e| Error::LogFilter(Box::new(e)))?;
         let now = SystemTime::now();
         let previous = std::mem::replace(
             &mut state.current,
@@ -402,7 +402,11 @@ impl Shared {
                 continue;
             };
             let applied = parse(&revert.to.directive)
-                .and_then(|filter| self.filter.reload(filter).map_err(Error::LogFilter));
+                .and_then(|filter| {
+                    self.filter
+                        .reload(filter)
+                        .map_err(|e| Error::LogFilter(Box::new(e)))
+                });
             let from = std::mem::replace(&mut state.current, revert.to);
             let to = state.current.directive.clone();
             drop(state);

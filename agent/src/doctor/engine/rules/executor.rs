@@ -37,138 +37,122 @@ fn as_ms(d: Duration) -> f64 {
 /// [`lag_median_ms`]: crate::doctor::DoctorConfig::lag_median_ms
 /// [`lag_max_ms`]: crate::doctor::DoctorConfig::lag_max_ms
 pub(crate) fn event_loop_blocked(input: &RuleInput<'_>) -> Option<Finding> {
-    let config = input.config;
-    let recent = input.lookback();
-    let stall = recent_stall(input);
-    let stuck = stall.filter(|s| s.ongoing && as_ms(s.duration) >= config.lag_max_ms);
-    let holds = median(recent.values(Series::LagP50Ms)).is_some_and(|m| m >= config.lag_median_ms)
-        || max(recent.values(Series::LagMaxMs)).is_some_and(|m| m >= config.lag_max_ms)
-        || recent
-            .increase(Series::StallsTotal)
-            .is_some_and(|n| n > 0.0)
-        || stuck.is_some();
-    if !holds {
-        return None;
+    let blocked = Blocked::detect(input)?;
+    let measured = blocked.measure(input);
+    Some(measured.explain(input))
+}
+
+/// The executor is blocked now: what [`Blocked::detect`] found.
+struct Blocked<'a> {
+    /// The longest recent stall, if any.
+    stall: Option<&'a StallReading>,
+    /// A stall longer than `lag_max_ms` still going on.
+    stuck: bool,
+}
+
+/// What the evidence window says about a blocked executor.
+struct BlockedEvidence<'a> {
+    length: Duration,
+    /// Median of the per-second lag p50, p99, and the window's max, in ms.
+    p50: Option<f64>,
+    p99: Option<f64>,
+    lag_max: Option<f64>,
+    /// The worst delay seen: the lag max or the stall, in ms.
+    worst: f64,
+    /// Seconds in the window, and those with a delay ≥ `lag_max_ms`.
+    seconds: usize,
+    slow_seconds: usize,
+    /// Stalls counted in the window.
+    stalls: Option<f64>,
+    stall: Option<&'a StallReading>,
+    stuck: bool,
+}
+
+impl<'a> Blocked<'a> {
+    /// Clinic Doctor's thresholds over the lookback, or a stall.
+    fn detect(input: &RuleInput<'a>) -> Option<Self> {
+        let config = input.config;
+        let recent = input.lookback();
+        let stall = recent_stall(input);
+        let stuck = stall.is_some_and(|s| s.ongoing && as_ms(s.duration) >= config.lag_max_ms);
+        let holds = median(recent.values(Series::LagP50Ms))
+            .is_some_and(|m| m >= config.lag_median_ms)
+            || max(recent.values(Series::LagMaxMs)).is_some_and(|m| m >= config.lag_max_ms)
+            || recent
+                .increase(Series::StallsTotal)
+                .is_some_and(|n| n > 0.0)
+            || stuck;
+        holds.then_some(Blocked { stall, stuck })
     }
 
-    let (length, window) = input.evidence_window(Rule::EventLoopBlocked);
-    let p50 = median(window.values(Series::LagP50Ms));
-    let p99 = median(window.values(Series::LagP99Ms));
-    let lag_max = max(window.values(Series::LagMaxMs));
-    let stall_ms = stall.map(|s| as_ms(s.duration));
-    let worst = max(lag_max.into_iter().chain(stall_ms)).unwrap_or(0.0);
-    let seconds = window.values(Series::LagMaxMs).count();
-    let slow_seconds = window
-        .values(Series::LagMaxMs)
-        .filter(|m| *m >= config.lag_max_ms)
-        .count();
-    let stalls = window.increase(Series::StallsTotal);
-
-    let severity = if worst >= config.lag_critical_ms || stuck.is_some() {
-        Severity::Critical
-    } else {
-        Severity::Warning
-    };
-    let title = match p50 {
-        Some(p50) if p50 >= config.lag_median_ms => format!(
-            "The executor is blocked: tasks wait {} for a worker at the median, up to {}",
-            ms(p50),
-            ms(worst)
-        ),
-        _ => format!(
-            "The executor is blocked: tasks waited up to {} for a worker",
-            ms(worst)
-        ),
-    };
-    let mut text = format!("executor lag over the last {}:", span(length));
-    if let Some(p50) = p50 {
-        text += &format!(" p50 {} (median of the per-second p50),", ms(p50));
-    }
-    if let Some(p99) = p99 {
-        text += &format!(" p99 {},", ms(p99));
-    }
-    if let Some(lag_max) = lag_max {
-        text += &format!(" max {};", ms(lag_max));
-    }
-    text += &format!(
-        " {slow_seconds} of {seconds} seconds had a delay of {} or more",
-        ms(config.lag_max_ms)
-    );
-    if let Some(stalls) = stalls.filter(|n| *n > 0.0) {
-        text += &format!("; {} stalls", count(stalls));
-    }
-    let mut evidence = Evidence::new(text, length)
-        .value_opt("lag_p50_ms", p50)
-        .value_opt("lag_p99_ms", p99)
-        .value_opt("lag_max_ms", lag_max)
-        .value("seconds", seconds as f64)
-        .value("slow_seconds", slow_seconds as f64)
-        .value_opt("stalls", stalls)
-        .value_opt("stall_ms", stall_ms);
-
-    let library = &config.library_crates;
-    let app = stall.and_then(|s| application_frame(&s.frames, library));
-    let recommendation = match (stall, app) {
-        (Some(stall), Some((index, frame))) => {
-            let function = tidy(frame);
-            let mut advice = format!(
-                "Move the blocking call in `{function}` off the executor: wrap it in \
-                 `tokio::task::spawn_blocking` (or use its async equivalent), so a worker \
-                 never waits inside one poll."
-            );
-            if let Some(dependency) = dependency_frame(&stall.frames, index, library) {
-                advice += &format!(
-                    " The worker was inside `{}` called from it.",
-                    tidy(dependency)
-                );
-            }
-            match blocking_advice(&stall.frames[..index]) {
-                Some(hint) => advice += &format!(" Here {hint}."),
-                None => {
-                    advice += " If it computes, spawn_blocking (or a rayon pool) keeps the \
-                                   workers free; if it waits (I/O, sleep, a lock), use the async \
-                                   version of the call."
-                }
-            }
-            advice
+    /// The numbers of the rule's evidence window.
+    fn measure(self, input: &RuleInput<'_>) -> BlockedEvidence<'a> {
+        let config = input.config;
+        let (length, window) = input.evidence_window(Rule::EventLoopBlocked);
+        let lag_max = max(window.values(Series::LagMaxMs));
+        let stall_ms = self.stall.map(|s| as_ms(s.duration));
+        BlockedEvidence {
+            length,
+            p50: median(window.values(Series::LagP50Ms)),
+            p99: median(window.values(Series::LagP99Ms)),
+            lag_max,
+            worst: max(lag_max.into_iter().chain(stall_ms)).unwrap_or(0.0),
+            seconds: window.values(Series::LagMaxMs).count(),
+            slow_seconds: window
+                .values(Series::LagMaxMs)
+                .filter(|m| *m >= config.lag_max_ms)
+                .count(),
+            stalls: window.increase(Series::StallsTotal),
+            stall: self.stall,
+            stuck: self.stuck,
         }
-        _ => "Find the code that holds a worker inside one poll: a blocking call (std::fs, \
-              std::net, std::thread::sleep, a std Mutex, a synchronous client) or a long \
-              computation inside a future. /debug/runtime lists stalls with the stuck stack when \
-              one lasts long enough; a CPU profile taken while it happens shows the widest \
-              frames under the worker threads. Move that work into \
-              `tokio::task::spawn_blocking`."
-            .to_owned(),
-    };
-    if let Some(stall) = stall {
-        let mut detail = format!(
-            "longest stall: {} on worker {}, started {}",
-            duration_ms(stall.duration),
-            stall.worker,
-            rfc3339(stall.started_at)
-        );
-        if stall.ongoing {
-            detail += " (still stuck)";
-        }
-        if stall.frames.is_empty() {
-            detail += "; its stack could not be captured";
-        }
-        evidence.details.push(detail);
-        evidence.frames = stall.frames.iter().take(STACK_LINES * 4).cloned().collect();
-        evidence.stall = Some(StallEvidence {
-            worker: stall.worker,
-            started_at: stall.started_at,
-            duration_ms: as_ms(stall.duration),
-            ongoing: stall.ongoing,
-            application_frame: app.map(|(_, f)| f.to_owned()),
-        });
     }
+}
 
-    let mut next = vec!["/debug/runtime?format=text", "/debug/lag?format=svg"];
-    if input.current.cpu_profiling {
-        next.push(CPU_PROFILE_SVG);
-    }
-    Some(
+impl BlockedEvidence<'_> {
+    /// The finding: severity, title, evidence text and values, the stall's
+    /// stack, and advice naming the application function that blocked.
+    fn explain(&self, input: &RuleInput<'_>) -> Finding {
+        let config = input.config;
+        let severity = if self.worst >= config.lag_critical_ms || self.stuck {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        let title = match self.p50 {
+            Some(p50) if p50 >= config.lag_median_ms => format!(
+                "The executor is blocked: tasks wait {} for a worker at the median, up to {}",
+                ms(p50),
+                ms(self.worst)
+            ),
+            _ => format!(
+                "The executor is blocked: tasks waited up to {} for a worker",
+                ms(self.worst)
+            ),
+        };
+        let mut evidence = Evidence::new(self.text(config.lag_max_ms), self.length)
+            .value_opt("lag_p50_ms", self.p50)
+            .value_opt("lag_p99_ms", self.p99)
+            .value_opt("lag_max_ms", self.lag_max)
+            .value("seconds", self.seconds as f64)
+            .value("slow_seconds", self.slow_seconds as f64)
+            .value_opt("stalls", self.stalls)
+            .value_opt("stall_ms", self.stall.map(|s| as_ms(s.duration)));
+        let library = &config.library_crates;
+        let app = self
+            .stall
+            .and_then(|s| application_frame(&s.frames, library));
+        if let Some(stall) = self.stall {
+            add_stall(&mut evidence, stall, app.map(|(_, f)| f));
+        }
+        let recommendation = match (self.stall, app) {
+            (Some(stall), Some((index, frame))) => blocking_recommendation(stall, index, frame, library),
+            _ => GENERIC_BLOCKING_ADVICE.to_owned(),
+        };
+        let mut next = vec!["/debug/runtime?format=text", "/debug/lag?format=svg"];
+        if input.current.cpu_profiling {
+            next.push(CPU_PROFILE_SVG);
+        }
         Finding::new(
             Rule::EventLoopBlocked,
             severity,
@@ -178,8 +162,97 @@ pub(crate) fn event_loop_blocked(input: &RuleInput<'_>) -> Option<Finding> {
             recommendation,
             input.now,
         )
-        .next(next),
-    )
+        .next(next)
+    }
+
+    /// The evidence in words.
+    fn text(&self, lag_max_ms: f64) -> String {
+        let mut text = format!("executor lag over the last {}:", span(self.length));
+        if let Some(p50) = self.p50 {
+            text += &format!(" p50 {} (median of the per-second p50),", ms(p50));
+        }
+        if let Some(p99) = self.p99 {
+            text += &format!(" p99 {},", ms(p99));
+        }
+        if let Some(lag_max) = self.lag_max {
+            text += &format!(" max {};", ms(lag_max));
+        }
+        text += &format!(
+            " {} of {} seconds had a delay of {} or more",
+            self.slow_seconds,
+            self.seconds,
+            ms(lag_max_ms)
+        );
+        if let Some(stalls) = self.stalls.filter(|n| *n > 0.0) {
+            text += &format!("; {} stalls", count(stalls));
+        }
+        text
+    }
+}
+
+/// The advice when no stall names the code that blocked.
+const GENERIC_BLOCKING_ADVICE: &str =
+    "Find the code that holds a worker inside one poll: a blocking call (std::fs, std::net, \
+     std::thread::sleep, a std Mutex, a synchronous client) or a long computation inside a \
+     future. /debug/runtime lists stalls with the stuck stack when one lasts long enough; a CPU \
+     profile taken while it happens shows the widest frames under the worker threads. Move that \
+     work into `tokio::task::spawn_blocking`.";
+
+/// Advice naming the application function `frame` (at `index` in the
+/// stall's frames) that blocked, the dependency it called, and what kind
+/// of blocking it was.
+fn blocking_recommendation(
+    stall: &StallReading,
+    index: usize,
+    frame: &str,
+    library: &[String],
+) -> String {
+    let function = tidy(frame);
+    let mut advice = format!(
+        "Move the blocking call in `{function}` off the executor: wrap it in \
+         `tokio::task::spawn_blocking` (or use its async equivalent), so a worker \
+         never waits inside one poll."
+    );
+    if let Some(dependency) = dependency_frame(&stall.frames, index, library) {
+        advice += &format!(
+            " The worker was inside `{}` called from it.",
+            tidy(dependency)
+        );
+    }
+    match blocking_advice(&stall.frames[..index]) {
+        Some(hint) => advice += &format!(" Here {hint}."),
+        None => {
+            advice += " If it computes, spawn_blocking (or a rayon pool) keeps the \
+                           workers free; if it waits (I/O, sleep, a lock), use the async \
+                           version of the call."
+        }
+    }
+    advice
+}
+
+/// The stall's details, stack and typed evidence.
+fn add_stall(evidence: &mut Evidence, stall: &StallReading, app: Option<&str>) {
+    let mut detail = format!(
+        "longest stall: {} on worker {}, started {}",
+        duration_ms(stall.duration),
+        stall.worker,
+        rfc3339(stall.started_at)
+    );
+    if stall.ongoing {
+        detail += " (still stuck)";
+    }
+    if stall.frames.is_empty() {
+        detail += "; its stack could not be captured";
+    }
+    evidence.details.push(detail);
+    evidence.frames = stall.frames.iter().take(STACK_LINES * 4).cloned().collect();
+    evidence.stall = Some(StallEvidence {
+        worker: stall.worker,
+        started_at: stall.started_at,
+        duration_ms: as_ms(stall.duration),
+        ongoing: stall.ongoing,
+        application_frame: app.map(str::to_owned),
+    });
 }
 
 /// `executor_saturated`: holds now when the least busy worker was busy at
