@@ -53,6 +53,8 @@ pub(crate) struct Capabilities {
     pub(crate) log_level: Option<crate::spans::LogLevel>,
     #[cfg(feature = "doctor")]
     pub(crate) doctor: crate::doctor::Doctor,
+    #[cfg(feature = "push")]
+    pub(crate) push: Option<crate::push::Pusher>,
 }
 
 /// The agent's own threads, stopped on drop.
@@ -65,6 +67,8 @@ struct Threads {
     #[cfg(feature = "doctor")]
     _doctor: Option<crate::periodic::StopOnDrop>,
     _continuous: Option<ContinuousGuard>,
+    #[cfg(feature = "push")]
+    _push: Option<crate::push::PushGuard>,
 }
 
 /// Turns the process's continuous profiling off when the agent that
@@ -128,6 +132,15 @@ impl Capabilities {
                 }
             }
         }
+        #[cfg(feature = "push")]
+        let push = match &config.push {
+            Some(settings) => {
+                let (pusher, guard) = crate::push::start(settings, &cpu, &heap)?;
+                threads._push = Some(guard);
+                Some(pusher)
+            }
+            None => None,
+        };
         #[cfg(feature = "resources")]
         let resources = {
             let monitor = crate::resources::ResourceMonitor::new(runtime);
@@ -168,6 +181,8 @@ impl Capabilities {
             log_level: wiring.log_level,
             #[cfg(feature = "doctor")]
             doctor: crate::doctor::Doctor::new(config.doctor.clone()),
+            #[cfg(feature = "push")]
+            push,
         };
         #[cfg(feature = "metrics")]
         {
@@ -220,8 +235,13 @@ impl Agent {
     }
 
     /// Stops the debug server and waits for its thread to finish. Profiles
-    /// in progress are cancelled.
+    /// in progress are cancelled. With push on, the open segment and the
+    /// queue are pushed first ([`Pusher::finish`](crate::push::Pusher::finish)).
     pub async fn shutdown(self) {
+        #[cfg(feature = "push")]
+        if let Some(push) = &self.caps.push {
+            push.finish().await;
+        }
         self.server.stop().await;
     }
 }
@@ -321,6 +341,16 @@ cfg_feature! { "runtime",
         /// ```
         pub fn task_monitor(&self, name: &str) -> tokio_metrics::TaskMonitor {
             self.caps.runtime.task_monitor(name)
+        }
+    }
+}
+
+cfg_feature! { "push",
+    impl Agent {
+        /// The pusher, when [`AgentBuilder::push`] (or
+        /// [`ENV_PUSH_URL`](crate::push::ENV_PUSH_URL)) turned it on.
+        pub fn push(&self) -> Option<&crate::push::Pusher> {
+            self.caps.push.as_ref()
         }
     }
 }
@@ -519,6 +549,30 @@ impl AgentBuilder {
             });
         }
         self.config.continuous = Some(settings);
+        self
+    }
+
+    /// Pushes every segment of the continuous profiler to a Grafana
+    /// Pyroscope server as it closes (docs/fleet.md, "Push to Pyroscope"):
+    /// for services no scraper can reach. Turns continuous profiling on at
+    /// [`DEFAULT_PUSH_CONTINUOUS_HZ`](crate::push::DEFAULT_PUSH_CONTINUOUS_HZ)
+    /// when it is not configured. An invalid setting makes
+    /// [`start`](Self::start) fail naming it. Default: off;
+    /// [`ENV_PUSH_URL`](crate::push::ENV_PUSH_URL) and the other
+    /// `STETHOSCOPE_PUSH_*` variables set it too.
+    ///
+    /// # Security considerations
+    /// Profiles name the service's functions and carry its labels (routes,
+    /// task names): push them over `https://` (feature `push-tls`) beyond a
+    /// trusted network. Credentials never appear in logs, `/health`,
+    /// `/debug` or `Debug` output.
+    #[cfg(feature = "push")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "push")))]
+    pub fn push(mut self, settings: crate::push::PushSettings) -> Self {
+        if let Err(error) = settings.validate() {
+            return self.defer(error);
+        }
+        self.config.push = Some(settings);
         self
     }
 
@@ -783,7 +837,10 @@ impl AgentBuilder {
         if let Some(error) = self.deferred {
             return Err(error);
         }
-        let config = self.config;
+        #[allow(unused_mut)]
+        let mut config = self.config;
+        #[cfg(feature = "push")]
+        crate::push::enable_ring(&mut config.continuous, config.push.as_ref());
         if !config.listen.ip().is_loopback()
             && config.token.is_none()
             && !config.allow_insecure_bind

@@ -440,6 +440,23 @@ pub const ENV_AUTO_CAPTURE: &str = "STETHOSCOPE_AUTO_CAPTURE";
 /// `19` (Hz); `0` or `off` turns it off.
 pub const ENV_CONTINUOUS_HZ: &str = "STETHOSCOPE_CONTINUOUS_HZ";
 
+/// Environment variable with the continuous profiler's segment length, e.g.
+/// `10s` (1 s to 10 minutes): the time resolution of look-back, of
+/// `segment=latest` and of pushes.
+pub const ENV_CONTINUOUS_SEGMENT: &str = "STETHOSCOPE_CONTINUOUS_SEGMENT";
+
+/// Parses a segment length: 1 s to 10 minutes.
+pub(crate) fn parse_segment(value: &str) -> Result<Duration, Error> {
+    match humantime::parse_duration(value.trim()) {
+        Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(600) => Ok(d),
+        _ => Err(Error::InvalidEnv {
+            var: ENV_CONTINUOUS_SEGMENT,
+            value: value.to_owned(),
+            expected: "a duration from 1s to 10m, e.g. 10s",
+        }),
+    }
+}
+
 /// The bearer token clients must present, kept so that checking it reveals
 /// neither its content nor its length through timing.
 #[derive(Clone)]
@@ -506,6 +523,9 @@ pub(crate) struct Config {
     pub(crate) lag_resolution: Duration,
     pub(crate) stall_threshold: Duration,
     pub(crate) doctor: crate::doctor::DoctorSettings,
+    /// Pushing segments to a Pyroscope server, when on.
+    #[cfg(feature = "push")]
+    pub(crate) push: Option<crate::push::PushSettings>,
 }
 
 impl Default for Config {
@@ -526,6 +546,8 @@ impl Default for Config {
             lag_resolution: DEFAULT_LAG_RESOLUTION,
             stall_threshold: DEFAULT_STALL_THRESHOLD,
             doctor: Default::default(),
+            #[cfg(feature = "push")]
+            push: None,
         }
     }
 }
@@ -606,6 +628,29 @@ impl Config {
                         expected: "a rate from 1 to 1000 (Hz), e.g. 19, or off",
                     }),
                 },
+            }
+        }
+        #[cfg(feature = "push")]
+        if let Some(error) = crate::push::apply_env(&mut self.push, &var) {
+            fail(error);
+        }
+        if let Some(length) = var(ENV_CONTINUOUS_SEGMENT) {
+            match parse_segment(&length) {
+                Ok(segment) => match self.continuous.take() {
+                    Some(settings) => self.continuous = Some(settings.segment(segment)),
+                    #[cfg(feature = "push")]
+                    None if self.push.is_some() => {
+                        let hz = crate::push::DEFAULT_PUSH_CONTINUOUS_HZ;
+                        self.continuous =
+                            Some(crate::cpu::ContinuousSettings::new(hz).segment(segment));
+                    }
+                    None => fail(Error::InvalidEnv {
+                        var: ENV_CONTINUOUS_SEGMENT,
+                        value: length,
+                        expected: "continuous profiling on (STETHOSCOPE_CONTINUOUS_HZ) for a segment length",
+                    }),
+                },
+                Err(error) => fail(error),
             }
         }
         if let Some(switch) = var(ENV_AUTO_CAPTURE) {

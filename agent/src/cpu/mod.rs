@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+mod feed;
 pub(crate) mod flight;
 mod mode;
 pub(crate) mod routes;
@@ -56,6 +57,7 @@ use crate::profile::{Profile, ProfileMeta, RawStack, ValueType};
 use crate::Error;
 use session::Controller;
 
+pub use feed::{ClosedSegment, SegmentBatch, SegmentFeed};
 pub use flight::{
     ContinuousSettings, Coverage, FlightStatus, PinInfo, DEFAULT_CONTINUOUS_KEEP,
     DEFAULT_CONTINUOUS_SEGMENT, DEFAULT_MAX_PINNED_SEGMENTS, DEFAULT_MAX_STACKS_PER_SEGMENT,
@@ -267,6 +269,21 @@ impl CpuProfiler {
             .flight()
             .ok_or(Error::ContinuousProfilingOff)?;
         Ok(flight.latest())
+    }
+
+    /// A feed of the continuous profiler's segments: each segment closed
+    /// from now on is read once, in order, as its own profile (what a
+    /// pusher sends). Works whether or not continuous profiling is on yet;
+    /// a ring started later is read from its first segment.
+    pub fn segment_feed(&self) -> SegmentFeed {
+        SegmentFeed::new(Arc::clone(&self.controller))
+    }
+
+    /// Closes the continuous profiler's open segment now, however short,
+    /// so that [segment feeds](Self::segment_feed) read it (a final push
+    /// before the process exits); whether there was one to close.
+    pub fn seal_segment(&self) -> bool {
+        self.controller.seal_segment()
     }
 
     /// Keeps the continuous profiler's segments around `onset` past the

@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 pub(crate) use collectors::{HeapCollector, SamplerCollector};
 pub use encode::ExpositionFormat;
-pub(crate) use encode::MetricWriter;
+pub(crate) use encode::{Desc, MetricWriter};
 
 /// Something that writes metric families at scrape time. Implemented by
 /// each capability's handle; a new capability adds its collector in
@@ -70,6 +70,8 @@ impl MetricsRegistry {
         }
         #[cfg(feature = "doctor")]
         collectors.push(Arc::new(caps.doctor.clone()));
+        #[cfg(feature = "push")]
+        collectors.extend(caps.push.clone().map(|p| Arc::new(p) as Arc<dyn Collect>));
         MetricsRegistry {
             collectors: Arc::new(collectors),
         }
