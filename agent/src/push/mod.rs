@@ -120,6 +120,11 @@ pub struct PushStatus {
     pub url: String,
     /// The `service_name` they carry.
     pub service: String,
+    /// Profiles taken for delivery: every segment closed since the pusher
+    /// started (and each live heap). Each is, or will be, sent, dropped or
+    /// still queued: `taken = sent + dropped + queued` whenever no push is
+    /// under way.
+    pub taken: u64,
     /// Profiles delivered.
     pub sent: u64,
     /// Bytes of the requests that delivered them.
@@ -146,6 +151,7 @@ pub struct PushStatus {
 /// What the worker thread and the handles share.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
+    taken: AtomicU64,
     sent: AtomicU64,
     sent_bytes: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
@@ -157,6 +163,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn taken(&self, count: u64) {
+        self.taken.fetch_add(count, Ordering::Relaxed);
+    }
+
     fn dropped(&self, reason: DropReason, count: u64) {
         if count > 0 {
             self.dropped[reason as usize].fetch_add(count, Ordering::Relaxed);
@@ -220,6 +230,7 @@ impl Pusher {
         PushStatus {
             url: self.url.to_string(),
             service: self.service.to_string(),
+            taken: s.taken.load(Ordering::Relaxed),
             sent: s.sent.load(Ordering::Relaxed),
             sent_bytes: s.sent_bytes.load(Ordering::Relaxed),
             dropped: dropped_by_reason.values().sum(),

@@ -220,6 +220,8 @@ impl Worker {
     /// every `heap_every` segments, unless the server is failing).
     fn collect(&mut self, queue: &mut Queue<Pending>, segments: &mut u64, failing: bool) {
         let batch = self.feed.read(queue.capacity());
+        self.shared
+            .taken(batch.missed + batch.segments.len() as u64);
         self.shared.dropped(DropReason::QueueFull, batch.missed);
         for segment in batch.segments {
             let bytes = segment_bytes(&segment);
@@ -229,6 +231,7 @@ impl Worker {
             let every = u64::from(self.limits.heap_every);
             if every > 0 && (*segments).is_multiple_of(every) && !failing {
                 if let Some(body) = self.heap_request() {
+                    self.shared.taken(1);
                     let len = body.len();
                     let dropped = queue.push(Pending::Ready(body), len);
                     self.shared.dropped(DropReason::QueueFull, dropped);
