@@ -890,3 +890,79 @@ fn credentials_appear_in_no_log_line_health_debug_page_or_metric() {
         }
     }
 }
+
+#[test]
+fn the_live_heap_and_the_last_short_segment_are_pushed() {
+    if !is_child() {
+        let _alone = profiler_lock();
+        return in_child(
+            "push::the_live_heap_and_the_last_short_segment_are_pushed",
+            &[],
+        );
+    }
+    let (receiver, addr, runtime) = start_receiver();
+    let agent = Agent::builder()
+        .listen("127.0.0.1:0")
+        .continuous(
+            ContinuousSettings::new(19)
+                .segment(Duration::from_secs(1))
+                .keep(Duration::from_secs(60)),
+        )
+        .push(
+            PushSettings::new(format!("http://{addr}"))
+                .service("heap-and-flush")
+                .heap_every(2),
+        )
+        .start()
+        .expect("agent with push");
+    let memory = |receiver: &Receiver| -> Vec<Pushed> {
+        receiver
+            .pushed()
+            .into_iter()
+            .filter(|p| p.labels.get("__name__").map(String::as_str) == Some("memory"))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || !memory(&receiver).is_empty()),
+        "a heap profile every 2 segments: {:?}",
+        agent.push().map(|p| p.status())
+    );
+    let heap = &memory(&receiver)[0];
+    let types: Vec<&str> = heap
+        .profile
+        .sample_type
+        .iter()
+        .map(|t| heap.string(t.r#type))
+        .collect();
+    assert_eq!(types, ["inuse_objects", "inuse_space"]);
+    assert_eq!(heap.labels["service_name"], "heap-and-flush");
+    assert!(
+        !heap.profile.sample.is_empty(),
+        "the test binary's heap is sampled"
+    );
+
+    // Shut down half-way through a segment: its first half is pushed.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = receiver.pushed().len();
+    let stopping = nanos(SystemTime::now());
+    runtime.block_on(agent.shutdown());
+    let mut cpu: Vec<Pushed> = receiver
+        .pushed()
+        .into_iter()
+        .filter(|p| p.labels.get("__name__").map(String::as_str) == Some("process_cpu"))
+        .collect();
+    assert!(
+        receiver.pushed().len() > before,
+        "the final push arrived before shutdown returned"
+    );
+    cpu.sort_by_key(Pushed::from);
+    let last = &cpu[cpu.len() - 1];
+    let previous = &cpu[cpu.len() - 2];
+    assert_eq!(previous.until(), last.from(), "the short segment tiles too");
+    assert!(
+        last.profile.duration_nanos < 1_000_000_000 && last.until() >= stopping - 50_000_000,
+        "the last segment ran until shutdown: {} ms, ending {} ms after it began",
+        last.profile.duration_nanos / 1_000_000,
+        (last.until() - stopping) / 1_000_000
+    );
+}

@@ -78,3 +78,86 @@ impl std::fmt::Debug for Connector {
         f.write_str("Connector(rustls)")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use axum::body::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::PrivateKeyDer;
+
+    use super::*;
+    use crate::push::client::{Client, Reason};
+    use crate::push::PushSettings;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/push/fixtures").join(name)
+    }
+
+    /// An HTTPS server on 127.0.0.1:0 with the fixture certificate
+    /// (`localhost`, issued by the fixture CA), answering 200.
+    async fn https_server() -> u16 {
+        let certificates: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(fixture("server.pem"))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_file(fixture("server.key")).unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certificates, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|_request| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::new(),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        port
+    }
+
+    fn client(settings: &PushSettings) -> Client {
+        Client::new(settings, settings.validate().unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pushes_over_https_to_a_server_of_a_trusted_ca_and_not_otherwise() {
+        let port = https_server().await;
+        let url = format!("https://localhost:{port}");
+        let trusted = PushSettings::new(&url).ca_file(fixture("ca.pem"));
+        client(&trusted)
+            .push(Bytes::from_static(b"x"))
+            .await
+            .expect("a certificate of the given CA is trusted");
+        // The built-in web roots alone do not know the test CA.
+        let failure = client(&PushSettings::new(&url))
+            .push(Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert_eq!(failure.reason, Reason::Tls, "{failure:?}");
+        // Nor does a CA file hold a private key or nothing at all.
+        assert!(Connector::new(Some(&fixture("server.key"))).is_err());
+        assert!(Connector::new(Some(&fixture("no-such-file.pem"))).is_err());
+    }
+}
