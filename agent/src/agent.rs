@@ -813,8 +813,11 @@ impl AgentBuilder {
     /// [`ENV_MAX_PROFILE_SECONDS`](config::ENV_MAX_PROFILE_SECONDS), and the
     /// doctor's [`ENV_BUDGETS`](config::ENV_BUDGETS),
     /// [`ENV_HISTORY`](config::ENV_HISTORY) and
-    /// [`ENV_AUTO_CAPTURE`](config::ENV_AUTO_CAPTURE), and
-    /// [`ENV_CONTINUOUS_HZ`](config::ENV_CONTINUOUS_HZ). They
+    /// [`ENV_AUTO_CAPTURE`](config::ENV_AUTO_CAPTURE),
+    /// [`ENV_CONTINUOUS_HZ`](config::ENV_CONTINUOUS_HZ) and
+    /// [`ENV_CONTINUOUS_SEGMENT`](config::ENV_CONTINUOUS_SEGMENT), and (feature
+    /// `push`) `STETHOSCOPE_PUSH_URL` with the other `STETHOSCOPE_PUSH_*`
+    /// (docs/fleet.md). They
     /// override earlier setters; later setters override them. Invalid
     /// values make [`start`](Self::start) fail and name the variable.
     pub fn with_default_env(self) -> Self {

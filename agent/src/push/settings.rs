@@ -738,6 +738,48 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_length_from_the_environment_goes_with_continuous_profiling_or_push() {
+        use crate::config::Config;
+        let mut on = Config {
+            continuous: Some(crate::cpu::ContinuousSettings::new(99)),
+            ..Config::default()
+        };
+        assert!(on
+            .apply_env(env(&[("STETHOSCOPE_CONTINUOUS_SEGMENT", "2s")]))
+            .is_none());
+        let settings = on.continuous.unwrap();
+        assert_eq!((settings.hz, settings.segment), (99, Duration::from_secs(2)));
+        // Push turns the ring on at 19 Hz: with this segment length.
+        let mut push = Config::default();
+        assert!(push
+            .apply_env(env(&[
+                ("STETHOSCOPE_PUSH_URL", "http://p:4040"),
+                ("STETHOSCOPE_CONTINUOUS_SEGMENT", "5s"),
+            ]))
+            .is_none());
+        let settings = push.continuous.unwrap();
+        assert_eq!((settings.hz, settings.segment), (19, Duration::from_secs(5)));
+        // Neither: a segment length means nothing, and says so.
+        let error = Config::default()
+            .apply_env(env(&[("STETHOSCOPE_CONTINUOUS_SEGMENT", "5s")]))
+            .unwrap();
+        assert!(error.to_string().contains("STETHOSCOPE_CONTINUOUS_SEGMENT"));
+        for bad in ["0s", "11m", "soon"] {
+            let mut config = Config {
+                continuous: Some(crate::cpu::ContinuousSettings::new(19)),
+                ..Config::default()
+            };
+            assert!(config
+                .apply_env(env(&[("STETHOSCOPE_CONTINUOUS_SEGMENT", bad)]))
+                .is_some());
+        }
+        // The builder turns the ring on for push, and says so at start.
+        let mut continuous = None;
+        crate::push::enable_ring(&mut continuous, Some(&PushSettings::new("http://p:1")));
+        assert_eq!(continuous.map(|c| c.hz), Some(19));
+    }
+
+    #[test]
     fn default_labels_come_from_the_host_and_otel_and_yield_to_static_ones() {
         let otel = env(&[
             ("OTEL_SERVICE_NAME", "from-otel"),
