@@ -128,7 +128,14 @@ impl Worker {
             if due && !queue.is_empty() {
                 let outcome = tokio::select! {
                     biased;
-                    _ = control.changed() => continue,
+                    changed = control.changed() => {
+                        // Told to stop (or every handle is gone): a push
+                        // under way is abandoned, its connection closed.
+                        if changed.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     outcome = self.send_front(&mut queue) => outcome,
                 };
                 match outcome {
@@ -187,7 +194,11 @@ impl Worker {
                 }
             };
             tokio::select! {
-                _ = control.changed() => {}
+                changed = control.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
                 _ = self.feed.changed() => {}
                 _ = wait => {}
             }
