@@ -44,6 +44,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "==> cargo test --workspace"
 cargo test --workspace "$@"
 
+echo "==> cargo test: push over HTTPS (feature push-tls)"
+cargo test -p stethoscope --features push-tls --lib push::
+
 echo "==> cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 

@@ -55,8 +55,13 @@ impl Agent {
     }
 
     /// Stops the debug server and waits for its thread to finish. Profiles
-    /// in progress are cancelled.
+    /// in progress are cancelled. With push on, the open segment and the
+    /// queue are pushed first ([`Pusher::finish`](crate::push::Pusher::finish)).
     pub async fn shutdown(self) {
+        #[cfg(feature = "push")]
+        if let Some(push) = &self.caps.push {
+            push.finish().await;
+        }
         self.server.stop().await;
     }
 }
@@ -156,6 +161,16 @@ cfg_feature! { "runtime",
         /// ```
         pub fn task_monitor(&self, name: &str) -> tokio_metrics::TaskMonitor {
             self.caps.runtime.task_monitor(name)
+        }
+    }
+}
+
+cfg_feature! { "push",
+    impl Agent {
+        /// The pusher, when [`AgentBuilder::push`] (or
+        /// [`ENV_PUSH_URL`](crate::push::ENV_PUSH_URL)) turned it on.
+        pub fn push(&self) -> Option<&crate::push::Pusher> {
+            self.caps.push.as_ref()
         }
     }
 }
@@ -356,6 +371,30 @@ impl AgentBuilder {
             });
         }
         self.settings.continuous = Some(settings);
+        self
+    }
+
+    /// Pushes every segment of the continuous profiler to a Grafana
+    /// Pyroscope server as it closes (docs/fleet.md, "Push to Pyroscope"):
+    /// for services no scraper can reach. Turns continuous profiling on at
+    /// [`DEFAULT_PUSH_CONTINUOUS_HZ`](crate::push::DEFAULT_PUSH_CONTINUOUS_HZ)
+    /// when it is not configured. An invalid setting makes
+    /// [`start`](Self::start) fail naming it. Default: off;
+    /// [`ENV_PUSH_URL`](crate::push::ENV_PUSH_URL) and the other
+    /// `STETHOSCOPE_PUSH_*` variables set it too.
+    ///
+    /// # Security considerations
+    /// Profiles name the service's functions and carry its labels (routes,
+    /// task names): push them over `https://` (feature `push-tls`) beyond a
+    /// trusted network. Credentials never appear in logs, `/health`,
+    /// `/debug` or `Debug` output.
+    #[cfg(feature = "push")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "push")))]
+    pub fn push(mut self, settings: crate::push::PushSettings) -> Self {
+        if let Err(error) = settings.validate() {
+            return self.defer(error);
+        }
+        self.settings.push = Some(settings);
         self
     }
 
@@ -606,19 +645,21 @@ impl AgentBuilder {
     /// [`ENV_CONTINUOUS_HZ`](config::ENV_CONTINUOUS_HZ), and the doctor's
     /// [`ENV_BUDGETS`](config::ENV_BUDGETS),
     /// [`ENV_HISTORY`](config::ENV_HISTORY) and
-    /// [`ENV_AUTO_CAPTURE`](config::ENV_AUTO_CAPTURE). They override
-    /// earlier setters; later setters override them. Invalid values make
+    /// [`ENV_AUTO_CAPTURE`](config::ENV_AUTO_CAPTURE),
+    /// [`ENV_CONTINUOUS_SEGMENT`](config::ENV_CONTINUOUS_SEGMENT), and
+    /// (feature `push`) `STETHOSCOPE_PUSH_URL` with the other
+    /// `STETHOSCOPE_PUSH_*` (docs/fleet.md). They override earlier setters;
+    /// later setters override them. Invalid values make
     /// [`start`](Self::start) fail and name the variable.
     pub fn with_default_env(self) -> Self {
         self.with_env(|name| std::env::var(name).ok())
     }
 
     fn with_env(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
-        let (env, error) = self.config.apply_env(var);
-        if let Some(error) = error {
+        if let Some(error) = self.config.apply_env(&var) {
             self = self.defer(error);
         }
-        match self.settings.apply_env(env) {
+        match self.settings.apply_env(&var) {
             Some(error) => self.defer(error),
             None => self,
         }
@@ -629,10 +670,12 @@ impl AgentBuilder {
     /// # Errors
     /// The first invalid setting, [`Error::InsecureBind`] for a non-loopback
     /// address without a token, [`Error::Bind`] if the address is taken.
-    pub fn start(self) -> Result<Agent, Error> {
+    pub fn start(mut self) -> Result<Agent, Error> {
         if let Some(error) = self.deferred {
             return Err(error);
         }
+        #[cfg(feature = "push")]
+        crate::push::enable_ring(&mut self.settings.continuous, self.settings.push.as_ref());
         let config = self.config;
         if !config.listen.ip().is_loopback()
             && config.token.is_none()

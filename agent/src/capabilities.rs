@@ -31,6 +31,9 @@ pub(crate) struct Settings {
     pub(crate) stall_threshold: Duration,
     #[cfg(feature = "doctor")]
     pub(crate) doctor: crate::doctor::DoctorSettings,
+    /// Pushing segments to a Pyroscope server, when on.
+    #[cfg(feature = "push")]
+    pub(crate) push: Option<crate::push::PushSettings>,
 }
 
 impl Default for Settings {
@@ -45,20 +48,22 @@ impl Default for Settings {
             stall_threshold: crate::runtime::DEFAULT_STALL_THRESHOLD,
             #[cfg(feature = "doctor")]
             doctor: crate::doctor::DoctorSettings::default(),
+            #[cfg(feature = "push")]
+            push: None,
         }
     }
 }
 
 impl Settings {
-    /// Applies the capabilities' environment variables that are set; the
+    /// Applies the capabilities' environment variables `var` finds; the
     /// first invalid one is returned, naming the variable.
-    pub(crate) fn apply_env(&mut self, env: crate::config::CapabilityEnv) -> Option<Error> {
-        use crate::config::ENV_CONTINUOUS_HZ;
+    pub(crate) fn apply_env(&mut self, var: &impl Fn(&str) -> Option<String>) -> Option<Error> {
+        use crate::config::{ENV_CONTINUOUS_HZ, ENV_CONTINUOUS_SEGMENT};
         let mut first_error = None;
         let mut fail = |error: Error| {
             first_error.get_or_insert(error);
         };
-        if let Some(rate) = env.continuous_hz {
+        if let Some(rate) = var(ENV_CONTINUOUS_HZ) {
             match crate::cpu::parse_continuous_hz(&rate) {
                 Some(None) => self.continuous = None,
                 Some(Some(hz)) => {
@@ -75,21 +80,47 @@ impl Settings {
                 }),
             }
         }
+        #[cfg(feature = "push")]
+        if let Some(error) = crate::push::apply_env(&mut self.push, var) {
+            fail(error);
+        }
+        if let Some(length) = var(ENV_CONTINUOUS_SEGMENT) {
+            match crate::cpu::parse_continuous_segment(&length) {
+                Some(segment) => match self.continuous.take() {
+                    Some(settings) => self.continuous = Some(settings.segment(segment)),
+                    #[cfg(feature = "push")]
+                    None if self.push.is_some() => {
+                        let hz = crate::push::DEFAULT_PUSH_CONTINUOUS_HZ;
+                        self.continuous = Some(ContinuousSettings::new(hz).segment(segment));
+                    }
+                    None => fail(Error::InvalidEnv {
+                        var: ENV_CONTINUOUS_SEGMENT,
+                        value: length,
+                        expected: "continuous profiling on (STETHOSCOPE_CONTINUOUS_HZ) for a segment length",
+                    }),
+                },
+                None => fail(Error::InvalidEnv {
+                    var: ENV_CONTINUOUS_SEGMENT,
+                    value: length,
+                    expected: "a duration from 1s to 10m, e.g. 10s",
+                }),
+            }
+        }
         #[cfg(feature = "doctor")]
         {
-            if let Some(budgets) = env.budgets {
+            if let Some(budgets) = var(crate::config::ENV_BUDGETS) {
                 // Names the bad part of the string (Error::InvalidBudget).
                 if let Err(error) = self.doctor.config.budgets.apply(&budgets) {
                     fail(error);
                 }
             }
-            if let Some(length) = env.history {
+            if let Some(length) = var(crate::config::ENV_HISTORY) {
                 match crate::doctor::parse_history_length(&length) {
                     Ok(rows) => self.doctor.history_rows = rows,
                     Err(error) => fail(error),
                 }
             }
-            if let Some(switch) = env.auto_capture {
+            if let Some(switch) = var(crate::config::ENV_AUTO_CAPTURE) {
                 match crate::config::parse_switch(&switch) {
                     Some(enabled) => self.doctor.capture.enabled = enabled,
                     None => fail(Error::InvalidEnv {
@@ -100,8 +131,6 @@ impl Settings {
                 }
             }
         }
-        #[cfg(not(feature = "doctor"))]
-        let _ = (env.budgets, env.history, env.auto_capture);
         first_error
     }
 }
@@ -140,6 +169,8 @@ pub(crate) struct Capabilities {
     pub(crate) log_level: Option<crate::spans::LogLevel>,
     #[cfg(feature = "doctor")]
     pub(crate) doctor: crate::doctor::Doctor,
+    #[cfg(feature = "push")]
+    pub(crate) push: Option<crate::push::Pusher>,
 }
 
 /// The agent's own threads, stopped when dropped.
@@ -152,6 +183,8 @@ pub(crate) struct Threads {
     #[cfg(feature = "doctor")]
     _doctor: Option<crate::periodic::StopOnDrop>,
     _continuous: Option<ContinuousGuard>,
+    #[cfg(feature = "push")]
+    _push: Option<crate::push::PushGuard>,
 }
 
 /// Turns the process's continuous profiling off when the agent that
@@ -203,7 +236,15 @@ impl Capabilities {
             log_level: wiring.log_level,
             #[cfg(feature = "doctor")]
             doctor: crate::doctor::Doctor::new(settings.doctor.clone()),
+            #[cfg(feature = "push")]
+            push: None,
         };
+        #[cfg(feature = "push")]
+        if let Some(push) = &settings.push {
+            let (pusher, guard) = crate::push::start(push, &caps.cpu, &caps.heap)?;
+            threads._push = Some(guard);
+            caps.push = Some(pusher);
+        }
         // Made last, from the others.
         #[cfg(feature = "metrics")]
         {
@@ -235,6 +276,8 @@ impl Capabilities {
         }
         #[cfg(feature = "doctor")]
         collectors.push(Arc::new(self.doctor.clone()));
+        #[cfg(feature = "push")]
+        collectors.extend(self.push.clone().map(|p| Arc::new(p) as Arc<dyn Collect>));
         crate::metrics::MetricsHandle::new(collectors)
     }
 

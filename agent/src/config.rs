@@ -82,6 +82,11 @@ pub const ENV_AUTO_CAPTURE: &str = "STETHOSCOPE_AUTO_CAPTURE";
 /// `19` (Hz); `0` or `off` turns it off.
 pub const ENV_CONTINUOUS_HZ: &str = "STETHOSCOPE_CONTINUOUS_HZ";
 
+/// Environment variable with the continuous profiler's segment length, e.g.
+/// `10s` (1 s to 10 minutes): the time resolution of look-back, of
+/// `segment=latest` and of pushes.
+pub const ENV_CONTINUOUS_SEGMENT: &str = "STETHOSCOPE_CONTINUOUS_SEGMENT";
+
 /// The bearer token clients must present, kept so that checking it reveals
 /// neither its content nor its length through timing.
 #[derive(Clone)]
@@ -129,7 +134,8 @@ impl BearerToken {
     }
 }
 
-/// Resolved settings of one agent. Built by the builder, read by the server.
+/// The debug server's resolved settings. Built by the builder, read by the
+/// server.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) listen: SocketAddr,
@@ -141,21 +147,6 @@ pub(crate) struct Config {
     pub(crate) max_concurrent_profiles: usize,
     pub(crate) header_read_timeout: Duration,
     pub(crate) body_read_timeout: Duration,
-}
-
-/// The capabilities' environment variables, as set: the builder hands each
-/// to the capability that parses it ([`crate::capabilities::Settings`]),
-/// and its error names the variable.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct CapabilityEnv {
-    /// [`ENV_CONTINUOUS_HZ`].
-    pub(crate) continuous_hz: Option<String>,
-    /// [`ENV_BUDGETS`].
-    pub(crate) budgets: Option<String>,
-    /// [`ENV_HISTORY`].
-    pub(crate) history: Option<String>,
-    /// [`ENV_AUTO_CAPTURE`].
-    pub(crate) auto_capture: Option<String>,
 }
 
 impl Default for Config {
@@ -178,12 +169,9 @@ impl Config {
     /// Applies the server's `STETHOSCOPE_*` variables `var` finds (it
     /// returns a variable's value, `None` when unset): every valid one is
     /// applied, and the first invalid one is returned, naming the variable.
-    /// The capabilities' variables are returned as set, for the builder to
-    /// hand over.
-    pub(crate) fn apply_env(
-        &mut self,
-        var: impl Fn(&str) -> Option<String>,
-    ) -> (CapabilityEnv, Option<Error>) {
+    /// The capabilities parse their own
+    /// ([`crate::capabilities::Settings::apply_env`]).
+    pub(crate) fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Option<Error> {
         let mut first_error = None;
         let mut fail = |error: Error| {
             first_error.get_or_insert(error);
@@ -226,13 +214,7 @@ impl Config {
                 Err(error) => fail(error),
             }
         }
-        let capabilities = CapabilityEnv {
-            continuous_hz: var(ENV_CONTINUOUS_HZ),
-            budgets: var(ENV_BUDGETS),
-            history: var(ENV_HISTORY),
-            auto_capture: var(ENV_AUTO_CAPTURE),
-        };
-        (capabilities, first_error)
+        first_error
     }
 }
 
@@ -313,7 +295,7 @@ mod tests {
     #[test]
     fn env_applies_valid_values_and_names_the_first_bad_variable() {
         let mut config = Config::default();
-        let (_, error) = config.apply_env(env(&[
+        let error = config.apply_env(env(&[
             ("STETHOSCOPE_ADDR", "127.0.0.1:7070"),
             ("STETHOSCOPE_TOKEN", "t\n"),
             ("STETHOSCOPE_ALLOW", "10.0.0.0/8, 192.168.1.7"),
@@ -326,7 +308,7 @@ mod tests {
         assert_eq!(config.max_profile_seconds, 60);
 
         let mut config = Config::default();
-        let (_, error) = config.apply_env(env(&[
+        let error = config.apply_env(env(&[
             ("STETHOSCOPE_TOKEN", "sec ret"),
             ("STETHOSCOPE_MAX_PROFILE_SECONDS", "0"),
             ("STETHOSCOPE_ADDR", "127.0.0.1:7071"),
@@ -342,7 +324,7 @@ mod tests {
     #[test]
     fn an_empty_allowlist_variable_says_how_to_allow_everyone() {
         for list in ["", " , ", "10.0.0.0/99"] {
-            let (_, error) = Config::default().apply_env(env(&[("STETHOSCOPE_ALLOW", list)]));
+            let error = Config::default().apply_env(env(&[("STETHOSCOPE_ALLOW", list)]));
             let Some(Error::InvalidEnv { var, expected, .. }) = error else {
                 panic!("{list:?}: {error:?}");
             };

@@ -108,6 +108,7 @@ cfg_feature! { "metrics", pub mod metrics; }
 #[cfg_attr(not(all(feature = "resources", feature = "runtime")), allow(dead_code))]
 mod periodic;
 pub mod profile;
+cfg_feature! { "push", pub mod push; }
 // What serializes reports is used by whichever capabilities are built.
 #[cfg_attr(
     not(all(feature = "runtime", feature = "spans", feature = "red")),

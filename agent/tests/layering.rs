@@ -32,6 +32,7 @@ const CAPABILITIES: &[&str] = &[
     "doctor",
     "heap",
     "metrics",
+    "push",
     "red",
     "resources",
     "runtime",

@@ -7,4 +7,5 @@
 
 pub mod bench;
 pub mod demo;
+pub mod receiver;
 pub mod workload;

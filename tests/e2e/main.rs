@@ -19,6 +19,7 @@ mod labels;
 mod lag;
 
 mod metrics;
+mod push;
 mod shapes;
 mod spans;
 mod support;

@@ -34,6 +34,7 @@
 //! # }
 //! ```
 
+mod feed;
 pub(crate) mod flight;
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -57,6 +58,7 @@ use crate::Error;
 use session::Controller;
 
 pub use crate::mode::{ProfileMode, WallThreads};
+pub use feed::{ClosedSegment, SegmentBatch, SegmentFeed};
 pub use flight::{
     ContinuousSettings, Coverage, FlightStatus, PinInfo, DEFAULT_CONTINUOUS_KEEP,
     DEFAULT_CONTINUOUS_SEGMENT, DEFAULT_MAX_PINNED_SEGMENTS, DEFAULT_MAX_STACKS_PER_SEGMENT,
@@ -97,6 +99,14 @@ pub(crate) fn parse_continuous_hz(text: &str) -> Option<Option<u32>> {
             _ => None,
         },
     }
+}
+
+/// A continuous-profiling segment length as
+/// `STETHOSCOPE_CONTINUOUS_SEGMENT` gives it: 1 s to 10 minutes.
+pub(crate) fn parse_continuous_segment(text: &str) -> Option<Duration> {
+    humantime::parse_duration(text.trim())
+        .ok()
+        .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(600)).contains(d))
 }
 
 /// What to profile: a window length and a sampling frequency.
@@ -303,6 +313,21 @@ impl CpuProfiler {
             .flight()
             .ok_or(Error::ContinuousProfilingOff)?;
         Ok(flight.latest())
+    }
+
+    /// A feed of the continuous profiler's segments: each segment closed
+    /// from now on is read once, in order, as its own profile (what a
+    /// pusher sends). Works whether or not continuous profiling is on yet;
+    /// a ring started later is read from its first segment.
+    pub fn segment_feed(&self) -> SegmentFeed {
+        SegmentFeed::new(Arc::clone(&self.controller))
+    }
+
+    /// Closes the continuous profiler's open segment now, however short,
+    /// so that [segment feeds](Self::segment_feed) read it (a final push
+    /// before the process exits); whether there was one to close.
+    pub fn seal_segment(&self) -> bool {
+        self.controller.seal_segment()
     }
 
     /// Keeps the continuous profiler's segments around `onset` past the

@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::flight::FlightRecorder;
 use super::sampler::{clock, Sampler, SamplerCounters, THREAD_REFRESH_INTERVAL};
@@ -179,7 +179,13 @@ impl Serving {
     /// Counts every sample the handlers recorded since the last drain into
     /// the windows that cover it and into the continuous ring, and sends
     /// new addresses to the symbolizer while the windows are still open.
-    fn drain(&mut self, sampler: &mut Sampler, hz: u32, flight: Option<&Arc<FlightRecorder>>) {
+    /// Returns whether the ring closed a segment.
+    fn drain(
+        &mut self,
+        sampler: &mut Sampler,
+        hz: u32,
+        flight: Option<&Arc<FlightRecorder>>,
+    ) -> bool {
         let symbolize = self.windows.iter().any(|w| w.symbolize);
         let mut fresh_addresses = Vec::new();
         {
@@ -215,14 +221,15 @@ impl Serving {
                 }
             });
         }
-        if let Some(flight) = flight {
+        let closed = flight.is_some_and(|flight| {
             flight.tick(clock::monotonic_ns(), || {
                 (SystemTime::now(), clock::process_cpu_ns())
-            });
-        }
+            })
+        });
         // Resolve while the window is still open, off this thread, so the
         // report at the end finds the symbols cached.
         Symbolizer::global().prefetch(fresh_addresses);
+        closed
     }
 
     /// Takes out the windows that ended at least [`PUBLISH_GRACE`] ago, as
@@ -256,6 +263,9 @@ impl Serving {
 pub(crate) struct Controller {
     state: Mutex<State>,
     wake: Condvar,
+    /// Bumped when the continuous profiler closes a segment or its ring is
+    /// replaced: what segment feeds wait on.
+    segments: watch::Sender<u64>,
 }
 
 impl Controller {
@@ -365,6 +375,7 @@ impl Controller {
     ) -> Result<(), Error> {
         let mut state = self.lock();
         state.flight = flight.clone();
+        self.segment_closed();
         if let Some(flight) = flight {
             let hz = flight.settings().hz;
             match state.session.as_mut() {
@@ -406,6 +417,38 @@ impl Controller {
     /// The continuous profiler's ring, when it is on.
     pub(crate) fn flight(&self) -> Option<Arc<FlightRecorder>> {
         self.lock().flight.clone()
+    }
+
+    /// A receiver that changes when a segment closes or the ring changes.
+    pub(crate) fn segment_events(&self) -> watch::Receiver<u64> {
+        self.segments.subscribe()
+    }
+
+    /// Tells segment feeds that a segment closed (or the ring changed).
+    pub(crate) fn segment_closed(&self) {
+        self.segments.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Closes the continuous profiler's open segment now, however short,
+    /// so that segment feeds read it; whether there was one.
+    pub(crate) fn seal_segment(&self) -> bool {
+        let Some(flight) = self.flight() else {
+            return false;
+        };
+        let sealed = flight.seal(clock::monotonic_ns(), || {
+            (SystemTime::now(), clock::process_cpu_ns())
+        });
+        if sealed {
+            self.segment_closed();
+        }
+        sealed
+    }
+
+    /// Installs a ring without starting the sampler (unit tests feed it).
+    #[cfg(test)]
+    pub(crate) fn install_flight_for_tests(&self, flight: Arc<FlightRecorder>) {
+        self.lock().flight = Some(flight);
+        self.segment_closed();
     }
 
     /// The control thread: one sampler session after another while
@@ -473,7 +516,9 @@ impl Controller {
             }
             serving.refresh_threads(&mut sampler, now_ns);
             serving.close_due_windows(&sampler, now_ns);
-            serving.drain(&mut sampler, hz, flight.as_ref());
+            if serving.drain(&mut sampler, hz, flight.as_ref()) {
+                self.segment_closed();
+            }
             let finished = serving.finished_windows(now_ns);
             if serving.windows.is_empty()
                 && !finished.is_empty()

@@ -177,6 +177,10 @@ struct Health {
     cpu_sampler: SamplerHealth,
     connections: connections::ConnectionStats,
     profiles_running: usize,
+    /// Delivery to the push server, when pushing is on.
+    #[cfg(feature = "push")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    push: Option<crate::push::PushStatus>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -216,6 +220,8 @@ async fn health(
         },
         connections: state.connections.stats(),
         profiles_running: state.profiles.running(),
+        #[cfg(feature = "push")]
+        push: state.caps.push.as_ref().map(crate::push::Pusher::status),
     })
 }
 

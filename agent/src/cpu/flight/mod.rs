@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use crate::cpu::CpuProfile;
+use crate::cpu::{ClosedSegment, CpuProfile};
 
 pub(crate) use batch::Batch;
 use ring::*;
@@ -39,6 +39,11 @@ pub use view::{Coverage, FlightStatus, PinInfo};
 /// Time a window may miss (before the ring's first segment, or unsampled
 /// while the sampler switched rates) and still count as fully covered.
 const PARTIAL_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// How far the wall clock may have moved from a segment's end (by its
+/// monotonic length) when the next segment opens, and the next one still
+/// start exactly there.
+const TILE_TOLERANCE: Duration = Duration::from_secs(1);
 
 /// The thread name of the bucket that keeps the weight of the stacks over
 /// a segment's cap.
@@ -65,6 +70,7 @@ impl FlightRecorder {
                 hasher: RandomState::new(),
                 // Not fed until the sampler runs.
                 paused: Some((0, 0)),
+                closed_total: 0,
             }),
         }
     }
@@ -113,19 +119,30 @@ impl FlightRecorder {
 
     /// Closes the open segment when it is due, expires old segments and
     /// fills pins; `clock` reads (wall, process CPU ns) when needed.
-    pub(crate) fn tick(&self, now_ns: u64, clock: impl Fn() -> (SystemTime, u64)) {
+    /// Returns whether a segment closed.
+    pub(crate) fn tick(&self, now_ns: u64, clock: impl Fn() -> (SystemTime, u64)) -> bool {
+        self.close_open(now_ns, clock, false)
+    }
+
+    /// Closes the open segment now, however short (a final push before the
+    /// process exits). Returns whether there was one with time in it.
+    pub(crate) fn seal(&self, now_ns: u64, clock: impl Fn() -> (SystemTime, u64)) -> bool {
+        self.close_open(now_ns, clock, true)
+    }
+
+    fn close_open(&self, now_ns: u64, clock: impl Fn() -> (SystemTime, u64), force: bool) -> bool {
         let mut ring = self.lock();
         let length = u64::try_from(self.settings.segment.as_nanos()).unwrap_or(u64::MAX);
-        let due = ring
-            .open
-            .as_ref()
-            .is_some_and(|s| now_ns.saturating_sub(s.start_ns) >= length);
+        let due = ring.open.as_ref().is_some_and(|s| {
+            let open_for = now_ns.saturating_sub(s.start_ns);
+            open_for >= length || (force && open_for > 0)
+        });
         if !due {
-            return;
+            return false;
         }
         let (wall, cpu_ns) = clock();
         let Some(mut segment) = ring.open.take() else {
-            return;
+            return false;
         };
         // Time the ring was not fed, up to the close.
         if let Some((since_ns, since_cpu)) = ring.paused.as_mut() {
@@ -136,6 +153,17 @@ impl FlightRecorder {
             *since_cpu = cpu_ns;
         }
         segment.close(now_ns, cpu_ns);
+        segment.seq = ring.closed_total;
+        ring.closed_total += 1;
+        // The next segment starts where this one ends, so that segments
+        // tile time exactly (a pusher's `from`/`until` neither overlap nor
+        // leave gaps); a wall clock stepped further than that starts afresh.
+        let end = segment.wall_end();
+        let next_start = match wall.duration_since(end) {
+            Ok(ahead) if ahead <= TILE_TOLERANCE => end,
+            Err(behind) if behind.duration() <= TILE_TOLERANCE => end,
+            _ => wall,
+        };
         let segment = Arc::new(segment);
         for pin in ring.pins.iter_mut() {
             if segment.wall_start < pin.to && segment.wall_end() > pin.from {
@@ -143,7 +171,7 @@ impl FlightRecorder {
             }
         }
         ring.closed.push_back(segment);
-        ring.open = Some(Segment::open(wall, now_ns, cpu_ns));
+        ring.open = Some(Segment::open(next_start, now_ns, cpu_ns));
         let keep = self.settings.segments().saturating_sub(1).max(1);
         let mut expired = false;
         while ring.closed.len() > keep {
@@ -153,6 +181,46 @@ impl FlightRecorder {
         if expired {
             Self::free_stacks(&mut ring);
         }
+        true
+    }
+
+    /// The closed segments numbered `next` and on, the newest `max` of them
+    /// each as its own profile; how many of them were skipped (expired from
+    /// the ring before this read, or beyond `max`); and the number to read
+    /// from next time.
+    pub(crate) fn closed_since(&self, next: u64, max: usize) -> (Vec<ClosedSegment>, u64, u64) {
+        let ring = self.lock();
+        let total = ring.closed_total;
+        let available: Vec<&Arc<Segment>> = ring.closed.iter().filter(|s| s.seq >= next).collect();
+        let first = available.first().map_or(total, |s| s.seq);
+        let skip = available.len().saturating_sub(max);
+        let missed = first.saturating_sub(next) + skip as u64;
+        let segments = available[skip..]
+            .iter()
+            .map(|s| {
+                let (from, to) = (s.wall_start, s.wall_end());
+                let (profile, coverage) = build(
+                    self.settings.hz,
+                    from,
+                    to,
+                    Some(from),
+                    vec![SegmentView::of(s)],
+                );
+                ClosedSegment {
+                    seq: s.seq,
+                    profile,
+                    from,
+                    to,
+                    partial: coverage.partial,
+                }
+            })
+            .collect();
+        (segments, missed, total.max(next))
+    }
+
+    /// Segments closed so far (the number the next one gets).
+    pub(crate) fn closed_total(&self) -> u64 {
+        self.lock().closed_total
     }
 
     /// Drops stacks only the interner still holds.

@@ -32,6 +32,8 @@ pub(super) struct Count {
 /// One segment of the ring.
 #[derive(Debug)]
 pub(super) struct Segment {
+    /// Its number among the ring's closed segments (from 0; set at close).
+    pub(super) seq: u64,
     pub(super) wall_start: SystemTime,
     pub(super) start_ns: u64,
     pub(super) end_ns: u64,
@@ -53,6 +55,7 @@ pub(super) struct Segment {
 impl Segment {
     pub(super) fn open(wall: SystemTime, now_ns: u64, cpu_ns: u64) -> Self {
         Segment {
+            seq: 0,
             wall_start: wall,
             start_ns: now_ns,
             end_ns: now_ns,
@@ -133,4 +136,6 @@ pub(super) struct Ring {
     pub(super) hasher: RandomState,
     /// Since when (monotonic ns, process CPU ns) the ring is not fed.
     pub(super) paused: Option<(u64, u64)>,
+    /// Segments closed so far: the next closed segment's number.
+    pub(super) closed_total: u64,
 }
