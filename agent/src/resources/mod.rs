@@ -295,7 +295,7 @@ impl fmt::Display for UseReport {
 /// computed between two samples at least
 /// [`MIN_USE_WINDOW`] apart. The agent
 /// samples every
-/// [`DEFAULT_USE_SAMPLE_INTERVAL`](crate::resources::DEFAULT_USE_SAMPLE_INTERVAL)
+/// [`DEFAULT_USE_SAMPLE_INTERVAL`]
 /// on its own thread, so its reports describe roughly the last second;
 /// a monitor used on its own measures since its previous report.
 #[derive(Debug, Clone)]

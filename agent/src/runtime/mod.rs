@@ -4,7 +4,7 @@
 //! When the agent starts inside a tokio runtime (or is given one with
 //! [`AgentBuilder::watch_runtime`](crate::AgentBuilder::watch_runtime)), a thread of
 //! its own, outside that runtime, looks at it every
-//! [`DEFAULT_LAG_RESOLUTION`](crate::runtime::DEFAULT_LAG_RESOLUTION):
+//! [`DEFAULT_LAG_RESOLUTION`]:
 //!
 //! - **Executor lag.** It spawns a tiny probe task onto the runtime and
 //!   measures how long the task waits for its first poll — the delay any
@@ -18,7 +18,7 @@
 //!   Samples go into HDR histograms since start and over rolling 10 s,
 //!   1 min and 5 min windows ([`LagReport`]).
 //! - **Stalls.** A worker away from the scheduler longer than the stall
-//!   threshold ([`DEFAULT_STALL_THRESHOLD`](crate::runtime::DEFAULT_STALL_THRESHOLD))
+//!   threshold ([`DEFAULT_STALL_THRESHOLD`])
 //!   is stuck in one poll: the watchdog sends the worker's thread a
 //!   real-time signal whose handler unwinds that thread's stack — also when
 //!   it is blocked off-CPU in `sleep`, a mutex or synchronous I/O — and

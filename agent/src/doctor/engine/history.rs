@@ -63,8 +63,7 @@ macro_rules! series {
             pub const BUILTIN: &'static [Series] = &[ $( Series::$variant, )* ];
 
             /// The stable name of a built-in series (`None` for a user
-            /// resource's, whose name the history knows:
-            /// [`History::series_name`]).
+            /// resource's, whose name only the history knows).
             pub fn builtin_name(self) -> Option<&'static str> {
                 match self {
                     $( Series::$variant => Some($name), )*
