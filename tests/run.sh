@@ -41,6 +41,14 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (all targets, all features, warnings denied)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+# The demo with task dumps (/debug/tasks): tokio_unstable and the taskdump
+# feature, in a target directory of its own so the default build stays
+# untouched; the e2e test hung::the_task_dump_… runs it.
+echo "==> cargo build: the demo with task dumps (--cfg tokio_unstable, feature taskdump)"
+RUSTFLAGS="--cfg tokio_unstable" CARGO_TARGET_DIR=target/taskdump \
+    cargo build --quiet -p stethoscope-examples --bin demo --features taskdump
+export STETHOSCOPE_TASKDUMP_DEMO="$PWD/target/taskdump/debug/demo"
+
 echo "==> cargo test --workspace"
 cargo test --workspace "$@"
 

@@ -670,6 +670,7 @@ impl AgentBuilder {
     /// # Errors
     /// The first invalid setting, [`Error::InsecureBind`] for a non-loopback
     /// address without a token, [`Error::Bind`] if the address is taken.
+    #[cfg_attr(not(feature = "push"), allow(unused_mut))]
     pub fn start(mut self) -> Result<Agent, Error> {
         if let Some(error) = self.deferred {
             return Err(error);

@@ -230,6 +230,27 @@ pub enum Error {
         known: String,
     },
 
+    /// A task dump was refused where tokio's dump is known to hurt the
+    /// host (a `current_thread` runtime, a stuck worker, an earlier dump
+    /// that timed out) or while another runs.
+    #[error("task dump refused: {reason}")]
+    TaskDumpRefused {
+        /// Why.
+        reason: &'static str,
+        /// What to use instead.
+        hint: &'static str,
+    },
+
+    /// The runtime did not hand over its task dump in time; task dumps are
+    /// off for the rest of the process.
+    #[error("the runtime did not hand over its task dump within {0:?}")]
+    TaskDumpTimedOut(std::time::Duration),
+
+    /// The threads' stacks could not be captured (the capture signal has
+    /// another handler, or the platform cannot interrupt a thread).
+    #[error("cannot capture the threads' stacks")]
+    StackCapture(#[source] Box<dyn std::error::Error + Send + Sync>),
+
     /// A budget (`STETHOSCOPE_BUDGETS` or a [`Budget`](crate::doctor::Budget))
     /// is malformed or out of range.
     #[error("invalid budget {part:?} in {item:?}: expected {expected}")]

@@ -215,6 +215,9 @@ pub fn router_with_monitor(pool: DemoPool, spawned: tokio_metrics::TaskMonitor) 
         .route("/trouble/threads", get(trouble_threads))
         .route("/trouble/cpu", get(trouble_cpu))
         .route("/trouble/pool", get(trouble_pool))
+        .route("/trouble/hang/permit", get(hang_on_a_permit))
+        .route("/trouble/hang/channel", get(hang_on_a_channel))
+        .route("/trouble/tasks", get(trouble_tasks))
         .with_state(state)
 }
 
@@ -239,7 +242,91 @@ async fn index() -> &'static str {
      GET /trouble/fds?n=N           open N more handles to /dev/null and never close them\n\
      GET /trouble/threads?n=N       start N more threads that never exit\n\
      GET /trouble/cpu?secs=S        burn every CPU, plus one thread, for S s (default 60)\n\
-     GET /trouble/pool?secs=S       keep every db_pool connection busy with callers waiting for S s\n"
+     GET /trouble/pool?secs=S       keep every db_pool connection busy with callers waiting for S s\n\
+     GET /trouble/tasks?secs=S      spawn a task every 100 ms that never finishes, for S s (default 300)\n\
+     \n\
+     Requests that hang for ever with the CPU idle (the request itself waits; /debug/red,\n\
+     /debug/threads and /debug/tasks show where):\n\
+     GET /trouble/hang/permit       wait for a semaphore permit a leaked guard never returns\n\
+     GET /trouble/hang/channel      wait on a channel whose sender is kept but never sends\n"
+}
+
+/// The semaphore of `/trouble/hang/permit`: its only permit was leaked
+/// (`mem::forget` of the guard), so every acquire waits for ever.
+fn leaked_semaphore() -> &'static Semaphore {
+    static SEMAPHORE: std::sync::OnceLock<Semaphore> = std::sync::OnceLock::new();
+    SEMAPHORE.get_or_init(|| {
+        let semaphore = Semaphore::new(1);
+        if let Ok(permit) = semaphore.try_acquire() {
+            std::mem::forget(permit);
+        }
+        semaphore
+    })
+}
+
+/// Senders of `/trouble/hang/channel`: kept, never used.
+static SILENT_SENDERS: std::sync::Mutex<Vec<tokio::sync::mpsc::Sender<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Most hung requests (and never-finishing tasks) the demo keeps.
+const MAX_HUNG: usize = 10_000;
+
+/// Waits for a permit that never comes back.
+#[inline(never)]
+async fn wait_for_a_leaked_permit() -> &'static str {
+    match leaked_semaphore().acquire().await {
+        Ok(_permit) => "a permit came back\n",
+        Err(_) => "the semaphore closed\n",
+    }
+}
+
+/// Waits on a channel nobody sends on.
+#[inline(never)]
+async fn wait_for_a_silent_channel() -> &'static str {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<()>(1);
+    {
+        let mut senders = SILENT_SENDERS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if senders.len() >= MAX_HUNG {
+            return "too many hung requests already\n";
+        }
+        senders.push(sender);
+    }
+    match receiver.recv().await {
+        Some(()) => "a message came\n",
+        None => "the channel closed\n",
+    }
+}
+
+async fn hang_on_a_permit() -> &'static str {
+    wait_for_a_leaked_permit().await
+}
+
+async fn hang_on_a_channel() -> &'static str {
+    wait_for_a_silent_channel().await
+}
+
+/// A task that waits for ever: spawned by `/trouble/tasks`, never joined.
+#[inline(never)]
+async fn a_task_that_never_finishes() {
+    std::future::pending::<()>().await;
+}
+
+/// Spawns [`a_task_that_never_finishes`] every 100 ms for `secs`.
+async fn trouble_tasks(Query(query): Query<TroubleQuery>) -> String {
+    let secs = trouble_secs(&query, 300);
+    tokio::spawn(async move {
+        let ticks = (secs.as_millis() / 100).min(MAX_HUNG as u128) as usize;
+        for _ in 0..ticks {
+            tokio::spawn(a_task_that_never_finishes());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    format!(
+        "spawning a task that never finishes every 100 ms for {} s\n",
+        secs.as_secs()
+    )
 }
 
 /// Holds one of the pool's connections for 20 ms.

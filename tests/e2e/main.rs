@@ -15,6 +15,7 @@ mod dashboard;
 mod doctor;
 mod hardening;
 mod heap;
+mod hung;
 mod labels;
 mod lag;
 

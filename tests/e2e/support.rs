@@ -649,9 +649,14 @@ impl DemoProcess {
 
     /// The demo with `env` set on top of the defaults (e.g. a token).
     pub(crate) fn start_with(env: &[(&str, &str)]) -> DemoProcess {
+        DemoProcess::start_binary(&demo_binary(), env)
+    }
+
+    /// The demo built as `binary` (another build of it), with `env`.
+    pub(crate) fn start_binary(binary: &std::path::Path, env: &[(&str, &str)]) -> DemoProcess {
         use std::io::BufRead;
         use std::process::Stdio;
-        let mut command = Command::new(demo_binary());
+        let mut command = Command::new(binary);
         command
             .env("DEMO_ADDR", "127.0.0.1:0")
             .env("STETHOSCOPE_ADDR", "127.0.0.1:0")

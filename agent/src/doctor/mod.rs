@@ -50,9 +50,11 @@ pub use engine::{
 };
 pub(crate) use engine::{
     defaults, diagnose, parse_history_length, CaptureLimiter, Change, Current, History,
-    MemoryLimitSource, RouteReading, Row, RuleStates, StallReading, Transition, Window,
+    InFlightReading, MemoryLimitSource, RouteReading, Row, RuleStates, StallReading, Transition, Window,
 };
 #[cfg(feature = "resources")]
 pub(crate) use engine::ResourceReading;
 pub use live::{Doctor, MAX_CPU_ARTIFACTS, MAX_CPU_ARTIFACT_BYTES};
 pub(crate) use live::Sources;
+#[cfg(feature = "runtime")]
+pub(crate) use live::DumpArtifact;

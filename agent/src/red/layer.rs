@@ -11,6 +11,7 @@ use axum::http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use super::inflight::Ticket;
 use super::recorder::{method_label, RedMetrics, STATUS_ERROR};
 use super::UNMATCHED_ROUTE;
 use crate::labels::{Labelled, Labels};
@@ -93,17 +94,20 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        self.metrics.request_started();
-        let pending = Pending {
-            metrics: self.metrics.clone(),
-            method: method_label(request.method().as_str()),
-            route: request.extensions().get::<MatchedPath>().cloned(),
-            started: Instant::now(),
-        };
-        let route = pending.route.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+        let method = method_label(request.method().as_str());
+        let matched = request.extensions().get::<MatchedPath>().cloned();
+        let route = matched.as_ref().map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
         // Sorted by key, as the table wants them.
         let labels = Labels {
-            id: crate::labels::intern_sorted(&[("method", pending.method), ("route", route)]),
+            id: crate::labels::intern_sorted(&[("method", method), ("route", route)]),
+        };
+        let started = Instant::now();
+        let pending = Pending {
+            in_flight: self.metrics.request_started(labels.id, started),
+            metrics: self.metrics.clone(),
+            method,
+            route: matched,
+            started,
         };
         ResponseFuture {
             inner: labels.instrument(self.inner.call(request)),
@@ -114,6 +118,10 @@ where
 
 #[derive(Debug)]
 struct Pending {
+    /// The request's place among those in flight, given back when the
+    /// request finishes or its future is dropped.
+    #[allow(dead_code)] // held for its Drop
+    in_flight: Ticket,
     metrics: RedMetrics,
     method: &'static str,
     route: Option<MatchedPath>,

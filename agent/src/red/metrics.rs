@@ -1,5 +1,5 @@
 //! `http_server_request_duration_seconds` (OpenTelemetry's name and
-//! buckets) for `/metrics`.
+//! buckets) and `http_server_active_requests` for `/metrics`.
 
 use super::RedMetrics;
 use crate::metrics::{Collect, Desc, MetricWriter};
@@ -18,6 +18,27 @@ impl Collect for RedMetrics {
                 counts,
                 sum,
             );
+        });
+        // OpenTelemetry's `http.server.active_requests`: every route that
+        // has served or is serving requests, 0 when none is in flight.
+        let (in_flight, _) = self.in_flight();
+        let mut family = out.family(Desc::gauge(
+            "http_server_active_requests",
+            None,
+            "HTTP server requests in flight now, by method and route template.",
+        ));
+        let mut seen = std::collections::HashSet::new();
+        for group in &in_flight {
+            seen.insert((group.method.clone(), group.route.clone()));
+            family.count(
+                &[("method", &group.method), ("route", &group.route)],
+                group.in_flight,
+            );
+        }
+        self.for_each_route(|method, route, _, _| {
+            if !seen.contains(&(method.to_owned(), route.to_owned())) {
+                family.count(&[("method", method), ("route", route)], 0);
+            }
         });
     }
 }

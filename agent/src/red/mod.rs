@@ -19,16 +19,20 @@
 //! ```
 
 mod histogram;
+mod inflight;
 mod layer;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod recorder;
 
 pub use histogram::OTEL_DURATION_BUCKETS;
+pub use inflight::{InFlightRequest, RouteInFlight, MAX_LISTED_IN_FLIGHT};
 pub use layer::{RedLayer, RedService, ResponseFuture};
 #[cfg(feature = "metrics")]
 pub(crate) use recorder::BUCKET_BOUNDS;
-pub use recorder::{CpuWindow, RedMetrics, RedReport, RouteReport, OVERFLOW_ROUTE, UNMATCHED_ROUTE};
+pub use recorder::{
+    CpuWindow, RedMetrics, RedReport, RouteReport, OVERFLOW_ROUTE, UNLISTED_ROUTE, UNMATCHED_ROUTE,
+};
 
 /// Most (method, route, status) series the RED recorder keeps; requests
 /// that would create more are counted under the route `<overflow>`.

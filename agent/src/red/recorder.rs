@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::inflight::{InFlight, InFlightRequest, RouteInFlight, Ticket};
 use super::histogram::{
     OtelBuckets, RateWindow, OTEL_BOUNDS_NS, RATE_WINDOW_SECS,
 };
@@ -56,6 +57,8 @@ struct Inner {
     /// Rung at the start of every request: wakes the agent's dormant
     /// stall watchdog when work arrives after a quiet spell.
     alarm: std::sync::OnceLock<Arc<crate::periodic::Alarm>>,
+    /// Requests the layer is serving now.
+    in_flight: Arc<InFlight>,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +108,7 @@ impl RedMetrics {
                 max_series: max_series.max(1),
                 layer_made: AtomicBool::new(false),
                 alarm: std::sync::OnceLock::new(),
+                in_flight: Arc::default(),
             }),
         }
     }
@@ -114,12 +118,88 @@ impl RedMetrics {
         let _ = self.inner.alarm.set(alarm);
     }
 
-    /// A request starts.
+    /// A request with `labels` (its `method` and `route`) starts at
+    /// `started`: wakes a dormant watchdog, and holds the request's place
+    /// among those in flight until the ticket drops.
     #[inline]
-    pub(crate) fn request_started(&self) {
+    pub(crate) fn request_started(&self, labels: u32, started: Instant) -> Ticket {
         if let Some(alarm) = self.inner.alarm.get() {
             alarm.ring();
         }
+        self.inner.in_flight.enter(labels, started)
+    }
+
+    /// Calls `visit` with the method, route and age of every request in
+    /// flight now (those beyond the listed [`MAX_LISTED_IN_FLIGHT`](super::MAX_LISTED_IN_FLIGHT) are not
+    /// visited).
+    #[cfg_attr(not(feature = "doctor"), allow(dead_code))]
+    pub(crate) fn for_each_in_flight(&self, mut visit: impl FnMut(&str, &str, Duration)) {
+        let mut names: HashMap<u32, (String, String)> = HashMap::new();
+        self.inner.in_flight.each(Instant::now(), |labels, age| {
+            let (method, route) = names.entry(labels).or_insert_with(|| {
+                let set = crate::labels::resolve(labels);
+                (
+                    set.get("method").unwrap_or("_OTHER").to_owned(),
+                    set.get("route").unwrap_or(UNMATCHED_ROUTE).to_owned(),
+                )
+            });
+            visit(method, route, age);
+        });
+    }
+
+    /// Requests in flight now, per (method, route) with the age of the
+    /// oldest, busiest first; and the oldest requests, oldest first.
+    pub fn in_flight(&self) -> (Vec<RouteInFlight>, Vec<InFlightRequest>) {
+        let snapshot = self.inner.in_flight.snapshot(Instant::now());
+        let names = |labels: u32| {
+            let set = crate::labels::resolve(labels);
+            (
+                set.get("method").unwrap_or("_OTHER").to_owned(),
+                set.get("route").unwrap_or(UNMATCHED_ROUTE).to_owned(),
+                set,
+            )
+        };
+        let mut routes: Vec<RouteInFlight> = snapshot
+            .groups
+            .iter()
+            .map(|&(labels, count, oldest)| {
+                let (method, route, _) = names(labels);
+                RouteInFlight {
+                    method,
+                    route,
+                    in_flight: count,
+                    oldest_ms: oldest,
+                }
+            })
+            .collect();
+        routes.sort_by(|a, b| {
+            b.in_flight
+                .cmp(&a.in_flight)
+                .then(b.oldest_ms.cmp(&a.oldest_ms))
+                .then_with(|| a.route.cmp(&b.route))
+        });
+        if snapshot.unlisted > 0 {
+            routes.push(RouteInFlight {
+                method: "_OTHER".to_owned(),
+                route: UNLISTED_ROUTE.to_owned(),
+                in_flight: snapshot.unlisted,
+                oldest_ms: Duration::ZERO,
+            });
+        }
+        let oldest = snapshot
+            .oldest
+            .iter()
+            .map(|&(labels, age)| {
+                let (method, route, labels) = names(labels);
+                InFlightRequest {
+                    method,
+                    route,
+                    age_ms: age,
+                    labels,
+                }
+            })
+            .collect();
+        (routes, oldest)
     }
 
     /// A tower layer recording into this recorder.
@@ -234,7 +314,7 @@ impl RedMetrics {
     /// its latency histogram (whose count is its requests), under each
     /// shard's read lock in turn: the request path waits at most for one
     /// shard's visit.
-    #[cfg_attr(not(feature = "doctor"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "doctor", feature = "metrics")), allow(dead_code))]
     pub(crate) fn for_each_route(
         &self,
         mut visit: impl FnMut(&'static str, &str, u64, &crate::histogram::LatencyHistogram),
@@ -293,18 +373,51 @@ impl RedMetrics {
                         latency,
                         cpu_seconds: cpu
                             .map(|cpu| cpu.of(method.method, route).as_secs_f64()),
+                        in_flight: 0,
+                        oldest_in_flight: None,
                     });
                 }
+            }
+        }
+        // Requests in flight: on their route's row, or on a row of their
+        // own for a route none of whose requests has finished yet.
+        let (in_flight, oldest_in_flight) = self.in_flight();
+        for group in &in_flight {
+            match routes
+                .iter_mut()
+                .find(|r| r.method == group.method && r.route == group.route)
+            {
+                Some(row) => {
+                    row.in_flight = group.in_flight;
+                    row.oldest_in_flight = Some(group.oldest_ms);
+                }
+                None => routes.push(RouteReport {
+                    method: group.method.clone(),
+                    route: group.route.clone(),
+                    requests: 0,
+                    errors: 0,
+                    error_ratio: 0.0,
+                    rate_per_s: 0.0,
+                    error_rate_per_s: 0.0,
+                    statuses: BTreeMap::new(),
+                    latency: HistogramSummary::default(),
+                    cpu_seconds: cpu.map(|cpu| cpu.of(&group.method, &group.route).as_secs_f64()),
+                    in_flight: group.in_flight,
+                    oldest_in_flight: Some(group.oldest_ms),
+                }),
             }
         }
         routes.sort_by(|a, b| {
             b.requests
                 .cmp(&a.requests)
+                .then_with(|| b.in_flight.cmp(&a.in_flight))
                 .then_with(|| a.route.cmp(&b.route))
                 .then_with(|| a.method.cmp(&b.method))
         });
         let layer_installed = self.layer_installed();
         RedReport {
+            in_flight: in_flight.iter().map(|g| g.in_flight).sum(),
+            oldest_in_flight,
             routes,
             window: Duration::from_secs_f64(window),
             layer_installed,
@@ -429,6 +542,10 @@ fn status_label(status: u16) -> String {
 /// What to do when no RED layer was installed.
 const NO_LAYER_HINT: &str = "add agent.red_layer() to the service's router";
 
+/// The route under which requests in flight are counted when the table of
+/// [`MAX_LISTED_IN_FLIGHT`](super::MAX_LISTED_IN_FLIGHT) listed ones is full.
+pub const UNLISTED_ROUTE: &str = "<unlisted>";
+
 /// What [`RedMetrics::report`] returns; its JSON is `/debug/red`'s and its
 /// `Display` the `format=text` table.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -449,6 +566,10 @@ pub struct RedReport {
     /// The CPU profile window the routes' `cpu_seconds` come from: the last
     /// one that finished in this process (`null` before any).
     pub cpu_window: Option<CpuWindow>,
+    /// Requests in flight now, all routes together.
+    pub in_flight: u64,
+    /// The oldest requests in flight, oldest first (at most 20).
+    pub oldest_in_flight: Vec<InFlightRequest>,
 }
 
 /// A CPU profile window.
@@ -471,7 +592,7 @@ impl std::fmt::Display for RedReport {
         let ms = crate::report::millis;
         writeln!(
             out,
-            "{:<7} {:<32} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "{:<7} {:<32} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>10}",
             "METHOD",
             "ROUTE",
             "REQUESTS",
@@ -481,13 +602,18 @@ impl std::fmt::Display for RedReport {
             "P50 ms",
             "P99 ms",
             "MAX ms",
-            "CPU s"
+            "CPU s",
+            "IN FLIGHT",
+            "OLDEST"
         )?;
         for r in &self.routes {
             let cpu = r.cpu_seconds.map_or("-".to_owned(), |s| format!("{s:.3}"));
+            let oldest = r
+                .oldest_in_flight
+                .map_or("-".to_owned(), crate::units::human);
             writeln!(
                 out,
-                "{:<7} {:<32} {:>9} {:>8} {:>6.2}% {:>9.2} {:>9.2} {:>9.2} {:>9.2} {cpu:>8}",
+                "{:<7} {:<32} {:>9} {:>8} {:>6.2}% {:>9.2} {:>9.2} {:>9.2} {:>9.2} {cpu:>8} {:>9} {oldest:>10}",
                 r.method,
                 r.route,
                 r.requests,
@@ -497,7 +623,24 @@ impl std::fmt::Display for RedReport {
                 ms(r.latency.p50),
                 ms(r.latency.p99),
                 ms(r.latency.max),
+                r.in_flight,
             )?;
+        }
+        if !self.oldest_in_flight.is_empty() {
+            writeln!(
+                out,
+                "\n{} requests in flight; the oldest:",
+                self.in_flight
+            )?;
+            for request in &self.oldest_in_flight {
+                writeln!(
+                    out,
+                    "  {:>10}  {} {}",
+                    crate::units::human(request.age_ms),
+                    request.method,
+                    request.route
+                )?;
+            }
         }
         writeln!(
             out,
@@ -544,6 +687,12 @@ pub struct RouteReport {
     /// `method` labels (0 if none of its samples fell in the window);
     /// `None` before any CPU profile has finished.
     pub cpu_seconds: Option<f64>,
+    /// Its requests in flight now.
+    pub in_flight: u64,
+    /// How long the oldest of them has been running (`null` with none in
+    /// flight), in milliseconds.
+    #[serde(rename = "oldest_in_flight_ms", serialize_with = "crate::report::opt_ms")]
+    pub oldest_in_flight: Option<Duration>,
 }
 
 #[cfg(test)]

@@ -26,8 +26,21 @@ use crate::Error;
 
 use crate::unwind::CAPTURE_SIGNAL_OFFSET as SIGNAL_OFFSET;
 
-/// How long one batch of signalled threads has to answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long the signalled threads have to answer, in all; a thread dump of
+/// more than [`THREADS_IN_ANSWER_TIMEOUT`] threads gets proportionally more.
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Threads [`ANSWER_TIMEOUT`] is meant for.
+pub(crate) const THREADS_IN_ANSWER_TIMEOUT: usize = 256;
+
+/// Requests in flight at once: each is a slot a handler looks up by its
+/// thread id; the unwind contexts (fewer) limit how many handlers unwind
+/// at the same instant, and one that finds none busy is asked again.
+const SLOTS: usize = 64;
+
+/// Times a thread whose handler found every unwind context busy is asked
+/// again.
+const RETRIES: u8 = 3;
 
 pub(crate) use crate::unwind::capture_signal;
 
@@ -42,6 +55,8 @@ struct Slot {
     tid: AtomicU32,
     state: AtomicU8,
     depth: AtomicUsize,
+    /// The label set in the thread's slot when it was interrupted.
+    labels: AtomicU32,
     frames: UnsafeCell<[u64; MAX_DEPTH]>,
 }
 
@@ -86,8 +101,9 @@ pub(crate) enum CaptureError {
 /// One thread's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Captured {
-    /// Lookup addresses, innermost first.
-    Frames(Vec<u64>),
+    /// Lookup addresses, innermost first, and the label set the thread's
+    /// code was running with.
+    Frames(Vec<u64>, u32),
     /// The thread exited before it was signalled.
     Gone,
     /// The thread did not run its handler in time (blocked in an
@@ -117,16 +133,17 @@ impl fmt::Debug for StackCapture {
 
 impl StackCapture {
     /// Copies the unwind tables of every loaded module (tens of
-    /// milliseconds, ~2 MiB) and allocates one slot per concurrent unwind.
+    /// milliseconds, ~2 MiB) and allocates the request slots and one unwind
+    /// context per CPU (2 to 8).
     pub(crate) fn prepare() -> Result<Self, CaptureError> {
-        let batch = cpu_count().clamp(2, 8);
-        let unwinding =
-            Unwinding::prepare(batch).map_err(CaptureError::Prepare)?;
-        let slots = (0..batch)
+        let contexts = cpu_count().clamp(2, 8);
+        let unwinding = Unwinding::prepare(contexts).map_err(CaptureError::Prepare)?;
+        let slots = (0..SLOTS)
             .map(|_| Slot {
                 tid: AtomicU32::new(0),
                 state: AtomicU8::new(EMPTY),
                 depth: AtomicUsize::new(0),
+                labels: AtomicU32::new(0),
                 frames: UnsafeCell::new([0; MAX_DEPTH]),
             })
             .collect();
@@ -147,10 +164,18 @@ impl StackCapture {
             + self.state.slots.len() * std::mem::size_of::<Slot>()
     }
 
-    /// Captures the stacks of `tids` (threads of this process), in batches
-    /// of as many threads as there are unwind contexts. Blocks for at most
-    /// [`ANSWER_TIMEOUT`] per batch.
-    pub(crate) fn capture(&mut self, tids: &[u32]) -> Result<Vec<Captured>, CaptureError> {
+    /// Captures the stacks of `tids` (threads of this process): up to
+    /// [`SLOTS`] asked at once, the next one as soon as one answers; a
+    /// thread whose handler found every unwind context busy is asked again.
+    /// Returns when every thread answered or at `deadline`, whichever
+    /// comes first: the threads that did not answer by then (blocked in an
+    /// uninterruptible sleep, or with the signal blocked) are
+    /// [`Captured::NoAnswer`], and their signal, still queued, is discarded.
+    pub(crate) fn capture(
+        &mut self,
+        tids: &[u32],
+        deadline: Instant,
+    ) -> Result<Vec<Captured>, CaptureError> {
         if self.poisoned {
             return Err(CaptureError::Overran);
         }
@@ -161,10 +186,7 @@ impl StackCapture {
         install(signal)?;
         let raw: *mut CaptureState = &mut *self.state;
         GATE.publish(raw);
-        let mut out = Vec::with_capacity(tids.len());
-        for batch in tids.chunks(self.state.slots.len().max(1)) {
-            out.extend(self.capture_batch(signal, batch));
-        }
+        let answers = self.ask(signal, tids, deadline);
         // Ignoring the signal discards any still pending, so no handler can
         // start after this; then wait for handlers already running.
         signals::ignore(signal);
@@ -173,61 +195,89 @@ impl StackCapture {
             tracing::warn!("a stack-capture handler did not finish within 1 s; leaking its state");
             self.poisoned = true;
         }
-        Ok(out)
+        Ok(answers)
     }
 
-    fn capture_batch(&self, signal: libc::c_int, tids: &[u32]) -> Vec<Captured> {
+    fn ask(&self, signal: libc::c_int, tids: &[u32], deadline: Instant) -> Vec<Captured> {
         let slots = &self.state.slots;
         let mut answers = vec![Captured::NoAnswer; tids.len()];
+        let mut retries = vec![0u8; tids.len()];
+        let mut queue: std::collections::VecDeque<usize> = (0..tids.len()).collect();
+        // The thread (index into `tids`) each slot asks.
+        let mut asking: Vec<Option<usize>> = vec![None; slots.len()];
         let pid = std::process::id() as libc::pid_t;
-        for (slot, (&tid, answer)) in slots.iter().zip(tids.iter().zip(answers.iter_mut())) {
-            slot.depth.store(0, Ordering::Relaxed);
-            slot.tid.store(tid, Ordering::Relaxed);
-            slot.state.store(REQUESTED, Ordering::Release);
-            // SAFETY: tgkill to a thread of our own process with a signal
-            // whose handler we just installed.
-            let sent = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid as libc::pid_t, signal) };
-            if sent != 0 {
-                slot.state.store(EMPTY, Ordering::Release);
-                *answer = Captured::Gone;
-            }
-        }
-        let deadline = Instant::now() + ANSWER_TIMEOUT;
         loop {
-            let waiting = slots
-                .iter()
-                .take(tids.len())
-                .any(|s| matches!(s.state.load(Ordering::Acquire), REQUESTED | WRITING));
-            if !waiting || Instant::now() > deadline {
+            for (slot, asked) in slots.iter().zip(asking.iter_mut()) {
+                if let Some(index) = *asked {
+                    match slot.state.load(Ordering::Acquire) {
+                        DONE => {
+                            let depth = slot.depth.load(Ordering::Relaxed).min(MAX_DEPTH);
+                            // SAFETY: DONE was stored with release after the
+                            // frames were written; no handler writes a DONE slot.
+                            let frames: &[u64; MAX_DEPTH] = unsafe { &*slot.frames.get() };
+                            answers[index] = Captured::Frames(
+                                frames[..depth].to_vec(),
+                                slot.labels.load(Ordering::Relaxed),
+                            );
+                        }
+                        FAILED if retries[index] < RETRIES => {
+                            retries[index] += 1;
+                            queue.push_back(index);
+                        }
+                        FAILED => {}
+                        _ => continue,
+                    }
+                    slot.state.store(EMPTY, Ordering::Release);
+                    *asked = None;
+                }
+                let Some(index) = queue.pop_front() else {
+                    continue;
+                };
+                slot.depth.store(0, Ordering::Relaxed);
+                slot.tid.store(tids[index], Ordering::Relaxed);
+                slot.state.store(REQUESTED, Ordering::Release);
+                // SAFETY: tgkill to a thread of our own process with a signal
+                // whose handler is installed.
+                let sent = unsafe {
+                    libc::syscall(libc::SYS_tgkill, pid, tids[index] as libc::pid_t, signal)
+                };
+                if sent == 0 {
+                    *asked = Some(index);
+                } else {
+                    slot.state.store(EMPTY, Ordering::Release);
+                    answers[index] = Captured::Gone;
+                }
+            }
+            if (queue.is_empty() && asking.iter().all(Option::is_none)) || Instant::now() > deadline
+            {
                 break;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(50));
         }
-        for (slot, answer) in slots.iter().zip(answers.iter_mut()) {
+        for (slot, asked) in slots.iter().zip(asking.iter()) {
+            let Some(index) = *asked else {
+                continue;
+            };
             // Withdraw the request: a handler that has not started yet finds
             // no slot; one that is writing finishes into memory we still own.
-            match slot
-                .state
-                .compare_exchange(REQUESTED, EMPTY, Ordering::AcqRel, Ordering::Acquire)
+            if let Err(DONE) =
+                slot.state
+                    .compare_exchange(REQUESTED, EMPTY, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => {}
-                Err(DONE) => {
-                    let depth = slot.depth.load(Ordering::Relaxed).min(MAX_DEPTH);
-                    // SAFETY: DONE was stored with release after the frames
-                    // were written; no handler writes a DONE slot.
-                    let frames: &[u64; MAX_DEPTH] = unsafe { &*slot.frames.get() };
-                    *answer = Captured::Frames(frames[..depth].to_vec());
-                }
-                Err(_) => {}
+                let depth = slot.depth.load(Ordering::Relaxed).min(MAX_DEPTH);
+                // SAFETY: as above.
+                let frames: &[u64; MAX_DEPTH] = unsafe { &*slot.frames.get() };
+                answers[index] =
+                    Captured::Frames(frames[..depth].to_vec(), slot.labels.load(Ordering::Relaxed));
             }
         }
         // A handler still WRITING when we gave up: wait for it (it cannot
-        // block) before the slot is reused.
-        let deadline = Instant::now() + Duration::from_secs(1);
+        // block) before the slots are reused.
+        let wait = Instant::now() + Duration::from_secs(1);
         while slots
             .iter()
             .any(|s| s.state.load(Ordering::Acquire) == WRITING)
-            && Instant::now() < deadline
+            && Instant::now() < wait
         {
             std::thread::yield_now();
         }
@@ -298,6 +348,10 @@ impl CaptureState {
         let depth = claimed.walk(context, frames);
         drop(claimed);
         slot.depth.store(depth, Ordering::Relaxed);
+        slot.labels.store(
+            crate::labels::slot::read_in_signal_handler(),
+            Ordering::Relaxed,
+        );
         slot.state.store(DONE, Ordering::Release);
     }
 }
@@ -339,11 +393,14 @@ mod tests {
         }
         let mut capture = StackCapture::prepare().unwrap();
         let answers = capture
-            .capture(&[tid.load(Ordering::SeqCst), u32::MAX - 1])
+            .capture(
+                &[tid.load(Ordering::SeqCst), u32::MAX - 1],
+                Instant::now() + ANSWER_TIMEOUT,
+            )
             .unwrap();
         stop.store(true, Ordering::SeqCst);
         sleeper.join().unwrap();
-        let Captured::Frames(frames) = &answers[0] else {
+        let Captured::Frames(frames, _) = &answers[0] else {
             panic!("no frames: {answers:?}");
         };
         assert_eq!(answers[1], Captured::Gone);
@@ -407,10 +464,13 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         let mut capture = StackCapture::prepare().unwrap();
         let answers = capture
-            .capture(&[
-                mutex_tid.load(Ordering::SeqCst),
-                read_tid.load(Ordering::SeqCst),
-            ])
+            .capture(
+                &[
+                    mutex_tid.load(Ordering::SeqCst),
+                    read_tid.load(Ordering::SeqCst),
+                ],
+                Instant::now() + ANSWER_TIMEOUT,
+            )
             .unwrap();
         // After the signals: both calls are still waiting, then complete.
         std::thread::sleep(Duration::from_millis(50));
@@ -424,7 +484,7 @@ mod tests {
             "wait_for_a_mutex_in_a_named_function",
             "read_a_socket_in_a_named_function",
         ]) {
-            let Captured::Frames(frames) = answer else {
+            let Captured::Frames(frames, _) = answer else {
                 panic!("no frames for {function}: {answers:?}");
             };
             let names = crate::symbols::function_names(frames);

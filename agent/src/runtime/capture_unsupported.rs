@@ -19,8 +19,8 @@ impl std::fmt::Display for CaptureError {
 /// One thread's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Captured {
-    /// Lookup addresses, innermost first.
-    Frames(Vec<u64>),
+    /// Lookup addresses, innermost first, and the thread's label set.
+    Frames(Vec<u64>, u32),
     /// The thread exited.
     Gone,
     /// No answer.
@@ -38,7 +38,17 @@ impl StackCapture {
     pub(crate) fn poisoned(&self) -> bool {
         match *self {}
     }
-    pub(crate) fn capture(&mut self, _tids: &[u32]) -> Result<Vec<Captured>, CaptureError> {
+    pub(crate) fn capture(
+        &mut self,
+        _tids: &[u32],
+        _deadline: std::time::Instant,
+    ) -> Result<Vec<Captured>, CaptureError> {
         match *self {}
     }
 }
+
+/// How long the signalled threads would have to answer.
+pub(crate) const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Threads [`ANSWER_TIMEOUT`] is meant for.
+pub(crate) const THREADS_IN_ANSWER_TIMEOUT: usize = 256;

@@ -55,6 +55,8 @@ mod metrics;
 mod render;
 mod stall;
 mod tasks;
+mod task_dump;
+mod thread_dump;
 mod watchdog;
 mod window;
 mod workers;
@@ -75,6 +77,9 @@ use workers::WorkerCounters;
 
 pub use stall::{Attribution, Stall, StallThread, STALL_HISTORY};
 pub use tasks::{TaskMonitorReport, MAX_TASK_MONITORS};
+pub(crate) use capture::CaptureError;
+pub use task_dump::{TaskDump, TaskGroup, TASK_DUMP_RESOLVE_BUDGET, TASK_DUMP_TIMEOUT};
+pub use thread_dump::{DumpedThread, ThreadDump, ThreadGroup, ThreadGroups, ThreadState};
 pub use window::LAG_BUCKETS;
 
 /// How often the executor-lag probe runs and the stuck-worker watchdog
@@ -375,6 +380,9 @@ pub struct RuntimeHealth {
     resolution: Duration,
     /// A poll longer than this is a stall.
     threshold: Duration,
+    /// The stack capture of thread dumps, prepared at the first one (its
+    /// unwind tables, ~2 MiB) and kept for the next.
+    dumps: Arc<Mutex<Option<capture::StackCapture>>>,
 }
 
 /// Stops the watchdog when the agent goes away.
@@ -407,6 +415,7 @@ impl RuntimeHealth {
                     tasks,
                     resolution,
                     threshold,
+                    dumps: Arc::default(),
                 },
                 None,
             ));
@@ -439,6 +448,7 @@ impl RuntimeHealth {
                 tasks,
                 resolution,
                 threshold,
+                dumps: Arc::default(),
             },
             Some(WatchdogGuard(inner)),
         ))
@@ -456,6 +466,135 @@ impl RuntimeHealth {
             }),
             Some(inner) => Ok(inner),
         }
+    }
+
+    /// Every thread's stack now, with its name, state, CPU time and labels
+    /// (`/debug/threads`). Blocks for the capture's deadline at most
+    /// (100 ms for up to 256 threads; the first dump also prepares the
+    /// unwind tables, tens of milliseconds): call it off async code. Works
+    /// without a watched runtime.
+    ///
+    /// # Errors
+    /// [`Error::StackCapture`] when stacks cannot be captured here (another
+    /// library owns the capture signal, or the platform is not Linux on
+    /// x86_64 or aarch64).
+    pub fn thread_dump(&self) -> Result<ThreadDump, Error> {
+        let mut cell = self.dumps.lock().unwrap_or_else(PoisonError::into_inner);
+        if cell.as_ref().is_some_and(capture::StackCapture::poisoned) {
+            *cell = None;
+        }
+        let capture = match cell.as_mut() {
+            Some(capture) => capture,
+            None => cell.insert(
+                capture::StackCapture::prepare()
+                    .map_err(|error| Error::StackCapture(Box::new(error)))?,
+            ),
+        };
+        ThreadDump::capture(capture).map_err(|error| Error::StackCapture(Box::new(error)))
+    }
+
+    /// The host runtime's idle tasks grouped by identical await trace
+    /// (`/debug/tasks`), resolved on a blocking thread. Call it from a
+    /// runtime other than the host's (the agent's server does): the dump
+    /// itself runs on the host's workers, which stop for it.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] without a watched runtime or in a build
+    /// without `--cfg tokio_unstable` and the `taskdump` feature;
+    /// [`Error::TaskDumpRefused`] on a `current_thread` runtime, while a
+    /// worker is stuck in a poll, after a dump that timed out, or while
+    /// another runs; [`Error::TaskDumpTimedOut`] when the runtime did not
+    /// hand it over within [`TASK_DUMP_TIMEOUT`].
+    pub async fn task_dump(&self) -> Result<TaskDump, Error> {
+        use task_dump::Refusal;
+        let inner = self.inner()?;
+        let refused = |refusal: Refusal| {
+            if refusal.not_built() {
+                Error::Unsupported {
+                    what: "a task dump",
+                    reason: task_dump::NOT_BUILT,
+                }
+            } else {
+                Error::TaskDumpRefused {
+                    reason: refusal.reason(),
+                    hint: refusal.hint(),
+                }
+            }
+        };
+        // Where a dump would hurt, say so first, whatever the build: the
+        // hint is the same (the thread dump, the requests in flight).
+        if inner.handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(refused(Refusal::CurrentThread));
+        }
+        let stuck = inner
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|view| view.away_for.is_some_and(|away| away >= inner.threshold));
+        if stuck {
+            return Err(refused(Refusal::WorkerStuck));
+        }
+        if !task_dump::BUILT {
+            return Err(refused(Refusal::NotBuilt));
+        }
+        self.take_task_dump(inner.handle.clone(), refused).await
+    }
+
+    #[cfg(all(
+        feature = "taskdump",
+        tokio_unstable,
+        target_os = "linux",
+        any(
+            target_arch = "x86",
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "s390x"
+        )
+    ))]
+    async fn take_task_dump(
+        &self,
+        handle: tokio::runtime::Handle,
+        refused: impl Fn(task_dump::Refusal) -> Error,
+    ) -> Result<TaskDump, Error> {
+        let (dump, at, took) = match task_dump::dump(handle, TASK_DUMP_TIMEOUT).await {
+            Ok(dumped) => dumped,
+            Err(task_dump::DumpError::Refused(refusal)) => return Err(refused(refusal)),
+            Err(task_dump::DumpError::TimedOut) => {
+                return Err(Error::TaskDumpTimedOut(TASK_DUMP_TIMEOUT))
+            }
+            Err(task_dump::DumpError::Gone) => {
+                return Err(Error::Unsupported {
+                    what: "a task dump",
+                    reason: SHUT_DOWN,
+                })
+            }
+        };
+        tokio::task::spawn_blocking(move || task_dump::group(&dump, at, took))
+            .await
+            .map_err(|_| Error::Unsupported {
+                what: "a task dump",
+                reason: "resolving the dump's traces failed (see the service's log)",
+            })
+    }
+
+    #[cfg(not(all(
+        feature = "taskdump",
+        tokio_unstable,
+        target_os = "linux",
+        any(
+            target_arch = "x86",
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "s390x"
+        )
+    )))]
+    async fn take_task_dump(
+        &self,
+        _handle: tokio::runtime::Handle,
+        refused: impl Fn(task_dump::Refusal) -> Error,
+    ) -> Result<TaskDump, Error> {
+        Err(refused(task_dump::Refusal::NotBuilt))
     }
 
     /// How often the lag probe runs and the watchdog looks.

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::capture::{Captured, StackCapture};
+use super::capture::{Captured, StackCapture, ANSWER_TIMEOUT};
 use super::probe::ProbeState;
 use super::stall::{self, RawCandidate, StallJob};
 use super::workers::{WorkerCounters, WorkerEvent, WorkerTrack};
@@ -406,7 +406,7 @@ impl Watchdog {
         let (raw, error) = match capture {
             Ok(mut capture) => {
                 let tids: Vec<u32> = candidates.iter().map(|(tid, _)| *tid).collect();
-                let result = capture.capture(&tids);
+                let result = capture.capture(&tids, Instant::now() + ANSWER_TIMEOUT);
                 self.capture = Some(capture);
                 match result {
                     Ok(answers) => (
@@ -418,7 +418,7 @@ impl Watchdog {
                                 tid,
                                 name,
                                 addresses: match answer {
-                                    Captured::Frames(frames) => Some(frames),
+                                    Captured::Frames(frames, _) => Some(frames),
                                     _ => None,
                                 },
                             })

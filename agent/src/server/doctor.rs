@@ -44,8 +44,10 @@ pub(crate) async fn history(
     Ok(json_response(&columns))
 }
 
-/// `GET /debug/doctor/artifacts/{id}?format=svg|pprof|folded|text|json`: a
-/// CPU profile the doctor captured when a finding opened.
+/// `GET /debug/doctor/artifacts/{id}?format=…`: what the doctor captured
+/// when a finding opened — a CPU profile (`svg`, the default, `pprof`,
+/// `folded`, `text`, `json`), a thread dump (`text`, the default, `json`,
+/// `pprof`, as `/debug/threads`) or a task dump (`text`, `json`).
 pub(crate) async fn artifact(
     State(state): State<AppState>,
     method: Method,
@@ -56,25 +58,29 @@ pub(crate) async fn artifact(
         let ids: Vec<String> = state
             .caps
             .doctor
-            .cpu_artifact_ids()
+            .artifact_ids()
             .iter()
             .map(u64::to_string)
             .collect();
         if ids.is_empty() {
-            "no CPU profiles are kept; findings list theirs under artifacts in /debug/doctor"
+            "no artifacts are kept; findings list theirs under artifacts in /debug/doctor"
                 .to_owned()
         } else {
-            format!("kept CPU profiles: {}", ids.join(", "))
+            format!("kept artifacts: {}", ids.join(", "))
         }
     };
-    let profile = id
-        .parse::<u64>()
-        .ok()
-        .and_then(|id| state.caps.doctor.cpu_artifact(id))
-        .ok_or_else(|| ApiError::Missing {
-            message: format!("no doctor artifact {:?}", clip(&id)),
-            hint: known(),
-        })?;
+    let missing = || ApiError::Missing {
+        message: format!("no doctor artifact {:?}", clip(&id)),
+        hint: known(),
+    };
+    let number = id.parse::<u64>().map_err(|_| missing())?;
+    let Some(profile) = state.caps.doctor.cpu_artifact(number) else {
+        #[cfg(feature = "runtime")]
+        if let Some(dump) = state.caps.doctor.dump_artifact(number) {
+            return super::threads::dump_artifact(dump, &method, &query).await;
+        }
+        return Err(missing());
+    };
     let format = query.format(Format::Svg)?;
     let view = query.view()?;
     let name = format!("doctor-cpu-{id}");

@@ -60,6 +60,9 @@ pub(crate) enum ApiError {
         message: String,
         retry_after: Duration,
     },
+    /// The request conflicts with the host's state (a task dump that
+    /// could hurt it).
+    Refused { message: String, hint: String },
     /// The capability is not available in this build or on this platform.
     NotImplemented { message: String, hint: String },
     /// Temporarily unavailable (another profiler owns SIGPROF, shutdown).
@@ -96,7 +99,7 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } | ApiError::Missing { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::Refused { .. } => StatusCode::CONFLICT,
             ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
@@ -112,6 +115,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { message, hint }
             | ApiError::Missing { message, hint }
+            | ApiError::Refused { message, hint }
             | ApiError::NotImplemented { message, hint }
             | ApiError::Unavailable { message, hint } => (message.clone(), hint.clone()),
             ApiError::Unauthorized => (
@@ -311,6 +315,25 @@ impl From<Error> for ApiError {
                 budget.to_string(),
                 "a budget reads like GET /items/{id}: p95<500ms, errors<1%; cpu<70%",
             ),
+            Error::TaskDumpRefused { reason, hint } => ApiError::Refused {
+                message: format!("task dump refused: {reason}"),
+                hint: hint.into(),
+            },
+            timed_out @ Error::TaskDumpTimedOut(_) => ApiError::Unavailable {
+                message: timed_out.to_string(),
+                hint: "a worker may be stuck: /debug/runtime?format=text and /debug/threads show \
+                       the stacks; task dumps stay off until the service restarts (tokio#6343)"
+                    .into(),
+            },
+            Error::StackCapture(source) => ApiError::Unavailable {
+                message: format!(
+                    "the threads' stacks cannot be captured: {}",
+                    crate::error::one_line(source.as_ref())
+                ),
+                hint: "/debug/runtime lists the workers; a CPU or wall-clock profile \
+                       (/debug/pprof/profile?mode=wall) samples stacks another way"
+                    .into(),
+            },
             other => {
                 tracing::error!(error = %other, source = ?std::error::Error::source(&other), "request failed");
                 ApiError::Internal

@@ -26,6 +26,8 @@ mod response;
 mod runtime;
 #[cfg(feature = "spans")]
 mod spans;
+#[cfg(feature = "runtime")]
+mod threads;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,6 +134,11 @@ pub(crate) fn router(state: AppState) -> Router {
             "/debug/runtime",
             capability!("runtime", get(runtime::runtime)),
         )
+        .route(
+            "/debug/threads",
+            capability!("runtime", get(threads::threads)),
+        )
+        .route("/debug/tasks", capability!("runtime", get(threads::tasks)))
         .route("/debug/spans", capability!("spans", get(spans::spans)))
         .route(
             "/debug/log-level",

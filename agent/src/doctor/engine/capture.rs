@@ -26,6 +26,10 @@ impl Rule {
             Rule::MemoryGrowing => Some(ArtifactKind::HeapSnapshot),
             Rule::CpuSaturated | Rule::ExecutorSaturated => Some(ArtifactKind::CpuProfile),
             Rule::EventLoopBlocked => Some(ArtifactKind::StallStack),
+            // The thread dump first; the task dump comes with it where the
+            // build has one.
+            Rule::RequestsStuck => Some(ArtifactKind::ThreadDump),
+            Rule::TasksClimbing => Some(ArtifactKind::TaskDump),
             _ => None,
         }
     }

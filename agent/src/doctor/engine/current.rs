@@ -15,6 +15,8 @@ pub struct Current {
     pub longest_stall: Option<StallReading>,
     /// Per-route RED numbers over [`routes_window`](Current::routes_window).
     pub routes: Vec<RouteReading>,
+    /// Requests in flight now, per route.
+    pub in_flight: Vec<InFlightReading>,
     /// The window `routes` cover (e.g. the last minute).
     pub routes_window: Duration,
     /// Soft limit of open file descriptors (else the history's `fd_limit`).
@@ -150,6 +152,46 @@ impl RouteReading {
             0.0
         } else {
             self.errors as f64 / self.requests as f64
+        }
+    }
+
+    /// `GET /items/{id}`.
+    pub fn name(&self) -> String {
+        format!("{} {}", self.method, self.route)
+    }
+}
+
+/// One route's requests in flight now.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct InFlightReading {
+    /// HTTP method.
+    pub method: String,
+    /// Route template.
+    pub route: String,
+    /// Requests in flight.
+    pub count: u64,
+    /// Those in flight longer than the stuck threshold the recorder was
+    /// given (all of them when it was not given one).
+    pub stuck: u64,
+    /// How long the oldest has been running.
+    pub oldest: Duration,
+}
+
+impl InFlightReading {
+    /// `count` requests to `method route` in flight, the oldest for `oldest`.
+    pub fn new(
+        method: impl Into<String>,
+        route: impl Into<String>,
+        count: u64,
+        oldest: Duration,
+    ) -> Self {
+        InFlightReading {
+            method: method.into(),
+            route: route.into(),
+            count,
+            stuck: count,
+            oldest,
         }
     }
 

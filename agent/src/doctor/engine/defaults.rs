@@ -53,6 +53,16 @@ pub(crate) const DEFAULT_WINDOW_NEAR_LIMIT: Duration = Duration::from_secs(10);
 /// Window of `fds_climbing` and `threads_climbing`.
 pub(crate) const DEFAULT_WINDOW_CLIMBING: Duration = Duration::from_secs(120);
 
+/// Hysteresis window of `requests_stuck` (its condition already takes
+/// [`DEFAULT_STUCK_REQUEST_MIN`] to hold).
+pub(crate) const DEFAULT_WINDOW_REQUESTS_STUCK: Duration = Duration::from_secs(10);
+
+/// A request in flight is stuck after this long at least …
+pub(crate) const DEFAULT_STUCK_REQUEST_MIN: Duration = Duration::from_secs(30);
+
+/// … and after this many times its route's p99 latency.
+pub(crate) const DEFAULT_STUCK_REQUEST_P99_FACTOR: f64 = 10.0;
+
 /// Window of `resource_saturated`.
 pub(crate) const DEFAULT_WINDOW_RESOURCE_SATURATED: Duration = Duration::from_secs(30);
 
@@ -162,7 +172,11 @@ pub(crate) const DEFAULT_FD_GROWTH_MIN: f64 = 100.0;
 /// least this many …
 pub(crate) const DEFAULT_THREAD_GROWTH_MIN: f64 = 50.0;
 
-/// … and (both) at least this share of the count at the window's start.
+/// Tasks climbing only if the fitted growth over the slope window is at
+/// least this many …
+pub(crate) const DEFAULT_TASK_GROWTH_MIN: f64 = 200.0;
+
+/// … and (all three) at least this share of the count at the window's start.
 pub(crate) const DEFAULT_COUNT_GROWTH_MIN_RATIO: f64 = 0.1;
 
 /// A user resource is saturated from this utilization (median over the

@@ -245,14 +245,20 @@ pub enum ArtifactKind {
     StallStack,
     /// Pinned segments of the continuous profiler around the onset.
     ProfileSegment,
+    /// Every thread's stack when the finding opened.
+    ThreadDump,
+    /// The runtime's tasks grouped by await trace when the finding opened.
+    TaskDump,
 }
 
 impl ArtifactKind {
-    const ALL: [ArtifactKind; 4] = [
+    const ALL: [ArtifactKind; 6] = [
         ArtifactKind::HeapSnapshot,
         ArtifactKind::CpuProfile,
         ArtifactKind::StallStack,
         ArtifactKind::ProfileSegment,
+        ArtifactKind::ThreadDump,
+        ArtifactKind::TaskDump,
     ];
 
     /// The placeholder a rule writes in `next` for the id of the finding's
@@ -263,6 +269,8 @@ impl ArtifactKind {
             ArtifactKind::CpuProfile => "{cpu_profile}",
             ArtifactKind::StallStack => "{stall_stack}",
             ArtifactKind::ProfileSegment => "{profile_segment}",
+            ArtifactKind::ThreadDump => "{thread_dump}",
+            ArtifactKind::TaskDump => "{task_dump}",
         }
     }
 }

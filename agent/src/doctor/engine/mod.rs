@@ -35,7 +35,9 @@ pub(crate) mod stats;
 pub use budget::{Budget, Budgets, RouteBudget, ANY_ROUTE, MAX_ROUTE_BUDGETS};
 pub(crate) use capture::CaptureLimiter;
 pub use capture::CapturePolicy;
-pub(crate) use current::{Current, MemoryLimitSource, ResourceReading, RouteReading, StallReading};
+pub(crate) use current::{Current, InFlightReading, MemoryLimitSource, RouteReading, StallReading};
+#[cfg(any(test, feature = "resources"))]
+pub(crate) use current::ResourceReading;
 pub use finding::{
     Artifact, ArtifactKind, Evidence, Finding, FindingState, Severity, StallEvidence,
 };

@@ -123,8 +123,14 @@ pub struct DoctorConfig {
     pub fd_growth_min: f64,
     /// Least thread growth (default 50.0).
     pub thread_growth_min: f64,
-    /// Least relative descriptor/thread growth (default 0.1).
+    /// Least task growth (default 200.0).
+    pub task_growth_min: f64,
+    /// Least relative descriptor/thread/task growth (default 0.1).
     pub count_growth_min_ratio: f64,
+    /// A request in flight is stuck after this long at least (default 30 s) …
+    pub stuck_request_min: Duration,
+    /// … and after this many times its route's p99 (default 10.0).
+    pub stuck_request_p99_factor: f64,
     /// User resource utilization (default 0.95).
     pub resource_utilization: f64,
     /// User resource waiters (default 0.0).
@@ -169,6 +175,9 @@ impl Default for DoctorConfig {
             count_slope_window: DEFAULT_COUNT_SLOPE_WINDOW,
             fd_growth_min: DEFAULT_FD_GROWTH_MIN,
             thread_growth_min: DEFAULT_THREAD_GROWTH_MIN,
+            task_growth_min: DEFAULT_TASK_GROWTH_MIN,
+            stuck_request_min: DEFAULT_STUCK_REQUEST_MIN,
+            stuck_request_p99_factor: DEFAULT_STUCK_REQUEST_P99_FACTOR,
             count_growth_min_ratio: DEFAULT_COUNT_GROWTH_MIN_RATIO,
             resource_utilization: DEFAULT_RESOURCE_UTILIZATION,
             resource_saturation: DEFAULT_RESOURCE_SATURATION,

@@ -31,6 +31,30 @@ pub const MAX_CPU_ARTIFACTS: usize = 4;
 /// Memory the kept CPU profiles may hold together.
 pub const MAX_CPU_ARTIFACT_BYTES: usize = 32 * 1024 * 1024;
 
+/// Thread and task dumps the doctor keeps for its findings, newest last.
+#[cfg(feature = "runtime")]
+const MAX_DUMP_ARTIFACTS: usize = 8;
+
+/// A thread or task dump captured for a finding.
+#[cfg(feature = "runtime")]
+#[derive(Debug, Clone)]
+pub(crate) enum DumpArtifact {
+    /// Every thread's stack.
+    Threads(Arc<crate::runtime::ThreadDump>),
+    /// The runtime's tasks by await trace.
+    Tasks(Arc<crate::runtime::TaskDump>),
+}
+
+#[cfg(feature = "runtime")]
+impl DumpArtifact {
+    fn approx_bytes(&self) -> usize {
+        match self {
+            DumpArtifact::Threads(dump) => dump.approx_bytes(),
+            DumpArtifact::Tasks(dump) => dump.approx_bytes(),
+        }
+    }
+}
+
 /// The capabilities the doctor reads once a second and captures with.
 #[derive(Debug, Clone)]
 pub(crate) struct Sources {
@@ -74,6 +98,8 @@ struct Inner {
     /// being skipped (the limiter allows them again later).
     capturing: AtomicBool,
     artifacts: Mutex<VecDeque<CpuArtifact>>,
+    #[cfg(feature = "runtime")]
+    dumps: Mutex<VecDeque<(u64, DumpArtifact)>>,
     next_artifact: AtomicU64,
     /// Transitions since start, by rule and change (opened, closed).
     transitions: [[AtomicU64; 2]; Rule::ALL.len()],
@@ -110,6 +136,8 @@ impl Doctor {
                 }),
                 capturing: AtomicBool::new(false),
                 artifacts: Mutex::new(VecDeque::new()),
+                #[cfg(feature = "runtime")]
+                dumps: Mutex::new(VecDeque::new()),
                 next_artifact: AtomicU64::new(1),
                 transitions: std::array::from_fn(|_| [AtomicU64::new(0), AtomicU64::new(0)]),
             }),
@@ -217,26 +245,63 @@ impl Doctor {
             .map(|a| Arc::clone(&a.profile))
     }
 
-    /// Memory the kept CPU profiles hold, estimated.
-    pub(crate) fn artifact_bytes(&self) -> usize {
+    /// A thread or task dump captured for a finding, by id.
+    #[cfg(feature = "runtime")]
+    pub(crate) fn dump_artifact(&self, id: u64) -> Option<DumpArtifact> {
         self.inner
+            .dumps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(kept, _)| *kept == id)
+            .map(|(_, dump)| dump.clone())
+    }
+
+    /// Memory the kept CPU profiles and dumps hold, estimated.
+    pub(crate) fn artifact_bytes(&self) -> usize {
+        let profiles: usize = self
+            .inner
             .artifacts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|a| a.profile.approx_bytes())
-            .sum()
+            .sum();
+        #[cfg(feature = "runtime")]
+        let dumps: usize = self
+            .inner
+            .dumps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(_, dump)| dump.approx_bytes())
+            .sum();
+        #[cfg(not(feature = "runtime"))]
+        let dumps = 0;
+        profiles + dumps
     }
 
-    /// Ids of the CPU profiles kept.
-    pub(crate) fn cpu_artifact_ids(&self) -> Vec<u64> {
-        self.inner
+    /// Ids of the artifacts kept (CPU profiles, then dumps).
+    pub(crate) fn artifact_ids(&self) -> Vec<u64> {
+        #[cfg_attr(not(feature = "runtime"), allow(unused_mut))]
+        let mut ids: Vec<u64> = self
+            .inner
             .artifacts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .map(|a| a.id)
-            .collect()
+            .collect();
+        #[cfg(feature = "runtime")]
+        ids.extend(
+            self.inner
+                .dumps
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .map(|(id, _)| *id),
+        );
+        ids
     }
 
     /// One second: a row, an evaluation, the transitions' consequences.
@@ -248,7 +313,7 @@ impl Doctor {
             let (row, current) = recorder.read(
                 caps,
                 &mut state.history,
-                config.stall_recency,
+                config,
                 self.artifact_bytes(),
                 now,
             );
@@ -404,7 +469,15 @@ impl Doctor {
                 }
                 self.on_capture_thread(caps, t.rule, t.resource.clone(), Capture::CpuProfile);
             }
-            Some(ArtifactKind::ProfileSegment) | None => {}
+            #[cfg(feature = "runtime")]
+            Some(ArtifactKind::ThreadDump) => {
+                self.on_capture_thread(caps, t.rule, t.resource.clone(), Capture::Dumps);
+            }
+            #[cfg(feature = "runtime")]
+            Some(ArtifactKind::TaskDump) => {
+                self.on_capture_thread(caps, t.rule, t.resource.clone(), Capture::TaskDump);
+            }
+            _ => {}
         }
     }
 
@@ -470,6 +543,26 @@ impl Doctor {
                     Artifact::new(ArtifactKind::HeapSnapshot, url, snapshot.taken_at).id(id),
                 );
             }
+            #[cfg(feature = "runtime")]
+            Capture::Dumps => {
+                let dump = caps.runtime.thread_dump()?;
+                let taken_at = dump.captured_at;
+                let id = self.keep_dump(DumpArtifact::Threads(Arc::new(dump)));
+                self.attach(
+                    rule,
+                    resource,
+                    Artifact::new(
+                        ArtifactKind::ThreadDump,
+                        format!("/debug/doctor/artifacts/{id}?format=text"),
+                        taken_at,
+                    )
+                    .id(id.to_string()),
+                );
+                // Where the build has task dumps and they are safe now.
+                self.capture_task_dump(caps, rule, resource, false)?;
+            }
+            #[cfg(feature = "runtime")]
+            Capture::TaskDump => self.capture_task_dump(caps, rule, resource, true)?,
             Capture::CpuProfile => {
                 let policy = &self.inner.settings.capture;
                 let request = crate::cpu::ProfileRequest::new(policy.profile).hz(policy.hz);
@@ -497,6 +590,56 @@ impl Doctor {
             }
         }
         Ok(())
+    }
+
+    /// Takes a task dump and attaches it. A dump this build or this
+    /// runtime cannot give is an error only when it is `wanted` by itself.
+    #[cfg(feature = "runtime")]
+    fn capture_task_dump(
+        &self,
+        caps: &Sources,
+        rule: Rule,
+        resource: &str,
+        wanted: bool,
+    ) -> Result<(), Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Os {
+                call: "building the capture thread's runtime",
+                source,
+            })?;
+        let dump = match runtime.block_on(caps.runtime.task_dump()) {
+            Ok(dump) => dump,
+            Err(Error::Unsupported { .. } | Error::TaskDumpRefused { .. }) if !wanted => {
+                return Ok(())
+            }
+            Err(error) => return Err(error),
+        };
+        let taken_at = dump.captured_at;
+        let id = self.keep_dump(DumpArtifact::Tasks(Arc::new(dump)));
+        self.attach(
+            rule,
+            resource,
+            Artifact::new(
+                ArtifactKind::TaskDump,
+                format!("/debug/doctor/artifacts/{id}?format=text"),
+                taken_at,
+            )
+            .id(id.to_string()),
+        );
+        Ok(())
+    }
+
+    #[cfg(feature = "runtime")]
+    fn keep_dump(&self, dump: DumpArtifact) -> u64 {
+        let id = self.inner.next_artifact.fetch_add(1, Ordering::Relaxed);
+        let mut kept = self.inner.dumps.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.push_back((id, dump));
+        while kept.len() > MAX_DUMP_ARTIFACTS {
+            kept.pop_front();
+        }
+        id
     }
 
     fn first_snapshot(&self, rule: Rule, resource: &str) -> Option<String> {
@@ -547,6 +690,11 @@ enum Capture {
     HeapSnapshot,
     FollowUpSnapshot,
     CpuProfile,
+    /// A thread dump, and a task dump where there is one.
+    #[cfg(feature = "runtime")]
+    Dumps,
+    #[cfg(feature = "runtime")]
+    TaskDump,
 }
 
 /// Replaces `report`'s finding of `rule` on `resource` with the rules'

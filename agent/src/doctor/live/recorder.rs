@@ -5,11 +5,13 @@
 //! layer's histograms) and never touches the host's runtime.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+#[cfg(any(feature = "red", feature = "runtime"))]
+use std::time::Duration;
+use std::time::SystemTime;
 
 #[cfg(feature = "red")]
-use crate::doctor::RouteReading;
-use crate::doctor::{Current, History, Row, Series};
+use crate::doctor::{InFlightReading, RouteReading};
+use crate::doctor::{Current, DoctorConfig, History, Row, Series};
 #[cfg(feature = "resources")]
 use crate::doctor::{MemoryLimitSource, ResourceReading};
 use super::Sources;
@@ -38,7 +40,7 @@ impl Recorder {
         &mut self,
         caps: &Sources,
         history: &mut History,
-        stall_recency: Duration,
+        config: &DoctorConfig,
         artifact_bytes: usize,
         now: SystemTime,
     ) -> (Row, Current) {
@@ -52,14 +54,17 @@ impl Recorder {
         #[cfg(feature = "resources")]
         read_resources(caps, history, &mut row, &mut current);
         #[cfg(feature = "runtime")]
-        read_runtime(caps, stall_recency, now, &mut row, &mut current);
+        read_runtime(caps, config.stall_recency, now, &mut row, &mut current);
         #[cfg(feature = "red")]
-        self.red.read(&caps.red, now, &mut row, &mut current);
+        {
+            self.red.read(&caps.red, now, &mut row, &mut current);
+            read_in_flight(&caps.red, config, &mut row, &mut current);
+        }
         row.set(Series::AgentBytes, (agent_bytes(caps) + artifact_bytes) as f64);
         #[cfg(not(feature = "resources"))]
         let _ = history;
-        #[cfg(not(feature = "runtime"))]
-        let _ = stall_recency;
+        #[cfg(not(any(feature = "runtime", feature = "red")))]
+        let _ = config;
         (row, current)
     }
 }
@@ -196,6 +201,61 @@ fn read_runtime(
         crate::doctor::StallReading::new(stall.worker, stall.started_at, stall.duration, stall.frames)
             .ongoing(stall.ongoing)
     });
+}
+
+/// Requests in flight now: per route how many, how many of them are stuck
+/// (in flight longer than max(`stuck_request_min`, `stuck_request_p99_factor`
+/// × the route's p99 over the route window)), and the oldest's age; the
+/// second's totals into the row. Runs after the route window is read.
+#[cfg(feature = "red")]
+fn read_in_flight(
+    red: &crate::red::RedMetrics,
+    config: &DoctorConfig,
+    row: &mut Row,
+    current: &mut Current,
+) {
+    let threshold = |method: &str, route: &str| {
+        let p99 = current
+            .routes
+            .iter()
+            .find(|r| r.method == method && r.route == route)
+            .and_then(|r| r.p99)
+            .unwrap_or(Duration::ZERO);
+        config
+            .stuck_request_min
+            .max(p99.mul_f64(config.stuck_request_p99_factor.max(0.0)))
+    };
+    let mut routes: HashMap<(String, String), (u64, u64, Duration, Duration)> = HashMap::new();
+    red.for_each_in_flight(|method, route, age| {
+        let key = (method.to_owned(), route.to_owned());
+        let entry = match routes.get_mut(&key) {
+            Some(entry) => entry,
+            None => {
+                let limit = threshold(method, route);
+                routes.entry(key).or_insert((0, 0, Duration::ZERO, limit))
+            }
+        };
+        entry.0 += 1;
+        if age >= entry.3 {
+            entry.1 += 1;
+        }
+        entry.2 = entry.2.max(age);
+    });
+    let total: u64 = routes.values().map(|r| r.0).sum();
+    let oldest = routes.values().map(|r| r.2).max().unwrap_or(Duration::ZERO);
+    row.set(Series::RequestsInFlight, total as f64);
+    row.set(Series::OldestInFlightMs, oldest.as_secs_f64() * 1e3);
+    current.in_flight = routes
+        .into_iter()
+        .map(|((method, route), (count, stuck, oldest, _))| {
+            let mut reading = InFlightReading::new(method, route, count, oldest);
+            reading.stuck = stuck;
+            reading
+        })
+        .collect();
+    current
+        .in_flight
+        .sort_by(|a, b| b.stuck.cmp(&a.stuck).then(b.oldest.cmp(&a.oldest)));
 }
 
 /// Per-route latency over the last minute and the requests of the last

@@ -17,7 +17,7 @@ struct Counted {
     /// "open file descriptors".
     noun: &'static str,
     series: Series,
-    limit_series: Series,
+    limit_series: Option<Series>,
     current_limit: Option<u64>,
     growth_min: f64,
     near_advice: &'static str,
@@ -32,7 +32,7 @@ fn fds(input: &RuleInput<'_>) -> Counted {
         resource: "file_descriptors",
         noun: "open file descriptors",
         series: Series::OpenFds,
-        limit_series: Series::FdLimit,
+        limit_series: Some(Series::FdLimit),
         current_limit: input.current.fd_limit,
         growth_min: input.config.fd_growth_min,
         near_advice: "Every connection, file and socket holds a descriptor; at the limit, \
@@ -55,7 +55,7 @@ fn threads(input: &RuleInput<'_>) -> Counted {
         resource: "threads",
         noun: "threads",
         series: Series::Threads,
-        limit_series: Series::ThreadLimit,
+        limit_series: Some(Series::ThreadLimit),
         current_limit: input.current.thread_limit,
         growth_min: input.config.thread_growth_min,
         near_advice: "At the limit, starting a thread fails — tokio's blocking pool, \
@@ -70,10 +70,33 @@ fn threads(input: &RuleInput<'_>) -> Counted {
     }
 }
 
+/// Tasks alive in the watched runtime: no limit, only a climb.
+fn tasks(input: &RuleInput<'_>) -> Counted {
+    Counted {
+        near: Rule::TasksClimbing,
+        climbing: Rule::TasksClimbing,
+        resource: "tasks",
+        noun: "tokio tasks alive",
+        series: Series::AliveTasks,
+        limit_series: None,
+        current_limit: None,
+        growth_min: input.config.task_growth_min,
+        near_advice: "",
+        climbing_advice: "Tasks that are spawned and never finish pile up — tokio's \
+            goroutine leak: a task per request or connection awaiting a channel nobody sends \
+            on, a lock never released, a timer or stream that never ends. Each holds its \
+            memory and whatever it captured. The task dump (/debug/tasks, in a build with \
+            tokio_unstable) groups them by the await they wait at; otherwise give every \
+            spawned loop an exit (a cancellation token, a closed channel) and every wait a \
+            timeout.",
+        history_url: "/debug/history?since=-15m&series=alive_tasks",
+    }
+}
+
 fn limit_of(input: &RuleInput<'_>, what: &Counted) -> Option<f64> {
     what.current_limit
         .map(|l| l as f64)
-        .or_else(|| input.lookback().last(what.limit_series))
+        .or_else(|| input.lookback().last(what.limit_series?))
         .filter(|l| *l > 0.0)
 }
 
@@ -157,7 +180,7 @@ fn climbing(input: &RuleInput<'_>, what: &Counted) -> Option<Finding> {
         span(trend.span),
         super::memory::slope_bucket(window).as_secs(),
         per_minute,
-        count(trend.start.round()),
+        count(trend.start.max(0.0).round()),
         count(trend.end.round())
     );
     if let Some(limit) = limit {
@@ -225,6 +248,19 @@ pub(crate) fn fds_climbing(input: &RuleInput<'_>) -> Option<Finding> {
 /// [`thread_growth_min`](crate::doctor::DoctorConfig::thread_growth_min).
 pub(crate) fn threads_climbing(input: &RuleInput<'_>) -> Option<Finding> {
     climbing(input, &threads(input))
+}
+
+/// `tasks_climbing`: as [`fds_climbing`], for the tasks alive in the
+/// watched runtime (no limit), with
+/// [`task_growth_min`](crate::doctor::DoctorConfig::task_growth_min);
+/// `next` leads with the task dump.
+pub(crate) fn tasks_climbing(input: &RuleInput<'_>) -> Option<Finding> {
+    climbing(input, &tasks(input)).map(|mut finding| {
+        finding
+            .next
+            .insert(0, "/debug/doctor/artifacts/{task_dump}?format=text".to_owned());
+        finding
+    })
 }
 
 /// `resource_saturated`: one finding per user resource whose median

@@ -10,6 +10,7 @@
 mod budgets;
 mod cpu;
 mod executor;
+mod hung;
 mod limits;
 mod memory;
 
@@ -21,8 +22,10 @@ use serde::{Serialize, Serializer};
 pub(crate) use budgets::{cpu_over_budget, memory_over_budget, route_over_budget};
 pub(crate) use cpu::{cpu_saturated, io_bound};
 pub(crate) use executor::{event_loop_blocked, executor_saturated};
+pub(crate) use hung::requests_stuck;
 pub(crate) use limits::{
-    fds_climbing, fds_near_limit, resource_saturated, threads_climbing, threads_near_limit,
+    fds_climbing, fds_near_limit, resource_saturated, tasks_climbing, threads_climbing,
+    threads_near_limit,
 };
 pub(crate) use memory::{allocator_fragmentation, memory_growing, memory_near_limit};
 
@@ -66,11 +69,18 @@ pub enum Rule {
     /// `memory_over_budget`: memory over its budget (below the near-limit
     /// threshold).
     MemoryOverBudget,
+    /// `requests_stuck`: requests in flight far longer than their route
+    /// takes, while the CPU idles and the executor answers: an await that
+    /// never completes.
+    RequestsStuck,
+    /// `tasks_climbing`: the runtime's alive tasks grow steadily (tasks
+    /// spawned that never finish).
+    TasksClimbing,
 }
 
 impl Rule {
     /// Every rule, in evaluation order.
-    pub const ALL: [Rule; 15] = [
+    pub const ALL: [Rule; 17] = [
         Rule::EventLoopBlocked,
         Rule::ExecutorSaturated,
         Rule::CpuSaturated,
@@ -86,6 +96,8 @@ impl Rule {
         Rule::RouteOverBudget,
         Rule::CpuOverBudget,
         Rule::MemoryOverBudget,
+        Rule::RequestsStuck,
+        Rule::TasksClimbing,
     ];
 
     /// The stable id (`event_loop_blocked`, …), as in JSON and `/metrics`.
@@ -106,6 +118,8 @@ impl Rule {
             Rule::RouteOverBudget => "route_over_budget",
             Rule::CpuOverBudget => "cpu_over_budget",
             Rule::MemoryOverBudget => "memory_over_budget",
+            Rule::RequestsStuck => "requests_stuck",
+            Rule::TasksClimbing => "tasks_climbing",
         }
     }
 
@@ -125,7 +139,10 @@ impl Rule {
             Rule::MemoryNearLimit => DEFAULT_WINDOW_MEMORY_NEAR_LIMIT,
             Rule::AllocatorFragmentation => DEFAULT_WINDOW_ALLOCATOR_FRAGMENTATION,
             Rule::FdsNearLimit | Rule::ThreadsNearLimit => DEFAULT_WINDOW_NEAR_LIMIT,
-            Rule::FdsClimbing | Rule::ThreadsClimbing => DEFAULT_WINDOW_CLIMBING,
+            Rule::FdsClimbing | Rule::ThreadsClimbing | Rule::TasksClimbing => {
+                DEFAULT_WINDOW_CLIMBING
+            }
+            Rule::RequestsStuck => DEFAULT_WINDOW_REQUESTS_STUCK,
             Rule::ResourceSaturated => DEFAULT_WINDOW_RESOURCE_SATURATED,
             Rule::RouteOverBudget | Rule::CpuOverBudget | Rule::MemoryOverBudget => {
                 DEFAULT_WINDOW_BUDGET
@@ -151,6 +168,8 @@ impl Rule {
             Rule::RouteOverBudget => out.extend(route_over_budget(input)),
             Rule::CpuOverBudget => out.extend(cpu_over_budget(input)),
             Rule::MemoryOverBudget => out.extend(memory_over_budget(input)),
+            Rule::RequestsStuck => out.extend(requests_stuck(input)),
+            Rule::TasksClimbing => out.extend(tasks_climbing(input)),
         }
     }
 }
