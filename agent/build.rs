@@ -3,8 +3,8 @@
 //! - `native_unwind` — Linux on x86_64 or aarch64, where the agent can
 //!   interrupt another thread with a signal and unwind its stack (CPU
 //!   sampling, stall capture);
-//! - `native_heap_hook` — Linux on x86_64, where the agent's own unwinder
-//!   takes jemalloc's sampled allocations' stacks.
+//! - `native_heap_hook` — Linux on x86_64 or aarch64, where the agent's own
+//!   unwinder takes jemalloc's sampled allocations' stacks.
 //!
 //! Elsewhere those pieces compile as stand-ins (`<module>_unsupported.rs`,
 //! chosen with `#[path]`) that report "unsupported" or defer to jemalloc.
@@ -17,8 +17,6 @@ fn main() {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     if os == "linux" && (arch == "x86_64" || arch == "aarch64") {
         println!("cargo::rustc-cfg=native_unwind");
-    }
-    if os == "linux" && arch == "x86_64" {
         println!("cargo::rustc-cfg=native_heap_hook");
     }
 }

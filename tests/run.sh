@@ -14,6 +14,10 @@
 #                WebDriver, that loads the dashboard at /debug, clicks its
 #                buttons and takes its screenshots
 #
+# Then tests/aarch64.sh cross-builds for aarch64 and runs the agent's unit
+# tests and an end-to-end subset under qemu-user (it installs its own
+# toolchain when missing; see there).
+#
 # Usage: bash tests/run.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -57,5 +61,8 @@ cargo test -p stethoscope --features push-tls --lib push::
 
 echo "==> cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+echo "==> aarch64 under qemu (tests/aarch64.sh)"
+bash tests/aarch64.sh
 
 echo "==> all checks passed"

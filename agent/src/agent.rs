@@ -446,7 +446,7 @@ impl AgentBuilder {
     }
 
     /// Whether the agent replaces jemalloc's unwinder for sampled
-    /// allocations with its own (Linux x86_64; default on). jemalloc's,
+    /// allocations with its own (Linux x86_64 and aarch64; default on). jemalloc's,
     /// libgcc's `_Unwind_Backtrace`, interprets every frame's unwind
     /// information afresh, tens of microseconds per sampled allocation in a
     /// deep async stack; the agent's walks the same information through a

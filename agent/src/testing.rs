@@ -115,3 +115,76 @@ impl ThreadCpuWatch {
         }
     }
 }
+
+/// Code shaped like aarch64 system libraries built with
+/// `-mbranch-protection=pac-ret+leaf` (Ubuntu, Fedora, Amazon Linux 2023),
+/// written in assembly because Rust does not sign return addresses: a leaf
+/// whose return address is only in `x30`, signed while it runs, and a frame
+/// that saves a signed `x30` on the stack without a frame record, so its
+/// caller is found only through its CFI (with `.cfi_negate_ra_state`) and
+/// only once the authentication bits are stripped. `paciasp`/`autiasp` are
+/// written as the hints they are, so the code also runs (unsigned) on CPUs
+/// without pointer authentication.
+#[cfg(target_arch = "aarch64")]
+#[allow(unsafe_code)]
+pub(crate) mod signed {
+    /// Counts `iterations` down to zero without touching the stack.
+    #[unsafe(naked)]
+    pub(crate) unsafe extern "C" fn signed_leaf_spin(iterations: u64) {
+        core::arch::naked_asm!(
+            ".cfi_startproc",
+            "hint #25", // paciasp: sign x30 with sp
+            ".cfi_negate_ra_state",
+            "1:",
+            "subs x0, x0, #1",
+            "b.hi 1b",
+            "hint #29", // autiasp
+            ".cfi_negate_ra_state",
+            "ret",
+            ".cfi_endproc",
+        )
+    }
+
+    /// Calls `callee(arg)` with its own (signed) return address saved on
+    /// the stack and `x29` left as it was.
+    #[unsafe(naked)]
+    pub(crate) unsafe extern "C" fn signed_frame_call(arg: u64, callee: extern "C" fn(u64)) {
+        core::arch::naked_asm!(
+            ".cfi_startproc",
+            "hint #25", // paciasp
+            ".cfi_negate_ra_state",
+            "str x30, [sp, #-16]!",
+            ".cfi_def_cfa_offset 16",
+            ".cfi_offset x30, -16",
+            "blr x1",
+            "ldr x30, [sp], #16",
+            ".cfi_restore x30",
+            ".cfi_def_cfa_offset 0",
+            "hint #29", // autiasp
+            ".cfi_negate_ra_state",
+            "ret",
+            ".cfi_endproc",
+        )
+    }
+
+    /// `x30` as `paciasp` leaves it in a function called from here: differs
+    /// from the plain return address when the CPU signs pointers.
+    #[unsafe(naked)]
+    unsafe extern "C" fn signed_return_address() -> u64 {
+        core::arch::naked_asm!(
+            "hint #25", // paciasp
+            "mov x0, x30",
+            "hint #29", // autiasp
+            "ret",
+        )
+    }
+
+    /// Whether this CPU (or emulator) really signs return addresses.
+    pub(crate) fn pointer_authentication_active() -> bool {
+        // SAFETY: the function only reads and signs its own x30.
+        let signed = unsafe { signed_return_address() };
+        // A user-space code address has no bits at 48 and above; the
+        // authentication code goes there.
+        signed >> 48 != 0
+    }
+}

@@ -27,7 +27,9 @@ fn bytes_through(doc: &serde_json::Value, function: &str) -> f64 {
 
 #[inline(never)]
 fn hold_64_mib() -> Vec<Vec<u8>> {
-    retain_chunks(64 << 20)
+    // In a release build too: not a tail call (the frame stays on the
+    // stack), and not the same code as its twin's (which would be merged).
+    std::hint::black_box((retain_chunks(64 << 20), "hold_64_mib")).0
 }
 
 #[test]
@@ -76,12 +78,16 @@ fn a_known_64_mib_retention_shows_up_within_20_percent() {
 
 #[inline(never)]
 fn hold_steady() -> Vec<Vec<u8>> {
-    retain_chunks(48 << 20)
+    // In a release build too: not a tail call (the frame stays on the
+    // stack), and not the same code as its twin's (which would be merged).
+    std::hint::black_box((retain_chunks(48 << 20), "hold_steady")).0
 }
 
 #[inline(never)]
 fn grow_the_leak() -> Vec<Vec<u8>> {
-    retain_chunks(48 << 20)
+    // In a release build too: not a tail call (the frame stays on the
+    // stack), and not the same code as its twin's (which would be merged).
+    std::hint::black_box((retain_chunks(48 << 20), "grow_the_leak")).0
 }
 
 #[test]
@@ -163,12 +169,16 @@ fn the_diff_ranks_a_known_48_mib_leak_first_and_not_steady_memory() {
 
 #[inline(never)]
 fn allocated_while_paused() -> Vec<Vec<u8>> {
-    retain_chunks(32 << 20)
+    // In a release build too: not a tail call (the frame stays on the
+    // stack), and not the same code as its twin's (which would be merged).
+    std::hint::black_box((retain_chunks(32 << 20), "allocated_while_paused")).0
 }
 
 #[inline(never)]
 fn allocated_before_the_pause() -> Vec<Vec<u8>> {
-    retain_chunks(32 << 20)
+    // In a release build too: not a tail call (the frame stays on the
+    // stack), and not the same code as its twin's (which would be merged).
+    std::hint::black_box((retain_chunks(32 << 20), "allocated_before_the_pause")).0
 }
 
 #[test]

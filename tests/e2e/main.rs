@@ -11,6 +11,7 @@ mod access;
 mod browser;
 mod continuous;
 mod cpu;
+mod current_thread;
 mod dashboard;
 mod doctor;
 mod hardening;
@@ -21,6 +22,7 @@ mod lag;
 
 mod metrics;
 mod push;
+mod sandbox;
 mod shapes;
 mod spans;
 mod support;

@@ -41,7 +41,12 @@ pub(crate) fn is_child() -> bool {
 /// passed. The test calls this when [`is_child`] is false and does its
 /// work when it is true.
 pub(crate) fn in_child(name: &str, env: &[(&str, &std::ffi::OsStr)]) {
-    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    run_child(target_command(std::env::current_exe().unwrap()), name, env);
+}
+
+/// [`in_child`] with `command` (this test binary, perhaps behind a
+/// wrapper) as the child.
+pub(crate) fn run_child(mut command: Command, name: &str, env: &[(&str, &std::ffi::OsStr)]) {
     command
         .args([name, "--exact", "--test-threads=1", "--nocapture"])
         .env(CHILD, "1");
@@ -51,8 +56,61 @@ pub(crate) fn in_child(name: &str, env: &[(&str, &std::ffi::OsStr)]) {
     let output = command.output().expect("re-run the test binary");
     let log = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "child failed:\n{log}");
+    assert!(
+        output.status.success(),
+        "child failed ({}):\n{log}",
+        output.status
+    );
     assert!(log.contains("1 passed"), "the child ran no test:\n{log}");
+    // Its measurements, for the log of this test.
+    for line in log.lines().filter(|l| l.starts_with("measured: ")) {
+        eprintln!("{line}");
+    }
+}
+
+/// Set by `tests/aarch64.sh` when this binary runs under an emulator: the
+/// command that runs binaries built for this target (`qemu-aarch64-static`),
+/// which the host kernel cannot run by itself.
+const RUNNER: &str = "STETHOSCOPE_E2E_RUNNER";
+
+/// Set by `tests/aarch64.sh`: the demo binary built for this target, used
+/// instead of building one with cargo (which would build for the host).
+const DEMO: &str = "STETHOSCOPE_E2E_DEMO";
+
+/// The emulator that runs this test's binaries ([`RUNNER`]), if any.
+pub(crate) fn runner() -> Option<std::ffi::OsString> {
+    std::env::var_os(RUNNER)
+}
+
+/// A command running `binary`, a program built for this test's target:
+/// through [`RUNNER`] when one is set.
+pub(crate) fn target_command(binary: impl AsRef<std::ffi::OsStr>) -> Command {
+    match runner() {
+        Some(runner) => {
+            let mut command = Command::new(runner);
+            command.arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    }
+}
+
+/// Whether this process runs under an emulator (qemu-user), which makes
+/// code 5–10× slower than native and writes `/proc/self/stat` itself (its
+/// CPU, memory and thread fields read 0; the CPU clocks stay true).
+pub(crate) fn emulated() -> bool {
+    runner().is_some() || stat_is_emulated()
+}
+
+/// Whether `/proc/self/stat` says this process has no thread: only an
+/// emulator writes that.
+fn stat_is_emulated() -> bool {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return false;
+    };
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    // num_threads is the 20th field overall, the 18th after ')'.
+    after.split_whitespace().nth(17) == Some("0")
 }
 
 /// Sends `method path` with an optional body; any status is returned.
@@ -203,15 +261,23 @@ pub(crate) fn wall_signal_ignored() -> bool {
     signal_ignored(libc::SIGRTMIN() + 6)
 }
 
-/// Whether `signal` is ignored, from the kernel's view of this process.
+/// Whether `signal` is ignored, as `sigaction` reports it (the kernel's
+/// disposition; under qemu-user, the emulated one: the host's
+/// `/proc/self/status` shows qemu's own handlers there).
 fn signal_ignored(signal: libc::c_int) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let mask = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .expect("SigIgn line");
-    mask & (1 << (signal - 1)) != 0
+    // SAFETY: a zeroed sigaction is a valid out-parameter; querying the
+    // disposition changes nothing.
+    #[allow(unsafe_code)]
+    let current = unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        assert_eq!(
+            libc::sigaction(signal, std::ptr::null(), &mut current),
+            0,
+            "sigaction({signal})"
+        );
+        current
+    };
+    current.sa_sigaction == libc::SIG_IGN
 }
 
 /// Threads running a workload until stopped.
@@ -599,6 +665,9 @@ pub(crate) fn demo_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(demo) = std::env::var_os(DEMO) {
+                return PathBuf::from(demo);
+            }
             let cargo = option_env!("CARGO").unwrap_or("cargo");
             let mut command = Command::new(cargo);
             command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
@@ -656,7 +725,7 @@ impl DemoProcess {
     pub(crate) fn start_binary(binary: &std::path::Path, env: &[(&str, &str)]) -> DemoProcess {
         use std::io::BufRead;
         use std::process::Stdio;
-        let mut command = Command::new(binary);
+        let mut command = target_command(binary);
         command
             .env("DEMO_ADDR", "127.0.0.1:0")
             .env("STETHOSCOPE_ADDR", "127.0.0.1:0")

@@ -380,6 +380,11 @@ pub struct SamplerStatus {
     /// Memory held by the running session (unwind tables, ring, stack
     /// copies), in bytes; 0 when idle.
     pub footprint_bytes: usize,
+    /// What sends the running session its signals: `per-thread CPU
+    /// timers`, `ITIMER_PROF` (where per-thread timers are refused: an old
+    /// kernel, a seccomp filter) or `wall-clock timer thread`; `None` when
+    /// idle.
+    pub clock: Option<&'static str>,
 }
 
 /// One distinct stack of a CPU profile.
@@ -669,6 +674,9 @@ pub(crate) static SAMPLER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::co
 pub(crate) async fn exclusive_sampler() -> tokio::sync::MutexGuard<'static, ()> {
     SAMPLER_TESTS.lock().await
 }
+
+#[cfg(all(test, feature = "cpu", native_unwind))]
+mod unwind_tests;
 
 #[cfg(all(test, feature = "cpu", native_unwind))]
 pub(crate) mod tests {

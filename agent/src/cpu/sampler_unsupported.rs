@@ -57,6 +57,9 @@ impl Sampler {
     pub(crate) fn footprint_bytes(&self) -> usize {
         match *self {}
     }
+    pub(crate) fn clock(&self) -> &'static str {
+        match *self {}
+    }
     pub(crate) fn drain(&mut self, _visit: impl FnMut(&RawSample)) -> usize {
         match *self {}
     }

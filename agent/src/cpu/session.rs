@@ -85,6 +85,8 @@ struct Session {
     stopping: bool,
     counters: SamplerCounters,
     footprint_bytes: usize,
+    /// The running sampler's [`Sampler::clock`].
+    clock: Option<&'static str>,
 }
 
 impl Session {
@@ -100,6 +102,7 @@ impl Session {
             stopping: false,
             counters: SamplerCounters::default(),
             footprint_bytes: 0,
+            clock: None,
         }
     }
 
@@ -363,6 +366,7 @@ impl Controller {
             samples_dropped: state.finished.dropped + current.dropped,
             handler_time: Duration::from_nanos(state.finished.handler_ns + current.handler_ns),
             footprint_bytes: session.map_or(0, |s| s.footprint_bytes),
+            clock: session.and_then(|s| s.clock),
         }
     }
 
@@ -480,6 +484,7 @@ impl Controller {
                 state.sessions_started += 1;
                 if let Some(session) = state.session.as_mut() {
                     session.footprint_bytes = sampler.footprint_bytes();
+                    session.clock = Some(sampler.clock());
                     session.counters = SamplerCounters::default();
                 }
                 state.flight.clone()

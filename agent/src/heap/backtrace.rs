@@ -1,4 +1,4 @@
-//! Fast stacks for jemalloc's sampled allocations (Linux x86_64).
+//! Fast stacks for jemalloc's sampled allocations (Linux x86_64 and aarch64).
 //!
 //! jemalloc records the stack of every sampled allocation with libgcc's
 //! `_Unwind_Backtrace`, which finds and interprets the DWARF call-frame
@@ -21,6 +21,11 @@
 //!   know (fibers, signal stacks), every cache busy — the allocation is
 //!   handed to jemalloc's own unwinder instead, so stacks are never worse
 //!   than without this hook.
+//!
+//! On aarch64 the walk starts from the hook's `pc`, `sp`, `x29` and `x30`;
+//! return addresses signed with pointer authentication (`paciasp` in
+//! libraries built with `-mbranch-protection`) are stripped with a mask
+//! derived from the highest code address loaded, as libgcc strips them.
 #![allow(unsafe_code)]
 
 use std::cell::Cell;
@@ -221,23 +226,22 @@ impl HookState {
         index > 0 && self.code[index - 1].contains(&call)
     }
 
-    /// Walks the stack from the hook's own frame (`ip`, `sp`, `bp`) into
-    /// `out`, innermost caller first. None: let jemalloc do it.
-    fn capture(&self, ip: u64, sp: u64, bp: u64, out: &mut [*mut c_void]) -> Option<usize> {
-        let stack_end = thread_stack_end(sp)?;
+    /// Walks the stack from the hook's own frame into `out`, innermost
+    /// caller first. None: let jemalloc do it.
+    fn capture(&self, frame: HookFrame, out: &mut [*mut c_void]) -> Option<usize> {
+        let stack_end = thread_stack_end(frame.sp)?;
         let mut cache = self.caches.claim()?;
-        self.walk(ip, sp, bp, stack_end, &mut cache, out)
+        self.walk(frame, stack_end, &mut cache, out)
     }
 
     fn walk(
         &self,
-        ip: u64,
-        sp: u64,
-        bp: u64,
+        frame: HookFrame,
         stack_end: u64,
         cache: &mut CacheNative<MustNotAllocateDuringUnwind>,
         out: &mut [*mut c_void],
     ) -> Option<usize> {
+        let (ip, sp) = (frame.pc, frame.sp);
         let mut read_stack = |address: u64| {
             if address >= sp && address.is_multiple_of(8) && address < stack_end.saturating_sub(7) {
                 // SAFETY: [sp, stack_end) lies in this thread's stack
@@ -247,7 +251,7 @@ impl HookState {
                 Err(())
             }
         };
-        let regs = UnwindRegsNative::new(ip, sp, bp);
+        let regs = frame.regs(&self.unwinder);
         let mut frames = self.unwinder.iter_frames(ip, regs, cache, &mut read_stack);
         // The first frame is the hook itself.
         if !matches!(frames.next(), Ok(Some(_))) {
@@ -398,23 +402,71 @@ fn hex(digits: &[u8]) -> Option<u64> {
     })
 }
 
+/// The registers of the hook's own frame the walk starts from.
+#[derive(Clone, Copy)]
+struct HookFrame {
+    /// An address inside the hook.
+    pc: u64,
+    sp: u64,
+    /// `rbp` on x86_64, `x29` on aarch64.
+    fp: u64,
+    /// `x30` on aarch64 (the unwind rules say whether it is still the
+    /// return address); unused on x86_64.
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    lr: u64,
+}
+
+impl HookFrame {
+    #[cfg(target_arch = "x86_64")]
+    fn regs(&self, _unwinder: &NativeUnwinder) -> UnwindRegsNative {
+        UnwindRegsNative::new(self.pc, self.sp, self.fp)
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    fn regs(&self, unwinder: &NativeUnwinder) -> UnwindRegsNative {
+        let mask = framehop::aarch64::PtrAuthMask::from_max_known_address(
+            unwinder.max_known_code_address(),
+        );
+        UnwindRegsNative::new_with_ptr_auth_mask(mask, self.lr, self.sp, self.fp)
+    }
+}
+
 /// jemalloc's `prof_backtrace_hook_t`: fill `vec` with up to `max` return
 /// addresses of the allocating thread's stack and set `*len`.
 unsafe extern "C" fn backtrace_hook(vec: *mut *mut c_void, len: *mut c_uint, max: c_uint) {
-    let (ip, sp, bp): (u64, u64, u64);
+    let (pc, sp, fp, lr): (u64, u64, u64, u64);
+    #[cfg(target_arch = "x86_64")]
     // SAFETY: reads the instruction pointer, stack pointer and frame
     // pointer into registers; touches no memory and no flags.
     unsafe {
         std::arch::asm!(
-            "lea {ip}, [rip]",
+            "lea {pc}, [rip]",
             "mov {sp}, rsp",
-            "mov {bp}, rbp",
-            ip = out(reg) ip,
+            "mov {fp}, rbp",
+            pc = out(reg) pc,
             sp = out(reg) sp,
-            bp = out(reg) bp,
+            fp = out(reg) fp,
+            options(nomem, nostack, preserves_flags),
+        );
+        lr = 0;
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: reads the program counter, stack pointer, frame pointer and
+    // link register into registers; touches no memory and no flags.
+    unsafe {
+        std::arch::asm!(
+            "adr {pc}, .",
+            "mov {sp}, sp",
+            "mov {fp}, x29",
+            "mov {lr}, x30",
+            pc = out(reg) pc,
+            sp = out(reg) sp,
+            fp = out(reg) fp,
+            lr = out(reg) lr,
             options(nomem, nostack, preserves_flags),
         );
     }
+    let frame = HookFrame { pc, sp, fp, lr };
     // The gate keeps errno: the first capture on a thread reads
     // /proc/self/maps, and a failing open/read must not change the
     // allocating code's errno.
@@ -424,7 +476,7 @@ unsafe extern "C" fn backtrace_hook(vec: *mut *mut c_void, len: *mut c_uint, max
         GATE.enter(|state| {
             // SAFETY: jemalloc passes a vector of `max` entries.
             let out = unsafe { std::slice::from_raw_parts_mut(vec, max as usize) };
-            state.capture(ip, sp, bp, out)
+            state.capture(frame, out)
         })
         .flatten()
     };
@@ -564,14 +616,19 @@ mod tests {
         std::hint::black_box(depth);
     }
 
-    #[test]
-    fn stacks_match_libgccs() {
+    /// Publishes a hook state for the tests, once.
+    fn publish_for_tests() {
         static PUBLISHED: std::sync::Once = std::sync::Once::new();
         PUBLISHED.call_once(|| {
             // Leaked on purpose: the test binary has no jemalloc to install into.
             let (state, _) = HookState::build();
             GATE.publish(Box::into_raw(state));
         });
+    }
+
+    #[test]
+    fn stacks_match_libgccs() {
+        publish_for_tests();
         let fast_before = FAST.load(Ordering::Relaxed);
         let (mut ours, mut reference) = (Vec::new(), Vec::new());
         nested(20, &mut || {
@@ -587,15 +644,68 @@ mod tests {
         // libgcc_backtrace, return into the closure (another call site),
         // into `nested` ×21, …]. From `nested` on they must be identical.
         assert!(ours.len() > 23, "ours is too short: {ours:x?}");
-        assert_eq!(
-            ours.len(),
-            reference.len(),
-            "ours {ours:x?}\nlibgcc {reference:x?}"
+        assert_same_callers(&ours, &reference);
+    }
+
+    /// Through a frame shaped like aarch64 system libraries built with
+    /// `pac-ret`: its return address is signed and saved without a frame
+    /// record. libgcc authenticates and strips it; ours must agree.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn stacks_through_a_signed_frame_match_libgccs() {
+        use crate::testing::signed::signed_frame_call;
+        use std::cell::RefCell;
+        thread_local! {
+            static TRACES: RefCell<(Vec<usize>, Vec<usize>)> = const {
+                RefCell::new((Vec::new(), Vec::new()))
+            };
+        }
+        extern "C" fn capture(_: u64) {
+            let ours = framehop_backtrace();
+            let reference = libgcc_backtrace();
+            TRACES.with(|t| *t.borrow_mut() = (ours, reference));
+        }
+        publish_for_tests();
+        let fast_before = FAST.load(Ordering::Relaxed);
+        nested(5, &mut || {
+            // SAFETY: calls `capture` through the signed frame.
+            unsafe { signed_frame_call(0, capture) };
+        });
+        let (ours, reference) = TRACES.with(|t| t.borrow().clone());
+        assert!(
+            FAST.load(Ordering::Relaxed) > fast_before,
+            "our unwinder deferred"
         );
-        assert_eq!(
-            ours[2..],
-            reference[2..],
-            "ours {ours:x?}\nlibgcc {reference:x?}"
+        // ours: [into framehop_backtrace, into capture, into
+        // signed_frame_call, into the closure, into `nested` ×6, …];
+        // libgcc's: [inside libgcc_backtrace, into capture (another call
+        // site), then the same from `into signed_frame_call` on].
+        assert!(ours.len() > 10, "ours is too short: {ours:x?}");
+        assert!(
+            ours.iter().all(|&a| (a as u64) >> 48 == 0),
+            "authentication bits left: {ours:x?}"
+        );
+        assert_same_callers(&ours, &reference);
+    }
+
+    /// Ours and libgcc's are the same stack below the two helpers that
+    /// took them (whose own frames differ, and which an optimized build may
+    /// inline). On aarch64 framehop ends the walk one frame early, at the
+    /// thread's first frame (its saved `x29` is 0): libgcc's last frame is
+    /// then the return into libc's `thread_start`, the glue that started
+    /// the thread.
+    fn assert_same_callers(ours: &[usize], reference: &[usize]) {
+        let root_glue = usize::from(cfg!(target_arch = "aarch64"));
+        let reference = &reference[..reference.len().saturating_sub(root_glue)];
+        let common = ours
+            .iter()
+            .rev()
+            .zip(reference.iter().rev())
+            .take_while(|(a, b)| a == b)
+            .count();
+        assert!(
+            common + 2 >= ours.len() && common + 2 >= reference.len(),
+            "{common} frames in common\nours {ours:x?}\nlibgcc {reference:x?}"
         );
     }
 

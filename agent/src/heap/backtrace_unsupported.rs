@@ -8,7 +8,7 @@ pub(crate) struct FastBacktraces(());
 
 pub(crate) fn install() -> Result<FastBacktraces, Error> {
     Err(Error::HeapUnavailable {
-        reason: "fast heap backtraces are built for Linux x86_64 only",
+        reason: "fast heap backtraces are built for Linux x86_64 and aarch64 only",
         hint: "jemalloc's own unwinder is used; heap profiles are unaffected",
     })
 }

@@ -227,7 +227,7 @@ pub struct HeapProfilingState {
 }
 
 /// How jemalloc's sampled allocations get their stacks: the agent's
-/// framehop unwinder (Linux x86_64, see
+/// framehop unwinder (Linux x86_64 and aarch64, see
 /// [`AgentBuilder::fast_heap_backtraces`](crate::AgentBuilder::fast_heap_backtraces))
 /// or jemalloc's own, libgcc's `_Unwind_Backtrace`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -358,7 +358,8 @@ impl HeapProfiler {
 
     /// Replaces jemalloc's unwinder for sampled allocations with the
     /// agent's (framehop, with a rule cache: several times faster, same
-    /// stacks) while this profiler or a clone lives. Linux x86_64; elsewhere,
+    /// stacks) while this profiler or a clone lives. Linux x86_64 and
+    /// aarch64; elsewhere,
     /// or when heap profiling is unavailable, returns an error and changes
     /// nothing.
     pub(crate) fn with_fast_backtraces(mut self) -> Result<Self, Error> {

@@ -208,12 +208,47 @@ impl LinuxReader {
             .boot_time_secs
             .clone()
             .map(|boot| boot as f64 + stat.starttime as f64 / ticks);
+        if stat.num_threads <= 0 {
+            // A live process has at least one thread: this `stat` is not
+            // the kernel's. qemu-user writes the file itself, with zeros
+            // for CPU, memory and threads; take them from where it does
+            // not interfere.
+            return self.read_process_emulated(start_time_seconds);
+        }
         Ok(ProcessReadings {
             cpu_seconds: (stat.utime + stat.stime) as f64 / ticks,
             resident_bytes: stat.rss.saturating_mul(procfs::page_size()),
             virtual_bytes: stat.vsize,
             threads: u64::try_from(stat.num_threads).unwrap_or(0),
             start_time_seconds,
+            emulated_stat: false,
+        })
+    }
+
+    /// The process's readings where `/proc/self/stat` is an emulator's:
+    /// CPU time from the process's CPU clock (the kernel's same
+    /// accounting), memory and threads from `/proc/self/status` (the
+    /// kernel's view of the emulator's process, which is this process).
+    fn read_process_emulated(
+        &mut self,
+        start_time_seconds: Reading<f64>,
+    ) -> Reading<ProcessReadings> {
+        let status = self.read_file("/proc/self/status").and_then(|text| {
+            Status::from_read(text.as_bytes())
+                .map_err(|e| format!("cannot parse /proc/self/status: {e}"))
+        })?;
+        let kib = |value: Option<u64>, name: &str| {
+            value
+                .map(|v| v.saturating_mul(1024))
+                .ok_or_else(|| format!("{name} missing from /proc/self/status"))
+        };
+        Ok(ProcessReadings {
+            cpu_seconds: process_cpu_seconds()?,
+            resident_bytes: kib(status.vmrss, "VmRSS")?,
+            virtual_bytes: kib(status.vmsize, "VmSize")?,
+            threads: status.threads,
+            start_time_seconds,
+            emulated_stat: true,
         })
     }
 
@@ -365,8 +400,9 @@ fn read_pressure(
     let path = PathBuf::from(format!("/proc/pressure/{name}"));
     let text = files.read(&path).map_err(|e| {
         format!(
-            "PSI unavailable ({}: {e}); the kernel needs CONFIG_PSI=y and psi=1",
-            path.display()
+            "PSI unavailable ({}: {}); the kernel needs CONFIG_PSI=y and psi=1",
+            path.display(),
+            reason(&e)
         )
     })?;
     parse_pressure(&text, format!("PSI {} (host-wide)", path.display()))
@@ -415,6 +451,25 @@ pub(crate) fn netstat_value(text: &str, section: &str, field: &str) -> Option<u6
     None
 }
 
+/// CPU time of all threads of this process (`CLOCK_PROCESS_CPUTIME_ID`),
+/// in seconds.
+fn process_cpu_seconds() -> Reading<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if read != 0 {
+        return Err(format!(
+            "cannot read the process's CPU clock: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,8 +511,11 @@ IpExt: 5 99
         let r = reader.read(&cgroups, true, false);
         assert!(r.slow_before.is_some() || r.slow.at.elapsed() < MIN_USE_WINDOW);
         let process = r.process.unwrap();
+        // Also under qemu-user, whose /proc/self/stat reads 0 for these.
         assert!(process.resident_bytes > 1 << 20);
+        assert!(process.virtual_bytes >= process.resident_bytes);
         assert!(process.threads >= 1);
+        assert!(process.cpu_seconds > 0.0, "{process:?}");
         assert!(*r.slow.open_fds.as_ref().unwrap() >= 3);
         assert!(r.slow.cpus_allowed.as_ref().unwrap() >= &1.0);
         assert!(r.host_memory_bytes.unwrap() > 1 << 28);

@@ -125,6 +125,10 @@ pub(crate) struct ProcessReadings {
     pub(crate) threads: u64,
     /// Start time since the Unix epoch, seconds.
     pub(crate) start_time_seconds: Reading<f64>,
+    /// `/proc/self/stat` was an emulator's (qemu-user writes zeros there):
+    /// CPU time came from the process's CPU clock, memory and threads from
+    /// `/proc/self/status`.
+    pub(crate) emulated_stat: bool,
 }
 
 /// One PSI resource: `some` is the share of time at least one task waited.

@@ -85,10 +85,12 @@ pub(crate) fn cpu(base: Option<&Readings>, now: &Readings) -> ResourceUsage {
             let used = delta(b.cpu_seconds, p.cpu_seconds) / secs;
             r.used = Some(used);
             r.utilization = r.limit.and_then(|l| ratio(used, l));
-            src.add(
-                "used",
-                format!("/proc/self/stat utime+stime over {secs:.2} s"),
-            );
+            let clock = if p.emulated_stat {
+                "the process's CPU clock (/proc/self/stat is an emulator's)"
+            } else {
+                "/proc/self/stat utime+stime"
+            };
+            src.add("used", format!("{clock} over {secs:.2} s"));
         }
         (Err(reason), _, _) => src.add("used", reason),
         _ => src.add("used", NO_WINDOW),
@@ -173,7 +175,14 @@ pub(crate) fn memory(now: &Readings) -> ResourceUsage {
         match &now.process {
             Ok(p) => {
                 r.used = Some(p.resident_bytes as f64);
-                src.add("used", "resident set size, /proc/self/stat");
+                src.add(
+                    "used",
+                    if p.emulated_stat {
+                        "resident set size, /proc/self/status VmRSS"
+                    } else {
+                        "resident set size, /proc/self/stat"
+                    },
+                );
             }
             Err(reason) => src.add("used", reason),
         }
@@ -287,7 +296,14 @@ pub(crate) fn threads(now: &Readings) -> ResourceUsage {
         match &now.process {
             Ok(p) => {
                 r.used = Some(p.threads as f64);
-                src.add("used", "/proc/self/stat num_threads");
+                src.add(
+                    "used",
+                    if p.emulated_stat {
+                        "/proc/self/status Threads"
+                    } else {
+                        "/proc/self/stat num_threads"
+                    },
+                );
             }
             Err(reason) => src.add("used", reason),
         }
@@ -564,6 +580,7 @@ mod tests {
             virtual_bytes: rss * 4,
             threads: 10,
             start_time_seconds: Ok(1.0),
+            emulated_stat: false,
         }
     }
 

@@ -22,7 +22,8 @@ use super::error::{ApiError, ErrorStyle, Rendered};
 /// Largest request body most endpoints accept (a JSON toggle, a budget).
 pub(crate) const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
-/// Largest request body `/debug/pprof/symbol` accepts (≈ 50,000 addresses).
+/// Largest request body `/debug/pprof/symbol` (and `/symbolz`) accepts
+/// (≈ 50,000 addresses).
 pub(crate) const SYMBOL_BODY_LIMIT: usize = 1 << 20;
 
 /// The connection a request arrived on, so the body reader can mark when
@@ -31,7 +32,7 @@ pub(crate) const SYMBOL_BODY_LIMIT: usize = 1 << 20;
 pub(crate) struct ConnectionPhase(pub(crate) Arc<Connection>);
 
 fn body_limit(path: &str) -> usize {
-    if path == "/debug/pprof/symbol" {
+    if path == "/debug/pprof/symbol" || path == "/symbolz" {
         SYMBOL_BODY_LIMIT
     } else {
         DEFAULT_BODY_LIMIT

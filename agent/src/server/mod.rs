@@ -124,6 +124,9 @@ pub(crate) fn router(state: AppState) -> Router {
             "/debug/pprof/symbol",
             get(pprof::symbol_get).post(pprof::symbol_post),
         )
+        // Where go tool pprof looks symbols up for a profile fetched from a
+        // path outside /debug/pprof/ (a heap diff, a snapshot).
+        .route("/symbolz", get(pprof::symbol_get).post(pprof::symbol_post))
         .route(
             "/debug/use",
             capability!("resources", get(resources::use_table)),

@@ -186,26 +186,26 @@ async fn symbol_endpoint_speaks_go_protocol() {
     assert_eq!(&text[..], b"num_symbols: 1\n");
 
     let here = symbol_endpoint_speaks_go_protocol as *const () as usize as u64;
-    let body = format!("{here:#x}+0x10");
-    let answer = app
-        .clone()
-        .oneshot(
-            HttpRequest::post("/debug/pprof/symbol")
-                .body(Body::from(body))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
-    let text = answer.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&text);
-    let line = text.lines().next().unwrap_or_default();
-    assert!(line.starts_with(&format!("{here:#x} ")), "{text}");
-    assert!(
-        line.contains("symbol_endpoint_speaks_go_protocol"),
-        "{text}"
-    );
-    assert_eq!(text.lines().count(), 1, "unknown addresses are left out");
+    // `/symbolz`: where go tool pprof asks for profiles fetched from paths
+    // outside /debug/pprof/.
+    for path in ["/debug/pprof/symbol", "/symbolz"] {
+        let body = format!("{here:#x}+0x10");
+        let answer = app
+            .clone()
+            .oneshot(HttpRequest::post(path).body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{path}");
+        let text = answer.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        let line = text.lines().next().unwrap_or_default();
+        assert!(line.starts_with(&format!("{here:#x} ")), "{text}");
+        assert!(
+            line.contains("symbol_endpoint_speaks_go_protocol"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1, "unknown addresses are left out");
+    }
 
     let bad = app
         .oneshot(

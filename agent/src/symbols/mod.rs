@@ -7,6 +7,15 @@
 //! Profiles ([`crate::profile`]) and stall captures use it; it depends on
 //! nothing of theirs.
 
+// Used by the unwinder on aarch64; its parser is tested everywhere.
+#[cfg(all(
+    any(target_arch = "aarch64", test),
+    any(
+        all(native_unwind, any(feature = "cpu", feature = "runtime")),
+        all(native_heap_hook, feature = "heap")
+    )
+))]
+pub(crate) mod cfi;
 pub(crate) mod dwarf;
 pub(crate) mod modules;
 pub(crate) mod symbolize;

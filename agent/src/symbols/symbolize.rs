@@ -493,11 +493,11 @@ mod tests {
             .as_deref()
             .unwrap_or("")
             .ends_with("symbolize.rs"));
-        let before = symbolizer.stats().resolved_total;
-        symbolizer.resolve(&[address]);
-        assert_eq!(
-            symbolizer.stats().resolved_total,
-            before,
+        // The very frames again (other tests resolve through the global
+        // symbolizer at the same time, so its counters may move).
+        let again = symbolizer.resolve(&[address]);
+        assert!(
+            Arc::ptr_eq(&again[&address], &frames[&address]),
             "second lookup is cached"
         );
         assert!(symbolizer.stats().cache_bytes > 0);

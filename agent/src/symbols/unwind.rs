@@ -27,7 +27,7 @@ pub(crate) fn build_unwinder(modules: &[LoadedModule]) -> NativeUnwinder {
                 base_svma: 0,
                 text_svma: Some(text_svma),
                 eh_frame_svma: Some(unwind.eh_frame_svma.clone()),
-                eh_frame: Some(unwind.eh_frame.clone()),
+                eh_frame: Some(eh_frame_for_framehop(&unwind.eh_frame)),
                 eh_frame_hdr_svma: Some(unwind.eh_frame_hdr_svma.clone()),
                 eh_frame_hdr: Some(unwind.eh_frame_hdr.clone()),
                 ..Default::default()
@@ -46,6 +46,17 @@ pub(crate) fn build_unwinder(modules: &[LoadedModule]) -> NativeUnwinder {
         ));
     }
     unwinder
+}
+
+/// A module's `.eh_frame` as framehop gets it: on aarch64, with the
+/// pointer-authentication sign-state opcodes it cannot parse made no-ops
+/// (see [`super::cfi`]; return addresses are stripped with a mask instead).
+fn eh_frame_for_framehop(eh_frame: &[u8]) -> Vec<u8> {
+    #[cfg_attr(not(target_arch = "aarch64"), allow(unused_mut))]
+    let mut copy = eh_frame.to_vec();
+    #[cfg(target_arch = "aarch64")]
+    super::cfi::neutralize_ra_state(&mut copy);
+    copy
 }
 
 /// Bytes of unwind tables `modules` hold.

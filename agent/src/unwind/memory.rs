@@ -49,8 +49,9 @@ impl CopyMethod {
 
 /// Whether a seccomp filter applies to this process (`Seccomp:` in
 /// `/proc/self/status` is 2 for filter mode, 1 for strict mode). Unknown
-/// counts as filtered: the pipe works everywhere.
-fn seccomp_filtered() -> bool {
+/// counts as filtered: the pipe works everywhere, and the CPU timers are
+/// then tried in a child first.
+pub(crate) fn seccomp_filtered() -> bool {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return true;
     };
@@ -99,6 +100,16 @@ fn vm_readv(dst: &mut [u8], src: u64) -> usize {
         )
     };
     usize::try_from(copied).unwrap_or(0)
+}
+
+/// Copies `[src, src + dst.len())` of our own memory into `dst` through
+/// `pipe`, or with `process_vm_readv` without one, up to the first
+/// unreadable byte. Returns the bytes copied.
+fn copy(pipe: Option<&ProbePipe>, dst: &mut [u8], src: u64) -> usize {
+    match pipe {
+        Some(pipe) => pipe.copy(dst, src),
+        None => vm_readv(dst, src),
+    }
 }
 
 /// A non-blocking pipe used to copy memory where `process_vm_readv` is not
@@ -241,11 +252,19 @@ impl StackCopy {
         let victim = self.next_victim;
         self.next_victim = (victim + 1) % CHUNKS;
         let start = address & !(PAGE - 1);
-        let buffer = &mut self.data[victim * CHUNK..(victim + 1) * CHUNK];
-        let copied = match (self.method, &self.pipe) {
-            (CopyMethod::Pipe, Some(pipe)) => pipe.copy(buffer, start),
-            _ => vm_readv(buffer, start),
+        let pipe = match self.method {
+            CopyMethod::Pipe => self.pipe.as_ref(),
+            CopyMethod::VmReadv => None,
         };
+        let buffer = &mut self.data[victim * CHUNK..(victim + 1) * CHUNK];
+        let mut copied = copy(pipe, buffer, start);
+        if copied < PAGE as usize {
+            // The kernel copies up to the first unreadable page; an emulator
+            // (qemu-user checks the whole range first) may copy nothing when
+            // the chunk runs past the end of the stack's mapping. The page
+            // holding the address alone is enough.
+            copied = copy(pipe, &mut buffer[..PAGE as usize], start);
+        }
         self.starts[victim] = start;
         self.lens[victim] = copied;
         if address + 8 <= start + copied as u64 {

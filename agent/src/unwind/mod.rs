@@ -29,6 +29,8 @@ pub(crate) mod slots;
 mod stack;
 
 pub(crate) use gate::SignalGate;
+#[cfg(feature = "cpu")]
+pub(crate) use memory::seccomp_filtered;
 #[cfg(feature = "heap")]
 pub(crate) use slots::Slots;
 #[cfg(any(feature = "cpu", feature = "runtime"))]

@@ -67,16 +67,16 @@ pub(crate) fn ignore(signal: libc::c_int) {
     }
 }
 
-/// Whether `signal` is currently ignored, from the kernel's view of this
-/// process (`SigIgn:` in `/proc/self/status`).
+/// Whether `signal` is currently ignored, as the kernel (or an emulator
+/// such as qemu-user, which keeps the guest's dispositions itself and whose
+/// `/proc/self/status` shows its own) answers `sigaction`.
 #[cfg(test)]
 pub(crate) fn is_ignored(signal: libc::c_int) -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+    // SAFETY: a zeroed sigaction is a valid out-parameter; querying the
+    // disposition changes nothing.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) } != 0 {
         return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1u64 << (signal - 1)) != 0)
+    }
+    current.sa_sigaction == libc::SIG_IGN
 }

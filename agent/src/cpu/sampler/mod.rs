@@ -149,7 +149,15 @@ impl Sampler {
         check_no_foreign_profiler()?;
         let mut sampler = Self::prepare(Gate::Cpu, RING_SLOTS, 0)?;
         install_handler()?;
-        let cpu_timer = match ThreadTimers::start(hz, libc::SIGPROF) {
+        let probe = timers::probe();
+        let timers = if probe.may_create() {
+            ThreadTimers::start(hz, libc::SIGPROF)
+        } else {
+            Err(io::Error::other(format!(
+                "the seccomp filter forbids them ({probe:?})"
+            )))
+        };
+        let cpu_timer = match timers {
             Ok(timers) => {
                 tracing::debug!(threads = timers.len(), "per-thread CPU timers armed");
                 CpuTimer::PerThread(timers)

@@ -145,48 +145,204 @@ impl ThreadTimers {
     }
 
     fn arm(&mut self, tid: u32) -> io::Result<()> {
-        // SAFETY: a zeroed sigevent is valid; the fields set are the ones
-        // SIGEV_THREAD_ID reads.
-        let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
-        event.sigev_notify = libc::SIGEV_THREAD_ID;
-        event.sigev_signo = self.signal;
-        event.sigev_notify_thread_id = tid as libc::c_int;
-        let mut id: libc::c_int = 0;
-        // SAFETY: raw timer_create with a valid sigevent and an out
-        // parameter we own (the kernel's timer id is an int).
-        let created = unsafe {
-            libc::syscall(
-                libc::SYS_timer_create,
-                thread_cpu_clock(tid),
-                &mut event as *mut libc::sigevent,
-                &mut id as *mut libc::c_int,
-            )
-        };
-        if created != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let spec = libc::itimerspec {
-            it_interval: self.interval,
-            it_value: self.interval,
-        };
-        // SAFETY: raw timer_settime of the timer just created, with a
-        // valid itimerspec and no old-value pointer.
-        let armed = unsafe {
-            libc::syscall(
-                libc::SYS_timer_settime,
-                id,
-                0,
-                &spec as *const libc::itimerspec,
-                std::ptr::null_mut::<libc::itimerspec>(),
-            )
-        };
-        if armed != 0 {
-            let error = io::Error::last_os_error();
-            delete(id);
-            return Err(error);
-        }
+        let id = create_and_arm(tid, self.signal, self.interval, self.interval)?;
         self.timers.insert(tid, id);
         Ok(())
+    }
+}
+
+/// Creates a timer on thread `tid`'s CPU clock sending `signal` to that
+/// thread, first after `value`, then every `interval`; returns its kernel
+/// id. Raw system calls only: the seccomp probe's child runs it too.
+fn create_and_arm(
+    tid: u32,
+    signal: libc::c_int,
+    value: libc::timespec,
+    interval: libc::timespec,
+) -> io::Result<libc::c_int> {
+    // SAFETY: a zeroed sigevent is valid; the fields set are the ones
+    // SIGEV_THREAD_ID reads.
+    let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+    event.sigev_notify = libc::SIGEV_THREAD_ID;
+    event.sigev_signo = signal;
+    event.sigev_notify_thread_id = tid as libc::c_int;
+    let mut id: libc::c_int = 0;
+    // SAFETY: raw timer_create with a valid sigevent and an out
+    // parameter we own (the kernel's timer id is an int).
+    let created = unsafe {
+        libc::syscall(
+            libc::SYS_timer_create,
+            thread_cpu_clock(tid),
+            &mut event as *mut libc::sigevent,
+            &mut id as *mut libc::c_int,
+        )
+    };
+    if created != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let spec = libc::itimerspec {
+        it_interval: interval,
+        it_value: value,
+    };
+    // SAFETY: raw timer_settime of the timer just created, with a
+    // valid itimerspec and no old-value pointer.
+    let armed = unsafe {
+        libc::syscall(
+            libc::SYS_timer_settime,
+            id,
+            0,
+            &spec as *const libc::itimerspec,
+            std::ptr::null_mut::<libc::itimerspec>(),
+        )
+    };
+    if armed != 0 {
+        let error = io::Error::last_os_error();
+        delete(id);
+        return Err(error);
+    }
+    Ok(id)
+}
+
+/// What the seccomp probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerProbe {
+    /// No seccomp filter: nothing to probe.
+    Unfiltered,
+    /// Under a filter, a child made, armed and deleted a per-thread timer.
+    Allowed,
+    /// Under a filter, the child's calls failed (with this errno).
+    Refused(i32),
+    /// Under a filter, the child was killed (by this signal; `SIGSYS` for
+    /// a filter's kill action): calling them here would kill the process.
+    Killed(i32),
+    /// The child could not be started or waited for.
+    Unknown,
+}
+
+impl TimerProbe {
+    /// Whether this process may call `timer_create` and `timer_settime`.
+    pub(crate) fn may_create(self) -> bool {
+        matches!(self, TimerProbe::Unfiltered | TimerProbe::Allowed)
+    }
+}
+
+/// Whether per-thread CPU timers may be tried in this process, decided once.
+///
+/// A seccomp filter's action for a forbidden call may be an error or the
+/// death of the process (systemd's `SystemCallFilter=` without
+/// `SystemCallErrorNumber=`, a `SCMP_ACT_KILL` profile). The calls are
+/// tried directly where no filter applies (`Seccomp: 0` in
+/// `/proc/self/status`). Under a filter, they are tried first in a child
+/// that shares this process's memory (`clone(CLONE_VM | CLONE_VFORK)`: no
+/// copy of the address space, only the calling thread waits, for the
+/// microseconds the child runs) and inherits the filter: a kill takes the
+/// child, and the sampler uses `ITIMER_PROF`.
+pub(crate) fn probe() -> TimerProbe {
+    static PROBE: std::sync::OnceLock<TimerProbe> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let probe = if crate::unwind::seccomp_filtered() {
+            probe_in_child()
+        } else {
+            TimerProbe::Unfiltered
+        };
+        tracing::debug!(?probe, "per-thread CPU timer probe");
+        probe
+    })
+}
+
+/// Bytes of stack the probe's child runs on.
+const PROBE_STACK: usize = 64 * 1024;
+
+fn probe_in_child() -> TimerProbe {
+    let mut stack = vec![0u8; PROBE_STACK];
+    // The stack grows down from its 16-byte aligned top.
+    let top = (stack.as_mut_ptr() as usize + PROBE_STACK) & !15;
+    // SAFETY: errno is this thread's; the child shares it (same memory and
+    // thread pointer) and may change it, so it is put back below.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: the child runs `probe_child` on its own stack, which lives
+    // until the waitpid below; it makes raw system calls only and exits.
+    // With CLONE_VFORK this thread resumes once it has exited. SIGCHLD as
+    // its exit signal is what emulators (qemu-user) accept for a fork.
+    let pid = unsafe {
+        libc::clone(
+            probe_child,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::null_mut(),
+        )
+    };
+    let result = if pid <= 0 {
+        TimerProbe::Unknown
+    } else {
+        wait_for_probe(pid)
+    };
+    // SAFETY: restoring this thread's errno.
+    unsafe { *libc::__errno_location() = errno };
+    drop(stack);
+    result
+}
+
+/// Longest wait for the probe's child. With `CLONE_VFORK` it has exited
+/// when `clone` returns; an emulator that turns the call into a plain fork
+/// (qemu-user) runs it alongside, and a forked emulator can hang.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+
+/// What the probe's child `pid` did, killing it if it takes longer than
+/// [`PROBE_WAIT`].
+fn wait_for_probe(pid: libc::pid_t) -> TimerProbe {
+    let deadline = Instant::now() + PROBE_WAIT;
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: polling our own child into our int.
+        let waited = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) };
+        if waited == pid {
+            break;
+        }
+        let interrupted =
+            waited < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+        if waited < 0 && !interrupted {
+            // Reaped by someone else (SIGCHLD ignored, a reaper thread).
+            return TimerProbe::Unknown;
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: killing and reaping the child we started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, libc::__WALL);
+            }
+            tracing::debug!("the CPU timer probe's child hung; killed");
+            return TimerProbe::Unknown;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if libc::WIFSIGNALED(status) {
+        TimerProbe::Killed(libc::WTERMSIG(status))
+    } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        TimerProbe::Allowed
+    } else if libc::WIFEXITED(status) {
+        TimerProbe::Refused(libc::WEXITSTATUS(status))
+    } else {
+        TimerProbe::Unknown
+    }
+}
+
+/// The probe's child: makes, arms (far in the future: it never fires) and
+/// deletes a timer on its own CPU clock, as the sampler would; exits 0, or
+/// with the errno of the call that failed.
+extern "C" fn probe_child(_: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    let hour = libc::timespec {
+        tv_sec: 3600,
+        tv_nsec: 0,
+    };
+    match create_and_arm(tid, libc::SIGPROF, hour, hour) {
+        Ok(id) => {
+            delete(id);
+            0
+        }
+        Err(error) => error.raw_os_error().unwrap_or(255).clamp(1, 255),
     }
 }
 
@@ -228,8 +384,22 @@ mod tests {
         drop(go);
         thread.join().unwrap();
         // The count changed: the next refresh lists the threads again.
+        // `join` returns when the thread's tid word is cleared; under
+        // qemu-user the host thread still runs its exit path then, so the
+        // kernel may list it a moment longer.
+        let deadline = Instant::now() + Duration::from_secs(5);
         timers.refresh();
+        while timers.timers.contains_key(&tid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            timers.refresh();
+        }
         assert!(!timers.timers.contains_key(&tid), "{timers:?}");
+    }
+
+    #[test]
+    fn a_child_can_make_a_timer_where_no_filter_forbids_it() {
+        // No seccomp filter in the unit tests: the child's calls succeed.
+        assert_eq!(probe_in_child(), TimerProbe::Allowed);
     }
 
     #[test]
