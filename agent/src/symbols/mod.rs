@@ -8,6 +8,7 @@
 //! nothing of theirs.
 
 pub(crate) mod dwarf;
+mod lines;
 pub(crate) mod modules;
 pub(crate) mod symbolize;
 #[cfg(any(
