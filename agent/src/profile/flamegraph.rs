@@ -4,23 +4,28 @@ use std::io::{self, Write};
 
 use inferno::flamegraph::{self, Options};
 
+use super::flame_tree::FlameTree;
 use super::view::View;
 use super::{folded, Profile};
 use crate::Error;
 
+/// Width of inferno's frame area in its default 1,200 px canvas (less a
+/// 10 px margin on each side), in pixels.
+const FRAMES_WIDTH_PX: f64 = 1180.0;
+
+/// Narrowest frame drawn, in pixels of the default canvas: narrower frames
+/// are merged, per parent, into one `[n narrower frames]` frame (drawn when
+/// it reaches this width itself), so every sample still counts in the
+/// widths and totals above them.
+pub(super) const MIN_FRAME_PX: f64 = 1.0;
+
 /// Writes the profile's flame-graph value as an inferno SVG. Thread names
 /// are the roots; the title and subtitle carry the profile's description.
+/// Frames narrower than [`MIN_FRAME_PX`] are merged (see
+/// [`super::flame_tree`]).
 pub(super) fn render(profile: &Profile, view: &View, out: &mut impl Write) -> io::Result<()> {
-    // Each stack's text becomes its line in place: the folded text of a
-    // long profile is several MB, and it is held once, not twice.
-    let lines: Vec<String> = folded::lines(profile, view)
-        .into_iter()
-        .map(|(mut stack, count)| {
-            stack.push(' ');
-            stack.push_str(&count.to_string());
-            stack
-        })
-        .collect();
+    let folded = folded::lines(profile, view);
+    let tree = FlameTree::new(&folded);
     let mut options = Options::default();
     options.title = profile.title.clone();
     options.subtitle = Some(subtitle(&profile.comments, SUBTITLE_CHARS));
@@ -30,12 +35,31 @@ pub(super) fn render(profile: &Profile, view: &View, out: &mut impl Write) -> io
         .map_or_else(|| "samples".to_owned(), |vt| vt.kind.clone());
     options.name_type = "Function:".to_owned();
     options.hash = true;
-    if lines.is_empty() {
+    if tree.total() <= 0 {
         // inferno refuses empty input; an idle process still deserves a
         // readable answer rather than an error.
         return out.write_all(&empty_svg(&profile.title));
     }
-    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
+    let min_value = (tree.total() as f64 * MIN_FRAME_PX / FRAMES_WIDTH_PX).ceil() as i64;
+    let mut text = String::new();
+    let lines = tree.drawable_lines(min_value.max(1), &mut text);
+    drop(tree);
+    drop(folded);
+    // The lines come in tree order, a frame's lines together. inferno
+    // sorts whole lines (or, with `no_sort`, refuses lines that are not
+    // sorted so), which splits a frame whose name is a prefix of a
+    // sibling's (`f;…` sorts after `f::{{closure}};…`). Its flame-chart
+    // mode takes lines in the order given, reversed, and merges adjacent
+    // stacks the same way: hence the reversed tree order.
+    options.flame_chart = true;
+    // inferno's minimum width is a percentage of the frame area: the
+    // remainders narrower than a pixel go too (their value stays counted).
+    options.min_width = MIN_FRAME_PX / FRAMES_WIDTH_PX * 100.0;
+    flamegraph::from_lines(
+        &mut options,
+        lines.iter().rev().map(|r| &text[r.clone()]),
+        out,
+    )
 }
 
 /// Characters of subtitle that fit the default 1200 px canvas at inferno's
@@ -119,7 +143,7 @@ fn empty_svg(title: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::build::tests::sample_profile;
+    use crate::profile::build::tests::{named_profile, sample_profile};
 
     #[test]
     fn svg_names_functions_and_carries_the_title() {
@@ -171,6 +195,71 @@ mod tests {
         let long = vec!["x".repeat(400)];
         assert_eq!(subtitle(&long, 20).chars().count(), 20);
         assert_eq!(subtitle(&[], 20), "");
+    }
+
+    /// A window of a busy service: three hot stacks of 3 s each and 6,000
+    /// rare stacks of 1 ms, 24 frames deep, in 40 groups of 150 ms.
+    fn many_stacks_profile() -> Profile {
+        let groups: Vec<String> = (0..40).map(|i| format!("group_{i}")).collect();
+        let rare: Vec<String> = (0..6_000).map(|i| format!("rare_{i}")).collect();
+        let mut stacks: Vec<(Vec<&str>, i64)> = Vec::new();
+        for (i, name) in rare.iter().enumerate() {
+            let mut frames: Vec<&str> = vec![name.as_str(); 19];
+            frames.extend([groups[i % 40].as_str(), "dispatch", "serve", "run", "main"]);
+            stacks.push((frames, 1));
+        }
+        for hot in ["hot_a", "hot_b", "hot_c"] {
+            stacks.push((vec![hot, "dispatch", "serve", "run", "main"], 3_000));
+        }
+        let stacks: Vec<(&[&str], i64)> = stacks
+            .iter()
+            .map(|(frames, ms)| (frames.as_slice(), *ms))
+            .collect();
+        let mut profile = named_profile(&stacks);
+        profile.flame_value = 1;
+        profile
+    }
+
+    #[test]
+    fn frames_narrower_than_a_pixel_are_merged_and_still_count() {
+        let profile = many_stacks_profile();
+        let mut svg = Vec::new();
+        render(&profile, &View::default(), &mut svg).unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        // Unmerged, this profile is ~6,000 × 20 rectangles (tens of MB);
+        // merged, the hot stacks and one remainder per parent.
+        assert!(svg.len() < 200_000, "{} bytes", svg.len());
+        for hot in ["hot_a", "hot_b", "hot_c"] {
+            assert!(svg.contains(hot), "{hot} is drawn");
+        }
+        assert!(!svg.contains("rare_17"), "a frame narrower than a pixel");
+        assert!(svg.contains("group_17"), "a frame wider than a pixel");
+        // Each group of 150 rare stacks (1 ms each, a pixel is 13 ms) is
+        // drawn as one remainder frame that keeps its 150 ms.
+        assert_eq!(svg.matches("[150 narrower frames] (").count(), 40);
+        assert!(
+            svg.contains("[150 narrower frames] (150,000,000 "),
+            "weight kept"
+        );
+        assert!(
+            svg.contains("all (15,000,000,000 "),
+            "the total is every sample's"
+        );
+    }
+
+    #[test]
+    fn a_frame_named_like_the_start_of_a_sibling_is_one_rectangle() {
+        let mut profile = named_profile(&[
+            (&["y", "f", "main"], 30),
+            (&["x", "f::{{closure}}", "main"], 20),
+            (&["f", "main"], 10),
+        ]);
+        let mut svg = Vec::new();
+        profile.flame_value = 1;
+        render(&profile, &View::default(), &mut svg).unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        assert_eq!(svg.matches("<title>f (").count(), 1, "{svg}");
+        assert!(svg.contains("<title>f (40,000,000 "), "{svg}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! become after symbolization, and every output format is rendered from it.
 
 pub(crate) mod build;
+mod flame_tree;
 mod flamegraph;
 mod folded;
 pub(crate) mod frames;

@@ -4,18 +4,34 @@
 //! every compilation unit up front — abbreviations and line-program headers
 //! of all of them — which for a 25 MiB Rust binary costs tens of megabytes
 //! that then stay resident. Here each batch maps the file, finds the units
-//! its addresses fall in through `.debug_aranges`, parses only those, walks
-//! each unit's DIE tree once for all its addresses, runs its line program
-//! once, and drops everything: memory is bounded by the largest unit
-//! touched, and nothing outlives the batch but the results (which the
-//! caller caches per address).
+//! its addresses fall in through `.debug_aranges`, and reads of each unit
+//! only what its addresses need:
+//!
+//! - the unit's functions (start, end, DIE), found in one pass that skips
+//!   every other entry's attributes without decoding them, kept between
+//!   batches (~24 bytes per function);
+//! - the inline chain of each address, read from the subtree of the one
+//!   function it falls in;
+//! - line rows of the line-program sequences holding those functions,
+//!   kept for the next batch; file and function names as they are needed.
+//!
+//! The file is mapped with `MADV_RANDOM`: debug info is read in small
+//! pieces scattered over tens of MiB, and without it every page fault
+//! reads the device's whole read-ahead window around it (8 MiB on some
+//! VMs: most of the binary, to name three functions). The ranges read
+//! whole — `.debug_aranges`, each unit's entries, its line program — are
+//! asked for ahead with `MADV_WILLNEED`. Memory is bounded by
+//! [`UNIT_TABLES_BUDGET`]; nothing but the results and those tables
+//! outlives the batch (the caller caches results per address).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian, UnitOffset};
 use object::{Object, ObjectSection};
+
+use super::lines::{LineProgram, Row, Sequence};
 
 /// One frame of an inline chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,49 +42,62 @@ pub(crate) struct DwarfFrame {
 }
 
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
+type Unit<'a> = gimli::Unit<Reader<'a>>;
 
 /// Most memory the unit tables of one binary keep between batches; the
 /// least recently used units are dropped beyond it. A batch builds what it
 /// needs first, so a working set above the budget costs rebuilds, not
-/// failures. (Measured working sets: a few MiB for a release service's
-/// profile; 34 MiB for a CPU profile of a debug-built test binary.)
-pub(crate) const UNIT_TABLES_BUDGET: usize = 48 << 20;
+/// failures. (Measured: under 1 MiB for a release service's profiles; the
+/// tables hold functions and the line rows of profiled code only.)
+pub(crate) const UNIT_TABLES_BUDGET: usize = 16 << 20;
 
 /// What is kept of one binary between batches: the address ranges of its
 /// compilation units (about 24 bytes each; building them reads all of
-/// `.debug_aranges`) and the lookup tables of recently used units, within
+/// `.debug_aranges`) and the tables of recently used units, within
 /// [`UNIT_TABLES_BUDGET`].
 #[derive(Debug, Default)]
 pub(crate) struct UnitIndex {
     ranges: Vec<(u64, u64, gimli::DebugInfoOffset)>,
-    units: HashMap<gimli::DebugInfoOffset, Arc<UnitTables>>,
+    /// Distinct unit offsets, sorted: the unit holding a cross-unit
+    /// reference is found by binary search.
+    unit_starts: Vec<gimli::DebugInfoOffset>,
+    units: HashMap<gimli::DebugInfoOffset, UnitTables>,
     recent: VecDeque<gimli::DebugInfoOffset>,
     unit_bytes: usize,
 }
 
 impl UnitIndex {
+    fn new(ranges: Vec<(u64, u64, gimli::DebugInfoOffset)>) -> Self {
+        let mut unit_starts: Vec<_> = ranges.iter().map(|r| r.2).collect();
+        unit_starts.sort_unstable_by_key(|o| o.0);
+        unit_starts.dedup();
+        UnitIndex {
+            ranges,
+            unit_starts,
+            ..UnitIndex::default()
+        }
+    }
+
     /// Memory held, estimated, in bytes.
     pub(crate) fn bytes(&self) -> usize {
         self.ranges.capacity() * std::mem::size_of::<(u64, u64, gimli::DebugInfoOffset)>()
+            + self.unit_starts.capacity() * std::mem::size_of::<gimli::DebugInfoOffset>()
             + self.unit_bytes
     }
 
-    fn tables(
-        &mut self,
-        dwarf: &gimli::Dwarf<Reader<'_>>,
-        offset: gimli::DebugInfoOffset,
-    ) -> Option<Arc<UnitTables>> {
-        if let Some(tables) = self.units.get(&offset) {
-            let tables = Arc::clone(tables);
+    /// The unit whose address ranges hold `probe`.
+    fn unit_of(&self, probe: u64) -> Option<gimli::DebugInfoOffset> {
+        let position = self.ranges.partition_point(|u| u.0 <= probe);
+        let &(start, end, offset) = self.ranges.get(position.checked_sub(1)?)?;
+        (start..end).contains(&probe).then_some(offset)
+    }
+
+    /// Marks `offset` as the most recently used unit.
+    fn touch(&mut self, offset: gimli::DebugInfoOffset) {
+        if self.recent.back() != Some(&offset) {
             self.recent.retain(|o| *o != offset);
             self.recent.push_back(offset);
-            return Some(tables);
         }
-        let tables = Arc::new(UnitTables::build(dwarf, offset).ok()?);
-        self.unit_bytes += tables.bytes();
-        self.units.insert(offset, Arc::clone(&tables));
-        self.recent.push_back(offset);
-        Some(tables)
     }
 
     /// Drops the least recently used unit tables beyond the budget.
@@ -78,10 +107,21 @@ impl UnitIndex {
                 break;
             };
             if let Some(evicted) = self.units.remove(&old) {
-                self.unit_bytes = self.unit_bytes.saturating_sub(evicted.bytes());
+                self.unit_bytes = self.unit_bytes.saturating_sub(evicted.bytes);
             }
         }
     }
+}
+
+/// Asks the kernel to read `bytes` (a part of `map`) ahead, in one go.
+fn read_ahead(map: &memmap2::Mmap, bytes: &[u8]) {
+    let base = map.as_ptr() as usize;
+    let start = bytes.as_ptr() as usize;
+    if bytes.is_empty() || start < base || start - base + bytes.len() > map.len() {
+        return;
+    }
+    // Advice only: without it the pages are read as they are touched.
+    let _ = map.advise_range(memmap2::Advice::WillNeed, start - base, bytes.len());
 }
 
 /// Resolves `probes` (addresses as stated in the file, i.e. minus the load
@@ -105,6 +145,8 @@ pub(crate) fn resolve_batch(
     let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else {
         return out;
     };
+    // Advice only (see the module docs); reads work the same without it.
+    let _ = map.advise(memmap2::Advice::Random);
     let Ok(object) = object::File::parse(&*map) else {
         return out;
     };
@@ -113,42 +155,80 @@ pub(crate) fn resolve_batch(
     } else {
         RunTimeEndian::Big
     };
-    let section = |id: gimli::SectionId| -> Result<Reader<'_>, gimli::Error> {
-        let data = object
-            .section_by_name(id.name())
+    let data = |name: &str| -> &[u8] {
+        object
+            .section_by_name(name)
             .and_then(|s| s.data().ok())
-            .unwrap_or(&[]);
-        Ok(EndianSlice::new(data, endian))
+            .unwrap_or(&[])
+    };
+    let section = |id: gimli::SectionId| -> Result<Reader<'_>, gimli::Error> {
+        Ok(EndianSlice::new(data(id.name()), endian))
     };
     if let Ok(dwarf) = gimli::Dwarf::load(section) {
-        let index = index.get_or_insert_with(|| UnitIndex {
-            ranges: unit_index(&dwarf),
-            ..UnitIndex::default()
+        let index = index.get_or_insert_with(|| {
+            let aranges = data(".debug_aranges");
+            read_ahead(&map, aranges);
+            UnitIndex::new(unit_index(&dwarf, aranges.len() / 16))
         });
-        let mut by_unit: HashMap<gimli::DebugInfoOffset, Vec<usize>> = HashMap::new();
+        let mut by_unit: BTreeMap<gimli::DebugInfoOffset, Vec<usize>> = BTreeMap::new();
         for (i, &probe) in probes.iter().enumerate() {
-            let position = index.ranges.partition_point(|u| u.0 <= probe);
-            if let Some(&(start, end, offset)) =
-                position.checked_sub(1).and_then(|p| index.ranges.get(p))
-            {
-                if (start..end).contains(&probe) {
-                    by_unit.entry(offset).or_default().push(i);
-                }
+            if let Some(offset) = index.unit_of(probe) {
+                by_unit.entry(offset).or_default().push(i);
             }
         }
-        for (offset, indices) in by_unit {
-            if let Some(tables) = index.tables(&dwarf, offset) {
-                let mut unit = None;
-                for i in indices {
-                    out[i] = tables.frames(probes[i], &dwarf, offset, &mut unit);
-                }
+        // Every unit this batch reads, asked for at once so the reads overlap.
+        let info = data(".debug_info");
+        let mut headers = Vec::with_capacity(by_unit.len());
+        for (&offset, indices) in &by_unit {
+            if let Ok(header) = dwarf.debug_info.header_from_offset(offset) {
+                let start = offset.0.min(info.len());
+                let end = start
+                    .saturating_add(header.length_including_self())
+                    .min(info.len());
+                read_ahead(&map, &info[start..end]);
+                headers.push((offset, header, indices));
             }
+        }
+        for (offset, header, indices) in headers {
+            let Ok(unit) = dwarf.unit(header) else {
+                continue;
+            };
+            if let Some(program) = &unit.line_program {
+                read_ahead(&map, program.header().raw_program_buf().slice());
+            }
+            let UnitIndex {
+                units,
+                unit_starts,
+                unit_bytes,
+                ..
+            } = &mut *index;
+            let tables = match units.entry(offset) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    let Ok(tables) = UnitTables::build(&dwarf, &unit) else {
+                        continue;
+                    };
+                    *unit_bytes += tables.bytes;
+                    entry.insert(tables)
+                }
+            };
+            let before = tables.bytes;
+            let context = UnitContext {
+                dwarf: &dwarf,
+                unit: &unit,
+                unit_starts,
+            };
+            tables.resolve(&context, probes, indices, &mut out);
+            *unit_bytes = (*unit_bytes + tables.bytes).saturating_sub(before);
+            index.touch(offset);
         }
         index.trim();
     }
     // Addresses DWARF does not cover (C code without debug info, stripped
     // binaries) are named from the symbol table.
     if out.iter().any(Vec::is_empty) {
+        read_ahead(&map, data(".symtab"));
+        read_ahead(&map, data(".strtab"));
         let symbols = object.symbol_map();
         for (index, &probe) in probes.iter().enumerate() {
             if out[index].is_empty() {
@@ -166,9 +246,13 @@ pub(crate) fn resolve_batch(
 }
 
 /// Address ranges of compilation units, sorted by start: from
-/// `.debug_aranges`, or, when a binary has none, from each unit's root DIE.
-fn unit_index(dwarf: &gimli::Dwarf<Reader<'_>>) -> Vec<(u64, u64, gimli::DebugInfoOffset)> {
-    let mut units = Vec::new();
+/// `.debug_aranges` (about `capacity` entries), or, when a binary has none,
+/// from each unit's root DIE.
+fn unit_index(
+    dwarf: &gimli::Dwarf<Reader<'_>>,
+    capacity: usize,
+) -> Vec<(u64, u64, gimli::DebugInfoOffset)> {
+    let mut units = Vec::with_capacity(capacity);
     let mut headers = dwarf.debug_aranges.headers();
     while let Ok(Some(header)) = headers.next() {
         let offset = header.debug_info_offset();
@@ -203,226 +287,383 @@ fn unit_index(dwarf: &gimli::Dwarf<Reader<'_>>) -> Vec<(u64, u64, gimli::DebugIn
             }
         }
     }
-    units.sort_unstable_by_key(|u| u.0);
+    // Stable: units list their ranges in address order and mostly follow
+    // each other, so this merges a few runs instead of sorting from scratch.
+    units.sort_by_key(|u| u.0);
+    units.shrink_to_fit();
     units
 }
 
-/// A function (subprogram) with code, and the calls inlined into it.
-#[derive(Debug)]
-struct Function {
-    /// The DIE its name is read from, on first use.
-    die: UnitOffset,
-    /// Inlined calls, in DIE order (a callee after its caller).
-    inlined: Vec<Inlined>,
+/// What reading one unit needs: its debug info, the unit, and where the
+/// other units start (for references into them).
+struct UnitContext<'d, 'a> {
+    dwarf: &'d gimli::Dwarf<Reader<'a>>,
+    unit: &'d Unit<'a>,
+    unit_starts: &'d [gimli::DebugInfoOffset],
 }
 
-/// One inlined call: where its code is, what it calls, and where from.
+/// One inlined call in the function an address falls in.
 #[derive(Debug)]
 struct Inlined {
-    ranges: Vec<(u64, u64)>,
     depth: isize,
     die: UnitOffset,
-    call_file: Option<Arc<str>>,
+    call_file: Option<u64>,
     call_line: Option<u32>,
 }
 
-/// The lookup tables of one compilation unit, built in one pass and kept
-/// (bounded) so later batches touching the same unit are binary searches.
+/// What is kept of one compilation unit between batches: its functions,
+/// the line rows of the sequences looked up so far, and the names resolved
+/// so far.
 #[derive(Debug)]
 pub(crate) struct UnitTables {
-    /// (start, end, index into `functions`), sorted by start.
-    ranges: Vec<(u64, u64, u32)>,
-    functions: Vec<Function>,
-    lines: Option<LineTable>,
-    /// Function names by DIE, resolved when first needed (most functions of
-    /// a unit never appear in a profile).
-    names: std::sync::Mutex<HashMap<UnitOffset, Arc<str>>>,
+    /// (start, end, DIE) of every function with code, sorted by start.
+    functions: Vec<(u64, u64, UnitOffset)>,
+    /// The line program's sequences, sorted by start, read when lines are
+    /// first needed.
+    sequences: Option<Vec<Sequence>>,
+    /// Function names by DIE.
+    names: HashMap<UnitOffset, Arc<str>>,
+    /// Source file paths by the line program's file index.
+    files: HashMap<u64, Option<Arc<str>>>,
+    /// Memory held, estimated, in bytes.
     bytes: usize,
 }
 
 impl UnitTables {
-    fn build(
-        dwarf: &gimli::Dwarf<Reader<'_>>,
-        offset: gimli::DebugInfoOffset,
-    ) -> Result<Self, gimli::Error> {
-        let header = dwarf.debug_info.header_from_offset(offset)?;
-        let unit = dwarf.unit(header)?;
-        let unit_ref = unit.unit_ref(dwarf);
-        let lines = LineTable::of(dwarf, &unit);
-        let mut ranges = Vec::new();
-        let mut functions: Vec<Function> = Vec::new();
-        // Subprograms currently open in the walk: (depth, index).
-        let mut open: Vec<(isize, usize)> = Vec::new();
-        let mut cursor = unit.entries();
-        while let Some(entry) = cursor.next_dfs()? {
-            let depth = entry.depth();
-            while open.last().is_some_and(|&(d, _)| d >= depth) {
-                open.pop();
-            }
-            let tag = entry.tag();
-            if tag != gimli::DW_TAG_subprogram && tag != gimli::DW_TAG_inlined_subroutine {
+    /// The unit's functions, in one pass over its entries that decodes
+    /// only the attributes of subprograms with code.
+    fn build(dwarf: &gimli::Dwarf<Reader<'_>>, unit: &Unit<'_>) -> Result<Self, gimli::Error> {
+        let mut functions = Vec::new();
+        let mut spans = Vec::new();
+        let mut entries = unit.entries_raw(None)?;
+        while !entries.is_empty() {
+            let offset = entries.next_offset();
+            let Some(abbrev) = entries.read_abbreviation()? else {
+                continue;
+            };
+            let has_code = abbrev.tag() == gimli::DW_TAG_subprogram
+                && abbrev
+                    .attributes()
+                    .iter()
+                    .any(|a| a.name() == gimli::DW_AT_low_pc || a.name() == gimli::DW_AT_ranges);
+            if !has_code {
+                entries.skip_attributes(abbrev.attributes())?;
                 continue;
             }
-            let mut spans = Vec::new();
-            let mut iter = unit_ref.die_ranges(entry)?;
-            while let Some(range) = iter.next()? {
+            let mut code = CodeRanges::default();
+            for spec in abbrev.attributes() {
+                code.read(dwarf, unit, entries.read_attribute(*spec)?)?;
+            }
+            spans.clear();
+            code.ranges(dwarf, unit, &mut spans)?;
+            functions.extend(spans.iter().map(|&(begin, end)| (begin, end, offset)));
+        }
+        functions.sort_unstable_by_key(|f| f.0);
+        functions.shrink_to_fit();
+        let mut tables = UnitTables {
+            functions,
+            sequences: None,
+            names: HashMap::new(),
+            files: HashMap::new(),
+            bytes: 0,
+        };
+        tables.count_bytes();
+        Ok(tables)
+    }
+
+    fn count_bytes(&mut self) {
+        self.bytes = self.functions.capacity() * std::mem::size_of::<(u64, u64, UnitOffset)>()
+            + self
+                .sequences
+                .as_ref()
+                .map_or(0, |s| s.capacity() * std::mem::size_of::<Sequence>())
+            + self.names.values().map(|n| n.len() + 48).sum::<usize>()
+            + self
+                .files
+                .values()
+                .map(|f| f.as_ref().map_or(0, |f| f.len()) + 48)
+                .sum::<usize>();
+    }
+
+    /// The function range holding `probe`: (start, end, DIE).
+    fn function_of(&self, probe: u64) -> Option<(u64, u64, UnitOffset)> {
+        let position = self.functions.partition_point(|f| f.0 <= probe);
+        // Ranges of different functions do not overlap; look back a little
+        // for a function split into several ranges.
+        self.functions[..position]
+            .iter()
+            .rev()
+            .take(8)
+            .find(|f| probe < f.1)
+            .copied()
+    }
+
+    /// Writes the inline chains of `probes[indices]` into `out`.
+    fn resolve(
+        &mut self,
+        context: &UnitContext<'_, '_>,
+        probes: &[u64],
+        indices: &[usize],
+        out: &mut [Vec<DwarfFrame>],
+    ) {
+        let addresses: Vec<u64> = indices.iter().map(|&i| probes[i]).collect();
+        let lines = self.lines(context.unit, &addresses);
+        let mut by_function: BTreeMap<UnitOffset, Vec<usize>> = BTreeMap::new();
+        for (k, &address) in addresses.iter().enumerate() {
+            if let Some((_, _, die)) = self.function_of(address) {
+                by_function.entry(die).or_default().push(k);
+            }
+        }
+        for (die, ks) in by_function {
+            let mut chains: Vec<Vec<Inlined>> = ks.iter().map(|_| Vec::new()).collect();
+            let wanted: Vec<u64> = ks.iter().map(|&k| addresses[k]).collect();
+            // A function whose subtree cannot be read still gets its name
+            // and line.
+            let _ = inlined_calls(context, die, &wanted, &mut chains);
+            for (&k, mut chain) in ks.iter().zip(chains) {
+                chain.sort_by_key(|c| c.depth);
+                out[indices[k]] = self.frames(context, lines[k], die, &chain);
+            }
+        }
+        self.count_bytes();
+    }
+
+    /// File index and line of each of `addresses`, from the rows of the
+    /// sequences holding them (each decoded once).
+    fn lines(&mut self, unit: &Unit<'_>, addresses: &[u64]) -> Vec<Option<(u64, Option<u32>)>> {
+        let mut lines = vec![None; addresses.len()];
+        let Some(program) = unit
+            .line_program
+            .as_ref()
+            .and_then(|p| LineProgram::new(p.header()))
+        else {
+            return lines;
+        };
+        let sequences = self.sequences.get_or_insert_with(|| program.sequences());
+        let mut by_sequence: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (k, &address) in addresses.iter().enumerate() {
+            let position = sequences.partition_point(|s| s.start <= address);
+            if let Some(p) = position.checked_sub(1) {
+                if address < sequences[p].end {
+                    by_sequence.entry(p).or_default().push(k);
+                }
+            }
+        }
+        for (sequence, mut ks) in by_sequence {
+            ks.sort_by_key(|&k| addresses[k]);
+            let mut next = 0;
+            let mut current: Option<Row> = None;
+            // Rows come in address order; each address takes the last row
+            // at or before it.
+            program.rows(&sequences[sequence], |row| {
+                while next < ks.len() && addresses[ks[next]] < row.address {
+                    lines[ks[next]] = current.filter(|r| !r.end_sequence).map(location);
+                    next += 1;
+                }
+                current = Some(row);
+            });
+            for &k in &ks[next..] {
+                lines[k] = current.filter(|r| !r.end_sequence).map(location);
+            }
+        }
+        lines
+    }
+
+    /// The inline chain of an address in the function at `function`,
+    /// given its inlined calls (outermost first) and the address's file
+    /// and line: innermost frame first.
+    fn frames(
+        &mut self,
+        context: &UnitContext<'_, '_>,
+        location: Option<(u64, Option<u32>)>,
+        function: UnitOffset,
+        chain: &[Inlined],
+    ) -> Vec<DwarfFrame> {
+        let mut frames = Vec::with_capacity(chain.len() + 1);
+        // Innermost first: each frame's line is where its callee was called
+        // from; the innermost frame's comes from the line table.
+        let (mut file, mut line) = match location {
+            Some((file, line)) => (Some(file), line),
+            None => (None, None),
+        };
+        for inlined in chain.iter().rev() {
+            frames.push(DwarfFrame {
+                function: self.name(context, inlined.die).to_string(),
+                file: file
+                    .and_then(|f| self.file(context, f))
+                    .map(|f| f.to_string()),
+                line,
+            });
+            (file, line) = (inlined.call_file, inlined.call_line);
+        }
+        frames.push(DwarfFrame {
+            function: self.name(context, function).to_string(),
+            file: file
+                .and_then(|f| self.file(context, f))
+                .map(|f| f.to_string()),
+            line,
+        });
+        frames
+    }
+
+    /// The name of the function whose DIE is at `die`.
+    fn name(&mut self, context: &UnitContext<'_, '_>, die: UnitOffset) -> Arc<str> {
+        if let Some(name) = self.names.get(&die) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = die_name(context, context.unit, die, 0)
+            .map_or_else(|| Arc::from("[unknown]"), Arc::from);
+        self.names.insert(die, Arc::clone(&name));
+        name
+    }
+
+    /// The path of the line program's file `index`.
+    fn file(&mut self, context: &UnitContext<'_, '_>, index: u64) -> Option<Arc<str>> {
+        self.files
+            .entry(index)
+            .or_insert_with(|| {
+                let header = context.unit.line_program.as_ref()?.header();
+                let entry = header.file(index)?;
+                file_path(context.dwarf, context.unit, header, entry).map(Arc::from)
+            })
+            .clone()
+    }
+}
+
+/// A row's file index and line (none for line 0: no source line).
+fn location(row: Row) -> (u64, Option<u32>) {
+    let line = u32::try_from(row.line).unwrap_or(u32::MAX);
+    (row.file, (line > 0).then_some(line))
+}
+
+/// The code ranges of a DIE, from its attributes.
+#[derive(Default)]
+struct CodeRanges<'a> {
+    low: Option<u64>,
+    high: Option<u64>,
+    size: Option<u64>,
+    list: Option<gimli::RangeListsOffset<usize>>,
+    _reader: std::marker::PhantomData<Reader<'a>>,
+}
+
+impl<'a> CodeRanges<'a> {
+    /// Takes the attribute if it says where code is.
+    fn read(
+        &mut self,
+        dwarf: &gimli::Dwarf<Reader<'a>>,
+        unit: &Unit<'a>,
+        attribute: gimli::Attribute<Reader<'a>>,
+    ) -> Result<(), gimli::Error> {
+        match attribute.name() {
+            gimli::DW_AT_low_pc => self.low = dwarf.attr_address(unit, attribute.value())?,
+            gimli::DW_AT_high_pc => match attribute.value() {
+                AttributeValue::Udata(size) => self.size = Some(size),
+                value => self.high = dwarf.attr_address(unit, value)?,
+            },
+            gimli::DW_AT_ranges => {
+                self.list = dwarf.attr_ranges_offset(unit, attribute.value())?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Appends the non-empty ranges to `out`.
+    fn ranges(
+        &self,
+        dwarf: &gimli::Dwarf<Reader<'a>>,
+        unit: &Unit<'a>,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<(), gimli::Error> {
+        if let Some(list) = self.list {
+            let mut ranges = dwarf.ranges(unit, list)?;
+            while let Some(range) = ranges.next()? {
                 if range.end > range.begin {
-                    spans.push((range.begin, range.end));
+                    out.push((range.begin, range.end));
                 }
             }
-            if spans.is_empty() {
-                continue; // a declaration or an abstract instance: no code
+        } else if let Some(low) = self.low {
+            let high = self.size.map(|s| low.saturating_add(s)).or(self.high);
+            if let Some(high) = high.filter(|&h| h > low) {
+                out.push((low, high));
             }
-            if tag == gimli::DW_TAG_subprogram {
-                let index = functions.len();
-                for &(begin, end) in &spans {
-                    ranges.push((begin, end, index as u32));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the subtree of the function at `function` and appends to
+/// `chains[k]` the inlined calls whose code holds `probes[k]`.
+fn inlined_calls(
+    context: &UnitContext<'_, '_>,
+    function: UnitOffset,
+    probes: &[u64],
+    chains: &mut [Vec<Inlined>],
+) -> Result<(), gimli::Error> {
+    let (dwarf, unit) = (context.dwarf, context.unit);
+    let mut entries = unit.entries_raw(Some(function))?;
+    let Some(abbrev) = entries.read_abbreviation()? else {
+        return Ok(());
+    };
+    entries.skip_attributes(abbrev.attributes())?;
+    let mut spans = Vec::new();
+    // Children have depth 1 and more; the null entry ending them brings
+    // the depth back to 0.
+    while entries.next_depth() > 0 && !entries.is_empty() {
+        let depth = entries.next_depth();
+        let die = entries.next_offset();
+        let Some(abbrev) = entries.read_abbreviation()? else {
+            continue;
+        };
+        if abbrev.tag() != gimli::DW_TAG_inlined_subroutine {
+            entries.skip_attributes(abbrev.attributes())?;
+            continue;
+        }
+        let mut code = CodeRanges::default();
+        let (mut call_file, mut call_line) = (None, None);
+        for spec in abbrev.attributes() {
+            let attribute = entries.read_attribute(*spec)?;
+            match (attribute.name(), attribute.value()) {
+                (
+                    gimli::DW_AT_call_file,
+                    AttributeValue::FileIndex(i) | AttributeValue::Udata(i),
+                ) => {
+                    call_file = Some(i);
                 }
-                functions.push(Function {
-                    die: entry.offset(),
-                    inlined: Vec::new(),
-                });
-                open.push((depth, index));
-            } else if let Some(&(_, function)) = open.last() {
-                let call_file = match entry.attr_value(gimli::DW_AT_call_file) {
-                    Some(AttributeValue::FileIndex(i)) | Some(AttributeValue::Udata(i)) => {
-                        lines.as_ref().and_then(|l| l.files.get(&i).cloned())
-                    }
-                    _ => None,
-                };
-                let call_line = match entry.attr_value(gimli::DW_AT_call_line) {
-                    Some(AttributeValue::Udata(l)) => u32::try_from(l).ok(),
-                    Some(AttributeValue::Data1(l)) => Some(u32::from(l)),
-                    Some(AttributeValue::Data2(l)) => Some(u32::from(l)),
-                    Some(AttributeValue::Data4(l)) => Some(l),
-                    _ => None,
-                };
-                functions[function].inlined.push(Inlined {
-                    ranges: spans,
+                (gimli::DW_AT_call_line, value) => {
+                    call_line = value.udata_value().and_then(|l| u32::try_from(l).ok());
+                }
+                _ => code.read(dwarf, unit, attribute)?,
+            }
+        }
+        spans.clear();
+        code.ranges(dwarf, unit, &mut spans)?;
+        for (k, &probe) in probes.iter().enumerate() {
+            if spans.iter().any(|&(b, e)| (b..e).contains(&probe)) {
+                chains[k].push(Inlined {
                     depth,
-                    die: entry.offset(),
+                    die,
                     call_file,
                     call_line,
                 });
             }
         }
-        ranges.sort_unstable_by_key(|r| r.0);
-        let inlined: usize = functions.iter().map(|f| f.inlined.len()).sum();
-        let bytes = ranges.len() * std::mem::size_of::<(u64, u64, u32)>()
-            + functions.len() * std::mem::size_of::<Function>()
-            + inlined * (std::mem::size_of::<Inlined>() + 16)
-            + lines.as_ref().map_or(0, LineTable::bytes);
-        Ok(Self {
-            ranges,
-            functions,
-            lines,
-            names: std::sync::Mutex::new(HashMap::new()),
-            bytes,
-        })
     }
-
-    /// Memory held, estimated, in bytes (names resolved so far included).
-    pub(crate) fn bytes(&self) -> usize {
-        let names = self.names.lock().map_or(0, |names| {
-            names.len() * 48 + names.values().map(|n| n.len()).sum::<usize>()
-        });
-        self.bytes + names
-    }
-
-    /// The name of the function whose DIE is at `die`, reading the unit
-    /// (`unit`, parsed at most once per batch) when not yet known.
-    fn name<'a>(
-        &self,
-        die: UnitOffset,
-        dwarf: &gimli::Dwarf<Reader<'a>>,
-        offset: gimli::DebugInfoOffset,
-        unit: &mut Option<gimli::Unit<Reader<'a>>>,
-    ) -> Arc<str> {
-        let mut names = self
-            .names
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(name) = names.get(&die) {
-            return Arc::clone(name);
-        }
-        if unit.is_none() {
-            *unit = dwarf
-                .debug_info
-                .header_from_offset(offset)
-                .and_then(|header| dwarf.unit(header))
-                .ok();
-        }
-        let name: Arc<str> = unit
-            .as_ref()
-            .and_then(|unit| die_name(dwarf, unit, die, 0))
-            .map_or_else(|| Arc::from("[unknown]"), Arc::from);
-        names.insert(die, Arc::clone(&name));
-        name
-    }
-
-    /// The inline chain at `probe`, innermost first.
-    fn frames<'a>(
-        &self,
-        probe: u64,
-        dwarf: &gimli::Dwarf<Reader<'a>>,
-        offset: gimli::DebugInfoOffset,
-        unit: &mut Option<gimli::Unit<Reader<'a>>>,
-    ) -> Vec<DwarfFrame> {
-        let position = self.ranges.partition_point(|r| r.0 <= probe);
-        // Ranges of different functions do not overlap; look back a little
-        // for a function split into several ranges.
-        let function = self.ranges[..position]
-            .iter()
-            .rev()
-            .take(8)
-            .find(|r| probe < r.1)
-            .and_then(|r| self.functions.get(r.2 as usize));
-        let Some(function) = function else {
-            return Vec::new();
-        };
-        let mut chain: Vec<&Inlined> = function
-            .inlined
-            .iter()
-            .filter(|i| i.ranges.iter().any(|&(b, e)| (b..e).contains(&probe)))
-            .collect();
-        chain.sort_by_key(|i| i.depth);
-        let innermost_location = self
-            .lines
-            .as_ref()
-            .and_then(|l| l.find(probe))
-            .unwrap_or((None, None));
-        let mut frames = Vec::with_capacity(chain.len() + 1);
-        // Innermost first: each frame's line is where its callee was called
-        // from; the innermost frame's comes from the line table.
-        let mut location = innermost_location;
-        for inlined in chain.iter().rev() {
-            frames.push(DwarfFrame {
-                function: self.name(inlined.die, dwarf, offset, unit).to_string(),
-                file: location.0.as_deref().map(str::to_owned),
-                line: location.1,
-            });
-            location = (inlined.call_file.clone(), inlined.call_line);
-        }
-        frames.push(DwarfFrame {
-            function: self.name(function.die, dwarf, offset, unit).to_string(),
-            file: location.0.as_deref().map(str::to_owned),
-            line: location.1,
-        });
-        frames
-    }
+    Ok(())
 }
 
 /// A function's name: its linkage name demangled, or its plain name,
 /// following `DW_AT_abstract_origin` / `DW_AT_specification`.
 fn die_name(
-    dwarf: &gimli::Dwarf<Reader<'_>>,
-    unit: &gimli::Unit<Reader<'_>>,
+    context: &UnitContext<'_, '_>,
+    unit: &Unit<'_>,
     offset: UnitOffset,
     hops: u32,
 ) -> Option<String> {
     if hops > 4 {
         return None;
     }
+    let dwarf = context.dwarf;
     let entry = unit.entry(offset).ok()?;
     let string = |value: AttributeValue<Reader<'_>>| {
         dwarf
@@ -441,12 +682,12 @@ fn die_name(
     for attribute in [gimli::DW_AT_abstract_origin, gimli::DW_AT_specification] {
         match entry.attr_value(attribute) {
             Some(AttributeValue::UnitRef(target)) => {
-                return die_name(dwarf, unit, target, hops + 1)
+                return die_name(context, unit, target, hops + 1)
             }
             Some(AttributeValue::DebugInfoRef(target)) => {
                 // A reference into another unit (cross-unit inlining with LTO).
-                let (other, local) = unit_containing(dwarf, target)?;
-                return die_name(dwarf, &other, local, hops + 1);
+                let (other, local) = unit_containing(context, target)?;
+                return die_name(context, &other, local, hops + 1);
             }
             _ => {}
         }
@@ -456,83 +697,41 @@ fn die_name(
 
 /// The unit holding a `.debug_info` offset, and the offset within it.
 fn unit_containing<'a>(
-    dwarf: &gimli::Dwarf<Reader<'a>>,
+    context: &UnitContext<'_, 'a>,
     target: gimli::DebugInfoOffset,
-) -> Option<(gimli::Unit<Reader<'a>>, UnitOffset)> {
-    let mut headers = dwarf.units();
-    while let Ok(Some(header)) = headers.next() {
-        let start = header.debug_info_offset()?;
-        let end = start.0 + header.length_including_self();
-        if (start.0..end).contains(&target.0) {
-            let local = target.to_unit_offset(&header)?;
-            let unit = dwarf.unit(header).ok()?;
-            return Some((unit, local));
-        }
-    }
-    None
-}
-
-/// A unit's line table as address ranges, and its file names by index.
-#[derive(Debug)]
-struct LineTable {
-    rows: Vec<(u64, u64, u64, u32)>,
-    files: HashMap<u64, Arc<str>>,
-}
-
-impl LineTable {
-    fn of(dwarf: &gimli::Dwarf<Reader<'_>>, unit: &gimli::Unit<Reader<'_>>) -> Option<Self> {
-        let program = unit.line_program.clone()?;
-        let header = program.header().clone();
-        let mut files = HashMap::new();
-        let mut index = 0u64;
-        // File indices start at 0 (DWARF 5) or 1 (DWARF 4); look both up.
-        while index <= header.file_names().len() as u64 + 1 {
-            if let Some(entry) = header.file(index) {
-                if let Some(path) = file_path(dwarf, unit, &header, entry) {
-                    files.insert(index, Arc::from(path));
+) -> Option<(Unit<'a>, UnitOffset)> {
+    let dwarf = context.dwarf;
+    let position = context.unit_starts.partition_point(|o| o.0 <= target.0);
+    let header = match position
+        .checked_sub(1)
+        .and_then(|p| context.unit_starts.get(p))
+        .and_then(|&start| dwarf.debug_info.header_from_offset(start).ok())
+        .filter(|header| {
+            header
+                .debug_info_offset()
+                .is_some_and(|start| start.0 + header.length_including_self() > target.0)
+        }) {
+        Some(header) => header,
+        // Units without address ranges are not in the index: walk them all.
+        None => {
+            let mut headers = dwarf.units();
+            loop {
+                let header = headers.next().ok()??;
+                let start = header.debug_info_offset()?;
+                if (start.0..start.0 + header.length_including_self()).contains(&target.0) {
+                    break header;
                 }
             }
-            index += 1;
         }
-        let mut rows = Vec::new();
-        let mut previous: Option<(u64, u64, u32)> = None;
-        let mut state = program.rows();
-        while let Ok(Some((_, row))) = state.next_row() {
-            let address = row.address();
-            if let Some((start, file, line)) = previous.take() {
-                if address > start {
-                    rows.push((start, address, file, line));
-                }
-            }
-            if !row.end_sequence() {
-                let line = row
-                    .line()
-                    .map_or(0, |l| u32::try_from(l.get()).unwrap_or(u32::MAX));
-                previous = Some((address, row.file_index(), line));
-            }
-        }
-        rows.sort_unstable_by_key(|r| r.0);
-        Some(Self { rows, files })
-    }
-
-    fn bytes(&self) -> usize {
-        self.rows.capacity() * std::mem::size_of::<(u64, u64, u64, u32)>()
-            + self.files.values().map(|f| f.len() + 48).sum::<usize>()
-    }
-
-    fn find(&self, probe: u64) -> Option<(Option<Arc<str>>, Option<u32>)> {
-        let position = self.rows.partition_point(|r| r.0 <= probe).checked_sub(1)?;
-        let (start, end, file, line) = self.rows[position];
-        if !(start..end).contains(&probe) {
-            return None;
-        }
-        Some((self.files.get(&file).cloned(), (line > 0).then_some(line)))
-    }
+    };
+    let local = target.to_unit_offset(&header)?;
+    let unit = dwarf.unit(header).ok()?;
+    Some((unit, local))
 }
 
 fn file_path(
     dwarf: &gimli::Dwarf<Reader<'_>>,
-    unit: &gimli::Unit<Reader<'_>>,
+    unit: &Unit<'_>,
     header: &gimli::LineProgramHeader<Reader<'_>>,
     entry: &gimli::FileEntry<Reader<'_>>,
 ) -> Option<String> {
@@ -615,6 +814,51 @@ mod tests {
             chains[1].is_empty(),
             "an address outside the binary is unknown"
         );
+    }
+
+    #[inline(always)]
+    fn an_inlined_helper_for_dwarf(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(3)
+    }
+
+    #[inline(never)]
+    fn a_caller_with_inlined_code_for_dwarf() -> u64 {
+        let x = std::hint::black_box(5);
+        an_inlined_helper_for_dwarf(x).wrapping_add(1) // the call's line
+    }
+
+    #[test]
+    fn inlined_calls_are_frames_with_the_line_they_were_called_from() {
+        let address = a_caller_with_inlined_code_for_dwarf as *const () as usize as u64;
+        let (path, probe) = probe_of(address);
+        let probes: Vec<u64> = (0..96).map(|i| probe + i).collect();
+        let chains = resolve_batch(&path, &probes, &mut None);
+        let inlined = chains
+            .iter()
+            .find(|chain| chain.len() >= 2)
+            .expect("an address inside the inlined helper");
+        assert!(
+            inlined[0].function.ends_with("an_inlined_helper_for_dwarf"),
+            "{inlined:?}"
+        );
+        let caller = inlined.last().unwrap();
+        assert!(
+            caller
+                .function
+                .ends_with("a_caller_with_inlined_code_for_dwarf"),
+            "{inlined:?}"
+        );
+        let source = include_str!("dwarf.rs");
+        let call_line = source
+            .lines()
+            .position(|l| l.ends_with("// the call's line"))
+            .unwrap() as u32
+            + 1;
+        assert_eq!(caller.line, Some(call_line), "{inlined:?}");
+        assert!(caller
+            .file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("dwarf.rs")));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 ))]
 pub(crate) mod cfi;
 pub(crate) mod dwarf;
+mod lines;
 pub(crate) mod modules;
 pub(crate) mod symbolize;
 #[cfg(any(

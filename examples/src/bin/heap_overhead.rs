@@ -4,6 +4,10 @@
 //! cargo run --release -p stethoscope-examples --bin heap_overhead -- [--rounds 7] [--secs 4] [--clients 3]
 //! ```
 //!
+//! `HEAP_OVERHEAD_EXTRA_CONF=prof_accum:true` (any jemalloc options) is
+//! appended to every `prof:true` variant's options: a tuning tried
+//! against the same load.
+//!
 //! Every measurement runs in a child process of this binary, with jemalloc's
 //! options set through `_RJEM_MALLOC_CONF` (which overrides the options
 //! `heap_profiling!()` compiles in):
@@ -199,7 +203,7 @@ impl Service {
         let mut child = Command::new(exe)
             .arg("--serve")
             .args(variant.fast.then_some("--fast"))
-            .env("_RJEM_MALLOC_CONF", variant.conf)
+            .env("_RJEM_MALLOC_CONF", with_extra(variant.conf))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -330,12 +334,24 @@ fn load(service: &Service, path: &'static str, clients: usize, secs: u64) -> (f6
     )
 }
 
+/// `conf`, and for the `prof:true` variants the options in
+/// `HEAP_OVERHEAD_EXTRA_CONF` (e.g. `prof_accum:true`) after it: jemalloc
+/// options tried against the same load.
+fn with_extra(conf: &str) -> String {
+    match std::env::var("HEAP_OVERHEAD_EXTRA_CONF") {
+        Ok(extra) if conf.starts_with("prof:true") && !extra.is_empty() => {
+            format!("{conf},{extra}")
+        }
+        _ => conf.to_owned(),
+    }
+}
+
 fn micro_rate(conf: &str, fast: bool, secs: u64, depth: u32) -> f64 {
     let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("exe: {e}")));
     let output = Command::new(exe)
         .args(["--micro", &secs.to_string(), &depth.to_string()])
         .args(fast.then_some("--fast"))
-        .env("_RJEM_MALLOC_CONF", conf)
+        .env("_RJEM_MALLOC_CONF", with_extra(conf))
         .output()
         .unwrap_or_else(|e| fail(&format!("micro: {e}")));
     String::from_utf8_lossy(&output.stdout)
@@ -352,10 +368,26 @@ fn option(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Loads `service` on `path` while its agent takes a CPU profile; returns
-/// the share of samples in a stack unwinder (libgcc's `_Unwind_Backtrace`
-/// or the agent's heap hook) and in jemalloc's `prof_*` functions.
-fn unwinding_share(service: &Service, path: &'static str, clients: usize, secs: u64) -> (f64, f64) {
+/// Where a loaded service's CPU samples are: the shares in a stack
+/// unwinder (libgcc's `_Unwind_Backtrace` or the agent's heap hook) and in
+/// jemalloc's `prof_*` functions, and which functions the latter are.
+struct ProfShares {
+    unwinding: f64,
+    profiling: f64,
+    /// Shares of all samples by the outermost `prof_*` frame of a stack in
+    /// jemalloc's profiling code (its entry point), largest first.
+    by_entry: Vec<(String, f64)>,
+    /// The same by the innermost frame (where the time is spent).
+    by_leaf: Vec<(String, f64)>,
+}
+
+fn is_prof_frame(frame: &str) -> bool {
+    frame.starts_with("prof_") || frame.contains("je_prof_")
+}
+
+/// Loads `service` on `path` while its agent takes a CPU profile; where
+/// the samples are.
+fn unwinding_share(service: &Service, path: &'static str, clients: usize, secs: u64) -> ProfShares {
     let loaded = std::thread::scope(|scope| {
         let load = scope.spawn(|| load(service, path, clients, secs + 1));
         std::thread::sleep(Duration::from_millis(300));
@@ -367,6 +399,8 @@ fn unwinding_share(service: &Service, path: &'static str, clients: usize, secs: 
         folded
     });
     let (mut total, mut unwinding, mut profiling) = (0.0, 0.0, 0.0);
+    let mut by_entry: std::collections::HashMap<String, f64> = Default::default();
+    let mut by_leaf: std::collections::HashMap<String, f64> = Default::default();
     for line in loaded.lines() {
         let Some((stack, count)) = line.rsplit_once(' ') else {
             continue;
@@ -376,11 +410,27 @@ fn unwinding_share(service: &Service, path: &'static str, clients: usize, secs: 
         if stack.contains("_Unwind_Backtrace") || stack.contains("backtrace_hook") {
             unwinding += count;
         }
-        if stack.contains(";prof_") || stack.contains("je_prof_") {
+        if let Some(entry) = stack.split(';').find(|f| is_prof_frame(f)) {
             profiling += count;
+            *by_entry.entry(entry.to_owned()).or_default() += count;
+            let leaf = stack.rsplit(';').next().unwrap_or(stack);
+            *by_leaf.entry(leaf.to_owned()).or_default() += count;
         }
     }
-    (unwinding / total.max(1.0), profiling / total.max(1.0))
+    let ranked = |map: std::collections::HashMap<String, f64>| {
+        let mut ranked: Vec<(String, f64)> = map
+            .into_iter()
+            .map(|(name, count)| (name, count / total.max(1.0)))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked
+    };
+    ProfShares {
+        unwinding: unwinding / total.max(1.0),
+        profiling: profiling / total.max(1.0),
+        by_entry: ranked(by_entry),
+        by_leaf: ranked(by_leaf),
+    }
 }
 
 /// One GET on a fresh connection; its body.
@@ -505,13 +555,25 @@ fn parent(args: &[String]) {
     println!("\n## Share of the service's CPU samples (CPU profile at 499 Hz under the same load)");
     for (path, _) in PATHS {
         for index in [n - 2, n - 1] {
-            let (unwinding, profiling) = unwinding_share(&services[index], path, clients, secs);
+            let shares = unwinding_share(&services[index], path, clients, secs);
             println!(
                 "{path:<14} {:<32} {:.2} % unwinding, {:.2} % in jemalloc's prof_* code (incl. unwinding)",
                 VARIANTS[index].label,
-                unwinding * 100.0,
-                profiling * 100.0
+                shares.unwinding * 100.0,
+                shares.profiling * 100.0
             );
+            if index == n - 1 {
+                let top = |ranked: &[(String, f64)]| {
+                    ranked
+                        .iter()
+                        .take(8)
+                        .map(|(name, share)| format!("{name} {:.2} %", share * 100.0))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                println!("    by entry point: {}", top(&shares.by_entry));
+                println!("    by innermost frame: {}", top(&shares.by_leaf));
+            }
         }
     }
     drop(services);

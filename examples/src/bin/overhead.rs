@@ -14,6 +14,9 @@
 //! ```text
 //! cargo run --release -p stethoscope-examples --bin overhead -- [--rounds 9] [--secs 3] [--report-secs 30] [--threads N] [--tokio 1]
 //! ```
+//!
+//! With `OVERHEAD_SAVE_DIR=DIR` the reports of the long window are written
+//! there too (`window.svg`, `window.folded`, …), to look at.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -352,8 +355,15 @@ fn report_generation(options: &Options, rss: &RssLog) {
         let started = Instant::now();
         let profile = raw.to_profile();
         let symbolized = started.elapsed();
-        let bytes = profile.render(format).map_or(0, |b| b.len());
+        let rendered = profile.render(format).unwrap_or_default();
         let total = started.elapsed();
+        let bytes = rendered.len();
+        if let Some(dir) = std::env::var_os("OVERHEAD_SAVE_DIR") {
+            let path = std::path::Path::new(&dir).join(format!("window.{}", format.name()));
+            if let Err(e) = std::fs::write(&path, &rendered) {
+                eprintln!("{}: {e}", path.display());
+            }
+        }
         println!(
             "{:>7}: {:>7.1} ms after the window ({:.1} ms symbolization lookups, {:.1} ms encoding), {} bytes",
             format.name(),
