@@ -98,12 +98,10 @@ fn a_known_two_to_one_churn_ranks_67_33_and_adds_up() {
     let agent = start_agent();
     let addr = agent.local_addr();
     let pprof_url = format!("http://{addr}/debug/pprof/allocs?seconds=10");
-    let go = std::thread::spawn(move || {
-        go_pprof(&["-top", "-sample_index=alloc_space", &pprof_url])
-    });
-    let json = std::thread::spawn(move || {
-        get(addr, "/debug/pprof/allocs?seconds=10&format=json", None)
-    });
+    let go =
+        std::thread::spawn(move || go_pprof(&["-top", "-sample_index=alloc_space", &pprof_url]));
+    let json =
+        std::thread::spawn(move || get(addr, "/debug/pprof/allocs?seconds=10&format=json", None));
     assert!(
         wait_until(Duration::from_secs(60), || open_windows(addr) == 2),
         "the two windows did not open"
@@ -129,7 +127,12 @@ fn a_known_two_to_one_churn_ranks_67_33_and_adds_up() {
         .iter()
         .filter_map(|t| t["type"].as_str())
         .collect();
-    assert_eq!(kinds, ["alloc_objects", "alloc_space"], "{}", doc["sample_types"]);
+    assert_eq!(
+        kinds,
+        ["alloc_objects", "alloc_space"],
+        "{}",
+        doc["sample_types"]
+    );
     let small = space_through(&doc, "churn_small_objects", "alloc_space");
     let large = space_through(&doc, "churn_large_objects", "alloc_space");
     let total = doc["totals"]["alloc_space"].as_f64().unwrap_or(0.0);
@@ -166,7 +169,9 @@ fn a_known_two_to_one_churn_ranks_67_33_and_adds_up() {
         .filter_map(|s| s["frames"][0].as_str())
         .collect();
     assert!(
-        leaves.iter().all(|leaf| !leaf.contains("_rjem_") && !leaf.contains("__rust_alloc")),
+        leaves
+            .iter()
+            .all(|leaf| !leaf.contains("_rjem_") && !leaf.contains("__rust_alloc")),
         "{leaves:?}"
     );
     // go tool pprof read the second window: the heavier function first.
@@ -316,7 +321,10 @@ fn routes_allocating_two_to_one_rank_67_33_by_route() {
     );
     // The live heap itself, by route.
     let live = get(addr, "/debug/pprof/heap?format=json&by=route", None).json();
-    assert!(by_value(&live, "/keep-more") > by_value(&live, "/keep-less"), "{live}");
+    assert!(
+        by_value(&live, "/keep-more") > by_value(&live, "/keep-less"),
+        "{live}"
+    );
     drop(runtime);
 }
 
@@ -334,21 +342,36 @@ fn scrapes_kept_profiles_and_bad_parameters() {
     assert!(ok, "{stderr}");
     assert!(raw.contains("inuse_space/bytes"), "{raw}");
 
+    // Something to count: churn on another thread during the window.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churning = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(30)
+            {
+                black_box(churn_large_objects(8 << 20));
+            }
+        })
+    };
     let kept = send(addr, "POST", "/debug/profiles?kind=allocs&seconds=1", None);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churning.join().expect("churn");
     assert_eq!(kept.status, 201, "{}", kept.text());
+    assert!(kept.json()["samples"].as_u64() > Some(0), "{}", kept.text());
     let kept = kept.json();
     assert_eq!(kept["mode"], "allocs", "{kept}");
     let url = kept["url"].as_str().expect("url").to_owned();
     for (format, needle) in [
-        ("svg", "<svg"),
+        ("svg", "churn_large_objects"),
         ("text", "By your code"),
-        ("folded", ";"),
+        ("folded", "churn_large_objects"),
         ("json", "alloc_space"),
     ] {
         let reply = get(addr, &format!("{url}?format={format}"), None);
         assert_eq!(reply.status, 200, "{format}: {}", reply.text());
         let body = reply.text();
-        // The agent's own allocations fill a 1 s window of an idle agent.
         assert!(body.contains(needle), "{format}: {body}");
     }
     let (ok, raw, stderr) = go_pprof(&["-raw", &format!("http://{addr}{url}?format=pprof")]);

@@ -648,6 +648,10 @@ mod tests {
             .samples
             .iter()
             .any(|s| s.thread.as_deref() == Some(TRUNCATED)));
-        assert!(profile.comments[0].contains("0.02 MiB/s"), "{:?}", profile.comments);
+        assert!(
+            profile.comments[0].contains("0.02 MiB/s"),
+            "{:?}",
+            profile.comments
+        );
     }
 }

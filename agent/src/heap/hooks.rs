@@ -201,11 +201,7 @@ unsafe extern "C" fn sample_hook(
     };
     let labels = crate::labels::slot::read_in_signal_handler();
     let stack = stack_hash(frames.iter().map(|&a| (a as u64).saturating_sub(1)));
-    GATE.enter(|state| {
-        state
-            .live
-            .insert(ptr as usize, stack, labels, usize as u64)
-    });
+    GATE.enter(|state| state.live.insert(ptr as usize, stack, labels, usize as u64));
     if WINDOWS_OPEN.load(Ordering::Relaxed) {
         WINDOWS.enter(|table| table.record(stack, frames, labels, usize as u64));
     }

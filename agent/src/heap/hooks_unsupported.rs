@@ -11,7 +11,8 @@ pub(crate) struct SampleHooks(());
 
 pub(crate) fn install() -> Result<SampleHooks, Error> {
     Err(Error::HeapUnavailable {
-        reason: "allocation profiles are built for Linux x86_64 and aarch64 with the `heap` feature",
+        reason:
+            "allocation profiles are built for Linux x86_64 and aarch64 with the `heap` feature",
         hint: "the live heap (/debug/pprof/heap) works wherever jemalloc does",
     })
 }

@@ -274,11 +274,14 @@ pub(crate) fn split(objects: f64, bytes: f64, labelled: Option<&StackLabels>) ->
     };
     let labelled_bytes: f64 = parts.iter().map(|p| p.2).sum();
     let labelled_objects: f64 = parts.iter().map(|p| p.1).sum();
-    let fit = |total: f64, part: f64| if part > total && part > 0.0 { total / part } else { 1.0 };
-    let (byte_scale, object_scale) = (
-        fit(bytes, labelled_bytes),
-        fit(objects, labelled_objects),
-    );
+    let fit = |total: f64, part: f64| {
+        if part > total && part > 0.0 {
+            total / part
+        } else {
+            1.0
+        }
+    };
+    let (byte_scale, object_scale) = (fit(bytes, labelled_bytes), fit(objects, labelled_objects));
     let mut shares: Vec<Share> = parts
         .iter()
         .map(|&(labels, o, b)| Share {
@@ -393,7 +396,10 @@ mod tests {
         assert_eq!(a, stack_hash([1u64, 2, 3].into_iter()));
         assert_ne!(a, stack_hash([3u64, 2, 1].into_iter()));
         assert_ne!(a, stack_hash([1u64, 2].into_iter()));
-        assert_ne!(stack_hash(std::iter::empty()), stack_hash([0u64].into_iter()));
+        assert_ne!(
+            stack_hash(std::iter::empty()),
+            stack_hash([0u64].into_iter())
+        );
     }
 
     #[test]

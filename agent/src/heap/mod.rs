@@ -697,9 +697,9 @@ fn heap_profile(dump: &dump::HeapDump, taken_at: SystemTime, symbolize: bool) ->
         std::collections::HashMap::new();
     let mut stacks = Vec::with_capacity(dump.stacks.len());
     for stack in &dump.stacks {
-        let parts = labelled.as_ref().and_then(|labelled| {
-            labelled.get(&live::stack_hash(stack.addresses.iter().copied()))
-        });
+        let parts = labelled
+            .as_ref()
+            .and_then(|labelled| labelled.get(&live::stack_hash(stack.addresses.iter().copied())));
         for share in live::split(stack.objects, stack.bytes, parts) {
             stacks.push(RawStack {
                 thread: None,

@@ -267,7 +267,13 @@ async fn heap_endpoints_answer_501_with_the_fix_without_jemalloc() {
     }
     let (status, _) = call(app.clone(), "/debug/heap/snapshots/x", None, "127.0.0.1:1").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = call(app.clone(), "/debug/heap/diff?target=now", None, "127.0.0.1:1").await;
+    let (status, _) = call(
+        app.clone(),
+        "/debug/heap/diff?target=now",
+        None,
+        "127.0.0.1:1",
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "base is required");
     for uri in [
         "/debug/pprof/allocs?seconds=0",
