@@ -22,6 +22,9 @@
 //! (beyond, samples count in a `[truncated]` bucket that keeps their
 //! weight), at most [`FRAME_ARENA`] frames for their stacks.
 
+// Recording runs only in the hooks, built for Linux x86_64 and aarch64.
+#![cfg_attr(not(all(feature = "heap", native_unwind)), allow(dead_code))]
+
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};

@@ -21,6 +21,9 @@
 //! same address. The insert marks the older entry of that address
 //! superseded, and the free removes a superseded entry before a live one.
 
+// Recording runs only in the hooks, built for Linux x86_64 and aarch64.
+#![cfg_attr(not(all(feature = "heap", native_unwind)), allow(dead_code))]
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
