@@ -2,7 +2,8 @@
 //!
 //! - `native_unwind` — Linux on x86_64 or aarch64, where the agent can
 //!   interrupt another thread with a signal and unwind its stack (CPU
-//!   sampling, stall capture);
+//!   sampling, stall capture) and take jemalloc's sample hooks
+//!   (allocation profiles, labels on the live heap);
 //! - `native_heap_hook` — Linux on x86_64 or aarch64, where the agent's own
 //!   unwinder takes jemalloc's sampled allocations' stacks.
 //!

@@ -458,6 +458,19 @@ impl AgentBuilder {
         self
     }
 
+    /// Whether the agent installs jemalloc's sample hooks (Linux x86_64 and
+    /// aarch64; default on): they record the labels of the code that made
+    /// each sampled allocation (so heap profiles and diffs rank routes with
+    /// `by=route`) and feed allocation profiles
+    /// (`/debug/pprof/allocs?seconds=N`). They run only for sampled
+    /// allocations and cost nothing measurable beside the sampling itself
+    /// (docs/overhead.md, "Heap profiling"); without them heap samples are
+    /// unlabelled and allocation profiles are refused.
+    pub fn heap_sample_hooks(mut self, enabled: bool) -> Self {
+        self.settings.heap_sample_hooks = enabled;
+        self
+    }
+
     /// Reports a service-owned resource (a connection pool, a worker pool)
     /// next to the built-in ones in `/debug/use` and `/metrics`. An
     /// invalid or duplicate name makes [`start`](Self::start) fail.

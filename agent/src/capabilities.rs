@@ -21,6 +21,7 @@ pub(crate) struct Settings {
     pub(crate) heap_snapshots: usize,
     /// Whether the agent's own unwinder replaces jemalloc's.
     pub(crate) fast_heap_backtraces: bool,
+    pub(crate) heap_sample_hooks: bool,
     /// Continuous profiling, when on.
     pub(crate) continuous: Option<ContinuousSettings>,
     /// How often the lag probe and the watchdog look.
@@ -41,6 +42,7 @@ impl Default for Settings {
         Settings {
             heap_snapshots: crate::heap::DEFAULT_HEAP_SNAPSHOTS,
             fast_heap_backtraces: true,
+            heap_sample_hooks: true,
             continuous: None,
             #[cfg(feature = "runtime")]
             lag_resolution: crate::runtime::DEFAULT_LAG_RESOLUTION,
@@ -326,10 +328,14 @@ fn start_cpu(settings: &Settings, threads: &mut Threads) -> Result<CpuProfiler, 
     Ok(cpu)
 }
 
-/// The heap profiler, with the agent's unwinder for sampled allocations
-/// when jemalloc profiles and it is wanted.
+/// The heap profiler, with the agent's sample hooks (labels, allocation
+/// windows) and its unwinder for sampled allocations when jemalloc
+/// profiles and it is wanted.
 fn start_heap(settings: &Settings) -> HeapProfiler {
-    let heap = HeapProfiler::with_capacity(settings.heap_snapshots);
+    let mut heap = HeapProfiler::with_capacity(settings.heap_snapshots);
+    if settings.heap_sample_hooks {
+        heap = heap.with_sample_hooks();
+    }
     if !settings.fast_heap_backtraces || heap.check().is_err() {
         return heap;
     }

@@ -131,7 +131,10 @@ mod threads;
 )]
 mod units;
 #[cfg(any(
-    all(native_unwind, any(feature = "cpu", feature = "runtime")),
+    all(
+        native_unwind,
+        any(feature = "cpu", feature = "runtime", feature = "heap")
+    ),
     all(native_heap_hook, feature = "heap")
 ))]
 mod unwind;

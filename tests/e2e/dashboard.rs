@@ -252,6 +252,28 @@ fn the_page_shows_the_live_service_and_profiles_it_in_a_real_browser() {
         "differential flame graph"
     );
 
+    // Allocations: a 10 s window next to the snapshot, while /orders
+    // churns memory (each request builds and frees ~190 KB).
+    browser.click("#allocs-button");
+    browser.wait_for(
+        "the allocation window",
+        Duration::from_secs(10),
+        "return document.getElementById('action-status').textContent.includes('Counting allocations')",
+    );
+    for _ in 0..300 {
+        assert_eq!(get(demo.service, "/orders?n=100", None).status, 200);
+    }
+    browser.wait_for(
+        "the allocation profile",
+        Duration::from_secs(60),
+        "return document.getElementById('viewer-title').textContent.includes('Allocations #')",
+    );
+    let flame = browser.frame_source("#viewer-body iframe");
+    assert!(
+        flame.contains("render_orders"),
+        "the allocation flame graph names the churning code"
+    );
+
     // Pictures for a person to look at.
     let dir = scratch_dir("dashboard");
     let desktop = dir.join("dashboard-desktop.png");

@@ -8,6 +8,7 @@
 stethoscope::heap_profiling!("prof:true,prof_active:true,lg_prof_sample:16");
 
 mod access;
+mod allocs;
 mod browser;
 mod continuous;
 mod cpu;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::HeapSnapshot;
+use crate::labels::LabelSet;
 use crate::profile::{Format, Profile, RawStack, View};
 use crate::Error;
 
@@ -63,6 +64,10 @@ pub struct DiffEntry {
     pub base_bytes: i64,
     /// Estimated live bytes in the target.
     pub target_bytes: i64,
+    /// The labels of the code that allocated (a route, a task), when the
+    /// agent's sample hook saw it; a stack held by several label sets
+    /// appears once per set.
+    pub labels: LabelSet,
     addresses: Vec<u64>,
 }
 
@@ -92,14 +97,18 @@ struct Side {
     bytes: i64,
 }
 
-fn by_stack(profile: &Profile) -> HashMap<Vec<u64>, (Side, usize)> {
-    let mut stacks: HashMap<Vec<u64>, (Side, usize)> = HashMap::new();
+/// A stack and the labels that allocated on it.
+type StackKey = (Vec<u64>, LabelSet);
+
+fn by_stack(profile: &Profile) -> HashMap<StackKey, (Side, usize)> {
+    let mut stacks: HashMap<StackKey, (Side, usize)> = HashMap::new();
     for (index, sample) in profile.samples.iter().enumerate() {
-        let key: Vec<u64> = sample
+        let addresses: Vec<u64> = sample
             .locations
             .iter()
             .filter_map(|&l| profile.locations.get(l).map(|l| l.address))
             .collect();
+        let key = (addresses, sample.labels.clone());
         let entry = stacks.entry(key).or_insert((Side::default(), index));
         entry.0.objects += sample.values.first().copied().unwrap_or(0);
         entry.0.bytes += sample.values.get(1).copied().unwrap_or(0);
@@ -179,7 +188,8 @@ impl SnapshotDiff {
                 delta_objects: now.objects - was.objects,
                 base_bytes: was.bytes,
                 target_bytes: now.bytes,
-                addresses: key.clone(),
+                labels: key.1.clone(),
+                addresses: key.0.clone(),
             });
         }
         for (key, (was, index)) in &before {
@@ -190,7 +200,8 @@ impl SnapshotDiff {
                     delta_objects: -was.objects,
                     base_bytes: was.bytes,
                     target_bytes: 0,
-                    addresses: key.clone(),
+                    labels: key.1.clone(),
+                    addresses: key.0.clone(),
                 });
             }
         }
@@ -280,6 +291,8 @@ impl SnapshotDiff {
             /// functions, innermost first, with the library function that
             /// allocated in brackets (as the text view shows it).
             summary: String,
+            /// The labels of the code that allocated (empty: unknown).
+            labels: &'a LabelSet,
             frames: Vec<&'a str>,
         }
         #[derive(Serialize)]
@@ -317,6 +330,7 @@ impl SnapshotDiff {
                         .or_else(|| e.frames.first())
                         .map_or("[unknown]", |f| &**f),
                     summary: describe_stack(&e.frames),
+                    labels: &e.labels,
                     frames: e.frames.iter().map(|f| &**f).collect(),
                 })
                 .collect(),
@@ -352,6 +366,9 @@ impl SnapshotDiff {
                 mib(entry.target_bytes),
                 describe_stack(&entry.frames),
             );
+            if !entry.labels.is_empty() {
+                let _ = writeln!(out, "{:>51}  [{}]", "", entry.labels);
+            }
         }
         out
     }
@@ -379,9 +396,16 @@ impl SnapshotDiff {
                 thread: None,
                 addresses: &e.addresses,
                 values: vec![e.delta_objects, e.delta_bytes],
-                labels: crate::labels::LabelSet::default(),
+                labels: e.labels.clone(),
             }),
         )
+    }
+
+    /// The growth per value of a label key (`by=route`): which routes' (or
+    /// tasks') allocations hold it; stacks without the key count as
+    /// `(unlabelled)`.
+    pub fn totals_by_label(&self, key: &str) -> crate::profile::LabelTotals {
+        self.delta_profile().totals_by_label(key)
     }
 }
 

@@ -5,7 +5,14 @@
 //! turns dumps into symbolized [`Profile`]s with estimated live bytes and
 //! objects (jeprof's unsampling), keeps [`HeapSnapshot`]s in a bounded ring,
 //! and compares two of them — "which call stacks grew?" — as a
-//! [`SnapshotDiff`].
+//! [`SnapshotDiff`]. It also counts the sampled allocations made during a
+//! window, freed or not — "who churns memory?" — as [`Allocations`]
+//! (Go's `alloc_objects` / `alloc_space`).
+//!
+//! The agent's sample hooks see every sampled allocation with the labels
+//! of the code that made it (a route, a task, a span: see
+//! [`labels`](crate::labels)), so heap profiles, diffs and allocation
+//! profiles can be ranked by label (`by=route`).
 //!
 //! Heap profiling needs jemalloc as the global allocator with profiling on
 //! from the first allocation; [`heap_profiling!`](crate::heap_profiling)
@@ -32,6 +39,7 @@
 //! allocations made while profiling is paused are not sampled and never
 //! appear, even after it resumes.
 
+mod allocs;
 #[cfg(all(feature = "heap", native_heap_hook))]
 mod backtrace;
 #[cfg(not(all(feature = "heap", native_heap_hook)))]
@@ -39,11 +47,17 @@ mod backtrace;
 mod backtrace;
 mod diff;
 mod dump;
+#[cfg(all(feature = "heap", native_unwind))]
+mod hooks;
+#[cfg(not(all(feature = "heap", native_unwind)))]
+#[path = "hooks_unsupported.rs"]
+mod hooks;
 #[cfg(all(feature = "heap", unix))]
 mod jemalloc;
 #[cfg(not(all(feature = "heap", unix)))]
 #[path = "jemalloc_unsupported.rs"]
 mod jemalloc;
+mod live;
 #[cfg(feature = "metrics")]
 mod metrics;
 
@@ -55,6 +69,7 @@ use serde::Serialize;
 
 use crate::profile::{Profile, ProfileMeta, RawStack, ValueType};
 use crate::Error;
+pub use allocs::{AllocationWindow, Allocations, MAX_ALLOCATION_STACKS};
 pub use diff::{DiffEntry, DiffTarget, SnapshotDiff};
 
 /// The allocator [`heap_profiling!`](crate::heap_profiling) installs:
@@ -224,6 +239,47 @@ pub struct HeapProfilingState {
     pub sample_interval_bytes: u64,
     /// How sampled allocations get their stacks.
     pub backtraces: BacktraceStats,
+    /// Allocation windows open now (`/debug/pprof/allocs?seconds=N`); they
+    /// share one table, freed when the last one closes.
+    pub allocation_windows: usize,
+    /// What the agent's sample hooks see: sampled allocations and frees,
+    /// and the live samples they track for labels.
+    pub sample_hooks: SampleHookStats,
+}
+
+/// What the agent's jemalloc sample hooks see (they record the labels of
+/// the code that allocated, and feed allocation windows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SampleHookStats {
+    /// Whether the hooks are installed.
+    pub installed: bool,
+    /// Sampled allocations seen since the process started.
+    pub allocations: u64,
+    /// Frees of sampled allocations seen since the process started.
+    pub frees: u64,
+    /// Live sampled allocations tracked with their labels now.
+    pub tracked: u64,
+    /// Most live sampled allocations tracked; beyond, they count
+    /// unlabelled.
+    pub capacity: u64,
+    /// Sampled allocations that found no room in the table (counted
+    /// unlabelled), since the hooks were installed.
+    pub untracked: u64,
+}
+
+impl SampleHookStats {
+    fn now() -> Self {
+        let (live, allocations, frees) = hooks::counters();
+        Self {
+            installed: live.is_some(),
+            allocations,
+            frees,
+            tracked: live.map_or(0, |l| l.tracked),
+            capacity: live.map_or(0, |l| l.capacity),
+            untracked: live.map_or(0, |l| l.dropped),
+        }
+    }
 }
 
 /// How jemalloc's sampled allocations get their stacks: the agent's
@@ -334,6 +390,8 @@ pub struct HeapProfiler {
     capacity: usize,
     /// Keeps the fast backtrace hook installed while this profiler lives.
     backtraces: Option<Arc<backtrace::FastBacktraces>>,
+    /// Keeps the sample hooks (labels, allocation windows) installed.
+    sample_hooks: Option<Arc<hooks::SampleHooks>>,
 }
 
 impl Default for HeapProfiler {
@@ -353,7 +411,25 @@ impl HeapProfiler {
             })),
             capacity: capacity.max(1),
             backtraces: None,
+            sample_hooks: None,
         }
+    }
+
+    /// Installs the agent's jemalloc sample hooks while this profiler or a
+    /// clone lives: they record which labels allocated each live sample and
+    /// feed allocation windows. Where they cannot be installed (no heap
+    /// profiling, an unsupported platform, another sample hook), the
+    /// profiler works without them: no labels on heap samples, allocation
+    /// windows refused.
+    pub(crate) fn with_sample_hooks(mut self) -> Self {
+        if jemalloc::check_available().is_err() {
+            return self;
+        }
+        match hooks::install() {
+            Ok(hooks) => self.sample_hooks = Some(Arc::new(hooks)),
+            Err(error) => tracing::debug!(%error, "heap sample hooks not installed"),
+        }
+        self
     }
 
     /// Replaces jemalloc's unwinder for sampled allocations with the
@@ -391,7 +467,39 @@ impl HeapProfiler {
             lg_prof_sample: lg,
             sample_interval_bytes: 1u64.checked_shl(lg).unwrap_or(u64::MAX),
             backtraces: BacktraceStats::now(),
+            allocation_windows: allocs::open_windows(),
+            sample_hooks: SampleHookStats::now(),
         })
+    }
+
+    /// Opens an allocation window: every sampled allocation from now until
+    /// [`AllocationWindow::finish`] is counted, by stack and by the labels
+    /// of the code that allocated. Windows opened together share one table
+    /// (bounded by [`MAX_ALLOCATION_STACKS`]), freed when the last closes.
+    ///
+    /// # Errors
+    /// [`Error::HeapUnavailable`] when heap profiling is unavailable or the
+    /// agent's sample hooks could not be installed.
+    pub fn start_allocations(&self) -> Result<AllocationWindow, Error> {
+        jemalloc::check_available()?;
+        let hooks = self.sample_hooks.clone().ok_or(Error::HeapUnavailable {
+            reason: "the agent's jemalloc sample hook is not installed (another program installed one, or the platform is not supported)",
+            hint: "allocation profiles need Linux x86_64 or aarch64 and stethoscope::heap_profiling!(); the live heap (/debug/pprof/heap) still works",
+        })?;
+        let interval = 1u64.checked_shl(jemalloc::lg_sample()?).unwrap_or(u64::MAX);
+        Ok(AllocationWindow::open(hooks, interval, jemalloc::active()?))
+    }
+
+    /// The allocations of the next `duration`: blocks the calling thread
+    /// for that long (use [`start_allocations`](Self::start_allocations)
+    /// in async code).
+    ///
+    /// # Errors
+    /// As [`start_allocations`](Self::start_allocations).
+    pub fn allocations(&self, duration: Duration) -> Result<Allocations, Error> {
+        let window = self.start_allocations()?;
+        std::thread::sleep(duration);
+        Ok(window.finish())
     }
 
     /// Starts or pauses sampling (`prof.active`), keeping what was sampled.
@@ -583,12 +691,28 @@ fn heap_profile(dump: &dump::HeapDump, taken_at: SystemTime, symbolize: bool) ->
         ],
         symbolize,
     );
-    let stacks = dump.stacks.iter().map(|stack| RawStack {
-        thread: None,
-        addresses: &stack.addresses,
-        values: vec![stack.objects.round() as i64, stack.bytes.round() as i64],
-        labels: crate::labels::LabelSet::default(),
-    });
+    // Each stack's estimate shared among the labels of the live samples
+    // the agent's hook saw for it (none without the hook).
+    let labelled = hooks::live_labels(dump.sample_interval as f64).map(|(stacks, _)| stacks);
+    let mut label_sets: std::collections::HashMap<u32, crate::labels::LabelSet> =
+        std::collections::HashMap::new();
+    let mut stacks = Vec::with_capacity(dump.stacks.len());
+    for stack in &dump.stacks {
+        let parts = labelled
+            .as_ref()
+            .and_then(|labelled| labelled.get(&live::stack_hash(stack.addresses.iter().copied())));
+        for share in live::split(stack.objects, stack.bytes, parts) {
+            stacks.push(RawStack {
+                thread: None,
+                addresses: &stack.addresses,
+                values: vec![share.objects.round() as i64, share.bytes.round() as i64],
+                labels: label_sets
+                    .entry(share.labels)
+                    .or_insert_with(|| crate::labels::resolve(share.labels))
+                    .clone(),
+            });
+        }
+    }
     build_profile(meta, stacks)
 }
 

@@ -1,5 +1,6 @@
-//! Heap endpoints: `/debug/pprof/heap` (and `/allocs`), `/debug/heap/*`.
-//! Dumping and symbolizing run on the agent's blocking pool.
+//! Heap endpoints: `/debug/pprof/heap`, `/debug/pprof/allocs`,
+//! `/debug/heap/*`. Dumping and symbolizing run on the agent's blocking
+//! pool.
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
@@ -9,10 +10,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::{clip, ApiError, PprofError};
 use super::limits::is_head;
+use super::pprof::{render_totals, render_view, LabelView};
 use super::query::Query;
 use super::response::{file_response, json_response, report_response};
 use super::{blocking, AppState};
 use crate::config::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
+use crate::cpu::DEFAULT_PROFILE_SECONDS;
 use crate::heap::DiffTarget;
 use crate::profile::{Format, View};
 use crate::Error;
@@ -26,10 +29,12 @@ pub(crate) struct HeapParams {
     pub(crate) base: Option<u64>,
     pub(crate) target: Option<DiffTarget>,
     pub(crate) view: View,
+    pub(crate) labels: LabelView,
 }
 
 impl HeapParams {
-    /// Reads `format`, `symbolize`, `limit`, `base` and `target` (the query
+    /// Reads `format`, `symbolize`, `limit`, `base`, `target`, the views
+    /// (`trim`, `focus`) and the label views (`by`, `group`) (the query
     /// rule of [`Query`]).
     pub(crate) fn parse(query: &Query, default_format: Format) -> Result<Self, ApiError> {
         let base = match query.get("base") {
@@ -50,8 +55,10 @@ impl HeapParams {
                 )
             })?),
         };
+        let format = query.format(default_format)?;
         Ok(HeapParams {
-            format: query.format(default_format)?,
+            labels: LabelView::parse(query, format)?,
+            format,
             symbolize: query.flag("symbolize", true)?,
             limit: query.number("limit", DEFAULT_LIST_LIMIT, 1..=MAX_LIST_LIMIT)?,
             base,
@@ -61,8 +68,8 @@ impl HeapParams {
     }
 }
 
-/// `GET /debug/pprof/heap` and `/debug/pprof/allocs`: the live sampled
-/// heap, pprof by default.
+/// `GET /debug/pprof/heap` (and `/debug/pprof/allocs` without `seconds`):
+/// the live sampled heap, pprof by default.
 pub(crate) async fn pprof_heap(
     State(state): State<AppState>,
     method: Method,
@@ -79,15 +86,86 @@ pub(crate) async fn pprof_heap(
         ));
     }
     let heap = state.caps.heap.clone();
+    let format = params.format;
     let (bytes, taken_at) = blocking(move || -> Result<_, Error> {
         let profile = heap.profile(params.symbolize)?;
         Ok((
-            profile.render_bytes(params.format, &params.view)?,
+            render_view(&profile, params.format, &params.labels, &params.view)?,
             profile.started_at,
         ))
     })
     .await??;
-    Ok(file_response(bytes, params.format, "heap", taken_at))
+    Ok(file_response(bytes, format, "heap", taken_at))
+}
+
+/// `GET /debug/pprof/allocs?seconds=N`: the sampled allocations of the
+/// next `N` seconds, freed or not (`alloc_objects`, `alloc_space`), pprof
+/// by default. Without `seconds` it answers the live heap, as scrapers
+/// (Grafana Alloy, Parca) that read `/debug/pprof/allocs` expect an
+/// answer at once.
+pub(crate) async fn pprof_allocs(
+    state: State<AppState>,
+    method: Method,
+    query: Query,
+) -> Result<Response, PprofError> {
+    if query.get("seconds").is_none() {
+        return pprof_heap(state, method, query).await;
+    }
+    let State(state) = state;
+    let params = HeapParams::parse(&query, Format::Pprof)?;
+    let seconds = allocation_seconds(&state, &query, DEFAULT_PROFILE_SECONDS)?;
+    state.caps.heap.check()?;
+    if is_head(&method) {
+        return Ok(file_response(
+            Vec::new(),
+            params.format,
+            "allocs",
+            std::time::SystemTime::now(),
+        ));
+    }
+    let (profile, _) = record_allocations(&state, seconds, params.symbolize).await?;
+    let started_at = profile.started_at;
+    let HeapParams {
+        format,
+        labels,
+        view,
+        ..
+    } = params;
+    let bytes = blocking(move || render_view(&profile, format, &labels, &view)).await??;
+    Ok(file_response(bytes, format, "allocs", started_at))
+}
+
+/// `seconds=` of an allocation window: 1 to the server's maximum.
+pub(crate) fn allocation_seconds(
+    state: &AppState,
+    query: &Query,
+    default: u64,
+) -> Result<u64, ApiError> {
+    let max = state.config.max_profile_seconds;
+    query.number("seconds", default.min(max), 1..=max)
+}
+
+/// Counts the sampled allocations of the next `seconds` (a profile slot
+/// held meanwhile) and builds their profile on the blocking pool, with the
+/// number of samples it holds. Windows asked for together share the
+/// agent's one table; a client that goes away closes its window (the
+/// future is dropped with it).
+pub(crate) async fn record_allocations(
+    state: &AppState,
+    seconds: u64,
+    symbolize: bool,
+) -> Result<(crate::profile::Profile, u64), ApiError> {
+    let window_length = std::time::Duration::from_secs(seconds);
+    let _slot = state.profiles.acquire(window_length)?;
+    let heap = state.caps.heap.clone();
+    // Opening allocates the shared table (a few MiB): not on this thread.
+    let window = blocking(move || heap.start_allocations()).await??;
+    tokio::time::sleep(window_length).await;
+    blocking(move || {
+        let allocations = window.finish();
+        (allocations.to_profile(symbolize), allocations.samples())
+    })
+    .await
 }
 
 /// `GET /debug/heap/stats?format=json|text`.
@@ -186,7 +264,12 @@ pub(crate) async fn get_snapshot(
     let id = snapshot_id(id)?;
     let params = HeapParams::parse(&query, Format::Json)?;
     let snapshot = state.caps.heap.snapshot(id)?;
-    let HeapParams { format, view, .. } = params;
+    let HeapParams {
+        format,
+        view,
+        labels,
+        ..
+    } = params;
     if is_head(&method) {
         return Ok(file_response(
             Vec::new(),
@@ -195,7 +278,7 @@ pub(crate) async fn get_snapshot(
             std::time::SystemTime::now(),
         ));
     }
-    let bytes = blocking(move || snapshot.profile.render_bytes(format, &view)).await??;
+    let bytes = blocking(move || render_view(&snapshot.profile, format, &labels, &view)).await??;
     Ok(file_response(
         bytes,
         format,
@@ -235,8 +318,15 @@ pub(crate) async fn diff(
         format,
         limit,
         view,
+        labels,
         ..
     } = params;
+    if let LabelView::Group(_) = labels {
+        return Err(ApiError::bad_request(
+            "group= does not apply to heap diffs",
+            "by=route ranks which routes' allocations hold the growth (format=text or json); format=pprof keeps every label",
+        ));
+    }
     if is_head(&method) {
         heap.snapshot(base)?;
         if let DiffTarget::Snapshot(id) = target {
@@ -249,7 +339,14 @@ pub(crate) async fn diff(
             std::time::SystemTime::now(),
         ));
     }
-    let bytes = blocking(move || heap.diff(base, target)?.render(format, limit, &view)).await??;
+    let bytes = blocking(move || -> Result<Bytes, Error> {
+        let diff = heap.diff(base, target)?;
+        Ok(match labels {
+            LabelView::By(key) => render_totals(&diff.totals_by_label(&key), format)?,
+            _ => Bytes::from(diff.render(format, limit, &view)?),
+        })
+    })
+    .await??;
     Ok(file_response(
         bytes,
         format,

@@ -105,7 +105,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/debug/pprof/profile", get(pprof::profile))
         .route("/debug/pprof/flamegraph", get(pprof::flamegraph))
         .route("/debug/pprof/heap", get(heap::pprof_heap))
-        .route("/debug/pprof/allocs", get(heap::pprof_heap))
+        .route("/debug/pprof/allocs", get(heap::pprof_allocs))
         .route("/debug/heap/stats", get(heap::stats))
         .route(
             "/debug/heap/profiling",

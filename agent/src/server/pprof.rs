@@ -44,21 +44,13 @@ pub(crate) enum LabelView {
     Group(String),
 }
 
-impl ProfileParams {
-    /// Reads `seconds`, `hz`, `format`, `symbolize`, `trim`, `focus`, `by`,
-    /// `group`, `mode` and `threads` (the query rule of [`Query`]); unknown
-    /// parameters are ignored, as Go's handler does, so scrapers that add
-    /// their own keep working.
-    pub(crate) fn parse(
-        query: &Query,
-        default_seconds: u64,
-        default_format: Format,
-        max_seconds: u64,
-    ) -> Result<Self, ApiError> {
-        let format = query.format(default_format)?;
+impl LabelView {
+    /// Reads `by` and `group` for a response in `format` (the query rule
+    /// of [`Query`]).
+    pub(crate) fn parse(query: &Query, format: Format) -> Result<Self, ApiError> {
         let by = query.name("by", MAX_LABEL_BYTES)?;
         let group = query.name("group", MAX_LABEL_BYTES)?;
-        let labels = match (by, group) {
+        Ok(match (by, group) {
             (None, None) => LabelView::Stacks,
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad_request(
@@ -90,7 +82,23 @@ impl ProfileParams {
                     "for a table of label values, use by= instead",
                 ))
             }
-        };
+        })
+    }
+}
+
+impl ProfileParams {
+    /// Reads `seconds`, `hz`, `format`, `symbolize`, `trim`, `focus`, `by`,
+    /// `group`, `mode` and `threads` (the query rule of [`Query`]); unknown
+    /// parameters are ignored, as Go's handler does, so scrapers that add
+    /// their own keep working.
+    pub(crate) fn parse(
+        query: &Query,
+        default_seconds: u64,
+        default_format: Format,
+        max_seconds: u64,
+    ) -> Result<Self, ApiError> {
+        let format = query.format(default_format)?;
+        let labels = LabelView::parse(query, format)?;
         let wall = query.choice("mode", false, &[("cpu", false), ("wall", true)])?;
         let threads = query.choice(
             "threads",
@@ -130,19 +138,24 @@ pub(crate) fn render_view(
     match labels {
         LabelView::Stacks => profile.render_bytes(format, view),
         LabelView::Group(key) => profile.grouped_by_label(key).render_bytes(format, view),
-        LabelView::By(key) => {
-            let totals = profile.totals_by_label(key);
-            if format == Format::Json {
-                serde_json::to_vec_pretty(&totals)
-                    .map(Bytes::from)
-                    .map_err(|source| crate::Error::Encode {
-                        format: "json",
-                        source: source.into(),
-                    })
-            } else {
-                Ok(Bytes::from(totals.to_string()))
-            }
-        }
+        LabelView::By(key) => render_totals(&profile.totals_by_label(key), format),
+    }
+}
+
+/// Totals by label value (`by=`) as JSON or as a text table.
+pub(crate) fn render_totals(
+    totals: &crate::profile::LabelTotals,
+    format: Format,
+) -> Result<Bytes, crate::Error> {
+    if format == Format::Json {
+        serde_json::to_vec_pretty(totals)
+            .map(Bytes::from)
+            .map_err(|source| crate::Error::Encode {
+                format: "json",
+                source: source.into(),
+            })
+    } else {
+        Ok(Bytes::from(totals.to_string()))
     }
 }
 
@@ -556,8 +569,11 @@ Requests at the same hz and mode share one sampler; another hz or mode gets 409 
 <a href="heap?format=json">json</a></td>
 <td>Live heap sampled by jemalloc (<code>inuse_space</code>, <code>inuse_objects</code>), estimated from samples.
 Heap profiling: {heap}.</td></tr>
-<tr><td><a href="allocs">allocs</a></td><td>as heap</td>
-<td>The same profile under Go's other name.</td></tr>
+<tr><td><a href="allocs?seconds=10">allocs?seconds=10</a></td>
+<td><a href="allocs?seconds=10&amp;format=svg">svg</a> ·
+<a href="allocs?seconds=10&amp;format=text">text</a> ·
+<a href="allocs?seconds=10&amp;format=text&amp;by=route">by route</a></td>
+<td>Sampled allocations of the next 10 s, freed or not (<code>alloc_space</code>, <code>alloc_objects</code>): who churns memory. Without <code>seconds</code>, the live heap (for scrapers).</td></tr>
 <tr><td><a href="symbol">symbol</a></td><td>text</td>
 <td>Go's symbol lookup: <code>POST</code> addresses as <code>0x…+0x…</code>, get <code>0x… function</code> lines.</td></tr>
 </table>

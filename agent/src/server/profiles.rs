@@ -1,7 +1,8 @@
-//! `/debug/profiles`: CPU or wall-clock profiles taken on request and kept
-//! on the agent (a few, bounded in memory), so that one window can be
-//! looked at as a flame graph and downloaded as pprof, folded or text —
-//! what the dashboard's "CPU profile" button does.
+//! `/debug/profiles`: CPU, wall-clock or allocation profiles taken on
+//! request and kept on the agent (a few, bounded in memory), so that one
+//! window can be looked at as a flame graph and downloaded as pprof,
+//! folded or text — what the dashboard's "CPU profile" and "allocations"
+//! buttons do.
 
 use std::time::SystemTime;
 
@@ -25,12 +26,17 @@ use crate::profile::Format;
 /// (the one-sampler rule applies: 409 at another rate) and keeps it;
 /// answers 201 with what was kept and its URL in `Location`. With `since`,
 /// `start`/`end` or `pin`, keeps the continuous profiler's past instead, at
-/// once.
+/// once. With `kind=allocs`, keeps the sampled allocations of the next
+/// `seconds` instead (`alloc_objects`, `alloc_space`).
 pub(crate) async fn take(
     State(state): State<AppState>,
     peer: Peer,
     query: Query,
 ) -> Result<Response, ApiError> {
+    let allocs = query.choice("kind", false, &[("cpu", false), ("allocs", true)])?;
+    if allocs {
+        return take_allocations(&state, &query).await;
+    }
     let params = ProfileParams::parse(
         &query,
         DEFAULT_FLAMEGRAPH_SECONDS,
@@ -43,6 +49,29 @@ pub(crate) async fn take(
         None => take_profile(&state, &params, peer).await?,
     };
     keep(&state, raw, params.symbolize).await
+}
+
+/// `POST /debug/profiles?kind=allocs&seconds=10`: counts the sampled
+/// allocations of the next `seconds` and keeps their profile.
+async fn take_allocations(state: &AppState, query: &Query) -> Result<Response, ApiError> {
+    let seconds = super::heap::allocation_seconds(state, query, DEFAULT_FLAMEGRAPH_SECONDS)?;
+    let symbolize = query.flag("symbolize", true)?;
+    let (profile, samples) = super::heap::record_allocations(state, seconds, symbolize).await?;
+    let facts = KeptFacts {
+        mode: "allocs",
+        hz: 0,
+        samples,
+    };
+    Ok(kept_response(state.caps.kept.keep(profile, facts)))
+}
+
+fn kept_response(info: crate::profile::shelf::KeptInfo) -> Response {
+    let mut response = json_response(&info);
+    *response.status_mut() = StatusCode::CREATED;
+    if let Ok(location) = HeaderValue::from_str(&info.url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 /// Symbolizes `raw` off the server thread and keeps it: 201 with its URL.
@@ -60,13 +89,7 @@ async fn keep(
         samples: raw.sample_count(),
     };
     let profile = blocking(move || raw.to_profile_symbolized(symbolize)).await?;
-    let info = state.caps.kept.keep(profile, facts);
-    let mut response = json_response(&info);
-    *response.status_mut() = StatusCode::CREATED;
-    if let Ok(location) = HeaderValue::from_str(&info.url) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(kept_response(state.caps.kept.keep(profile, facts)))
 }
 
 /// `GET /debug/profiles`: the kept profiles, oldest first.

@@ -156,7 +156,7 @@ async fn index_lists_the_profiles() {
     assert!(html.contains("flamegraph"));
     for link in [
         "href=\"heap\"",
-        "href=\"allocs\"",
+        "href=\"allocs?seconds=10\"",
         "../heap/snapshots",
         "../use",
         "../red",
@@ -225,6 +225,8 @@ async fn heap_endpoints_answer_501_with_the_fix_without_jemalloc() {
     for uri in [
         "/debug/pprof/heap",
         "/debug/pprof/allocs",
+        "/debug/pprof/allocs?seconds=1",
+        "/debug/pprof/allocs?seconds=1&format=text&by=route",
         "/debug/heap/stats",
         "/debug/heap/profiling",
         "/debug/heap/snapshots",
@@ -239,6 +241,7 @@ async fn heap_endpoints_answer_501_with_the_fix_without_jemalloc() {
     }
     for (method, uri, body) in [
         ("POST", "/debug/heap/snapshots", ""),
+        ("POST", "/debug/profiles?kind=allocs&seconds=1", ""),
         ("DELETE", "/debug/heap/snapshots/1", ""),
         ("PUT", "/debug/heap/profiling", r#"{"active":false}"#),
     ] {
@@ -264,8 +267,22 @@ async fn heap_endpoints_answer_501_with_the_fix_without_jemalloc() {
     }
     let (status, _) = call(app.clone(), "/debug/heap/snapshots/x", None, "127.0.0.1:1").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = call(app, "/debug/heap/diff?target=now", None, "127.0.0.1:1").await;
+    let (status, _) = call(
+        app.clone(),
+        "/debug/heap/diff?target=now",
+        None,
+        "127.0.0.1:1",
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "base is required");
+    for uri in [
+        "/debug/pprof/allocs?seconds=0",
+        "/debug/pprof/allocs?seconds=1&format=svg&by=route",
+        "/debug/heap/diff?base=1&group=route&format=svg",
+    ] {
+        let (status, _) = call(app.clone(), uri, None, "127.0.0.1:1").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+    }
 }
 
 #[tokio::test]

@@ -31,10 +31,19 @@
 //! 5. **Cost of one sample**: 64-byte allocations 40 frames deep, sampled
 //!    every 16 KiB so that unwinding dominates: time per sampled allocation
 //!    beyond the inactive cost, libgcc vs framehop.
+//!
+//! With `--hooks`, only the cost of the agent's jemalloc sample hooks
+//! (labels on heap samples, allocation windows): sections 1 and 5 with
+//! sampling active and the framehop unwinder, without the hooks, with them
+//! (the default) and with them while an allocation window stays open:
+//!
+//! ```text
+//! cargo run --release -p stethoscope-examples --bin heap_overhead -- --hooks [--rounds 7] [--secs 4] [--clients 3]
+//! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +58,9 @@ const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 const PROF_OFF: &str = "prof:false";
 const PROF_ON: &str = "prof:true,prof_active:true,lg_prof_sample:19";
 const PROF_INACTIVE: &str = "prof:true,prof_active:false,lg_prof_sample:19";
+/// jemalloc's own cumulative counts, the other possible source of
+/// allocation profiles.
+const PROF_ACCUM: &str = "prof:true,prof_active:true,lg_prof_sample:19,prof_accum:true";
 
 /// One configuration of the service or microbenchmark child.
 #[derive(Clone, Copy)]
@@ -57,6 +69,23 @@ struct Variant {
     conf: &'static str,
     /// Start the agent with its framehop unwinder for sampled allocations.
     fast: bool,
+    /// Start the agent with its sample hooks (the default).
+    hooks: bool,
+    /// Keep an allocation window open while measuring.
+    window: bool,
+}
+
+impl Variant {
+    /// The child's flags for this variant.
+    fn flags(self) -> impl Iterator<Item = &'static str> {
+        [
+            self.fast.then_some("--fast"),
+            (!self.hooks).then_some("--no-hooks"),
+            self.window.then_some("--window"),
+        ]
+        .into_iter()
+        .flatten()
+    }
 }
 
 const VARIANTS: [Variant; 4] = [
@@ -64,27 +93,69 @@ const VARIANTS: [Variant; 4] = [
         label: "prof:false",
         conf: PROF_OFF,
         fast: false,
+        hooks: true,
+        window: false,
     },
     Variant {
         label: "prof:true, inactive",
         conf: PROF_INACTIVE,
         fast: false,
+        hooks: true,
+        window: false,
     },
     Variant {
         label: "active lg19, libgcc unwinder",
         conf: PROF_ON,
         fast: false,
+        hooks: true,
+        window: false,
     },
     Variant {
         label: "active lg19, framehop unwinder",
         conf: PROF_ON,
         fast: true,
+        hooks: true,
+        window: false,
+    },
+];
+
+/// The sample hooks' cost: sampling active, framehop, hooks off / on / on
+/// with a window open; and jemalloc's `prof_accum` without the hooks.
+const HOOK_VARIANTS: [Variant; 4] = [
+    Variant {
+        label: "framehop, no sample hooks",
+        conf: PROF_ON,
+        fast: true,
+        hooks: false,
+        window: false,
+    },
+    Variant {
+        label: "framehop, sample hooks",
+        conf: PROF_ON,
+        fast: true,
+        hooks: true,
+        window: false,
+    },
+    Variant {
+        label: "framehop, hooks, window open",
+        conf: PROF_ON,
+        fast: true,
+        hooks: true,
+        window: true,
+    },
+    Variant {
+        label: "framehop, prof_accum, no hooks",
+        conf: PROF_ACCUM,
+        fast: true,
+        hooks: false,
+        window: false,
     },
 ];
 
 /// Sampling for the one-sample cost: every 16 KiB, 256 allocations of 64 B.
 const SAMPLED_ON: &str = "prof:true,prof_active:true,lg_prof_sample:14";
 const SAMPLED_INACTIVE: &str = "prof:true,prof_active:false,lg_prof_sample:14";
+const SAMPLED_ACCUM: &str = "prof:true,prof_active:true,lg_prof_sample:14,prof_accum:true";
 const SAMPLED_EVERY: f64 = 16384.0 / 64.0;
 const SAMPLED_DEPTH: u32 = 40;
 
@@ -99,19 +170,55 @@ const PATHS: [(&str, &str); 2] = [
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let child = Child {
+        fast: flag("--fast"),
+        hooks: !flag("--no-hooks"),
+        window: flag("--window"),
+    };
     match args.get(1).map(String::as_str) {
-        Some("--serve") => serve(args.iter().any(|a| a == "--fast")),
+        Some("--serve") => serve(child),
         Some("--micro") => micro(
             args.get(2).and_then(|s| s.parse().ok()).unwrap_or(3),
             args.get(3).and_then(|s| s.parse().ok()).unwrap_or(0),
-            args.iter().any(|a| a == "--fast"),
+            child,
         ),
+        _ if flag("--hooks") => hooks(&args[1..]),
         _ => parent(&args[1..]),
     }
 }
 
+/// What a child process runs with.
+#[derive(Clone, Copy)]
+struct Child {
+    fast: bool,
+    hooks: bool,
+    window: bool,
+}
+
+impl Child {
+    fn agent(self) -> stethoscope::Agent {
+        stethoscope::Agent::builder()
+            .listen("127.0.0.1:0")
+            .fast_heap_backtraces(self.fast)
+            .heap_sample_hooks(self.hooks)
+            .start()
+            .unwrap_or_else(|e| fail(&format!("agent: {e}")))
+    }
+
+    /// An allocation window kept open until dropped, if asked for.
+    fn window(self, agent: &stethoscope::Agent) -> Option<stethoscope::heap::AllocationWindow> {
+        self.window.then(|| {
+            agent
+                .heap()
+                .start_allocations()
+                .unwrap_or_else(|e| fail(&format!("allocation window: {e}")))
+        })
+    }
+}
+
 /// Child: the demo service with the agent, until stdin closes.
-fn serve(fast: bool) {
+fn serve(child: Child) {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -120,11 +227,8 @@ fn serve(fast: bool) {
         Err(e) => fail(&format!("runtime: {e}")),
     };
     runtime.block_on(async {
-        let agent = stethoscope::Agent::builder()
-            .listen("127.0.0.1:0")
-            .fast_heap_backtraces(fast)
-            .start()
-            .unwrap_or_else(|e| fail(&format!("agent: {e}")));
+        let agent = child.agent();
+        let window = child.window(&agent);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| fail(&format!("bind: {e}")));
@@ -143,6 +247,7 @@ fn serve(fast: bool) {
             let _ = std::io::stdin().read_line(&mut sink);
         })
         .await;
+        drop(window);
         drop(agent);
     });
 }
@@ -150,12 +255,9 @@ fn serve(fast: bool) {
 /// Child: allocate and free 64-byte blocks for `secs`, `depth` frames
 /// deep, print the rate. An agent runs in every variant (its threads
 /// change how the process allocates); `fast` picks its unwinder.
-fn micro(secs: u64, depth: u32, fast: bool) {
-    let agent = stethoscope::Agent::builder()
-        .listen("127.0.0.1:0")
-        .fast_heap_backtraces(fast)
-        .start()
-        .unwrap_or_else(|e| fail(&format!("agent: {e}")));
+fn micro(secs: u64, depth: u32, child: Child) {
+    let agent = child.agent();
+    let window = child.window(&agent);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut count = 0u64;
     let started = Instant::now();
@@ -172,6 +274,7 @@ fn micro(secs: u64, depth: u32, fast: bool) {
         "ALLOCS {:.0}",
         count as f64 / started.elapsed().as_secs_f64()
     );
+    drop(window);
     drop(agent);
 }
 
@@ -192,7 +295,7 @@ fn fail(message: &str) -> ! {
 }
 
 struct Service {
-    child: Child,
+    child: std::process::Child,
     service: SocketAddr,
     agent: SocketAddr,
 }
@@ -202,7 +305,7 @@ impl Service {
         let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("exe: {e}")));
         let mut child = Command::new(exe)
             .arg("--serve")
-            .args(variant.fast.then_some("--fast"))
+            .args(variant.flags())
             .env("_RJEM_MALLOC_CONF", with_extra(variant.conf))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -346,12 +449,12 @@ fn with_extra(conf: &str) -> String {
     }
 }
 
-fn micro_rate(conf: &str, fast: bool, secs: u64, depth: u32) -> f64 {
+fn micro_rate(variant: Variant, secs: u64, depth: u32) -> f64 {
     let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("exe: {e}")));
     let output = Command::new(exe)
         .args(["--micro", &secs.to_string(), &depth.to_string()])
-        .args(fast.then_some("--fast"))
-        .env("_RJEM_MALLOC_CONF", with_extra(conf))
+        .args(variant.flags())
+        .env("_RJEM_MALLOC_CONF", with_extra(variant.conf))
         .output()
         .unwrap_or_else(|e| fail(&format!("micro: {e}")));
     String::from_utf8_lossy(&output.stdout)
@@ -462,16 +565,12 @@ fn timed_get(addr: SocketAddr, path: &str) -> (Duration, usize) {
     (started.elapsed(), length)
 }
 
-fn parent(args: &[String]) {
-    let rounds = option(args, "--rounds", 7).max(1) as usize;
-    let secs = option(args, "--secs", 4).max(1);
-    let clients = option(args, "--clients", 3).max(1) as usize;
-    println!("# heap profiling overhead: {rounds} rounds × {secs} s");
-
-    // 1. HTTP load in every variant, interleaved (each round rotates the
-    //    order), on a typical and on an allocation-heavy request.
-    let services: Vec<Service> = VARIANTS.iter().map(|v| Service::start(*v)).collect();
-    let n = VARIANTS.len();
+/// Section 1: HTTP load on every variant's service, interleaved (each
+/// round rotates the order), on a typical and an allocation-heavy request;
+/// prints the table and returns the services.
+fn http_rounds(variants: &[Variant], rounds: usize, secs: u64, clients: usize) -> Vec<Service> {
+    let services: Vec<Service> = variants.iter().map(|v| Service::start(*v)).collect();
+    let n = variants.len();
     for (path, what) in PATHS {
         for service in &services {
             load(service, path, clients, 1); // warm up
@@ -502,10 +601,10 @@ fn parent(args: &[String]) {
         }
         println!(
             "\n## HTTP: GET {path} ({what}), {clients} keep-alive clients on loopback\n\
-             req/s: median of rounds; ×ratio to prof:false per round, median (min..max)\n\
+             req/s: median of rounds; ×ratio to the first variant per round, median (min..max)\n\
              µs/req: the service's CPU time per request, median; ×ratio likewise"
         );
-        for (index, variant) in VARIANTS.iter().enumerate() {
+        for (index, variant) in variants.iter().enumerate() {
             let rate_ratio = median(&mut rate_ratios[index]);
             let cpu_ratio = median(&mut cpu_ratios[index]);
             println!(
@@ -522,6 +621,79 @@ fn parent(args: &[String]) {
         }
         println!();
     }
+    services
+}
+
+/// `--hooks`: the sample hooks' cost, sections 1 and 5 only.
+fn hooks(args: &[String]) {
+    let rounds = option(args, "--rounds", 7).max(1) as usize;
+    let secs = option(args, "--secs", 4).max(1);
+    let clients = option(args, "--clients", 3).max(1) as usize;
+    println!("# sample hooks' overhead: {rounds} rounds × {secs} s");
+    let services = http_rounds(&HOOK_VARIANTS, rounds, secs, clients);
+    for (service, variant) in services.iter().zip(HOOK_VARIANTS) {
+        println!(
+            "{}: RSS {:.1} MiB; {}; {}",
+            variant.label,
+            service.rss_bytes() as f64 / 1048576.0,
+            get_body(service.agent, "/debug/heap/stats").replace(char::is_whitespace, ""),
+            get_body(service.agent, "/debug/heap/profiling").replace(char::is_whitespace, "")
+        );
+    }
+    drop(services);
+    let sampled: Vec<Variant> = HOOK_VARIANTS
+        .iter()
+        .map(|v| Variant {
+            conf: if v.conf == PROF_ACCUM {
+                SAMPLED_ACCUM
+            } else {
+                SAMPLED_ON
+            },
+            ..*v
+        })
+        .collect();
+    one_sample_cost(&sampled, rounds, secs);
+}
+
+/// Section 5: nanoseconds per 64-byte allocation `SAMPLED_DEPTH` frames
+/// deep with one in `SAMPLED_EVERY` sampled, per variant, interleaved;
+/// printed as microseconds per sample beyond the first variant.
+fn one_sample_cost(variants: &[Variant], rounds: usize, secs: u64) {
+    let mut ns = vec![Vec::new(); variants.len()];
+    for round in 0..rounds {
+        for k in 0..variants.len() {
+            let index = (k + round) % variants.len();
+            let rate = micro_rate(variants[index], secs.min(3), SAMPLED_DEPTH);
+            ns[index].push(1e9 / rate.max(1.0));
+        }
+    }
+    let ns: Vec<f64> = ns.iter_mut().map(|v| median(v)).collect();
+    println!(
+        "\n## One sampled allocation {SAMPLED_DEPTH} frames deep \
+         (64-byte allocations, on average one in {SAMPLED_EVERY} sampled)"
+    );
+    for (index, variant) in variants.iter().enumerate().skip(1) {
+        println!(
+            "{:<32} {:.2} ns per allocation → {:.2} µs per sample beyond {} ({:.2} ns)",
+            variant.label,
+            ns[index],
+            (ns[index] - ns[0]) * SAMPLED_EVERY / 1e3,
+            variants[0].label,
+            ns[0]
+        );
+    }
+}
+
+fn parent(args: &[String]) {
+    let rounds = option(args, "--rounds", 7).max(1) as usize;
+    let secs = option(args, "--secs", 4).max(1);
+    let clients = option(args, "--clients", 3).max(1) as usize;
+    println!("# heap profiling overhead: {rounds} rounds × {secs} s");
+
+    // 1. HTTP load in every variant, interleaved (each round rotates the
+    //    order), on a typical and on an allocation-heavy request.
+    let services = http_rounds(&VARIANTS, rounds, secs, clients);
+    let n = VARIANTS.len();
     let on = &services[n - 1];
 
     // 2. First and later heap profiles of the loaded service.
@@ -583,8 +755,7 @@ fn parent(args: &[String]) {
     for round in 0..rounds {
         for k in 0..n {
             let index = (k + round) % n;
-            let variant = VARIANTS[index];
-            micro[index].push(micro_rate(variant.conf, variant.fast, secs.min(3), 0));
+            micro[index].push(micro_rate(VARIANTS[index], secs.min(3), 0));
         }
     }
     let base = median(&mut micro[0].clone());
@@ -602,30 +773,21 @@ fn parent(args: &[String]) {
 
     // 5. Cost of one sample, SAMPLED_DEPTH frames deep.
     let sampled = [
-        ("inactive", SAMPLED_INACTIVE, false),
-        ("libgcc", SAMPLED_ON, false),
-        ("framehop", SAMPLED_ON, true),
+        Variant {
+            label: "inactive",
+            conf: SAMPLED_INACTIVE,
+            ..VARIANTS[1]
+        },
+        Variant {
+            label: "libgcc",
+            conf: SAMPLED_ON,
+            ..VARIANTS[2]
+        },
+        Variant {
+            label: "framehop",
+            conf: SAMPLED_ON,
+            ..VARIANTS[3]
+        },
     ];
-    let mut ns = vec![Vec::new(); sampled.len()];
-    for round in 0..rounds {
-        for k in 0..sampled.len() {
-            let index = (k + round) % sampled.len();
-            let (_, conf, fast) = sampled[index];
-            let rate = micro_rate(conf, fast, secs.min(3), SAMPLED_DEPTH);
-            ns[index].push(1e9 / rate.max(1.0));
-        }
-    }
-    let ns: Vec<f64> = ns.iter_mut().map(|v| median(v)).collect();
-    println!(
-        "\n## One sampled allocation {SAMPLED_DEPTH} frames deep \
-         (64-byte allocations, on average one in {SAMPLED_EVERY} sampled)"
-    );
-    for (index, (label, _, _)) in sampled.iter().enumerate().skip(1) {
-        println!(
-            "{label:<10} {:.2} ns per allocation → {:.2} µs per sample beyond inactive ({:.2} ns)",
-            ns[index],
-            (ns[index] - ns[0]) * SAMPLED_EVERY / 1e3,
-            ns[0]
-        );
-    }
+    one_sample_cost(&sampled, rounds, secs);
 }
