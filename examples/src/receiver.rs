@@ -1,7 +1,8 @@
-//! A stand-in for a Pyroscope server's Push endpoint, for the push
-//! benchmarks: it takes `POST /push.v1.PusherService/Push` and counts
-//! requests and bytes, or (as told) answers 500, or never answers. The
-//! end-to-end tests have the receiver that decodes what it gets.
+//! A stand-in for a Pyroscope server's Push endpoint (and an OTLP
+//! profiles endpoint), for the push benchmarks: it takes `POST
+//! /push.v1.PusherService/Push` and `POST /v1development/profiles` and
+//! counts requests and bytes, or (as told) answers 500, or never answers.
+//! The end-to-end tests have the receivers that decode what they get.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -51,31 +52,8 @@ impl Receiver {
         };
         let state = receiver.clone();
         let app = axum::Router::new()
-            .route(
-                "/push.v1.PusherService/Push",
-                axum::routing::post(
-                    |axum::extract::State(r): axum::extract::State<Receiver>, body: Bytes| async move {
-                        r.counts.requests.fetch_add(1, Ordering::Relaxed);
-                        match r.mode() {
-                            Mode::Accept => {
-                                r.counts.accepted.fetch_add(1, Ordering::Relaxed);
-                                r.counts.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-                                (StatusCode::OK, "")
-                            }
-                            Mode::Fail => (
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                r#"{"code":"internal","message":"ingester down"}"#,
-                            ),
-                            Mode::Hang => {
-                                while r.mode() == Mode::Hang {
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                }
-                                (StatusCode::SERVICE_UNAVAILABLE, "")
-                            }
-                        }
-                    },
-                ),
-            )
+            .route("/push.v1.PusherService/Push", axum::routing::post(take))
+            .route("/v1development/profiles", axum::routing::post(take))
             .with_state(state);
         tokio::spawn(async move { axum::serve(listener, app).await });
         receiver
@@ -91,6 +69,34 @@ impl Receiver {
             1 => Mode::Fail,
             2 => Mode::Hang,
             _ => Mode::Accept,
+        }
+    }
+}
+
+/// One push: counted, then answered as the mode says (an empty body is
+/// an empty `PushResponse` and an empty `ExportProfilesServiceResponse`).
+async fn take(
+    axum::extract::State(r): axum::extract::State<Receiver>,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    r.counts.requests.fetch_add(1, Ordering::Relaxed);
+    match r.mode() {
+        Mode::Accept => {
+            r.counts.accepted.fetch_add(1, Ordering::Relaxed);
+            r.counts
+                .bytes
+                .fetch_add(body.len() as u64, Ordering::Relaxed);
+            (StatusCode::OK, "")
+        }
+        Mode::Fail => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"code":"internal","message":"ingester down"}"#,
+        ),
+        Mode::Hang => {
+            while r.mode() == Mode::Hang {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, "")
         }
     }
 }

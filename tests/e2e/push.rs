@@ -6,7 +6,10 @@
 //! hot function, CPU shares as a look-back of the same span has them), an
 //! agent through a server that refuses, fails, hangs and comes back
 //! (bounded queue, counted drops, no thread or socket left behind, no
-//! retry storm), and credentials that appear nowhere.
+//! retry storm), and credentials that appear nowhere. OTLP profiles are
+//! in `otlp`.
+
+mod otlp;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -467,7 +470,7 @@ fn the_demo_pushes_every_segment_once_tiled_labelled_and_true() {
     // The start-up log says where profiles go and how.
     assert!(
         wait_until(Duration::from_secs(10), || demo.lines().iter().any(|l| l
-            .contains("pushing continuous CPU profiles to Pyroscope")
+            .contains("pushing continuous CPU profiles")
             && l.contains(&format!(
                 "http://{addr}/push.v1.PusherService/Push"
             )))),

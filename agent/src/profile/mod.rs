@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub(crate) use build::{ProfileMeta, RawStack};
+#[cfg(feature = "push-otlp")]
+pub(crate) use pprof::function_names;
 pub use view::{Trim, View};
 
 use crate::labels::LabelSet;

@@ -317,7 +317,7 @@ fn to_proto(profile: &Profile) -> proto::Profile {
 /// are equal, `go tool pprof` takes the name for an undemangled C++ symbol
 /// and strips every `<…>` and `(…)` from it, which turns Rust's qualified
 /// paths into `::poll` and `::wrapping_add`.
-fn function_names(full: &str) -> (std::borrow::Cow<'_, str>, Option<&str>) {
+pub(crate) fn function_names(full: &str) -> (std::borrow::Cow<'_, str>, Option<&str>) {
     let name = without_generic_arguments(full);
     let system_name = (name != full).then_some(full);
     (name, system_name)

@@ -1,4 +1,4 @@
-//! One HTTP/1.1 POST at a time to the Push API, with hyper's low-level
+//! One HTTP/1.1 POST at a time to the Push API (or OTLP's profiles path), with hyper's low-level
 //! client connection (hyper is already in the tree for the debug server;
 //! no pool, no second HTTP stack): a kept-alive connection is reused, a
 //! connection that failed in any way is closed (its task aborted, so no
@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::endpoint::Endpoint;
-use super::settings::{PushSettings, Secret};
+use super::settings::{PushProtocol, PushSettings, Secret};
 use crate::Error;
 
 /// Most bytes of an answer read (a Connect error is a short JSON object).
@@ -159,6 +159,7 @@ impl Drop for Conn {
 /// The pusher's HTTP client: one server, one connection at a time.
 pub(crate) struct Client {
     endpoint: Endpoint,
+    protocol: PushProtocol,
     headers: HeaderMap,
     connect_timeout: Duration,
     timeout: Duration,
@@ -213,14 +214,26 @@ impl Client {
                 .map_err(|_| invalid("push.header", "not a valid header value"))?;
             headers.insert(name, value);
         }
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/proto"),
-        );
-        headers.insert(
-            HeaderName::from_static("connect-protocol-version"),
-            HeaderValue::from_static("1"),
-        );
+        match settings.protocol {
+            PushProtocol::Pyroscope => {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/proto"),
+                );
+                headers.insert(
+                    HeaderName::from_static("connect-protocol-version"),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            PushProtocol::Otlp => {
+                // OTLP/HTTP binary protobuf, gzip as the specification allows.
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-protobuf"),
+                );
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+        }
         headers.insert(
             header::USER_AGENT,
             HeaderValue::from_static(concat!("stethoscope/", env!("CARGO_PKG_VERSION"))),
@@ -236,6 +249,7 @@ impl Client {
         };
         Ok(Client {
             endpoint,
+            protocol: settings.protocol,
             headers,
             connect_timeout: settings.connect_timeout,
             timeout: settings.timeout,
@@ -245,11 +259,13 @@ impl Client {
         })
     }
 
-    /// POSTs `body` (a `PushRequest`); `Ok` on a 2xx answer.
+    /// POSTs `body` (a `PushRequest`, or an OTLP export request); `Ok` on
+    /// a 2xx answer (for OTLP, one that rejects no profile).
     pub(crate) async fn push(&mut self, body: Bytes) -> Result<(), Failure> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         match tokio::time::timeout_at(deadline, self.attempt(body)).await {
-            Ok(result) => result,
+            Ok(Ok(answer)) => self.check_answer(&answer),
+            Ok(Err(failure)) => Err(failure),
             Err(_) => {
                 self.conn = None;
                 Err(Failure::new(
@@ -260,12 +276,29 @@ impl Client {
         }
     }
 
+    /// What a 2xx answer's body says: OTLP's partial success may reject
+    /// the profile.
+    fn check_answer(&self, answer: &[u8]) -> Result<(), Failure> {
+        match self.protocol {
+            PushProtocol::Pyroscope => Ok(()),
+            #[cfg(feature = "push-otlp")]
+            PushProtocol::Otlp => super::otlp::check_answer(answer)
+                .map_err(|message| Failure::new(Reason::Rejected, message)),
+            #[cfg(not(feature = "push-otlp"))]
+            PushProtocol::Otlp => {
+                let _ = answer;
+                Ok(())
+            }
+        }
+    }
+
     /// Closes the kept-alive connection, if any.
     pub(crate) fn disconnect(&mut self) {
         self.conn = None;
     }
 
-    async fn attempt(&mut self, body: Bytes) -> Result<(), Failure> {
+    /// One request; the answer's body on a 2xx.
+    async fn attempt(&mut self, body: Bytes) -> Result<Bytes, Failure> {
         let kept = self.conn.take().filter(Conn::usable);
         let reused = kept.is_some();
         let mut conn = match kept {
@@ -291,6 +324,12 @@ impl Client {
             .get(header::CONNECTION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        #[cfg(feature = "push-otlp")]
+        let protobuf = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("protobuf"));
         let answer = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
@@ -300,8 +339,15 @@ impl Client {
             self.conn = Some(conn);
         }
         if status.is_success() {
-            Ok(())
+            Ok(answer)
         } else {
+            #[cfg(feature = "push-otlp")]
+            if protobuf {
+                // An OTLP error in protobuf: google.rpc.Status.
+                if let Some(message) = super::otlp::status_message(&answer) {
+                    return Err(Failure::status(status, message.as_bytes()));
+                }
+            }
             Err(Failure::status(status, &answer))
         }
     }
@@ -476,7 +522,12 @@ mod tests {
     }
 
     fn client_for(addr: std::net::SocketAddr, timeout: Duration) -> Client {
+        client_with(addr, timeout, PushProtocol::Pyroscope)
+    }
+
+    fn client_with(addr: std::net::SocketAddr, timeout: Duration, protocol: PushProtocol) -> Client {
         let settings = PushSettings::new(format!("http://{addr}"))
+            .protocol(protocol)
             .tenant("t1")
             .timeout(timeout)
             .connect_timeout(timeout);
@@ -549,6 +600,33 @@ mod tests {
         .await;
         assert!(matches!(read, Ok(Ok(_))), "the socket was closed: {read:?}");
         assert!(buffer.starts_with(b"POST /push.v1.PusherService/Push HTTP/1.1"));
+    }
+
+    #[cfg(feature = "push-otlp")]
+    #[tokio::test]
+    async fn an_otlp_push_is_gzip_protobuf_and_a_partial_rejection_is_a_refusal() {
+        let server = serve(200, b"").await;
+        let mut client = client_with(server.addr, Duration::from_secs(5), PushProtocol::Otlp);
+        client.push(Bytes::from_static(b"x")).await.unwrap();
+        {
+            let requests = server.requests.lock().unwrap();
+            let (path, headers, _) = &requests[0];
+            assert_eq!(path, crate::push::endpoint::OTLP_PATH);
+            assert_eq!(headers.get(header::CONTENT_TYPE).unwrap(), "application/x-protobuf");
+            assert_eq!(headers.get(header::CONTENT_ENCODING).unwrap(), "gzip");
+            assert!(headers.get("connect-protocol-version").is_none());
+        }
+        // ExportProfilesServiceResponse{partial_success{rejected_profiles: 1,
+        // error_message: "old"}}, as protobuf.
+        static REJECTED: [u8; 9] = [0x0a, 0x07, 0x08, 0x01, 0x12, 0x03, b'o', b'l', b'd'];
+        let server = serve(200, &REJECTED).await;
+        let mut client = client_with(server.addr, Duration::from_secs(5), PushProtocol::Otlp);
+        let failure = client.push(Bytes::from_static(b"x")).await.unwrap_err();
+        assert_eq!(failure.reason, Reason::Rejected);
+        assert!(failure.message.contains("old"), "{failure:?}");
+        // The same answer means nothing to the Pyroscope protocol.
+        let mut client = client_for(server.addr, Duration::from_secs(5));
+        assert!(client.push(Bytes::from_static(b"x")).await.is_ok());
     }
 
     #[test]

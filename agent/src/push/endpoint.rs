@@ -1,5 +1,5 @@
-//! The server's URL, taken apart: scheme, host, port, path of the Push
-//! API under an optional prefix, and credentials given as `user:password@`
+//! The server's URL, taken apart: scheme, host, port, path of the API
+//! (Pyroscope's Push API or OTLP's profiles path) under an optional prefix, and credentials given as `user:password@`
 //! (kept as a secret, and never part of what is shown).
 
 use super::settings::Secret;
@@ -7,6 +7,10 @@ use super::settings::Secret;
 /// The path of Pyroscope's Push API (Connect, unary): the service
 /// `push.v1.PusherService`, method `Push`.
 pub(crate) const PUSH_PATH: &str = "/push.v1.PusherService/Push";
+
+/// The path of OTLP/HTTP profiles (`ProfilesService.Export`, development
+/// signal).
+pub(crate) const OTLP_PATH: &str = "/v1development/profiles";
 
 /// Where pushes go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +20,7 @@ pub(crate) struct Endpoint {
     /// Host name or IP address (IPv6 without brackets).
     pub(crate) host: String,
     pub(crate) port: u16,
-    /// The request path: prefix + [`PUSH_PATH`].
+    /// The request path: prefix + the API's path.
     pub(crate) path: String,
     /// `Host` header value (`host` or `host:port`, IPv6 in brackets).
     pub(crate) authority: String,
@@ -25,8 +29,11 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `http(s)://[user:password@]host[:port][/prefix]`.
-    pub(crate) fn parse(url: &str) -> Result<Endpoint, &'static str> {
+    /// Parses `http(s)://[user:password@]host[:port][/prefix]`, requests
+    /// going to prefix + `api` (a prefix that already ends with `api`, as
+    /// an `OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT`-style URL does, is not
+    /// extended twice).
+    pub(crate) fn parse(url: &str, api: &str) -> Result<Endpoint, &'static str> {
         const EXPECTED: &str =
             "expected http://host:port or https://host, optionally with user:password@ and a path prefix";
         let url = url.trim();
@@ -104,9 +111,15 @@ impl Endpoint {
         } else {
             format!("{bracketed}:{port}")
         };
+        let prefix = prefix.trim_end_matches('/');
+        let prefix = if api.is_empty() {
+            prefix
+        } else {
+            prefix.strip_suffix(api).unwrap_or(prefix)
+        };
         Ok(Endpoint {
             tls,
-            path: format!("{}{PUSH_PATH}", prefix.trim_end_matches('/')),
+            path: format!("{prefix}{api}"),
             host,
             port,
             authority,
@@ -155,20 +168,31 @@ mod tests {
 
     #[test]
     fn urls_are_taken_apart() {
-        let e = Endpoint::parse("http://pyroscope:4040").unwrap();
+        let e = Endpoint::parse("http://pyroscope:4040", PUSH_PATH).unwrap();
         assert_eq!(
             (e.tls, e.host.as_str(), e.port, e.path.as_str(), e.authority.as_str()),
             (false, "pyroscope", 4040, PUSH_PATH, "pyroscope:4040")
         );
-        let e = Endpoint::parse("HTTPS://123456:glc%2Fx%40y@profiles-prod-001.grafana.net/").unwrap();
+        let e = Endpoint::parse("HTTPS://123456:glc%2Fx%40y@profiles-prod-001.grafana.net/", PUSH_PATH).unwrap();
         assert!(e.tls);
         assert_eq!((e.port, e.authority.as_str()), (443, "profiles-prod-001.grafana.net"));
         let (user, password) = e.userinfo.clone().unwrap();
         assert_eq!((user.as_str(), password.expose()), ("123456", "glc/x@y"));
         assert_eq!(e.shown(), "https://profiles-prod-001.grafana.net/push.v1.PusherService/Push");
-        let e = Endpoint::parse("http://[::1]:4040/pyroscope").unwrap();
+        let e = Endpoint::parse("http://[::1]:4040/pyroscope", PUSH_PATH).unwrap();
         assert_eq!((e.host.as_str(), e.authority.as_str()), ("::1", "[::1]:4040"));
         assert_eq!(e.path, "/pyroscope/push.v1.PusherService/Push");
+        // OTLP: the profiles path under the prefix, once.
+        for url in [
+            "http://collector:4318",
+            "http://collector:4318/",
+            "http://collector:4318/v1development/profiles",
+        ] {
+            let e = Endpoint::parse(url, OTLP_PATH).unwrap();
+            assert_eq!(e.path, "/v1development/profiles", "{url}");
+        }
+        let e = Endpoint::parse("http://gw/otlp", OTLP_PATH).unwrap();
+        assert_eq!(e.shown(), "http://gw/otlp/v1development/profiles");
     }
 
     #[test]
@@ -187,7 +211,7 @@ mod tests {
             "http://h/a b",
             "http://%zz@h",
         ] {
-            assert!(Endpoint::parse(url).is_err(), "{url}");
+            assert!(Endpoint::parse(url, PUSH_PATH).is_err(), "{url}");
         }
     }
 
@@ -202,7 +226,7 @@ mod tests {
             #[test]
             fn parsing_never_panics(value in input_of(PARTS)) {
                 bounded("push url", &value, || {
-                    if let Ok(e) = Endpoint::parse(&value) {
+                    if let Ok(e) = Endpoint::parse(&value, PUSH_PATH) {
                         assert!(e.path.ends_with(PUSH_PATH));
                         assert!(e.port > 0);
                     }

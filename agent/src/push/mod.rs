@@ -12,6 +12,11 @@
 //! own sample labels (`route`, `task`, `span`, `thread`, yours) become
 //! Pyroscope series labels, so keep them few-valued.
 //!
+//! With the `push-otlp` feature, [`PushProtocol::Otlp`] sends each segment
+//! as OTLP profiles instead (`POST /v1development/profiles`, gzip
+//! protobuf): to Pyroscope 2.x or an OpenTelemetry Collector, the labels as
+//! resource attributes and the sample labels as sample attributes.
+//!
 //! Delivery runs on its own thread (`stethoscope-push`) with a small
 //! current-thread runtime, never on the host's: a bounded queue that drops
 //! the oldest profile when the server is slow or down, retries with capped
@@ -38,6 +43,8 @@
 mod client;
 mod endpoint;
 mod metrics;
+#[cfg(feature = "push-otlp")]
+mod otlp;
 mod proto;
 mod queue;
 mod settings;
@@ -59,10 +66,10 @@ use crate::Error;
 use client::Reason;
 pub(crate) use settings::apply_env;
 pub use settings::{
-    PushSettings, Secret, DEFAULT_PUSH_BACKOFF_MAX, DEFAULT_PUSH_BACKOFF_MIN,
+    PushProtocol, PushSettings, Secret, DEFAULT_PUSH_BACKOFF_MAX, DEFAULT_PUSH_BACKOFF_MIN,
     DEFAULT_PUSH_CONNECT_TIMEOUT, DEFAULT_PUSH_FLUSH_TIMEOUT, DEFAULT_PUSH_QUEUE_BYTES,
     DEFAULT_PUSH_QUEUE_PROFILES, DEFAULT_PUSH_TIMEOUT, ENV_PUSH_CA_FILE, ENV_PUSH_HEAP_EVERY,
-    ENV_PUSH_LABELS, ENV_PUSH_PASSWORD, ENV_PUSH_QUEUE, ENV_PUSH_SERVICE, ENV_PUSH_SYMBOLIZE,
+    ENV_PUSH_LABELS, ENV_PUSH_PASSWORD, ENV_PUSH_PROTOCOL, ENV_PUSH_QUEUE, ENV_PUSH_SERVICE, ENV_PUSH_SYMBOLIZE,
     ENV_PUSH_TENANT, ENV_PUSH_TIMEOUT, ENV_PUSH_TOKEN, ENV_PUSH_URL, ENV_PUSH_USER,
 };
 
@@ -118,6 +125,8 @@ pub struct PushFailure {
 pub struct PushStatus {
     /// Where profiles go (without credentials).
     pub url: String,
+    /// The API they go with: `pyroscope` or `otlp`.
+    pub protocol: &'static str,
     /// The `service_name` they carry.
     pub service: String,
     /// Profiles taken for delivery: every segment closed since the pusher
@@ -210,6 +219,7 @@ enum Control {
 pub struct Pusher {
     shared: Arc<Shared>,
     url: Arc<str>,
+    protocol: PushProtocol,
     service: Arc<str>,
     control: Arc<watch::Sender<Control>>,
     finished: watch::Receiver<bool>,
@@ -229,6 +239,7 @@ impl Pusher {
             .collect();
         PushStatus {
             url: self.url.to_string(),
+            protocol: self.protocol.name(),
             service: self.service.to_string(),
             taken: s.taken.load(Ordering::Relaxed),
             sent: s.sent.load(Ordering::Relaxed),
@@ -339,11 +350,14 @@ pub(crate) fn start(
         url = %url,
         service = %service,
         labels = ?labels,
-        api = "push.v1.PusherService/Push",
+        api = match settings.protocol {
+            PushProtocol::Pyroscope => "push.v1.PusherService/Push",
+            PushProtocol::Otlp => "OTLP profiles (v1development)",
+        },
         hz = continuous.map(|c| c.hz),
         symbolize = settings.symbolize,
         heap_every = settings.heap_every,
-        "pushing continuous CPU profiles to Pyroscope"
+        "pushing continuous CPU profiles"
     );
     let worker = worker::Worker::new(
         settings,
@@ -368,6 +382,7 @@ pub(crate) fn start(
         Pusher {
             shared,
             url,
+            protocol: settings.protocol,
             service,
             control: Arc::clone(&control),
             finished,

@@ -63,6 +63,51 @@ pub const ENV_PUSH_SYMBOLIZE: &str = "STETHOSCOPE_PUSH_SYMBOLIZE";
 /// A PEM file of CA certificates to trust besides the built-in roots
 /// (feature `push-tls`).
 pub const ENV_PUSH_CA_FILE: &str = "STETHOSCOPE_PUSH_CA_FILE";
+/// `pyroscope` (default) or `otlp`: the API profiles are pushed with
+/// ([`PushProtocol`]).
+pub const ENV_PUSH_PROTOCOL: &str = "STETHOSCOPE_PUSH_PROTOCOL";
+
+/// The API profiles are pushed with ([`PushSettings::protocol`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PushProtocol {
+    /// Grafana Pyroscope's Push API (`POST /push.v1.PusherService/Push`,
+    /// Connect): gzip pprof under series labels. Pyroscope, Grafana Cloud
+    /// Profiles, Alloy's `pyroscope.receive_http`.
+    #[default]
+    Pyroscope,
+    /// OTLP profiles over HTTP (`POST /v1development/profiles`, gzip
+    /// protobuf of OTLP proto v1.10.0): Pyroscope 2.x, an OpenTelemetry
+    /// Collector's `otlp` receiver. The signal is alpha: server and agent
+    /// must speak the same proto version. Needs the `push-otlp` feature.
+    Otlp,
+}
+
+impl PushProtocol {
+    /// Its name in [`ENV_PUSH_PROTOCOL`]: `pyroscope` or `otlp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PushProtocol::Pyroscope => "pyroscope",
+            PushProtocol::Otlp => "otlp",
+        }
+    }
+
+    /// The request path under the server URL (and its prefix).
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            PushProtocol::Pyroscope => super::endpoint::PUSH_PATH,
+            PushProtocol::Otlp => super::endpoint::OTLP_PATH,
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "pyroscope" | "connect" => Some(PushProtocol::Pyroscope),
+            "otlp" | "otlp-http" | "http/protobuf" => Some(PushProtocol::Otlp),
+            _ => None,
+        }
+    }
+}
 
 /// A credential: compared and sent, never shown. `Debug` prints
 /// `<redacted>`; there is no `Display`.
@@ -119,6 +164,7 @@ impl From<String> for Secret {
 #[derive(Debug, Clone)]
 pub struct PushSettings {
     pub(crate) url: String,
+    pub(crate) protocol: PushProtocol,
     pub(crate) service: Option<String>,
     /// Static labels, applied over the defaults; an empty value removes a
     /// default label.
@@ -145,6 +191,7 @@ impl PushSettings {
     pub fn new(url: impl Into<String>) -> Self {
         PushSettings {
             url: url.into(),
+            protocol: PushProtocol::Pyroscope,
             service: None,
             labels: Vec::new(),
             basic: None,
@@ -161,6 +208,18 @@ impl PushSettings {
             heap_every: 0,
             ca_file: None,
         }
+    }
+
+    /// The API to push with: Pyroscope's Push API (the default) or OTLP
+    /// profiles ([`PushProtocol::Otlp`], feature `push-otlp`), sent to
+    /// `url` + `/v1development/profiles`. With OTLP the labels become
+    /// resource attributes (`service_name` → `service.name`, `version` →
+    /// `service.version`, `environment` → `deployment.environment.name`,
+    /// `instance` → `service.instance.id`, the others by their name).
+    #[must_use]
+    pub fn protocol(mut self, protocol: PushProtocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// The `service_name` label: the application's name in Pyroscope.
@@ -286,7 +345,7 @@ impl PushSettings {
 
     /// Checks every setting; the first problem, naming it.
     pub(crate) fn validate(&self) -> Result<Endpoint, Error> {
-        let endpoint = Endpoint::parse(&self.url).map_err(|reason| Error::InvalidSetting {
+        let endpoint = Endpoint::parse(&self.url, self.protocol.path()).map_err(|reason| Error::InvalidSetting {
             setting: "push.url",
             reason,
         })?;
@@ -360,6 +419,20 @@ impl PushSettings {
                 "push.backoff",
                 "the first wait must be longer than zero and not longer than the longest",
             ));
+        }
+        if self.protocol == PushProtocol::Otlp {
+            if !cfg!(feature = "push-otlp") {
+                return Err(invalid(
+                    "push.protocol",
+                    "OTLP needs stethoscope's `push-otlp` feature (or push with the pyroscope protocol)",
+                ));
+            }
+            if self.heap_every > 0 {
+                return Err(invalid(
+                    "push.heap_every",
+                    "the live heap is pushed with the pyroscope protocol only (OTLP carries the CPU segments)",
+                ));
+            }
         }
         if endpoint.tls && !cfg!(feature = "push-tls") {
             return Err(invalid(
@@ -496,7 +569,7 @@ pub(crate) fn apply_env(
         expected,
     };
     if let Some(url) = var(ENV_PUSH_URL) {
-        if Endpoint::parse(url.trim()).is_err() {
+        if Endpoint::parse(url.trim(), "").is_err() {
             // The URL may carry a password: never echo it.
             fail(invalid(
                 ENV_PUSH_URL,
@@ -614,6 +687,12 @@ pub(crate) fn apply_env(
     if let Some(path) = var(ENV_PUSH_CA_FILE) {
         settings.ca_file = Some(path.trim().into());
     }
+    if let Some(value) = var(ENV_PUSH_PROTOCOL) {
+        match PushProtocol::parse(&value) {
+            Some(protocol) => settings.protocol = protocol,
+            None => fail(invalid(ENV_PUSH_PROTOCOL, value, "pyroscope or otlp")),
+        }
+    }
     first_error
 }
 
@@ -641,7 +720,7 @@ mod tests {
             // Without push-tls an https URL is refused: read the same URL
             // over http.
             Err(_) if cfg!(not(feature = "push-tls")) => {
-                Endpoint::parse("http://u:url-secret@example.com").unwrap()
+                Endpoint::parse("http://u:url-secret@example.com", "").unwrap()
             }
             Err(error) => panic!("{error}"),
         };
@@ -710,6 +789,33 @@ mod tests {
         let mut push = Some(PushSettings::new("http://a:1"));
         let error = apply_env(&mut push, env(&[("STETHOSCOPE_PUSH_LABELS", "a=b,9x=c")])).unwrap();
         assert!(error.to_string().contains("STETHOSCOPE_PUSH_LABELS"));
+    }
+
+    #[test]
+    fn the_protocol_comes_from_the_environment_and_otlp_is_checked() {
+        let mut push = Some(PushSettings::new("http://collector:4318"));
+        assert!(apply_env(&mut push, env(&[("STETHOSCOPE_PUSH_PROTOCOL", " OTLP ")])).is_none());
+        let push = push.unwrap();
+        assert_eq!(push.protocol, PushProtocol::Otlp);
+        match push.validate() {
+            Ok(endpoint) if cfg!(feature = "push-otlp") => {
+                assert_eq!(endpoint.path, "/v1development/profiles");
+            }
+            Err(Error::InvalidSetting { setting, .. }) if cfg!(not(feature = "push-otlp")) => {
+                assert_eq!(setting, "push.protocol");
+            }
+            other => panic!("{other:?}"),
+        }
+        if cfg!(feature = "push-otlp") {
+            match push.clone().heap_every(2).validate() {
+                Err(Error::InvalidSetting { setting, .. }) => assert_eq!(setting, "push.heap_every"),
+                other => panic!("the heap goes with the pyroscope protocol only: {other:?}"),
+            }
+        }
+        assert_eq!(PushSettings::new("http://p:1").protocol, PushProtocol::Pyroscope);
+        let mut push = Some(PushSettings::new("http://p:1"));
+        let error = apply_env(&mut push, env(&[("STETHOSCOPE_PUSH_PROTOCOL", "grpc")])).unwrap();
+        assert!(error.to_string().contains("STETHOSCOPE_PUSH_PROTOCOL"), "{error}");
     }
 
     #[test]

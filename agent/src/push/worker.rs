@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::client::{Client, Failure, Reason};
 use super::queue::{Backoff, Queue};
-use super::settings::PushSettings;
+use super::settings::{PushProtocol, PushSettings};
 use super::{proto, Control, DropReason, Shared, DEFAULT_PUSH_FLUSH_TIMEOUT};
 use crate::cpu::{ClosedSegment, CpuProfiler, SegmentFeed};
 use crate::heap::HeapProfiler;
@@ -42,6 +42,7 @@ pub(crate) struct Worker {
     cpu: CpuProfiler,
     feed: SegmentFeed,
     heap: HeapProfiler,
+    protocol: PushProtocol,
     /// Series labels of CPU and of heap profiles (`__name__` included).
     cpu_labels: Vec<(String, String)>,
     heap_labels: Vec<(String, String)>,
@@ -50,6 +51,9 @@ pub(crate) struct Worker {
     limits: Limits,
     /// Credentials, to keep them out of messages a server echoes.
     secrets: Vec<String>,
+    /// The push labels as an OTLP resource.
+    #[cfg(feature = "push-otlp")]
+    resource: opentelemetry_proto::tonic::resource::v1::Resource,
     /// Key of this process's profile ids.
     id_key: u64,
     ids: u64,
@@ -84,6 +88,9 @@ impl Worker {
         secrets.retain(|s| s.len() >= 4);
         let feed = cpu.segment_feed();
         Worker {
+            #[cfg(feature = "push-otlp")]
+            resource: super::otlp::resource(&labels),
+            protocol: settings.protocol,
             client,
             cpu,
             feed,
@@ -268,8 +275,12 @@ impl Worker {
         };
         match profile.render(Format::Pprof) {
             Ok(pprof) => {
-                let id = self.next_id();
-                Some(Bytes::from(proto::encode(&self.heap_labels, pprof, id)))
+                let (high, low) = self.next_id();
+                Some(Bytes::from(proto::encode(
+                    &self.heap_labels,
+                    pprof,
+                    proto::uuid(high, low),
+                )))
             }
             Err(error) => {
                 tracing::warn!(%error, "the heap profile could not be encoded");
@@ -278,13 +289,14 @@ impl Worker {
         }
     }
 
-    fn next_id(&mut self) -> String {
+    /// 128 bits unique to this profile of this process.
+    fn next_id(&mut self) -> (u64, u64) {
         self.ids += 1;
         let low = std::hash::BuildHasher::hash_one(
             &std::collections::hash_map::RandomState::new(),
             self.ids,
         );
-        proto::uuid(self.id_key ^ self.ids.rotate_left(17), low)
+        (self.id_key ^ self.ids.rotate_left(17), low)
     }
 
     /// Encodes the oldest profile if it is not yet, and sends it. On
@@ -339,12 +351,32 @@ impl Worker {
     }
 
     /// A segment as a push request: symbolized (unless configured not to)
-    /// gzip pprof under the CPU series labels.
+    /// gzip pprof under the CPU series labels, or an OTLP export request
+    /// describing the push labels' resource.
     fn encode(&mut self, segment: &ClosedSegment) -> Result<Bytes, String> {
         let profile = segment.profile.to_profile_symbolized(self.limits.symbolize);
-        let pprof = profile.render(Format::Pprof).map_err(|e| e.to_string())?;
-        let id = self.next_id();
-        Ok(Bytes::from(proto::encode(&self.cpu_labels, pprof, id)))
+        let (high, low) = self.next_id();
+        match self.protocol {
+            PushProtocol::Pyroscope => {
+                let pprof = profile.render(Format::Pprof).map_err(|e| e.to_string())?;
+                Ok(Bytes::from(proto::encode(
+                    &self.cpu_labels,
+                    pprof,
+                    proto::uuid(high, low),
+                )))
+            }
+            #[cfg(feature = "push-otlp")]
+            PushProtocol::Otlp => {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&high.to_be_bytes());
+                id[8..].copy_from_slice(&low.to_be_bytes());
+                super::otlp::encode(&profile, &self.resource, id)
+                    .map(Bytes::from)
+                    .map_err(|e| format!("encoding the OTLP request: {e}"))
+            }
+            #[cfg(not(feature = "push-otlp"))]
+            PushProtocol::Otlp => Err("OTLP needs the push-otlp feature".to_owned()),
+        }
     }
 
     /// `message` without any credential in it.

@@ -7,10 +7,12 @@
 //! default: five times the default rate, so a short round sees several
 //! pushes and the cost is overstated, not hidden). Also: the push thread's
 //! CPU per segment, the bytes of each push, and the memory pushing adds
-//! (the symbolizer's tables, the queue).
+//! (the symbolizer's tables, the queue). `--otlp 1` adds an arm pushing
+//! OTLP profiles to a server that accepts, to compare the two protocols'
+//! CPU and bytes.
 //!
 //! ```text
-//! cargo run --release -p stethoscope-examples --bin push_overhead -- [--rounds 7] [--secs 6] [--threads 2] [--segment 2] [--symbolize 1] [--outages 1]
+//! cargo run --release -p stethoscope-examples --bin push_overhead -- [--rounds 7] [--secs 6] [--threads 2] [--segment 2] [--symbolize 1] [--outages 1] [--otlp 0]
 //! ```
 //!
 //! With `--receive PORT` it only runs the stand-in receiver on
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stethoscope::cpu::ContinuousSettings;
-use stethoscope::push::PushSettings;
+use stethoscope::push::{PushProtocol, PushSettings};
 use stethoscope::Agent;
 use stethoscope_examples::bench::{arg, median, thread_cpu_ns};
 use stethoscope_examples::receiver::{self, rss_bytes, Mode};
@@ -60,6 +62,8 @@ enum Arm {
     Refused,
     Fail,
     Hang,
+    /// OTLP profiles, server accepts.
+    AcceptOtlp,
 }
 
 impl Arm {
@@ -72,6 +76,7 @@ impl Arm {
             Arm::Refused => "push, connection refused",
             Arm::Fail => "push, server answers 500",
             Arm::Hang => "push, server never answers",
+            Arm::AcceptOtlp => "push OTLP, server accepts",
         }
     }
 }
@@ -119,11 +124,14 @@ fn main() {
     let segment = Duration::from_secs(arg("--segment", 2).max(1) as u64);
     let symbolize = arg("--symbolize", 1) != 0;
     // `--outages 0`: only "no push" and "push, server accepts".
-    let arms: Vec<Arm> = if arg("--outages", 1) == 0 {
+    let mut arms: Vec<Arm> = if arg("--outages", 1) == 0 {
         vec![Arm::Off, Arm::Accept]
     } else {
         Arm::ALL.to_vec()
     };
+    if arg("--otlp", 0) != 0 {
+        arms.push(Arm::AcceptOtlp);
+    }
 
     let (receiver, addr) = receiver::spawn("127.0.0.1:0").expect("receiver");
     // Bound, never listening: connections to it are refused.
@@ -142,7 +150,7 @@ fn main() {
         let target = match arm {
             Arm::Off => None,
             Arm::Refused => Some(refused_addr),
-            Arm::Accept | Arm::Fail | Arm::Hang => Some(addr),
+            Arm::Accept | Arm::Fail | Arm::Hang | Arm::AcceptOtlp => Some(addr),
         };
         receiver.set(match arm {
             Arm::Fail => Mode::Fail,
@@ -153,7 +161,12 @@ fn main() {
             builder = builder.push(
                 PushSettings::new(format!("http://{target}"))
                     .service("push_overhead")
-                    .symbolize(symbolize),
+                    .symbolize(symbolize)
+                    .protocol(if arm == Arm::AcceptOtlp {
+                        PushProtocol::Otlp
+                    } else {
+                        PushProtocol::Pyroscope
+                    }),
             );
         }
         builder.start().expect("agent starts")
