@@ -541,10 +541,63 @@ fn the_task_dump_groups_each_route_s_stuck_requests_into_one_trace() {
             "{function} waits at {leaf_frame}: {group:#}"
         );
     }
+    // A dump that waited 250 ms or more for a worker (tokio's barrier
+    // round) is served, and later dumps are refused: the round's count is
+    // left behind and the next dump could park a worker for good.
+    let refused_after = |reply: &Reply| {
+        assert_eq!(reply.status, 409, "{}", reply.text());
+        let error = reply.json()["error"].as_str().unwrap_or("").to_owned();
+        assert!(error.contains("250 ms barrier"), "{error}");
+    };
+    if dump["took_ms"].as_f64().unwrap_or(0.0) >= 250.0 {
+        // The machine was slow enough for the first dump to show it.
+        refused_after(&get(demo.agent, "/debug/tasks", None));
+        return;
+    }
     // Text too, and a second dump right after (dumps run one at a time,
     // they are not used up).
     let text = get(demo.agent, "/debug/tasks", None);
     assert_eq!(text.status, 200, "{}", text.text());
     assert!(text.text().contains("12 tasks (ids"), "{}", text.text());
+    // Now a worker blocked in a handler while the dump is asked for.
+    let mut poisoned = false;
+    let mut tries = Vec::new();
+    for _ in 0..10 {
+        let service = demo.service;
+        let blocker = std::thread::spawn(move || get(service, "/block?ms=700", None));
+        // Ask as soon as a worker is inside the blocking poll (before the
+        // stuck-worker check's 100 ms).
+        wait_until(Duration::from_millis(600), || {
+            get(demo.agent, "/debug/runtime", None).json()["per_worker"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["away_ms"].is_number()))
+        });
+        let reply = get(demo.agent, "/debug/tasks?format=json", None);
+        let _ = blocker.join();
+        let took = (reply.status == 200)
+            .then(|| reply.json()["took_ms"].as_f64())
+            .flatten()
+            .unwrap_or(0.0);
+        tries.push(format!(
+            "{} {took:.0} ms {}",
+            reply.status,
+            if reply.status == 200 {
+                String::new()
+            } else {
+                reply.text()
+            }
+        ));
+        if took >= 250.0 {
+            refused_after(&get(demo.agent, "/debug/tasks", None));
+            poisoned = true;
+            break;
+        }
+        // 409: the worker already looked stuck; or a quick dump: the block
+        // had not started. Again.
+    }
+    assert!(
+        poisoned,
+        "no dump waited for the blocked worker in 10 tries: {tries:#?}"
+    );
     drop((permits, channels));
 }

@@ -222,8 +222,10 @@ mod tests {
     #[test]
     fn tickets_hold_their_place_until_dropped() {
         let table = Arc::new(InFlight::default());
-        let now = Instant::now();
-        let old = table.enter(7, now - Duration::from_secs(40));
+        // Ages measured forward: starts never before the table's epoch.
+        let start = Instant::now();
+        let now = start + Duration::from_secs(40);
+        let old = table.enter(7, start);
         let young: Vec<Ticket> = (0..3)
             .map(|_| table.enter(9, now - Duration::from_millis(10)))
             .collect();

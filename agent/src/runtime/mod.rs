@@ -526,6 +526,9 @@ impl RuntimeHealth {
         if inner.handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             return Err(refused(Refusal::CurrentThread));
         }
+        if task_dump::turned_off() {
+            return Err(refused(Refusal::TimedOutBefore));
+        }
         let stuck = inner
             .workers
             .lock()

@@ -11,10 +11,16 @@
 //!   another (tokio#8391, open; it aborted a production server);
 //! - a worker stuck in one poll: the dump waits at a barrier for every
 //!   worker, 250 ms at a time, and the stuck one never comes;
-//! - after a dump that timed out: a timed-out barrier round can elect a
-//!   spurious leader that trips tokio's `next.is_notified()` assertion or
-//!   parks a worker (tokio#6343, fix PR #8370 unmerged) — the agent turns
-//!   dumps off for the rest of the process;
+//! - after a dump that timed out, or that took 250 ms or more (a worker
+//!   missed tokio's barrier round, whose count is then left behind): the
+//!   next dump can elect a spurious leader that parks a worker for good or
+//!   trips tokio's `next.is_notified()` assertion (tokio#6343, fix PR #8370
+//!   unmerged) — seen here: a dump while one worker was blocked in a
+//!   700 ms poll came back after 261 ms, and that worker then stayed
+//!   parked at the dump's end barrier for good (the runtime lost a worker);
+//!   a dump can thus hurt the host even when it succeeds, which is why
+//!   dumps stay opt-in at build time — and the agent turns them off for the
+//!   rest of the process after one that took that long;
 //! - while another dump runs.
 //!
 //! Tokio 1.54 is required (the workspace pins it): it fixes workers left
@@ -184,8 +190,9 @@ impl Refusal {
                  barrier and stop the other workers again and again"
             }
             Refusal::TimedOutBefore => {
-                "an earlier task dump timed out; another could trip tokio's scheduler (tokio#6343), \
-                 so task dumps are off until the service restarts"
+                "an earlier task dump timed out or had a worker miss tokio's 250 ms barrier; another \
+                 could park a worker for good or trip tokio's scheduler (tokio#6343, PR #8370 \
+                 unmerged), so task dumps are off until the service restarts"
             }
             Refusal::Running => "a task dump is already running",
         }
@@ -238,6 +245,10 @@ mod imp {
 
     use super::{Refusal, TaskDump, TaskGroup, IDS_LISTED, TASK_DUMP_RESOLVE_BUDGET};
 
+    /// How long a tokio worker waits at the dump's barrier for the others
+    /// before it gives up the round (tokio 1.54.1's `trace_core`).
+    const BARRIER_ROUND: Duration = Duration::from_millis(250);
+
     /// A dump runs.
     static RUNNING: AtomicBool = AtomicBool::new(false);
     /// A dump timed out: no more in this process.
@@ -253,6 +264,11 @@ mod imp {
     }
 
     pub(crate) const BUILT: bool = true;
+
+    /// Whether an earlier dump turned dumps off for this process.
+    pub(crate) fn turned_off() -> bool {
+        TIMED_OUT.load(Ordering::Acquire)
+    }
 
     /// Asks `handle`'s runtime for its dump, on the caller's runtime (the
     /// agent's), waiting `timeout` at most.
@@ -278,7 +294,18 @@ mod imp {
             let _ = tx.send(dump);
         });
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(dump)) => Ok((dump, captured_at, started.elapsed())),
+            Ok(Ok(dump)) => {
+                let took = started.elapsed();
+                // A dump that took a barrier round or longer had a worker
+                // miss tokio's 250 ms barrier: the round's count is left
+                // behind (tokio 1.54.1), and the next dump could elect a
+                // spurious leader that parks a worker for good. Seen here
+                // under CPU starvation: the dump itself came back fine.
+                if took >= BARRIER_ROUND {
+                    TIMED_OUT.store(true, Ordering::Release);
+                }
+                Ok((dump, captured_at, took))
+            }
             Ok(Err(_)) => Err(DumpError::Gone),
             Err(_) => {
                 TIMED_OUT.store(true, Ordering::Release);
@@ -371,6 +398,11 @@ mod imp {
 )))]
 mod imp {
     pub(crate) const BUILT: bool = false;
+
+    /// Never: a build without dumps has none to turn off.
+    pub(crate) fn turned_off() -> bool {
+        false
+    }
 }
 
 pub(crate) use imp::*;
