@@ -257,12 +257,46 @@ fn threads_sleeping_spinning_and_300_idle_are_listed_within_the_bound() {
     let dump = reply.json();
     let total = dump["threads"].as_u64().unwrap();
     assert!(total >= 302, "{total} threads");
-    assert_eq!(dump["answered"], dump["threads"], "every thread answers");
-    // The bound: 100 ms for 256 threads, proportionally more beyond.
+    // The bound: 100 ms for 256 threads, proportionally more beyond. A
+    // thread the machine does not run in time (a contended 2-core box) is
+    // listed as not answering, not waited for: the bound holds either way.
     let bound = 100.0 * (total as f64 / 256.0).max(1.0);
     let took = dump["took_ms"].as_f64().unwrap();
     assert!(took <= bound + 50.0, "took {took} ms for {total} threads");
     let groups = dump["groups"].as_array().unwrap();
+    let listed: Vec<&Value> = groups
+        .iter()
+        .flat_map(|g| g["threads"].as_array().unwrap().iter())
+        .collect();
+    assert_eq!(listed.len() as u64, total, "every thread listed once");
+    let answered = listed.iter().filter(|t| t["answered"] == true).count();
+    assert_eq!(dump["answered"], answered as u64);
+    // Those that did not answer form the last group, without a stack.
+    if answered < listed.len() {
+        let last = groups.last().unwrap();
+        assert!(
+            last["state"].is_null() && last["frames"].as_array().unwrap().is_empty(),
+            "{last:#}"
+        );
+        assert_eq!(last["count"], (listed.len() - answered) as u64, "{last:#}");
+    }
+    // No capture signal is left pending on any thread: a late thread's
+    // signal was discarded, not queued for later.
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status
+            .lines()
+            .filter(|l| l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
+        {
+            let mask =
+                u64::from_str_radix(line.split_whitespace().nth(1).unwrap_or("0"), 16).unwrap_or(0);
+            // Real-time signals only (the capture signal is one).
+            assert_eq!(mask >> 32, 0, "a real-time signal pending: {line}");
+        }
+    }
     let thread = |name: &str| {
         groups
             .iter()
@@ -287,30 +321,42 @@ fn threads_sleeping_spinning_and_300_idle_are_listed_within_the_bound() {
     );
     let spinner_cpu = spinner["threads"][0]["cpu_seconds"].as_f64().unwrap();
     assert!(spinner_cpu > 0.0, "{spinner:#}");
-    let listed_idle = groups
+    let listed_idle = listed
         .iter()
-        .filter(|g| {
-            g["threads"][0]["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("idle-"))
-        })
+        .filter(|t| t["name"].as_str().is_some_and(|n| n.starts_with("idle-")))
         .count();
     assert_eq!(listed_idle, 300);
 
-    // Grouped (the default): the 300 idle threads share one stack.
-    let text = get(debug, "/debug/threads", None).text();
-    let first = text
-        .lines()
-        .skip(1)
-        .find(|line| line.starts_with(|c: char| c.is_ascii_digit()))
-        .unwrap_or("");
-    assert!(
-        first.starts_with("300 threads sleeping"),
-        "largest group first:\n{}",
-        &text[..text.len().min(2000)]
+    // Grouped (the default): the idle threads share one stack, the
+    // largest group, first; with those that did not answer, all 300.
+    let grouped = get(debug, "/debug/threads?format=json", None).json();
+    let groups = grouped["groups"].as_array().unwrap();
+    let idle_in = |g: &Value| {
+        g["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"].as_str().is_some_and(|n| n.starts_with("idle-")))
+            .count()
+    };
+    let first = &groups[0];
+    assert_eq!(
+        idle_in(first),
+        first["count"].as_u64().unwrap() as usize,
+        "{first:#}"
     );
+    let silent = groups
+        .last()
+        .filter(|g| g["state"].is_null())
+        .map_or(0, idle_in);
+    assert_eq!(
+        idle_in(first) + silent,
+        300,
+        "the idle threads are one group"
+    );
+    let text = get(debug, "/debug/threads", None).text();
     assert!(
-        text.contains("idle-") && text.contains("and 292 more"),
+        text.contains("threads sleeping: idle-") && text.contains(" more"),
         "{}",
         &text[..text.len().min(2000)]
     );
