@@ -239,18 +239,25 @@ mod tests {
         let record = Arc::clone(&seen);
         runtime.block_on(async move {
             tokio::spawn(labels.instrument(async move {
-                for _ in 0..2000 {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while std::time::Instant::now() < deadline {
                     record
                         .lock()
                         .unwrap()
                         .push((tokio::runtime::worker_index(), Labels::current()));
-                    // Occupy this worker with another task while this one
-                    // waits for a timer: the idle worker, which holds the
-                    // timer driver, wakes and runs it.
+                    // Occupy this worker (the blocker sits in its LIFO
+                    // slot, which no other worker steals) while the task
+                    // is woken from outside the runtime: the wake goes to
+                    // the global queue, where the idle worker takes it.
                     tokio::spawn(async {
-                        std::thread::sleep(std::time::Duration::from_millis(3));
+                        std::thread::sleep(std::time::Duration::from_millis(60));
                     });
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    let (wake, woken) = tokio::sync::oneshot::channel::<()>();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(15));
+                        let _ = wake.send(());
+                    });
+                    let _ = woken.await;
                     let workers: HashSet<_> = record.lock().unwrap().iter().map(|s| s.0).collect();
                     if workers.len() >= 2 {
                         break;
