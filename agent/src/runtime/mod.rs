@@ -541,20 +541,37 @@ impl RuntimeHealth {
         if !task_dump::BUILT {
             return Err(refused(Refusal::NotBuilt));
         }
+        // A dump that meets a worker inside a poll can leave that worker
+        // parked for good (see `task_dump`): start it only in a moment when
+        // every worker is parked or just back in its scheduler.
+        if !self.workers_between_polls(inner).await {
+            return Err(refused(Refusal::WorkerInPoll));
+        }
         self.take_task_dump(inner.handle.clone(), refused).await
     }
 
-    #[cfg(all(
-        feature = "taskdump",
-        tokio_unstable,
-        target_os = "linux",
-        any(
-            target_arch = "x86",
-            target_arch = "x86_64",
-            target_arch = "aarch64",
-            target_arch = "s390x"
-        )
-    ))]
+    /// Whether, within [`task_dump::QUIET_WAIT`], the watchdog saw every
+    /// worker parked or away from its scheduler for less than
+    /// [`task_dump::LONG_POLL`] (two looks at the least).
+    async fn workers_between_polls(&self, inner: &Inner) -> bool {
+        let limit = task_dump::LONG_POLL.max(inner.resolution * 2);
+        let deadline = Instant::now() + task_dump::QUIET_WAIT;
+        loop {
+            let quiet = task_dump::between_polls(
+                &inner.workers.lock().unwrap_or_else(PoisonError::into_inner),
+                limit,
+            );
+            if quiet {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(inner.resolution).await;
+        }
+    }
+
+    #[cfg(stethoscope_taskdump)]
     async fn take_task_dump(
         &self,
         handle: tokio::runtime::Handle,
@@ -581,17 +598,7 @@ impl RuntimeHealth {
             })
     }
 
-    #[cfg(not(all(
-        feature = "taskdump",
-        tokio_unstable,
-        target_os = "linux",
-        any(
-            target_arch = "x86",
-            target_arch = "x86_64",
-            target_arch = "aarch64",
-            target_arch = "s390x"
-        )
-    )))]
+    #[cfg(not(stethoscope_taskdump))]
     async fn take_task_dump(
         &self,
         _handle: tokio::runtime::Handle,

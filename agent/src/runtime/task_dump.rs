@@ -11,6 +11,10 @@
 //!   another (tokio#8391, open; it aborted a production server);
 //! - a worker stuck in one poll: the dump waits at a barrier for every
 //!   worker, 250 ms at a time, and the stuck one never comes;
+//! - a worker inside any poll longer than [`LONG_POLL`] through all of
+//!   [`QUIET_WAIT`]: a dump that meets a worker inside a poll can leave it
+//!   parked for good (below), so it starts only in a moment when the
+//!   watchdog sees every worker parked or between polls;
 //! - after a dump that timed out, or that took 250 ms or more (a worker
 //!   missed tokio's barrier round, whose count is then left behind): the
 //!   next dump can elect a spurious leader that parks a worker for good or
@@ -19,8 +23,9 @@
 //!   700 ms poll came back after 261 ms, and that worker then stayed
 //!   parked at the dump's end barrier for good (the runtime lost a worker);
 //!   a dump can thus hurt the host even when it succeeds, which is why
-//!   dumps stay opt-in at build time — and the agent turns them off for the
-//!   rest of the process after one that took that long;
+//!   dumps stay opt-in at build time (and the doctor takes one by itself
+//!   only when also asked to at run time) — and the agent turns them off
+//!   for the rest of the process after one that took that long;
 //! - while another dump runs.
 //!
 //! Tokio 1.54 is required (the workspace pins it): it fixes workers left
@@ -43,8 +48,23 @@ pub const TASK_DUMP_TIMEOUT: Duration = Duration::from_secs(2);
 /// runs out are counted, not grouped.
 pub const TASK_DUMP_RESOLVE_BUDGET: Duration = Duration::from_secs(5);
 
+/// How long a dump waits for a moment when no worker is inside a long poll
+/// before it is refused.
+pub(crate) const QUIET_WAIT: Duration = Duration::from_millis(500);
+
+/// A worker away from its scheduler this long (the watchdog's looks are
+/// 10 ms apart by default) is inside a poll a dump could meet.
+pub(crate) const LONG_POLL: Duration = Duration::from_millis(20);
+
+/// Whether every worker is parked or back in its scheduler within `limit`.
+pub(crate) fn between_polls(workers: &[super::WorkerView], limit: Duration) -> bool {
+    workers
+        .iter()
+        .all(|view| view.away_for.is_none_or(|away| away < limit))
+}
+
 /// Task ids listed per group.
-#[cfg_attr(not(all(feature = "taskdump", tokio_unstable)), allow(dead_code))]
+#[cfg_attr(not(stethoscope_taskdump), allow(dead_code))]
 const IDS_LISTED: usize = 16;
 
 /// Tasks of the host runtime grouped by identical await trace:
@@ -165,11 +185,14 @@ pub(crate) enum Refusal {
     CurrentThread,
     /// A worker is in one poll for longer than the stall threshold.
     WorkerStuck,
+    /// Some worker was inside a poll (for over [`LONG_POLL`]) every time
+    /// the agent looked during [`QUIET_WAIT`].
+    WorkerInPoll,
     /// An earlier dump timed out (tokio#6343).
-    #[cfg_attr(not(all(feature = "taskdump", tokio_unstable)), allow(dead_code))]
+    #[cfg_attr(not(stethoscope_taskdump), allow(dead_code))]
     TimedOutBefore,
     /// Another dump runs.
-    #[cfg_attr(not(all(feature = "taskdump", tokio_unstable)), allow(dead_code))]
+    #[cfg_attr(not(stethoscope_taskdump), allow(dead_code))]
     Running,
 }
 
@@ -188,6 +211,12 @@ impl Refusal {
             Refusal::WorkerStuck => {
                 "a worker of the runtime is stuck in one poll: a dump would wait for it at tokio's \
                  barrier and stop the other workers again and again"
+            }
+            Refusal::WorkerInPoll => {
+                "a worker of the runtime was inside a poll every time the agent looked for half a \
+                 second: a dump that meets a worker inside a poll can leave it parked for good \
+                 (tokio#6343, PR #8370 unmerged), so dumps start only when every worker is parked \
+                 or between polls"
             }
             Refusal::TimedOutBefore => {
                 "an earlier task dump timed out or had a worker miss tokio's 250 ms barrier; another \
@@ -214,6 +243,10 @@ impl Refusal {
                 "/debug/runtime?format=text shows the stuck worker's stack; /debug/threads every \
                  thread's"
             }
+            Refusal::WorkerInPoll => {
+                "retry when the service is quieter; /debug/threads shows every thread's stack now, \
+                 /debug/runtime?format=text the workers"
+            }
             Refusal::TimedOutBefore => {
                 "use /debug/threads (every thread's stack) and /debug/red (requests in flight)"
             }
@@ -227,17 +260,7 @@ impl Refusal {
     }
 }
 
-#[cfg(all(
-    feature = "taskdump",
-    tokio_unstable,
-    target_os = "linux",
-    any(
-        target_arch = "x86",
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "s390x"
-    )
-))]
+#[cfg(stethoscope_taskdump)]
 mod imp {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -385,17 +408,7 @@ mod imp {
     }
 }
 
-#[cfg(not(all(
-    feature = "taskdump",
-    tokio_unstable,
-    target_os = "linux",
-    any(
-        target_arch = "x86",
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "s390x"
-    )
-)))]
+#[cfg(not(stethoscope_taskdump))]
 mod imp {
     pub(crate) const BUILT: bool = false;
 
@@ -411,7 +424,7 @@ pub(crate) use imp::*;
 /// tokio's tracing machinery (and the unwinder's) before the leaf and the
 /// runtime's harness from `Root::poll` on are left out, hashes stripped.
 #[cfg_attr(
-    not(all(feature = "taskdump", tokio_unstable, target_os = "linux")),
+    not(stethoscope_taskdump),
     allow(dead_code)
 )]
 pub(crate) fn tidy(
@@ -468,6 +481,20 @@ fn short_path(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dump_waits_while_any_worker_is_inside_a_poll() {
+        let view = |away_ms: Option<u64>| super::super::WorkerView {
+            away_for: away_ms.map(Duration::from_millis),
+            ..Default::default()
+        };
+        let limit = LONG_POLL;
+        assert!(between_polls(&[], limit));
+        assert!(between_polls(&[view(None), view(None)], limit), "parked");
+        assert!(between_polls(&[view(None), view(Some(10))], limit), "one look");
+        assert!(!between_polls(&[view(None), view(Some(20))], limit));
+        assert!(!between_polls(&[view(Some(700)), view(None)], limit));
+    }
 
     #[test]
     fn tidy_keeps_the_task_s_own_frames_leaf_first() {
