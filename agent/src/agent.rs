@@ -659,6 +659,7 @@ impl AgentBuilder {
     /// [`ENV_BUDGETS`](config::ENV_BUDGETS),
     /// [`ENV_HISTORY`](config::ENV_HISTORY) and
     /// [`ENV_AUTO_CAPTURE`](config::ENV_AUTO_CAPTURE),
+    /// [`ENV_AUTO_CAPTURE_TASK_DUMPS`](config::ENV_AUTO_CAPTURE_TASK_DUMPS),
     /// [`ENV_CONTINUOUS_SEGMENT`](config::ENV_CONTINUOUS_SEGMENT), and
     /// (feature `push`) `STETHOSCOPE_PUSH_URL` with the other
     /// `STETHOSCOPE_PUSH_*` (docs/fleet.md). They override earlier setters;
@@ -759,6 +760,33 @@ mod tests {
             bad,
             Err(Error::InvalidEnv {
                 var: "STETHOSCOPE_MAX_PROFILE_SECONDS",
+                ..
+            })
+        ));
+    }
+
+    #[cfg(feature = "doctor")]
+    #[test]
+    fn doctor_capture_switches_come_from_the_env() {
+        let default = Agent::builder();
+        assert!(default.settings.doctor.capture.enabled);
+        assert!(
+            !default.settings.doctor.capture.task_dumps,
+            "task dumps are opt-in"
+        );
+        let set = Agent::builder().with_env(env(&[
+            ("STETHOSCOPE_AUTO_CAPTURE", "off"),
+            ("STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS", "on"),
+        ]));
+        assert!(!set.settings.doctor.capture.enabled);
+        assert!(set.settings.doctor.capture.task_dumps);
+        let bad = Agent::builder()
+            .with_env(env(&[("STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS", "sometimes")]))
+            .start();
+        assert!(matches!(
+            bad,
+            Err(Error::InvalidEnv {
+                var: "STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS",
                 ..
             })
         ));

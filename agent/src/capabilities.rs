@@ -132,6 +132,16 @@ impl Settings {
                     }),
                 }
             }
+            if let Some(switch) = var(crate::config::ENV_AUTO_CAPTURE_TASK_DUMPS) {
+                match crate::config::parse_switch(&switch) {
+                    Some(enabled) => self.doctor.capture.task_dumps = enabled,
+                    None => fail(Error::InvalidEnv {
+                        var: crate::config::ENV_AUTO_CAPTURE_TASK_DUMPS,
+                        value: switch,
+                        expected: "on or off",
+                    }),
+                }
+            }
         }
         first_error
     }

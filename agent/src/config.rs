@@ -78,6 +78,10 @@ pub const ENV_HISTORY: &str = "STETHOSCOPE_HISTORY";
 /// Environment variable turning the doctor's auto-capture `on` or `off`.
 pub const ENV_AUTO_CAPTURE: &str = "STETHOSCOPE_AUTO_CAPTURE";
 
+/// Environment variable letting the doctor take task dumps by itself
+/// (`on`; default `off`): see [`CapturePolicy::task_dumps`](crate::doctor::CapturePolicy::task_dumps).
+pub const ENV_AUTO_CAPTURE_TASK_DUMPS: &str = "STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS";
+
 /// Environment variable turning continuous profiling on at a rate, e.g.
 /// `19` (Hz); `0` or `off` turns it off.
 pub const ENV_CONTINUOUS_HZ: &str = "STETHOSCOPE_CONTINUOUS_HZ";

@@ -545,9 +545,27 @@ fn taskdump_demo() -> PathBuf {
         .expect("cargo reported the demo executable")
 }
 
+/// The longest a worker of the demo at `agent` is away from its
+/// scheduler now, in milliseconds.
+fn longest_away_ms(agent: SocketAddr) -> f64 {
+    get(agent, "/debug/runtime", None).json()["per_worker"]
+        .as_array()
+        .map(|workers| {
+            workers
+                .iter()
+                .filter_map(|w| w["away_ms"].as_f64())
+                .fold(0.0, f64::max)
+        })
+        .unwrap_or(0.0)
+}
+
 #[test]
 fn the_task_dump_groups_each_route_s_stuck_requests_into_one_trace() {
-    let demo = DemoProcess::start_binary(&taskdump_demo(), &[]);
+    // The doctor takes task dumps by itself only when asked to.
+    let demo = DemoProcess::start_binary(
+        &taskdump_demo(),
+        &[("STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS", "on")],
+    );
     let permits = hang(demo.service, "/trouble/hang/permit", HUNG_PER_ROUTE);
     let channels = hang(demo.service, "/trouble/hang/channel", HUNG_PER_ROUTE);
     let all_in = wait_until(Duration::from_secs(20), || {
@@ -605,9 +623,66 @@ fn the_task_dump_groups_each_route_s_stuck_requests_into_one_trace() {
     let text = get(demo.agent, "/debug/tasks", None);
     assert_eq!(text.status, 200, "{}", text.text());
     assert!(text.text().contains("12 tasks (ids"), "{}", text.text());
-    // Not tested here: a dump while a worker is inside a long poll. With
-    // tokio 1.54.1 it can leave that worker parked for good even when the
-    // dump comes back in milliseconds (seen in this suite under load), so
-    // the suite does not provoke it; docs/endpoints.md says so.
+
+    // While a worker is inside a poll, a dump is refused, not started: with
+    // tokio 1.54 a dump that meets a worker inside a poll can leave it
+    // parked for good. The worker comes back, and dumps work again.
+    let service = demo.service;
+    let blocker = std::thread::spawn(move || get(service, "/block?ms=1500", None));
+    let seen_away = wait_until(Duration::from_secs(10), || {
+        longest_away_ms(demo.agent) >= 150.0
+    });
+    assert!(
+        seen_away,
+        "the blocked worker is seen away from its scheduler"
+    );
+    let refused = get(demo.agent, "/debug/tasks", None);
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    let error = refused.json()["error"].as_str().unwrap_or("").to_owned();
+    assert!(error.contains("poll"), "{error}");
+    assert_eq!(blocker.join().expect("the blocking request").status, 200);
+    let mut again = None;
+    let back = wait_until(Duration::from_secs(10), || {
+        let reply = get(demo.agent, "/debug/tasks?format=json", None);
+        let ok = reply.status == 200;
+        again = Some(reply);
+        ok
+    });
+    let again = again.expect("a reply");
+    assert!(back, "dumps work again: {}", again.text());
+    assert!(
+        again.text().contains("wait_for_a_leaked_permit"),
+        "{}",
+        again.text()
+    );
+
+    // Asked to (STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS=on), the doctor's
+    // requests_stuck finding carries a task dump besides the thread dump.
+    let mut kinds = Vec::new();
+    let mut task_dump = None;
+    wait_until(Duration::from_secs(75), || {
+        let Some(stuck) = finding(demo.agent, "requests_stuck") else {
+            std::thread::sleep(Duration::from_millis(250));
+            return false;
+        };
+        let artifacts = stuck["artifacts"].as_array().cloned().unwrap_or_default();
+        kinds = artifacts.iter().map(|a| a["kind"].to_string()).collect();
+        task_dump = artifacts.into_iter().find(|a| a["kind"] == "task_dump");
+        task_dump.is_some()
+    });
+    let task_dump = task_dump.unwrap_or_else(|| {
+        panic!(
+            "no task dump with requests_stuck (artifacts {kinds:?}):\n{}",
+            get(demo.agent, "/debug/doctor?format=text", None).text()
+        )
+    });
+    assert!(kinds.iter().any(|k| k.contains("thread_dump")), "{kinds:?}");
+    let reply = get(demo.agent, task_dump["url"].as_str().unwrap_or(""), None);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        reply.text().contains("wait_for_a_silent_channel"),
+        "{}",
+        reply.text()
+    );
     drop((permits, channels));
 }

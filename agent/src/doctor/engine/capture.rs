@@ -10,7 +10,8 @@ use super::finding::ArtifactKind;
 use super::rules::Rule;
 use super::defaults::{
     DEFAULT_AUTO_CAPTURE, DEFAULT_AUTO_CAPTURE_FOLLOW_UP, DEFAULT_AUTO_CAPTURE_HZ,
-    DEFAULT_AUTO_CAPTURE_INTERVAL, DEFAULT_AUTO_CAPTURE_PROFILE, MAX_AUTO_CAPTURES_PER_HOUR,
+    DEFAULT_AUTO_CAPTURE_INTERVAL, DEFAULT_AUTO_CAPTURE_PROFILE, DEFAULT_AUTO_CAPTURE_TASK_DUMPS,
+    MAX_AUTO_CAPTURES_PER_HOUR,
 };
 
 /// Length of the rate limiter's window.
@@ -27,7 +28,7 @@ impl Rule {
             Rule::CpuSaturated | Rule::ExecutorSaturated => Some(ArtifactKind::CpuProfile),
             Rule::EventLoopBlocked => Some(ArtifactKind::StallStack),
             // The thread dump first; the task dump comes with it where the
-            // build has one.
+            // build has one and the policy allows it (`task_dumps`).
             Rule::RequestsStuck => Some(ArtifactKind::ThreadDump),
             Rule::TasksClimbing => Some(ArtifactKind::TaskDump),
             _ => None,
@@ -51,6 +52,13 @@ pub struct CapturePolicy {
     pub interval: Duration,
     /// Most captures per hour (default 8).
     pub per_hour: usize,
+    /// Take task dumps too, in builds that have them (default off;
+    /// `STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS=on`): for `requests_stuck`
+    /// with its thread dump, for `tasks_climbing` alone. Off because a
+    /// dump that meets a worker inside a poll can leave that worker parked
+    /// for good (tokio 1.54; docs/endpoints.md) — the agent still starts a
+    /// dump only when every worker is parked or between polls.
+    pub task_dumps: bool,
 }
 
 impl Default for CapturePolicy {
@@ -62,6 +70,7 @@ impl Default for CapturePolicy {
             follow_up: DEFAULT_AUTO_CAPTURE_FOLLOW_UP,
             interval: DEFAULT_AUTO_CAPTURE_INTERVAL,
             per_hour: MAX_AUTO_CAPTURES_PER_HOUR,
+            task_dumps: DEFAULT_AUTO_CAPTURE_TASK_DUMPS,
         }
     }
 }

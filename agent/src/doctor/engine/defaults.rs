@@ -260,6 +260,12 @@ pub(crate) const DEFAULT_LIBRARY_CRATES: &[&str] = &[
 /// when findings open.
 pub(crate) const DEFAULT_AUTO_CAPTURE: bool = true;
 
+/// Whether the doctor also takes task dumps (in builds that have them):
+/// off, because a dump that meets a worker inside a poll can leave that
+/// worker parked for good (tokio 1.54, see `runtime::task_dump`) — a risk
+/// an operator takes by asking, not one the agent takes by itself.
+pub(crate) const DEFAULT_AUTO_CAPTURE_TASK_DUMPS: bool = false;
+
 /// Length of the CPU profile captured when a CPU finding opens.
 pub(crate) const DEFAULT_AUTO_CAPTURE_PROFILE: Duration = Duration::from_secs(10);
 

@@ -474,7 +474,7 @@ impl Doctor {
                 self.on_capture_thread(caps, t.rule, t.resource.clone(), Capture::Dumps);
             }
             #[cfg(feature = "runtime")]
-            Some(ArtifactKind::TaskDump) => {
+            Some(ArtifactKind::TaskDump) if self.inner.settings.capture.task_dumps => {
                 self.on_capture_thread(caps, t.rule, t.resource.clone(), Capture::TaskDump);
             }
             _ => {}
@@ -558,8 +558,11 @@ impl Doctor {
                     )
                     .id(id.to_string()),
                 );
-                // Where the build has task dumps and they are safe now.
-                self.capture_task_dump(caps, rule, resource, false)?;
+                // Where the policy allows, the build has task dumps and
+                // they are safe now.
+                if self.inner.settings.capture.task_dumps {
+                    self.capture_task_dump(caps, rule, resource, false)?;
+                }
             }
             #[cfg(feature = "runtime")]
             Capture::TaskDump => self.capture_task_dump(caps, rule, resource, true)?,
