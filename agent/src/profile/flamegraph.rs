@@ -9,23 +9,19 @@ use super::view::View;
 use super::{folded, Profile};
 use crate::Error;
 
-/// Width of inferno's frame area in its default 1,200 px canvas (less a
-/// 10 px margin on each side), in pixels.
-const FRAMES_WIDTH_PX: f64 = 1180.0;
-
-/// Narrowest frame drawn, in pixels of the default canvas: narrower frames
+/// Narrowest frame drawn, in percent of the frame area: inferno's own
+/// default minimum width (1.18 px of its 1,200 px canvas). Narrower frames
 /// are merged, per parent, into one `[n narrower frames]` frame (drawn when
 /// it reaches this width itself), so every sample still counts in the
 /// widths and totals above them.
-pub(super) const MIN_FRAME_PX: f64 = 1.0;
+pub(super) const MIN_FRAME_PERCENT: f64 = 0.1;
 
 /// Writes the profile's flame-graph value as an inferno SVG. Thread names
 /// are the roots; the title and subtitle carry the profile's description.
-/// Frames narrower than [`MIN_FRAME_PX`] are merged (see
+/// Frames narrower than [`MIN_FRAME_PERCENT`] are merged (see
 /// [`super::flame_tree`]).
 pub(super) fn render(profile: &Profile, view: &View, out: &mut impl Write) -> io::Result<()> {
-    let folded = folded::lines(profile, view);
-    let tree = FlameTree::new(&folded);
+    let tree = FlameTree::of_profile(profile, view);
     let mut options = Options::default();
     options.title = profile.title.clone();
     options.subtitle = Some(subtitle(&profile.comments, SUBTITLE_CHARS));
@@ -40,11 +36,10 @@ pub(super) fn render(profile: &Profile, view: &View, out: &mut impl Write) -> io
         // readable answer rather than an error.
         return out.write_all(&empty_svg(&profile.title));
     }
-    let min_value = (tree.total() as f64 * MIN_FRAME_PX / FRAMES_WIDTH_PX).ceil() as i64;
+    let min_value = (tree.total() as f64 * MIN_FRAME_PERCENT / 100.0).ceil() as i64;
     let mut text = String::new();
     let lines = tree.drawable_lines(min_value.max(1), &mut text);
     drop(tree);
-    drop(folded);
     // The lines come in tree order, a frame's lines together. inferno
     // sorts whole lines (or, with `no_sort`, refuses lines that are not
     // sorted so), which splits a frame whose name is a prefix of a
@@ -52,9 +47,9 @@ pub(super) fn render(profile: &Profile, view: &View, out: &mut impl Write) -> io
     // mode takes lines in the order given, reversed, and merges adjacent
     // stacks the same way: hence the reversed tree order.
     options.flame_chart = true;
-    // inferno's minimum width is a percentage of the frame area: the
-    // remainders narrower than a pixel go too (their value stays counted).
-    options.min_width = MIN_FRAME_PX / FRAMES_WIDTH_PX * 100.0;
+    // The remainders narrower than that go too (their value stays
+    // counted in their parent's width).
+    options.min_width = MIN_FRAME_PERCENT;
     flamegraph::from_lines(
         &mut options,
         lines.iter().rev().map(|r| &text[r.clone()]),
@@ -221,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn frames_narrower_than_a_pixel_are_merged_and_still_count() {
+    fn frames_narrower_than_the_minimum_width_are_merged_and_still_count() {
         let profile = many_stacks_profile();
         let mut svg = Vec::new();
         render(&profile, &View::default(), &mut svg).unwrap();
@@ -232,9 +227,12 @@ mod tests {
         for hot in ["hot_a", "hot_b", "hot_c"] {
             assert!(svg.contains(hot), "{hot} is drawn");
         }
-        assert!(!svg.contains("rare_17"), "a frame narrower than a pixel");
-        assert!(svg.contains("group_17"), "a frame wider than a pixel");
-        // Each group of 150 rare stacks (1 ms each, a pixel is 13 ms) is
+        assert!(
+            !svg.contains("rare_17"),
+            "a frame narrower than the minimum"
+        );
+        assert!(svg.contains("group_17"), "a frame wider than the minimum");
+        // Each group of 150 rare stacks (1 ms each; the minimum, 0.1 %, is 15 ms) is
         // drawn as one remainder frame that keeps its 150 ms.
         assert_eq!(svg.matches("[150 narrower frames] (").count(), 40);
         assert!(

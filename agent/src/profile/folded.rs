@@ -56,7 +56,7 @@ pub(super) fn lines(profile: &Profile, view: &View) -> BTreeMap<String, i64> {
 /// Appends a frame name, replacing the characters the format reserves:
 /// `;` separates frames (Rust names contain it, as in `[u8; 4]`) and a
 /// newline ends the record.
-fn push_frame(line: &mut String, name: &str) {
+pub(super) fn push_frame(line: &mut String, name: &str) {
     for c in name.chars() {
         match c {
             ';' => line.push('\u{ff1b}'),

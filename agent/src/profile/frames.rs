@@ -334,7 +334,7 @@ fn plumbing_family(name: &str) -> &str {
 /// The marker a run of folded frames becomes: the libraries it crossed,
 /// root side first, and how many frames it hides, e.g.
 /// `[std → tokio → hyper → axum: 43 frames]`.
-fn marker(run: &[&str]) -> String {
+pub(crate) fn marker(run: &[&str]) -> String {
     let mut families: Vec<&str> = Vec::new();
     for frame in run {
         let family = plumbing_family(frame);
@@ -353,7 +353,7 @@ fn marker(run: &[&str]) -> String {
 
 /// Shortest run of plumbing folded into a marker: one frame is clearer as
 /// itself than as a marker that names it.
-const MIN_FOLDED_RUN: usize = 2;
+pub(crate) const MIN_FOLDED_RUN: usize = 2;
 
 /// Folds each run of plumbing frames of a root-first stack into one marker
 /// frame that says what it hides (see [`is_plumbing`]), so a handler sits a
