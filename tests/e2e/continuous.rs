@@ -14,8 +14,8 @@ use stethoscope::cpu::ContinuousSettings;
 use stethoscope::Agent;
 
 use super::support::{
-    burn_slice, copy_slice, get, in_child, is_child, proc_cpu_time, profiler_lock, stacks_through,
-    wait_until, Burners,
+    burn_slice, copy_slice, get, in_child, is_child, proc_cpu_time, profiler_lock, share_tolerance,
+    stacks_through, wait_until, Burners,
 };
 
 /// (wall time, process CPU time) every 100 ms while the test runs.
@@ -102,12 +102,10 @@ fn cpu_through(doc: &Value, function: &str) -> (f64, f64) {
 }
 
 /// `burn_hot`'s share of the CPU of the stacks through `burn_hot` or
-/// `burn_cold`, and how far from the workload's true 3:1 it may honestly be:
-/// four binomial standard deviations of the samples actually delivered
-/// (never under 5 points). Each delivered sample is one independent look
-/// at the burners, weighted by the CPU it stands for; on a contended
-/// machine they get less CPU, so fewer looks, so a wider bound — which
-/// still rejects a broken attribution (3:1 read as 2:1 or 9:1).
+/// `burn_cold`, and how far from the workload's true 3:1 it may honestly be
+/// ([`share_tolerance`], never under 5 points) for the samples actually
+/// delivered: each is one independent look at the burners, weighted by
+/// the CPU it stands for.
 fn hot_share(doc: &Value) -> (f64, f64) {
     let (mut hot, mut all, mut squares) = (0.0, 0.0, 0.0);
     for (function, is_hot) in [("workload::burn_hot", true), ("workload::burn_cold", false)] {
@@ -131,7 +129,7 @@ fn hot_share(doc: &Value) -> (f64, f64) {
         effective >= 100.0,
         "only {effective:.0} samples on the burners"
     );
-    let tolerance = (4.0 * (0.75 * 0.25 / effective).sqrt()).max(0.05);
+    let tolerance = share_tolerance(0.75, effective, 0.05);
     let share = hot / all.max(1.0);
     eprintln!("burn_hot {share:.3} of the burners' CPU, ± {tolerance:.3} ({effective:.0} effective samples)");
     (share, tolerance)

@@ -483,6 +483,15 @@ pub(crate) fn wait_for_active_windows(n: usize) {
     );
 }
 
+/// How far a share measured from `samples` independent samples may
+/// honestly be from its true value `p`: four binomial standard deviations,
+/// never under `floor`. On a contended machine the workload gets less CPU,
+/// so fewer samples and a wider bound — which still rejects a broken
+/// attribution (3:1 read as 2:1 or 9:1 is tens of σ away).
+pub(crate) fn share_tolerance(p: f64, samples: f64, floor: f64) -> f64 {
+    (4.0 * (p * (1.0 - p) / samples.max(1.0)).sqrt()).max(floor)
+}
+
 /// One 20 ms slice of the 3:1 ground-truth workload.
 pub(crate) fn burn_slice() {
     stethoscope_examples::workload::burn(Duration::from_millis(20));
