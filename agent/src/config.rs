@@ -79,7 +79,7 @@ pub const ENV_HISTORY: &str = "STETHOSCOPE_HISTORY";
 pub const ENV_AUTO_CAPTURE: &str = "STETHOSCOPE_AUTO_CAPTURE";
 
 /// Environment variable letting the doctor take task dumps by itself
-/// (`on`; default `off`): see [`CapturePolicy::task_dumps`](crate::doctor::CapturePolicy::task_dumps).
+/// (`on`; default `off`): see `doctor::CapturePolicy::task_dumps`.
 pub const ENV_AUTO_CAPTURE_TASK_DUMPS: &str = "STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS";
 
 /// Environment variable turning continuous profiling on at a rate, e.g.
