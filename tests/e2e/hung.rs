@@ -605,28 +605,36 @@ fn the_task_dump_groups_each_route_s_stuck_requests_into_one_trace() {
             "{function} waits at {leaf_frame}: {group:#}"
         );
     }
-    // A dump that waited 250 ms or more for a worker (tokio's barrier
-    // round) is served, and later dumps are refused: the round's count is
-    // left behind and the next dump could park a worker for good.
-    let refused_after = |reply: &Reply| {
-        assert_eq!(reply.status, 409, "{}", reply.text());
-        let error = reply.json()["error"].as_str().unwrap_or("").to_owned();
-        assert!(error.contains("250 ms barrier"), "{error}");
+    // After any dump, dumps may turn themselves off for the process: when
+    // the dump took a barrier round (250 ms) or a worker was then held at
+    // tokio's barrier (it saw the request after the round; its arrival
+    // stays counted and the next dump would park a worker for good). A
+    // busy machine causes both. Then every dump is a 409 naming the
+    // barrier; whichever way it goes, no worker may be lost.
+    let off = |reply: &Reply| {
+        reply.status == 409
+            && reply.json()["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("250 ms barrier")
     };
-    if dump["took_ms"].as_f64().unwrap_or(0.0) >= 250.0 {
-        // The machine was slow enough for the first dump to show it.
-        refused_after(&get(demo.agent, "/debug/tasks", None));
-        return;
-    }
-    // Text too, and a second dump right after (dumps run one at a time,
-    // they are not used up).
     let text = get(demo.agent, "/debug/tasks", None);
-    assert_eq!(text.status, 200, "{}", text.text());
-    assert!(text.text().contains("12 tasks (ids"), "{}", text.text());
+    eprintln!(
+        "first dump took {} ms; the second: {}",
+        dump["took_ms"], text.status
+    );
+    if !off(&text) {
+        // Text too, and a second dump right after (dumps run one at a
+        // time, they are not used up).
+        assert_eq!(text.status, 200, "{}", text.text());
+        assert!(text.text().contains("12 tasks (ids"), "{}", text.text());
+    }
 
-    // While a worker is inside a poll, a dump is refused, not started: with
-    // tokio 1.54 a dump that meets a worker inside a poll can leave it
-    // parked for good. The worker comes back, and dumps work again.
+    // While a worker is inside a poll, a dump is refused, not started: a
+    // dump that meets a worker inside a poll can leave it parked for good.
+    // (Not within the 0.4 s the agent watches the workers after a dump: a
+    // long poll then turns dumps off, as a worker held at the barrier.)
+    std::thread::sleep(Duration::from_secs(1));
     let service = demo.service;
     let blocker = std::thread::spawn(move || get(service, "/block?ms=1500", None));
     let seen_away = wait_until(Duration::from_secs(10), || {
@@ -639,50 +647,85 @@ fn the_task_dump_groups_each_route_s_stuck_requests_into_one_trace() {
     let refused = get(demo.agent, "/debug/tasks", None);
     assert_eq!(refused.status, 409, "{}", refused.text());
     let error = refused.json()["error"].as_str().unwrap_or("").to_owned();
-    assert!(error.contains("poll"), "{error}");
+    assert!(
+        error.contains("poll") || error.contains("250 ms barrier"),
+        "{error}"
+    );
     assert_eq!(blocker.join().expect("the blocking request").status, 200);
+    // The worker comes back, and dumps work again (or stay off).
     let mut again = None;
-    let back = wait_until(Duration::from_secs(10), || {
+    let answered = wait_until(Duration::from_secs(10), || {
         let reply = get(demo.agent, "/debug/tasks?format=json", None);
-        let ok = reply.status == 200;
+        let done = reply.status == 200 || off(&reply);
         again = Some(reply);
-        ok
+        done
     });
     let again = again.expect("a reply");
-    assert!(back, "dumps work again: {}", again.text());
-    assert!(
-        again.text().contains("wait_for_a_leaked_permit"),
-        "{}",
-        again.text()
-    );
+    eprintln!("after the block: {}", again.status);
+    assert!(answered, "{}", again.text());
+    if again.status == 200 {
+        assert!(
+            again.text().contains("wait_for_a_leaked_permit"),
+            "{}",
+            again.text()
+        );
+    }
 
     // Asked to (STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS=on), the doctor's
-    // requests_stuck finding carries a task dump besides the thread dump.
+    // requests_stuck finding carries a thread dump and — where dumps are
+    // still on when it opens, every worker parked — a task dump.
     let mut kinds = Vec::new();
     let mut task_dump = None;
-    wait_until(Duration::from_secs(75), || {
+    let mut look = |kind: &str| {
         let Some(stuck) = finding(demo.agent, "requests_stuck") else {
             std::thread::sleep(Duration::from_millis(250));
             return false;
         };
         let artifacts = stuck["artifacts"].as_array().cloned().unwrap_or_default();
         kinds = artifacts.iter().map(|a| a["kind"].to_string()).collect();
-        task_dump = artifacts.into_iter().find(|a| a["kind"] == "task_dump");
-        task_dump.is_some()
-    });
-    let task_dump = task_dump.unwrap_or_else(|| {
-        panic!(
-            "no task dump with requests_stuck (artifacts {kinds:?}):\n{}",
-            get(demo.agent, "/debug/doctor?format=text", None).text()
-        )
-    });
-    assert!(kinds.iter().any(|k| k.contains("thread_dump")), "{kinds:?}");
-    let reply = get(demo.agent, task_dump["url"].as_str().unwrap_or(""), None);
-    assert_eq!(reply.status, 200, "{}", reply.text());
+        task_dump = artifacts.iter().find(|a| a["kind"] == "task_dump").cloned();
+        let found = artifacts.iter().any(|a| a["kind"] == kind);
+        if !found {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        found
+    };
+    // The thread dump first, the task dump right after it.
+    wait_until(Duration::from_secs(75), || look("thread_dump"));
+    wait_until(Duration::from_secs(15), || look("task_dump"));
     assert!(
-        reply.text().contains("wait_for_a_silent_channel"),
-        "{}",
-        reply.text()
+        kinds.iter().any(|k| k.contains("thread_dump")),
+        "no thread dump with requests_stuck (artifacts {kinds:?}):\n{}",
+        get(demo.agent, "/debug/doctor?format=text", None).text()
+    );
+    let still_on = !off(&get(demo.agent, "/debug/tasks", None));
+    if still_on {
+        let task_dump = task_dump.as_ref().unwrap_or_else(|| {
+            panic!(
+                "dumps on, but no task dump with requests_stuck (artifacts {kinds:?}):\n{}",
+                get(demo.agent, "/debug/doctor?format=text", None).text()
+            )
+        });
+        let reply = get(demo.agent, task_dump["url"].as_str().unwrap_or(""), None);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(
+            reply.text().contains("wait_for_a_silent_channel"),
+            "{}",
+            reply.text()
+        );
+    }
+    eprintln!("task dumps still on at the end: {still_on}");
+
+    // Whatever happened, the runtime kept every worker: none is held away
+    // from its scheduler (a worker parked for good at the dump's barrier
+    // would be, for ever).
+    let back = wait_until(Duration::from_secs(5), || {
+        longest_away_ms(demo.agent) < 500.0
+    });
+    assert!(
+        back,
+        "a worker is held: {}",
+        get(demo.agent, "/debug/runtime?format=text", None).text()
     );
     drop((permits, channels));
 }

@@ -577,7 +577,31 @@ impl RuntimeHealth {
         handle: tokio::runtime::Handle,
         refused: impl Fn(task_dump::Refusal) -> Error,
     ) -> Result<TaskDump, Error> {
-        let (dump, at, took) = match task_dump::dump(handle, TASK_DUMP_TIMEOUT).await {
+        let Some(inner) = self.runtime.clone() else {
+            return Err(refused(task_dump::Refusal::NotBuilt));
+        };
+        let settled = async move {
+            let deadline = Instant::now() + task_dump::AFTER_DUMP_WATCH;
+            loop {
+                let held = inner
+                    .workers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .any(|view| {
+                        view.away_for
+                            .is_some_and(|away| away >= task_dump::HELD_AFTER_DUMP)
+                    });
+                if held {
+                    return false;
+                }
+                if Instant::now() >= deadline {
+                    return true;
+                }
+                tokio::time::sleep(inner.resolution).await;
+            }
+        };
+        let (dump, at, took) = match task_dump::dump(handle, TASK_DUMP_TIMEOUT, settled).await {
             Ok(dumped) => dumped,
             Err(task_dump::DumpError::Refused(refusal)) => return Err(refused(refusal)),
             Err(task_dump::DumpError::TimedOut) => {

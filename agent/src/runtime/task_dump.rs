@@ -26,7 +26,13 @@
 //!   dumps stay opt-in at build time (and the doctor takes one by itself
 //!   only when also asked to at run time) — and the agent turns them off
 //!   for the rest of the process after one that took that long;
-//! - while another dump runs.
+//! - after a dump followed by a worker held at the start barrier (away
+//!   from its scheduler for [`HELD_AFTER_DUMP`] within
+//!   [`AFTER_DUMP_WATCH`]): a worker that saw the request only after the
+//!   round ended waited alone and left its arrival counted — seen in the
+//!   e2e suite under load, the next dump (2 ms) then parked a worker for
+//!   good;
+//! - while another dump runs (or its after-watch).
 //!
 //! Tokio 1.54 is required (the workspace pins it): it fixes workers left
 //! asleep after a dump (tokio#7478) and `FuturesUnordered` children left
@@ -55,6 +61,21 @@ pub(crate) const QUIET_WAIT: Duration = Duration::from_millis(500);
 /// A worker away from its scheduler this long (the watchdog's looks are
 /// 10 ms apart by default) is inside a poll a dump could meet.
 pub(crate) const LONG_POLL: Duration = Duration::from_millis(20);
+
+/// How long the workers are watched after a dump: tokio's barrier round
+/// (250 ms) and a margin. A worker that saw the dump's request only after
+/// the round was over waits alone at the start barrier for a round, and
+/// its arrival stays counted (tokio#8370, unmerged in 1.54.1): the next
+/// dump would then elect a leader without the other workers, trace, and
+/// wait for them at the end barrier for good — seen in the e2e suite on a
+/// busy machine, the dump itself taking 2 ms.
+#[cfg_attr(not(stethoscope_taskdump), allow(dead_code))]
+pub(crate) const AFTER_DUMP_WATCH: Duration = Duration::from_millis(400);
+
+/// A worker away from its scheduler this long in [`AFTER_DUMP_WATCH`] may be
+/// the one held at the barrier: later dumps are refused.
+#[cfg_attr(not(stethoscope_taskdump), allow(dead_code))]
+pub(crate) const HELD_AFTER_DUMP: Duration = Duration::from_millis(100);
 
 /// Whether every worker is parked or back in its scheduler within `limit`.
 pub(crate) fn between_polls(workers: &[super::WorkerView], limit: Duration) -> bool {
@@ -219,9 +240,10 @@ impl Refusal {
                  or between polls"
             }
             Refusal::TimedOutBefore => {
-                "an earlier task dump timed out or had a worker miss tokio's 250 ms barrier; another \
-                 could park a worker for good or trip tokio's scheduler (tokio#6343, PR #8370 \
-                 unmerged), so task dumps are off until the service restarts"
+                "an earlier task dump timed out, or a worker missed or was held at tokio's 250 ms \
+                 barrier during or after one; another could park a worker for good or trip \
+                 tokio's scheduler (tokio#6343, PR #8370 unmerged), so task dumps are off until \
+                 the service restarts"
             }
             Refusal::Running => "a task dump is already running",
         }
@@ -294,18 +316,30 @@ mod imp {
     }
 
     /// Asks `handle`'s runtime for its dump, on the caller's runtime (the
-    /// agent's), waiting `timeout` at most.
-    pub(crate) async fn dump(
+    /// agent's), waiting `timeout` at most. Once the dump is handed over,
+    /// `settled` watches the workers (see [`super::AFTER_DUMP_WATCH`]):
+    /// `false` turns dumps off for the process. The next dump waits for it.
+    pub(crate) async fn dump<F>(
         handle: tokio::runtime::Handle,
         timeout: Duration,
-    ) -> Result<(tokio::runtime::Dump, SystemTime, Duration), DumpError> {
+        settled: F,
+    ) -> Result<(tokio::runtime::Dump, SystemTime, Duration), DumpError>
+    where
+        F: std::future::Future<Output = bool> + Send + 'static,
+    {
+        // The one before may still be watching the workers: wait for its
+        // verdict rather than refuse a dump asked for right after another.
+        let waited_until = Instant::now() + super::AFTER_DUMP_WATCH + Duration::from_millis(100);
+        while RUNNING.swap(true, Ordering::AcqRel) {
+            if Instant::now() >= waited_until {
+                return Err(DumpError::Refused(Refusal::Running));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let guard = Running;
         if TIMED_OUT.load(Ordering::Acquire) {
             return Err(DumpError::Refused(Refusal::TimedOutBefore));
         }
-        if RUNNING.swap(true, Ordering::AcqRel) {
-            return Err(DumpError::Refused(Refusal::Running));
-        }
-        let guard = Running;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let captured_at = SystemTime::now();
         let started = Instant::now();
@@ -315,6 +349,17 @@ mod imp {
             let _guard = guard;
             let dump = handle.dump().await;
             let _ = tx.send(dump);
+            if !settled.await {
+                // A worker that saw the request only after the round
+                // waited alone at the start barrier: its arrival stays
+                // counted (tokio#8370), and the next dump would elect a
+                // leader that waits for the other worker for good.
+                TIMED_OUT.store(true, Ordering::Release);
+                tracing::warn!(
+                    "a tokio worker was held at the task dump's barrier after the dump; \
+                     task dumps are off until the service restarts (tokio#8370)"
+                );
+            }
         });
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(dump)) => {
