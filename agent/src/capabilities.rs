@@ -122,21 +122,19 @@ impl Settings {
                     Err(error) => fail(error),
                 }
             }
-            if let Some(switch) = var(crate::config::ENV_AUTO_CAPTURE) {
+            let capture = &mut self.doctor.capture;
+            for (name, setting) in [
+                (crate::config::ENV_AUTO_CAPTURE, &mut capture.enabled),
+                (
+                    crate::config::ENV_AUTO_CAPTURE_TASK_DUMPS,
+                    &mut capture.task_dumps,
+                ),
+            ] {
+                let Some(switch) = var(name) else { continue };
                 match crate::config::parse_switch(&switch) {
-                    Some(enabled) => self.doctor.capture.enabled = enabled,
+                    Some(on) => *setting = on,
                     None => fail(Error::InvalidEnv {
-                        var: crate::config::ENV_AUTO_CAPTURE,
-                        value: switch,
-                        expected: "on or off",
-                    }),
-                }
-            }
-            if let Some(switch) = var(crate::config::ENV_AUTO_CAPTURE_TASK_DUMPS) {
-                match crate::config::parse_switch(&switch) {
-                    Some(enabled) => self.doctor.capture.task_dumps = enabled,
-                    None => fail(Error::InvalidEnv {
-                        var: crate::config::ENV_AUTO_CAPTURE_TASK_DUMPS,
+                        var: name,
                         value: switch,
                         expected: "on or off",
                     }),

@@ -555,20 +555,10 @@ impl RuntimeHealth {
     /// [`task_dump::LONG_POLL`] (two looks at the least).
     async fn workers_between_polls(&self, inner: &Inner) -> bool {
         let limit = task_dump::LONG_POLL.max(inner.resolution * 2);
-        let deadline = Instant::now() + task_dump::QUIET_WAIT;
-        loop {
-            let quiet = task_dump::between_polls(
-                &inner.workers.lock().unwrap_or_else(PoisonError::into_inner),
-                limit,
-            );
-            if quiet {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(inner.resolution).await;
-        }
+        watch_workers(inner, task_dump::QUIET_WAIT, |views| {
+            task_dump::between_polls(views, limit)
+        })
+        .await
     }
 
     #[cfg(stethoscope_taskdump)]
@@ -580,26 +570,12 @@ impl RuntimeHealth {
         let Some(inner) = self.runtime.clone() else {
             return Err(refused(task_dump::Refusal::NotBuilt));
         };
+        // Settled: no worker held away from its scheduler after the dump.
         let settled = async move {
-            let deadline = Instant::now() + task_dump::AFTER_DUMP_WATCH;
-            loop {
-                let held = inner
-                    .workers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .iter()
-                    .any(|view| {
-                        view.away_for
-                            .is_some_and(|away| away >= task_dump::HELD_AFTER_DUMP)
-                    });
-                if held {
-                    return false;
-                }
-                if Instant::now() >= deadline {
-                    return true;
-                }
-                tokio::time::sleep(inner.resolution).await;
-            }
+            let held = watch_workers(&inner, task_dump::AFTER_DUMP_WATCH, |views| {
+                !task_dump::between_polls(views, task_dump::HELD_AFTER_DUMP)
+            });
+            !held.await
         };
         let (dump, at, took) = match task_dump::dump(handle, TASK_DUMP_TIMEOUT, settled).await {
             Ok(dumped) => dumped,
@@ -822,6 +798,25 @@ impl RuntimeHealth {
     }
 
 
+}
+
+/// Whether the watchdog's view of the workers met `seen` at one of its
+/// looks within `within` (one look every resolution tick).
+async fn watch_workers(
+    inner: &Inner,
+    within: Duration,
+    seen: impl Fn(&[WorkerView]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if seen(&inner.workers.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(inner.resolution).await;
+    }
 }
 
 #[cfg(tokio_unstable)]
