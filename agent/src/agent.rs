@@ -753,16 +753,17 @@ mod tests {
             .listen("127.0.0.1:1")
             .with_env(env(&[("STETHOSCOPE_ADDR", "127.0.0.1:7070")]));
         assert_eq!(builder.config.listen.port(), 7070);
-        let bad = Agent::builder()
-            .with_env(env(&[("STETHOSCOPE_MAX_PROFILE_SECONDS", "0")]))
-            .start();
-        assert!(matches!(
-            bad,
-            Err(Error::InvalidEnv {
-                var: "STETHOSCOPE_MAX_PROFILE_SECONDS",
-                ..
-            })
-        ));
+        assert_start_refuses("STETHOSCOPE_MAX_PROFILE_SECONDS", "0");
+    }
+
+    /// `start()` fails on `var=value`, naming the variable.
+    fn assert_start_refuses(var: &'static str, value: &str) {
+        let started = Agent::builder().with_env(env(&[(var, value)])).start();
+        match started {
+            Err(Error::InvalidEnv { var: named, .. }) => assert_eq!(named, var),
+            Err(other) => panic!("{var}={value}: {other}"),
+            Ok(_) => panic!("{var}={value} started"),
+        }
     }
 
     #[cfg(feature = "doctor")]
@@ -780,16 +781,7 @@ mod tests {
         ]));
         assert!(!set.settings.doctor.capture.enabled);
         assert!(set.settings.doctor.capture.task_dumps);
-        let bad = Agent::builder()
-            .with_env(env(&[("STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS", "sometimes")]))
-            .start();
-        assert!(matches!(
-            bad,
-            Err(Error::InvalidEnv {
-                var: "STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS",
-                ..
-            })
-        ));
+        assert_start_refuses("STETHOSCOPE_AUTO_CAPTURE_TASK_DUMPS", "sometimes");
     }
 
     #[test]

@@ -454,7 +454,7 @@ impl RuntimeHealth {
         ))
     }
 
-    fn inner(&self) -> Result<&Inner, Error> {
+    fn inner(&self) -> Result<&Arc<Inner>, Error> {
         match &self.runtime {
             None => Err(Error::Unsupported {
                 what: "runtime health",
@@ -547,7 +547,7 @@ impl RuntimeHealth {
         if !self.workers_between_polls(inner).await {
             return Err(refused(Refusal::WorkerInPoll));
         }
-        self.take_task_dump(inner.handle.clone(), refused).await
+        self.take_task_dump(Arc::clone(inner), refused).await
     }
 
     /// Whether, within [`task_dump::QUIET_WAIT`], the watchdog saw every
@@ -564,12 +564,10 @@ impl RuntimeHealth {
     #[cfg(stethoscope_taskdump)]
     async fn take_task_dump(
         &self,
-        handle: tokio::runtime::Handle,
+        inner: Arc<Inner>,
         refused: impl Fn(task_dump::Refusal) -> Error,
     ) -> Result<TaskDump, Error> {
-        let Some(inner) = self.runtime.clone() else {
-            return Err(refused(task_dump::Refusal::NotBuilt));
-        };
+        let handle = inner.handle.clone();
         // Settled: no worker held away from its scheduler after the dump.
         let settled = async move {
             let held = watch_workers(&inner, task_dump::AFTER_DUMP_WATCH, |views| {
@@ -601,7 +599,7 @@ impl RuntimeHealth {
     #[cfg(not(stethoscope_taskdump))]
     async fn take_task_dump(
         &self,
-        _handle: tokio::runtime::Handle,
+        _inner: Arc<Inner>,
         refused: impl Fn(task_dump::Refusal) -> Error,
     ) -> Result<TaskDump, Error> {
         Err(refused(task_dump::Refusal::NotBuilt))
